@@ -1,0 +1,37 @@
+//! rootlayer-agent: PID 1 of the rootlayer build microVM.
+//!
+//! A small, boring init: mount the basics, say it is ready, do the job,
+//! report, sync and power off. It never returns and never panics the guest
+//! kernel: every failure is printed and followed by a power-off.
+
+mod mounts;
+mod power;
+
+/// Printed once the agent runs; the host looks for this prefix on the serial
+/// console (see `rootlayer::vmm::console::READY_PREFIX`).
+const READY_PREFIX: &str = "rootlayer-agent";
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("rootlayer-agent: panic: {info}");
+        power::off(power::STATUS_INTERNAL);
+    }));
+    let status = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rootlayer-agent: error: {e:#}");
+            power::STATUS_INTERNAL
+        }
+    };
+    power::off(status);
+}
+
+fn run() -> anyhow::Result<()> {
+    mounts::mount_basics()?;
+    println!(
+        "{READY_PREFIX} {} ready (uptime {})",
+        env!("CARGO_PKG_VERSION"),
+        mounts::uptime().unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! Leaving the guest: report the status, sync, reset through the i8042
+//! (the kernel runs with `reboot=k`; the host VMM takes the reset as a clean
+//! exit). PID 1 must never exit, so every path ends here.
+
+use nix::sys::reboot::{reboot, RebootMode};
+
+/// Status for a failure of the agent itself (not of a job's script).
+pub const STATUS_INTERNAL: i32 = 70;
+
+pub fn off(status: i32) -> ! {
+    println!("rootlayer-agent: exit status {status}");
+    nix::unistd::sync();
+    let err = reboot(RebootMode::RB_AUTOBOOT).unwrap_err();
+    eprintln!("rootlayer-agent: reboot failed: {err}");
+    loop {
+        nix::unistd::pause();
+    }
+}

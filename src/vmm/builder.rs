@@ -1,0 +1,212 @@
+//! One linear recipe from configuration to a finished guest:
+//! KVM -> VM -> memory -> kernel -> devices -> vCPU -> run loop.
+
+use super::arch::{boot, layout};
+use super::vcpu::{GuestExit, Vcpu};
+use super::{kvm, VmmError};
+use crate::devices::console::{ConsoleLog, ConsoleSink, Echo};
+use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
+use crate::devices::Bus;
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// Where KVM puts the real-mode TSS it needs on Intel (three pages just below
+/// the 4 GiB boundary, away from RAM and the MMIO window).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Kernel command line every guest gets; callers append their own.
+///
+/// - `console=ttyS0`: the 8250 on 0x3f8 is the only console;
+/// - `reboot=k`: reset through the i8042, our clean-exit path;
+/// - `panic=-1`: reboot at once on panic (the VMM reads the panic line);
+/// - `no_timer_check`: skip the IO-APIC timer sanity loop (seconds emulated);
+/// - `tsc=reliable`: no clocksource watchdog on a single-vCPU guest;
+/// - `GLIBC_TUNABLES=...`: passed by the kernel to PID 1's environment, it
+///   keeps glibc off AVX/AVX-512 in guest user space, whose upper register
+///   halves a software-emulated KVM does not preserve across context
+///   switches (kernel-config/README.md).
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 no_timer_check tsc=reliable \
+    noxsave clearcpuid=cx16,popcnt,smap,fsgsbase,pcid,invpcid,pku,rdtscp,rdpid,avx,avx2,rdrand,rdseed,erms,fsrm,clflushopt,clwb,umip \
+    GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX_VNNI,-AVX512VL,-AVX512BW,-AVX512DQ,-ERMS,-FSRM,-XSAVE,-XSAVEC";
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Full kernel command line (start from [`BASE_CMDLINE`]).
+    pub cmdline: String,
+    pub mem_mib: u64,
+    /// Wall-clock limit from the start of [`run`].
+    pub timeout: Duration,
+    pub echo: Echo,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunReport {
+    pub exit: GuestExit,
+    /// True when the wall-clock timeout stopped the guest.
+    pub timed_out: bool,
+    /// Time from the start of [`run`] to the end of the guest.
+    pub wall: Duration,
+    pub console: Arc<Mutex<ConsoleLog>>,
+}
+
+impl RunReport {
+    /// The last console lines, for error messages.
+    pub fn console_tail(&self) -> Vec<String> {
+        self.console.lock().expect("console log poisoned").tail()
+    }
+    /// Time from start to the agent's ready line.
+    pub fn ready_at(&self) -> Option<Duration> {
+        self.console
+            .lock()
+            .expect("console log poisoned")
+            .ready_at()
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that interrupts KVM_RUN so the vCPU thread sees its stop flag.
+fn kick_signal() -> libc::c_int {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        register_signal_handler(SIGRTMIN(), kick_handler)
+            .expect("registering the vCPU kick signal handler");
+    });
+    SIGRTMIN()
+}
+
+/// Boot the guest described by `config` and run it to its end.
+pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
+    let start = Instant::now();
+    if !(layout::MEM_MIN_MIB..=layout::MEM_MAX_MIB).contains(&config.mem_mib) {
+        return Err(VmmError::MemSize {
+            mib: config.mem_mib,
+            min: layout::MEM_MIN_MIB,
+            max: layout::MEM_MAX_MIB,
+        });
+    }
+    let kvm = kvm::open()?;
+
+    // Guest memory is declared before the VM so that it is unmapped after it.
+    let mem_bytes = usize::try_from(config.mem_mib << 20).expect("bounded by MEM_MAX_MIB");
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes)])
+        .map_err(|source| VmmError::Memory {
+            mib: config.mem_mib,
+            source,
+        })?;
+
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_err("create in-kernel PIT"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).expect("one region"),
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live anonymous mapping of `memory_size`
+        // bytes owned by `mem`, which outlives `vm` (declared before it), so
+        // KVM never sees the host address after it is unmapped.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(kvm_err("register guest memory"))?;
+    }
+
+    let entry = boot::load(
+        &mem,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &config.cmdline,
+    )?;
+
+    // Devices on the port bus: COM1 and the i8042 reset line.
+    let reset = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sink, console) = ConsoleSink::new(config.echo, start);
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| VmmError::Devices(format!("serial eventfd: {e}")))?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    let serial = SerialDevice::new(serial_irq, sink);
+    let mut pio = Bus::new();
+    pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT_BASE, COM1_PORT_LEN)
+        .map_err(|e| VmmError::Devices(e.to_string()))?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(reset.clone()))),
+        I8042_PORT_BASE,
+        I8042_PORT_LEN,
+    )
+    .map_err(|e| VmmError::Devices(e.to_string()))?;
+    let mmio = Bus::new();
+
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported CPUID"))?;
+    let vcpu_fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
+    let mut vcpu = Vcpu::new(vcpu_fd, pio, mmio, reset, stop.clone());
+    vcpu.configure(&mem, cpuid, entry)?;
+
+    let signal = kick_signal();
+    let (tx, rx) = mpsc::channel();
+    let vcpu_mem = mem.clone();
+    let thread = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || {
+            let exit = vcpu.run(&vcpu_mem);
+            let _ = tx.send(exit);
+        })
+        .map_err(VmmError::Thread)?;
+
+    let remaining = config.timeout.saturating_sub(start.elapsed());
+    let (exit, timed_out) = match rx.recv_timeout(remaining) {
+        Ok(exit) => (exit, false),
+        Err(_) => {
+            // Ask the vCPU to stop and kick it out of KVM_RUN until it does;
+            // repeated, because a kick that lands just before KVM_RUN is lost.
+            stop.store(true, Ordering::SeqCst);
+            loop {
+                let _ = thread.kill(signal);
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(exit) => break (exit, true),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break (GuestExit::Stopped, true),
+                }
+            }
+        }
+    };
+    let _ = thread.join();
+    drop(vm);
+    Ok(RunReport {
+        exit,
+        timed_out,
+        wall: start.elapsed(),
+        console,
+    })
+}

@@ -1,0 +1,44 @@
+//! The VMM: the only module that talks to KVM.
+//!
+//! [`builder::run`] is the one recipe: open KVM, create the VM and its guest
+//! memory, load kernel + initramfs + command line, attach the devices, set
+//! up the vCPU, run it until the guest resets, stops, fails or times out.
+
+pub mod arch;
+pub mod builder;
+pub mod kvm;
+pub mod vcpu;
+
+pub use builder::{run, RunReport, VmConfig};
+pub use vcpu::GuestExit;
+
+use std::path::PathBuf;
+
+/// Errors starting or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{0}")]
+    KvmUnavailable(String),
+    #[error("KVM: {what}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("guest memory of {mib} MiB is out of range ({min}..={max} MiB)")]
+    MemSize { mib: u64, min: u64, max: u64 },
+    #[error("allocating {mib} MiB of guest memory")]
+    Memory {
+        mib: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error(transparent)]
+    Boot(#[from] arch::boot::BootError),
+    #[error(transparent)]
+    Regs(#[from] arch::regs::RegsError),
+    #[error("setting up devices: {0}")]
+    Devices(String),
+    #[error("starting the vCPU thread")]
+    Thread(#[source] std::io::Error),
+    #[error("file {path} not found: {hint}")]
+    MissingFile { path: PathBuf, hint: String },
+}

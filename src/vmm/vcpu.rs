@@ -1,0 +1,258 @@
+//! The vCPU: boot state, and the run loop that dispatches port and MMIO
+//! exits to the buses until the guest resets, stops or fails.
+
+use super::arch::boot::EntryPoint;
+use super::arch::{cpuid, regs};
+use super::VmmError;
+use crate::devices::Bus;
+use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+/// KVM_INTERNAL_ERROR_EMULATION.
+const SUBERROR_EMULATION: u32 = 1;
+
+/// Why the guest stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest reset the machine through the i8042: the agent's clean exit.
+    Reset,
+    /// The CPU halted with interrupts off (e.g. the kernel's halt after a
+    /// power-off request it could not carry out).
+    Halted,
+    /// Triple fault (KVM_EXIT_SHUTDOWN).
+    TripleFault,
+    /// KVM_EXIT_SYSTEM_EVENT of this type (shutdown, reset, crash).
+    SystemEvent(u32),
+    /// KVM could not run or emulate an instruction.
+    InternalError {
+        suberror: u32,
+        rip: u64,
+        code: Option<Vec<u8>>,
+    },
+    /// VM entry failed (hardware reason code).
+    FailEntry(u64),
+    /// The host asked the vCPU to stop (timeout or signal).
+    Stopped,
+    /// KVM_RUN failed with this errno.
+    RunFailed(i32),
+}
+
+impl std::fmt::Display for GuestExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestExit::Reset => write!(f, "guest reset (clean exit)"),
+            GuestExit::Halted => write!(f, "guest halted"),
+            GuestExit::TripleFault => write!(f, "guest triple fault"),
+            GuestExit::SystemEvent(t) => write!(f, "guest system event {t}"),
+            GuestExit::InternalError {
+                suberror,
+                rip,
+                code,
+            } => {
+                let what = if *suberror == SUBERROR_EMULATION {
+                    "emulation failure"
+                } else {
+                    "internal error"
+                };
+                write!(f, "KVM {what} (suberror {suberror}) at rip {rip:#x}")?;
+                match code {
+                    Some(bytes) => {
+                        write!(f, ", instruction bytes:")?;
+                        bytes.iter().try_for_each(|b| write!(f, " {b:02x}"))
+                    }
+                    None => write!(f, ", instruction bytes unreadable"),
+                }
+            }
+            GuestExit::FailEntry(r) => write!(f, "VM entry failed (reason {r:#x})"),
+            GuestExit::Stopped => write!(f, "stopped by the host"),
+            GuestExit::RunFailed(e) => write!(
+                f,
+                "KVM_RUN failed: {}",
+                std::io::Error::from_raw_os_error(*e)
+            ),
+        }
+    }
+}
+
+/// One vCPU and what its exits reach.
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+    pio: Bus,
+    mmio: Bus,
+    reset: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+impl Vcpu {
+    pub fn new(
+        fd: VcpuFd,
+        pio: Bus,
+        mmio: Bus,
+        reset: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            fd,
+            pio,
+            mmio,
+            reset,
+            stop,
+        }
+    }
+
+    /// CPUID, registers, FPU and local APIC for the kernel entry point.
+    pub fn configure(
+        &self,
+        mem: &GuestMemoryMmap,
+        mut cpuid: CpuId,
+        entry: EntryPoint,
+    ) -> Result<(), VmmError> {
+        cpuid::filter(cpuid.as_mut_slice());
+        self.fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(kvm_err("get special registers"))?;
+        let sregs = regs::setup_sregs(mem, entry.mode, sregs)?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(kvm_err("set special registers"))?;
+        self.fd
+            .set_regs(&regs::boot_regs(entry.mode, entry.addr.0))
+            .map_err(kvm_err("set registers"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(kvm_err("set FPU"))?;
+        // LINT0 delivers the 8259's interrupts (ExtINT), LINT1 NMIs, as the
+        // BIOS would leave them.
+        let mut lapic = self.fd.get_lapic().map_err(kvm_err("get local APIC"))?;
+        set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(kvm_err("set local APIC"))?;
+        Ok(())
+    }
+
+    /// Run until the guest stops; device exits are handled on this thread.
+    pub fn run(&mut self, mem: &GuestMemoryMmap) -> GuestExit {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return GuestExit::Stopped;
+            }
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.pio.read(u64::from(port), data);
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(u64::from(port), data);
+                    if self.reset.load(Ordering::SeqCst) {
+                        return GuestExit::Reset;
+                    }
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::Hlt) => return GuestExit::Halted,
+                Ok(VcpuExit::Shutdown) => return GuestExit::TripleFault,
+                Ok(VcpuExit::SystemEvent(kind, _)) => return GuestExit::SystemEvent(kind),
+                Ok(VcpuExit::FailEntry(reason, _cpu)) => return GuestExit::FailEntry(reason),
+                Ok(VcpuExit::InternalError) => return self.internal_error(mem),
+                Ok(other) => {
+                    // Exits we never enable (debug, hypercalls, ...): report
+                    // them as an internal error rather than spinning.
+                    let _ = other;
+                    return self.internal_error(mem);
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return GuestExit::RunFailed(e.errno()),
+            }
+        }
+    }
+
+    fn internal_error(&mut self, mem: &GuestMemoryMmap) -> GuestExit {
+        let run = self.fd.get_kvm_run();
+        let suberror = if run.exit_reason == KVM_EXIT_INTERNAL_ERROR {
+            // SAFETY: exit_reason says the `internal` member of the exit
+            // union is the one KVM filled in; it is plain old data.
+            unsafe { run.__bindgen_anon_1.internal.suberror }
+        } else {
+            u32::MAX
+        };
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+        let code = self.read_code(mem, rip);
+        GuestExit::InternalError {
+            suberror,
+            rip,
+            code,
+        }
+    }
+
+    /// The 16 bytes at the guest's current instruction, through its page
+    /// tables.
+    fn read_code(&self, mem: &GuestMemoryMmap, rip: u64) -> Option<Vec<u8>> {
+        let sregs = self.fd.get_sregs().ok()?;
+        let linear = sregs.cs.base.wrapping_add(rip);
+        let tr = self.fd.translate_gva(linear).ok()?;
+        if tr.valid == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; 16];
+        mem.read_slice(&mut buf, GuestAddress(tr.physical_address))
+            .ok()?;
+        Some(buf)
+    }
+}
+
+fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
+    let mut b = [0u8; 4];
+    for (i, v) in b.iter_mut().enumerate() {
+        *v = regs[offset + i] as u8;
+    }
+    let value = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
+    for (i, v) in value.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *v as std::os::raw::c_char;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_mode_sets_only_the_delivery_mode_bits() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[APIC_LVT0] = 0x12;
+        regs[APIC_LVT0 + 1] = 0x01; // fixed mode bits set to 1
+        regs[APIC_LVT0 + 2] = 0x01; // masked
+        set_lvt_mode(&mut regs, APIC_LVT0, APIC_MODE_EXTINT);
+        assert_eq!(regs[APIC_LVT0] as u8, 0x12);
+        assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x07);
+        assert_eq!(regs[APIC_LVT0 + 2] as u8, 0x01);
+    }
+
+    #[test]
+    fn emulation_failure_prints_the_instruction_bytes() {
+        let e = GuestExit::InternalError {
+            suberror: 1,
+            rip: 0xffff_ffff_8100_0000,
+            code: Some(vec![0x0f, 0x01, 0xca]),
+        };
+        assert_eq!(e.to_string(), "KVM emulation failure (suberror 1) at rip 0xffffffff81000000, instruction bytes: 0f 01 ca");
+    }
+}
