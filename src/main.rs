@@ -48,6 +48,10 @@ struct BootArgs {
     /// Do not echo the guest console on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Print the full kernel command line and exit (for booting the same
+    /// guest elsewhere, e.g. under QEMU in scripts/bench-boot).
+    #[arg(long)]
+    print_cmdline: bool,
 }
 
 /// $ROOTLAYER_CACHE, or ~/.cache/rootlayer: where the scripts put what they build.
@@ -84,6 +88,13 @@ fn main() -> ExitCode {
 }
 
 fn boot(args: BootArgs) -> Exit {
+    let cmdline = format!("{} {}", vmm::builder::BASE_CMDLINE, args.cmdline)
+        .trim()
+        .to_string();
+    if args.print_cmdline {
+        println!("{cmdline}");
+        return Exit::Ok;
+    }
     let result = (|| {
         let config = VmConfig {
             kernel: default_file(args.kernel, "kernel/current/vmlinux", "build-kernel")?,
@@ -92,9 +103,7 @@ fn boot(args: BootArgs) -> Exit {
                 "initramfs/current.cpio",
                 "build-initramfs",
             )?),
-            cmdline: format!("{} {}", vmm::builder::BASE_CMDLINE, args.cmdline)
-                .trim()
-                .to_string(),
+            cmdline,
             mem_mib: args.mem_size,
             timeout: Duration::from_secs(args.timeout),
             echo: if args.quiet { Echo::Off } else { Echo::Stderr },
@@ -158,6 +167,12 @@ fn boot_outcome(report: &RunReport, timeout: u64) -> Exit {
                 "rootlayer: agent ready after {:.3}s, guest exited cleanly after {wall:.3}s",
                 at.as_secs_f64()
             );
+            if let (Some(peak), Some(guest)) = (report.peak_rss_kib, report.guest_rss_kib) {
+                eprintln!(
+                    "rootlayer: peak RSS {peak} KiB, of which guest RAM {guest} KiB: VMM overhead {} KiB",
+                    peak.saturating_sub(guest)
+                );
+            }
             Exit::Ok
         }
         (exit, _, _) => {

@@ -1,7 +1,7 @@
 //! One linear recipe from configuration to a finished guest:
 //! KVM -> VM -> memory -> kernel -> devices -> vCPU -> run loop.
 
-use super::arch::{boot, layout};
+use super::arch::{boot, layout, mptable};
 use super::vcpu::{GuestExit, Vcpu};
 use super::{kvm, VmmError};
 use crate::devices::console::{ConsoleLog, ConsoleSink, Echo};
@@ -30,12 +30,15 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// - `reboot=k`: reset through the i8042, our clean-exit path;
 /// - `panic=-1`: reboot at once on panic (the VMM reads the panic line);
 /// - `no_timer_check`: skip the IO-APIC timer sanity loop (seconds emulated);
+/// - `rodata=off`: no read-only remapping of kernel text and no poisoning of
+///   the freed gaps (about 4 s of emulated page-table and memset work; the
+///   isolation boundary is the VM, not the guest kernel's W^X);
 /// - `tsc=reliable`: no clocksource watchdog on a single-vCPU guest;
 /// - `GLIBC_TUNABLES=...`: passed by the kernel to PID 1's environment, it
 ///   keeps glibc off AVX/AVX-512 in guest user space, whose upper register
 ///   halves a software-emulated KVM does not preserve across context
 ///   switches (kernel-config/README.md).
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 no_timer_check tsc=reliable \
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 no_timer_check tsc=reliable rodata=off \
     noxsave clearcpuid=cx16,popcnt,smap,fsgsbase,pcid,invpcid,pku,rdtscp,rdpid,avx,avx2,rdrand,rdseed,erms,fsrm,clflushopt,clwb,umip \
     GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX_VNNI,-AVX512VL,-AVX512BW,-AVX512DQ,-ERMS,-FSRM,-XSAVE,-XSAVEC";
 
@@ -61,6 +64,10 @@ pub struct RunReport {
     /// Time from the start of [`run`] to the end of the guest.
     pub wall: Duration,
     pub console: Arc<Mutex<ConsoleLog>>,
+    /// Peak resident memory of this process, and how much of it was guest
+    /// RAM the guest touched, both in KiB (None where /proc cannot tell).
+    pub peak_rss_kib: Option<u64>,
+    pub guest_rss_kib: Option<u64>,
 }
 
 impl RunReport {
@@ -145,6 +152,7 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
         config.initrd.as_deref(),
         &config.cmdline,
     )?;
+    mptable::write(&mem)?;
 
     // Devices on the port bus: COM1 and the i8042 reset line.
     let reset = Arc::new(AtomicBool::new(false));
@@ -172,6 +180,10 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
     let vcpu_fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
     let mut vcpu = Vcpu::new(vcpu_fd, pio, mmio, reset, stop.clone());
     vcpu.configure(&mem, cpuid, entry)?;
+    let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(PathBuf::from);
+    if profile.is_some() {
+        vcpu.enable_profiling();
+    }
 
     let signal = kick_signal();
     let (tx, rx) = mpsc::channel();
@@ -180,13 +192,27 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
         .name("vcpu0".into())
         .spawn(move || {
             let exit = vcpu.run(&vcpu_mem);
-            let _ = tx.send(exit);
+            let _ = tx.send((exit, vcpu.take_samples()));
         })
         .map_err(VmmError::Thread)?;
 
-    let remaining = config.timeout.saturating_sub(start.elapsed());
-    let (exit, timed_out) = match rx.recv_timeout(remaining) {
-        Ok(exit) => (exit, false),
+    // While profiling, kick the vCPU every few milliseconds; otherwise wait.
+    let tick = if profile.is_some() {
+        Duration::from_millis(5)
+    } else {
+        config.timeout
+    };
+    let wait = loop {
+        let remaining = config.timeout.saturating_sub(start.elapsed());
+        match rx.recv_timeout(remaining.min(tick)) {
+            Err(mpsc::RecvTimeoutError::Timeout) if !remaining.is_zero() && profile.is_some() => {
+                let _ = thread.kill(signal);
+            }
+            other => break other,
+        }
+    };
+    let ((exit, samples), timed_out) = match wait {
+        Ok(done) => (done, false),
         Err(_) => {
             // Ask the vCPU to stop and kick it out of KVM_RUN until it does;
             // repeated, because a kick that lands just before KVM_RUN is lost.
@@ -194,19 +220,60 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
             loop {
                 let _ = thread.kill(signal);
                 match rx.recv_timeout(Duration::from_millis(20)) {
-                    Ok(exit) => break (exit, true),
+                    Ok(done) => break (done, true),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break (GuestExit::Stopped, true),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break ((GuestExit::Stopped, Vec::new()), true)
+                    }
                 }
             }
         }
     };
     let _ = thread.join();
+    let peak_rss_kib = peak_rss_kib();
+    let guest_rss_kib = mem.iter().map(|r| mapping_rss_kib(r.as_ptr() as u64)).sum();
     drop(vm);
+    if let Some(path) = profile {
+        let text: String = samples.iter().map(|rip| format!("{rip:x}\n")).collect();
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("rootlayer: writing guest profile {}: {e}", path.display());
+        }
+    }
     Ok(RunReport {
         exit,
         timed_out,
         wall: start.elapsed(),
         console,
+        peak_rss_kib,
+        guest_rss_kib,
     })
+}
+
+/// VmHWM of this process, in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident KiB of the mapping that starts at host address `start`.
+fn mapping_rss_kib(start: u64) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut in_mapping = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, _)) = range.split_once('-') {
+                if lo.chars().all(|c| c.is_ascii_hexdigit()) {
+                    in_mapping = u64::from_str_radix(lo, 16).ok() == Some(start);
+                    continue;
+                }
+            }
+        }
+        if in_mapping {
+            if let Some(rest) = line.strip_prefix("Rss:") {
+                return rest.split_whitespace().next()?.parse().ok();
+            }
+        }
+    }
+    None
 }

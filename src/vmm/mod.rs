@@ -35,6 +35,8 @@ pub enum VmmError {
     Boot(#[from] arch::boot::BootError),
     #[error(transparent)]
     Regs(#[from] arch::regs::RegsError),
+    #[error(transparent)]
+    MpTable(#[from] arch::mptable::MpTableError),
     #[error("setting up devices: {0}")]
     Devices(String),
     #[error("starting the vCPU thread")]

@@ -89,6 +89,8 @@ pub struct Vcpu {
     mmio: Bus,
     reset: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    /// Guest RIPs sampled at each kick (`ROOTLAYER_GUEST_PROFILE`).
+    samples: Option<Vec<u64>>,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -109,7 +111,19 @@ impl Vcpu {
             mmio,
             reset,
             stop,
+            samples: None,
         }
+    }
+
+    /// Record the guest's instruction pointer every time the host kicks the
+    /// vCPU out of KVM_RUN (a sampling profiler of the guest kernel).
+    pub fn enable_profiling(&mut self) {
+        self.samples = Some(Vec::new());
+    }
+
+    /// The samples taken so far.
+    pub fn take_samples(&mut self) -> Vec<u64> {
+        self.samples.take().unwrap_or_default()
     }
 
     /// CPUID, registers, FPU and local APIC for the kernel entry point.
@@ -179,7 +193,13 @@ impl Vcpu {
                     let _ = other;
                     return self.internal_error(mem);
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if let Some(samples) = self.samples.as_mut() {
+                        if let Ok(regs) = self.fd.get_regs() {
+                            samples.push(regs.rip);
+                        }
+                    }
+                }
                 Err(e) => return GuestExit::RunFailed(e.errno()),
             }
         }

@@ -7,7 +7,7 @@
 //! 0x0000_8ff0  boot stack (64-bit boot protocol)
 //! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000 PD (identity map of the first GiB)
 //! 0x0002_0000  kernel command line (2 KiB)
-//! 0x0009_fc00  EBDA (reserved in the e820 map)
+//! 0x0009_fc00  EBDA (reserved in the e820 map): MP floating pointer + table
 //! 0x0010_0000  kernel (vmlinux at its ELF load address, bzImage here)
 //! top of RAM   initramfs, page aligned, below INITRD_MAX
 //! 0xd000_0000  virtio-mmio devices, 4 KiB each
@@ -32,11 +32,16 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// Lowest address of the MMIO window; guest RAM must end below it.
 pub const MMIO_START: u64 = 0xd000_0000;
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
-/// First legacy IRQ for virtio-mmio devices (COM1 has 4).
+/// First IRQ for virtio-mmio devices (COM1 has 4); ISA IRQs go to the I/O
+/// APIC pin of the same number (see mptable.rs).
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
-/// Last IRQ usable through the 8259 PIC the kernel falls back to without an
-/// MP table. IRQ 8 (RTC) and 12 are left alone; enough for our devices.
-pub const VIRTIO_LAST_IRQ: u32 = 15;
+/// Pins of KVM's in-kernel I/O APIC.
+pub const IOAPIC_PINS: u8 = 24;
+/// Last IRQ for virtio-mmio devices.
+pub const VIRTIO_LAST_IRQ: u32 = IOAPIC_PINS as u32 - 1;
+/// Local APIC and I/O APIC MMIO addresses (the architectural defaults).
+pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Largest initramfs address the kernel accepts from the boot protocol.
 pub const INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 

@@ -1,0 +1,38 @@
+//! e2e: our VMM boots the built guest kernel into the agent and gets a clean
+//! exit back; the ready line and the guest's own boot time are reported.
+
+mod common;
+
+#[test]
+fn boots_to_the_agent_and_exits_cleanly() {
+    let Some(g) = common::guest("boots_to_the_agent_and_exits_cleanly") else {
+        return;
+    };
+    let (code, stderr) = common::run(
+        common::rootlayer()
+            .args(["boot", "--timeout", "300", "--mem-size", "256", "--kernel"])
+            .arg(&g.kernel)
+            .arg("--initrd")
+            .arg(&g.initrd),
+    );
+    assert_eq!(code, 0, "boot failed");
+    let ready = stderr
+        .lines()
+        .find(|l| l.starts_with("rootlayer-agent ") && l.contains(" ready (uptime "))
+        .expect("agent ready line on the console");
+    assert!(
+        ready.contains(env!("CARGO_PKG_VERSION")),
+        "ready line names the agent version: {ready}"
+    );
+    assert!(stderr.contains("rootlayer-agent: exit status 0"));
+    assert!(
+        stderr.contains("reboot: Restarting system"),
+        "the guest left through the i8042 reset"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("rootlayer: agent ready after ")),
+        "summary line"
+    );
+}
