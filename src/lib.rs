@@ -7,4 +7,6 @@
 
 pub mod devices;
 pub mod exit;
+pub mod image;
+pub mod layer;
 pub mod vmm;

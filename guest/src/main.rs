@@ -6,12 +6,17 @@
 
 mod mounts;
 mod power;
+mod selftest;
 
 /// Printed once the agent runs; the host looks for this prefix on the serial
 /// console (see `rootlayer::vmm::console::READY_PREFIX`).
 const READY_PREFIX: &str = "rootlayer-agent";
 
 fn main() {
+    // A self-test child re-executed by the agent: not PID 1.
+    if let Some(code) = selftest::child_main() {
+        std::process::exit(code);
+    }
     std::panic::set_hook(Box::new(|info| {
         eprintln!("rootlayer-agent: panic: {info}");
         power::off(power::STATUS_INTERNAL);
@@ -33,5 +38,8 @@ fn run() -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         mounts::uptime().unwrap_or_else(|| "unknown".into())
     );
+    if let Ok(name) = std::env::var("ROOTLAYER_SELFTEST") {
+        selftest::run(&name)?;
+    }
     Ok(())
 }

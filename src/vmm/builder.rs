@@ -27,6 +27,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// Kernel command line every guest gets; callers append their own.
 ///
 /// - `console=ttyS0`: the 8250 on 0x3f8 is the only console;
+/// - `quiet`: every console byte is a VM exit and emulated driver code
+///   (append `loglevel=7` to see the boot log);
 /// - `reboot=k`: reset through the i8042, our clean-exit path;
 /// - `panic=-1`: reboot at once on panic (the VMM reads the panic line);
 /// - `no_timer_check`: skip the IO-APIC timer sanity loop (seconds emulated);
@@ -38,7 +40,7 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 ///   keeps glibc off AVX/AVX-512 in guest user space, whose upper register
 ///   halves a software-emulated KVM does not preserve across context
 ///   switches (kernel-config/README.md).
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 no_timer_check tsc=reliable rodata=off \
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 no_timer_check tsc=reliable rodata=off \
     noxsave clearcpuid=cx16,popcnt,smap,fsgsbase,pcid,invpcid,pku,rdtscp,rdpid,avx,avx2,rdrand,rdseed,erms,fsrm,clflushopt,clwb,umip \
     GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX_VNNI,-AVX512VL,-AVX512BW,-AVX512DQ,-ERMS,-FSRM,-XSAVE,-XSAVEC";
 

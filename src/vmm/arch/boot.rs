@@ -235,7 +235,7 @@ fn write_pvh_info(
         version: 1,
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
-        memmap_entries: map.len() as u32,
+        memmap_entries: u32::try_from(map.len()).expect("3 entries"),
         ..Default::default()
     };
     if let Some((paddr, size)) = ramdisk {
@@ -267,13 +267,13 @@ fn write_zero_page(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmd_line_ptr = u32::try_from(CMDLINE_START).expect("below 4 GiB");
     params.hdr.cmdline_size = cmdline_size;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     if let Some((addr, size)) = ramdisk {
         // Both below 2 GiB (INITRD_ADDR_MAX), so they fit the 32-bit fields.
-        params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = size as u32;
+        params.hdr.ramdisk_image = u32::try_from(addr).expect("below INITRD_ADDR_MAX");
+        params.hdr.ramdisk_size = u32::try_from(size).expect("below INITRD_ADDR_MAX");
     }
     for (i, (addr, size, type_)) in e820_map(mem_end).iter().enumerate() {
         params.e820_table[i] = boot_e820_entry {
@@ -281,7 +281,7 @@ fn write_zero_page(
             size: *size,
             type_: *type_,
         };
-        params.e820_entries = (i + 1) as u8;
+        params.e820_entries = u8::try_from(i + 1).expect("3 entries");
     }
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
         .map_err(BootError::Memory)

@@ -49,7 +49,8 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// The KVM segment register equivalent of GDT entry `entry` at `index`.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
-    let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
+    let mut limit =
+        u32::try_from((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)).expect("20-bit limit");
     let g = ((entry >> 55) & 1) as u8;
     if g == 1 {
         limit = (limit << 12) | 0xfff;
@@ -110,7 +111,7 @@ pub fn setup_sregs<M: GuestMemory>(
     let data = segment_from_gdt(gdt[2], 2);
     let tss = segment_from_gdt(gdt[3], 3);
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&gdt) - 1).expect("4-entry GDT");
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code;

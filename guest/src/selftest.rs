@@ -1,0 +1,199 @@
+//! In-guest self-tests, requested with `ROOTLAYER_SELFTEST=NAME` on the kernel
+//! command line (the kernel hands unknown `KEY=VALUE` parameters to PID 1 as
+//! environment).
+//!
+//! `hang`: never finish (the host's timeout test).
+//!
+//! `avx`: the AVX hazard of software-emulated KVM. Guest user code runs
+//! natively there and sees the host's AVX through CPUID, but the guest
+//! kernel (running `noxsave`) saves only the legacy FPU/SSE state on a
+//! context switch, so the upper halves of YMM registers leak between
+//! processes. Two processes that hold a YMM value across preemptions measure
+//! the raw hazard; two processes running glibc's string functions under the
+//! agent's GLIBC_TUNABLES (AVX off) must see no corruption, and the same
+//! workload without the tunables is the control.
+
+use anyhow::{bail, Context};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+use std::time::{Duration, Instant};
+
+const CHILD_ENV: &str = "ROOTLAYER_SELFTEST_CHILD";
+
+pub fn run(name: &str) -> anyhow::Result<()> {
+    match name {
+        "avx" => avx(),
+        "hang" => {
+            // For the host's timeout test: a guest that never finishes.
+            println!("rootlayer-agent: selftest hang: sleeping forever");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        other => bail!("unknown self-test {other:?}"),
+    }
+}
+
+/// Entry for a re-executed child (see `glibc_pair`): run the workload and
+/// exit with the number of mismatches (capped).
+pub fn child_main() -> Option<i32> {
+    let what = std::env::var(CHILD_ENV).ok()?;
+    let seed: u8 = what.parse().unwrap_or(1);
+    let bad = glibc_workload(seed, Duration::from_secs(3));
+    Some(bad.min(100) as i32)
+}
+
+fn avx() -> anyhow::Result<()> {
+    // What guest user code sees through CPUID (native or filtered by the
+    // VMM, depending on the KVM underneath).
+    let (l1, l7) = (
+        std::arch::x86_64::__cpuid(1),
+        std::arch::x86_64::__cpuid_count(7, 0),
+    );
+    println!(
+        "rootlayer-agent: selftest avx: user CPUID leaf1.ecx={:#010x} (avx={} osxsave={}) leaf7.ebx={:#010x} (avx2={})",
+        l1.ecx,
+        (l1.ecx >> 28) & 1,
+        (l1.ecx >> 27) & 1,
+        l7.ebx,
+        (l7.ebx >> 5) & 1
+    );
+    // Run the raw test even where CPUID says AVX is unusable (OSXSAVE=0):
+    // on software KVM the instructions may still execute natively, which is
+    // exactly the hazard. Where they fault, the children die of SIGILL.
+    match ymm_pair(40)? {
+        Some((bad, rounds)) => {
+            println!("rootlayer-agent: selftest avx: raw YMM upper halves corrupted in {bad} of {rounds} rounds")
+        }
+        None => println!("rootlayer-agent: selftest avx: AVX instructions fault in guest user mode (SIGILL): no hazard"),
+    }
+    let with = glibc_pair(true)?;
+    println!("rootlayer-agent: selftest avx: glibc string functions with GLIBC_TUNABLES: {with} mismatches");
+    let without = glibc_pair(false)?;
+    println!("rootlayer-agent: selftest avx: glibc string functions without GLIBC_TUNABLES (control): {without} mismatches");
+    if with != 0 {
+        bail!("guest user processes corrupt each other's vector state despite GLIBC_TUNABLES");
+    }
+    Ok(())
+}
+
+/// Two forked processes each hold a distinct YMM value across busy loops
+/// long enough to be preempted; returns (corrupted rounds, rounds), or None
+/// when the AVX instructions fault.
+fn ymm_pair(rounds: u32) -> anyhow::Result<Option<(u32, u32)>> {
+    let mut total = 0;
+    let mut faulted = false;
+    let mut children = Vec::new();
+    for seed in [0x11u8, 0x77u8] {
+        // SAFETY: the agent is single-threaded here, so the child may run
+        // arbitrary code after fork.
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                let mut bad = 0;
+                for _ in 0..rounds {
+                    // SAFETY: a deliberate probe: where the CPU cannot run
+                    // AVX the first VEX instruction raises SIGILL and this
+                    // child dies, which the parent reports.
+                    if !unsafe { hold_ymm(seed) } {
+                        bad += 1;
+                    }
+                }
+                std::process::exit(bad);
+            }
+            ForkResult::Parent { child } => children.push(child),
+        }
+    }
+    for child in children {
+        match waitpid(child, None).context("waitpid")? {
+            WaitStatus::Exited(_, bad) => total += u32::try_from(bad).unwrap_or(0),
+            WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGILL, _) => faulted = true,
+            other => bail!("YMM probe child ended unexpectedly: {other:?}"),
+        }
+    }
+    Ok((!faulted).then_some((total.min(rounds), rounds)))
+}
+
+/// Load a pattern into YMM0, spin for ~30 ms, read it back; true if intact.
+#[target_feature(enable = "avx")]
+unsafe fn hold_ymm(seed: u8) -> bool {
+    let pattern = [seed; 32];
+    let mut out = [0u8; 32];
+    let spins: u64 = 30_000_000;
+    // SAFETY: reads and writes only the two local arrays; YMM0 is declared
+    // clobbered.
+    unsafe {
+        std::arch::asm!(
+            "vmovdqu ymm0, [{src}]",
+            "2:",
+            "dec {n}",
+            "jnz 2b",
+            "vmovdqu [{dst}], ymm0",
+            src = in(reg) pattern.as_ptr(),
+            dst = in(reg) out.as_mut_ptr(),
+            n = inout(reg) spins => _,
+            out("ymm0") _,
+        );
+    }
+    out == pattern
+}
+
+/// Two processes running the glibc workload at once, re-executed from
+/// /proc/self/exe so that glibc picks its string functions afresh with or
+/// without GLIBC_TUNABLES. Returns total mismatches.
+fn glibc_pair(with_tunables: bool) -> anyhow::Result<u32> {
+    let mut children = Vec::new();
+    for seed in ["3", "5"] {
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.env(CHILD_ENV, seed);
+        if !with_tunables {
+            cmd.env_remove("GLIBC_TUNABLES");
+        }
+        children.push(cmd.spawn().context("spawn self-test child")?);
+    }
+    let mut total = 0;
+    for mut c in children {
+        let status = c.wait().context("wait for self-test child")?;
+        total += status.code().map_or(100, |c| c as u32);
+    }
+    Ok(total)
+}
+
+/// memcpy/memset/memmove/strlen over varying sizes, checked byte by byte
+/// against the pattern; returns mismatches seen in `time`.
+fn glibc_workload(seed: u8, time: Duration) -> u32 {
+    let mut src = vec![0u8; 1 << 20];
+    let mut dst = vec![0u8; 1 << 20];
+    let mut bad = 0u32;
+    let start = Instant::now();
+    let mut round: usize = 0;
+    while start.elapsed() < time {
+        round += 1;
+        let len = 4096 + (round * 7919) % ((1 << 20) - 4096);
+        let fill = seed.wrapping_add(round.to_le_bytes()[0]) | 1;
+        // memset, memcpy, memmove and strlen as glibc selected them.
+        unsafe_memset(&mut src[..len], fill);
+        std::hint::black_box(&mut src);
+        dst[..len].copy_from_slice(&src[..len]);
+        dst.copy_within(0..len / 2, len / 2);
+        src[len - 1] = 0;
+        // SAFETY: src[..len] is NUL-terminated at len - 1.
+        let n = unsafe { libc::strlen(src.as_ptr().cast()) };
+        if n != len - 1 {
+            bad += 1;
+        }
+        let half = len / 2;
+        if dst[..half]
+            .iter()
+            .chain(&dst[half..half * 2])
+            .any(|b| *b != fill)
+        {
+            bad += 1;
+        }
+    }
+    bad
+}
+
+fn unsafe_memset(buf: &mut [u8], value: u8) {
+    // SAFETY: writes exactly buf.len() bytes into buf.
+    unsafe { libc::memset(buf.as_mut_ptr().cast(), i32::from(value), buf.len()) };
+}

@@ -1,0 +1,490 @@
+//! Writing the result: the new layer as nixpkgs `mkRootLayer` outputs it, or
+//! the base image with the new layer appended, as a docker-archive or an OCI
+//! image layout. Everything is staged under a hidden temporary name in the
+//! output's directory and renamed into place only once complete, so a
+//! failure leaves nothing at the output path.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::image::{
+    Descriptor, History, HistoryBuilder, ImageConfiguration, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, OciLayoutBuilder,
+};
+
+use super::digest::{HashingWriter, Sha256Digest};
+use super::docker::{parse_config, ManifestEntry};
+use super::oci::{blob_path, REF_NAME};
+use super::read::BaseImage;
+use super::ImageError;
+
+/// The output form (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// A directory as `mkRootLayer` makes: `layer.tar`, `json`, `VERSION`,
+    /// plus `layer.sha256` holding the layer's diff_id.
+    #[default]
+    Layer,
+    /// A docker-archive tar (gzip-compressed when the output name ends in
+    /// `.gz`) of the base image with the new layer on top.
+    DockerArchive,
+    /// An OCI image layout directory of the base image with the new layer
+    /// on top.
+    Oci,
+}
+
+impl FromStr for OutputFormat {
+    type Err = ImageError;
+
+    fn from_str(s: &str) -> Result<Self, ImageError> {
+        match s {
+            "layer" => Ok(OutputFormat::Layer),
+            "docker-archive" => Ok(OutputFormat::DockerArchive),
+            "oci" => Ok(OutputFormat::Oci),
+            _ => Err(ImageError::Invalid(format!(
+                "unknown output format {s:?}; expected layer, docker-archive or oci"
+            ))),
+        }
+    }
+}
+
+/// The new layer, as the layer engine produced it: an uncompressed tar and
+/// its sha256 (the diff_id) and size, which are checked while copying.
+#[derive(Debug, Clone)]
+pub struct NewLayer {
+    pub tar: PathBuf,
+    pub diff_id: Sha256Digest,
+    pub size: u64,
+}
+
+/// What the output says about itself.
+#[derive(Debug, Clone)]
+pub struct ImageMeta {
+    /// Name and tag of the output image (docker-archive `RepoTags` and
+    /// `repositories`; OCI `index.json` annotations).
+    pub name: String,
+    pub tag: String,
+    /// RFC 3339 time for the new history entry and the config (`--created`).
+    pub created: String,
+    pub created_by: Option<String>,
+    pub comment: Option<String>,
+    /// `mkRootLayer`'s `baseJson`: the `json` of the `layer` output gets its
+    /// fields plus `checksum`; without a base image it also seeds the
+    /// config of the docker-archive and OCI outputs.
+    pub base_json: Option<serde_json::Value>,
+}
+
+/// Writes the output at `out`, which must not exist yet.
+pub fn write_output(
+    format: OutputFormat,
+    out: &Path,
+    base: Option<&BaseImage>,
+    layer: &NewLayer,
+    meta: &ImageMeta,
+) -> Result<(), ImageError> {
+    if out.symlink_metadata().is_ok() {
+        return Err(ImageError::OutputExists(out.to_path_buf()));
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let prefix = format!(
+        ".{}.",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into())
+    );
+    match format {
+        OutputFormat::Layer | OutputFormat::Oci => {
+            let tmp = tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(".tmp")
+                .tempdir_in(parent)
+                .map_err(ImageError::io(parent))?;
+            if format == OutputFormat::Layer {
+                write_layer_dir(tmp.path(), layer, meta)?;
+            } else {
+                write_oci_dir(tmp.path(), base, layer, meta)?;
+            }
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
+                .map_err(ImageError::io(tmp.path()))?;
+            if out.symlink_metadata().is_ok() {
+                return Err(ImageError::OutputExists(out.to_path_buf()));
+            }
+            fs::rename(tmp.path(), out).map_err(ImageError::io(out))?;
+            let _ = tmp.keep();
+        }
+        OutputFormat::DockerArchive => {
+            let tmp = tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(".tmp")
+                .tempfile_in(parent)
+                .map_err(ImageError::io(parent))?;
+            let gzip = out.extension().is_some_and(|e| e == "gz");
+            write_docker_archive(tmp.as_file(), base, layer, meta, gzip)?;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(ImageError::io(tmp.path()))?;
+            tmp.persist_noclobber(out).map_err(|e| {
+                if e.error.kind() == io::ErrorKind::AlreadyExists {
+                    ImageError::OutputExists(out.to_path_buf())
+                } else {
+                    ImageError::io(out)(e.error)
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the new layer's tar into `w`, checking its digest and size.
+fn copy_new_layer(layer: &NewLayer, w: &mut dyn Write) -> Result<(), ImageError> {
+    let mut f = File::open(&layer.tar).map_err(ImageError::io(&layer.tar))?;
+    let mut hw = HashingWriter::new(w);
+    io::copy(&mut f, &mut hw).map_err(ImageError::io(&layer.tar))?;
+    let (_, tally) = hw.into_inner();
+    super::digest::check(
+        &format!("new layer {}", layer.tar.display()),
+        &layer.diff_id,
+        Some(layer.size),
+        &tally,
+    )
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    fs::write(path, data).map_err(ImageError::io(path))
+}
+
+/// `mkRootLayer`'s output, plus `layer.sha256`.
+fn write_layer_dir(dir: &Path, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
+    let tar_path = dir.join("layer.tar");
+    let mut f = BufWriter::new(File::create(&tar_path).map_err(ImageError::io(&tar_path))?);
+    copy_new_layer(layer, &mut f)?;
+    f.into_inner()
+        .map_err(|e| ImageError::io(&tar_path)(e.into_error()))?
+        .sync_all()
+        .map_err(ImageError::io(&tar_path))?;
+
+    let mut json = match &meta.base_json {
+        Some(serde_json::Value::Object(m)) => m.clone(),
+        Some(_) => return Err(ImageError::Invalid("base json is not a JSON object".into())),
+        None => serde_json::Map::new(),
+    };
+    json.insert("checksum".into(), layer.diff_id.to_string().into());
+    let json = serde_json::to_vec(&json).map_err(ImageError::json("layer json"))?;
+    write_file(&dir.join("json"), &json)?;
+    write_file(&dir.join("VERSION"), b"1.0")?;
+    write_file(
+        &dir.join("layer.sha256"),
+        layer.diff_id.to_string().as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The config of the output image: the base's (or one seeded from the base
+/// json), with the new layer's diff_id and history entry appended.
+fn output_config(
+    base: Option<&BaseImage>,
+    layer: &NewLayer,
+    meta: &ImageMeta,
+) -> Result<ImageConfiguration, ImageError> {
+    let mut config = match base {
+        Some(b) => b.config().clone(),
+        None => {
+            let mut seed = meta
+                .base_json
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({}));
+            if let Some(o) = seed.as_object_mut() {
+                o.remove("checksum");
+                o.remove("rootfs");
+                o.remove("history");
+            }
+            parse_config(seed, "base json")?
+        }
+    };
+    let base_layers = base.map_or(0, |b| b.layers().len());
+    let mut history: Vec<History> = config.history().clone().unwrap_or_default();
+    if history.is_empty() && base_layers > 0 {
+        // Keep one history entry per layer when the base recorded none.
+        for _ in 0..base_layers {
+            let mut h = History::default();
+            h.set_created(config.created().clone());
+            history.push(h);
+        }
+    }
+    let mut entry = HistoryBuilder::default().created(meta.created.clone());
+    if let Some(by) = &meta.created_by {
+        entry = entry.created_by(by.clone());
+    }
+    if let Some(c) = &meta.comment {
+        entry = entry.comment(c.clone());
+    }
+    history.push(
+        entry
+            .build()
+            .map_err(|e| ImageError::Invalid(e.to_string()))?,
+    );
+    config.set_history(Some(history));
+    config
+        .rootfs_mut()
+        .diff_ids_mut()
+        .push(layer.diff_id.to_string());
+    config.set_created(Some(meta.created.clone()));
+    Ok(config)
+}
+
+fn tar_header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_entry_type(kind);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+fn append_bytes<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+    out: &Path,
+) -> Result<(), ImageError> {
+    let mut h = tar_header(data.len() as u64, 0o644, tar::EntryType::Regular);
+    b.append_data(&mut h, name, data)
+        .map_err(|e| ImageError::from_io(e, out))
+}
+
+fn append_dir<W: Write>(b: &mut tar::Builder<W>, name: &str, out: &Path) -> Result<(), ImageError> {
+    let mut h = tar_header(0, 0o755, tar::EntryType::Directory);
+    b.append_data(&mut h, name, io::empty())
+        .map_err(|e| ImageError::from_io(e, out))
+}
+
+/// A `Read` over the new layer that checks its digest and size at the end.
+struct CheckedNewLayer<'a> {
+    file: File,
+    tally: super::digest::Tally,
+    layer: &'a NewLayer,
+}
+
+impl Read for CheckedNewLayer<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.tally.update(&buf[..n]);
+        if n == 0 && !buf.is_empty() {
+            super::digest::check(
+                &format!("new layer {}", self.layer.tar.display()),
+                &self.layer.diff_id,
+                Some(self.layer.size),
+                &self.tally,
+            )
+            .map_err(ImageError::into_io)?;
+        }
+        Ok(n)
+    }
+}
+
+fn open_new_layer(layer: &NewLayer) -> Result<CheckedNewLayer<'_>, ImageError> {
+    Ok(CheckedNewLayer {
+        file: File::open(&layer.tar).map_err(ImageError::io(&layer.tar))?,
+        tally: Default::default(),
+        layer,
+    })
+}
+
+/// A docker-archive with `manifest.json`, `repositories` and the older
+/// `<id>/{layer.tar,json,VERSION}` directories, so that both kinds of
+/// reader (Docker/podman/skopeo and nixpkgs' `repositories` walk) load it.
+fn write_docker_archive(
+    file: &File,
+    base: Option<&BaseImage>,
+    layer: &NewLayer,
+    meta: &ImageMeta,
+    gzip: bool,
+) -> Result<(), ImageError> {
+    let out = Path::new("docker-archive output");
+    let config = output_config(base, layer, meta)?;
+    let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
+    let config_name = format!("{}.json", Sha256Digest::of(&config_bytes).hex());
+
+    let sink: Box<dyn Write + '_> = if gzip {
+        Box::new(flate2::write::GzEncoder::new(
+            BufWriter::new(file),
+            flate2::Compression::default(),
+        ))
+    } else {
+        Box::new(BufWriter::new(file))
+    };
+    let mut b = tar::Builder::new(sink);
+
+    let diff_ids = config.rootfs().diff_ids().clone();
+    let n = diff_ids.len();
+    let mut parent: Option<String> = None;
+    let mut layer_paths = Vec::with_capacity(n);
+    for (i, diff_id) in diff_ids.iter().enumerate() {
+        // A v1 layer id: unique for the layer and everything below it.
+        let id =
+            Sha256Digest::of(format!("{} {diff_id}", parent.as_deref().unwrap_or("")).as_bytes())
+                .hex();
+        append_dir(&mut b, &format!("{id}/"), out)?;
+        append_bytes(&mut b, &format!("{id}/VERSION"), b"1.0", out)?;
+        let mut v1 = serde_json::json!({ "id": id, "created": meta.created });
+        if let Some(p) = &parent {
+            v1["parent"] = p.clone().into();
+        }
+        if i + 1 == n {
+            v1["architecture"] = config.architecture().to_string().into();
+            v1["os"] = config.os().to_string().into();
+            if let Some(c) = config.config() {
+                v1["config"] = serde_json::to_value(c).map_err(ImageError::json("config"))?;
+            }
+        }
+        let v1 = serde_json::to_vec(&v1).map_err(ImageError::json("layer json"))?;
+        append_bytes(&mut b, &format!("{id}/json"), &v1, out)?;
+
+        let path = format!("{id}/layer.tar");
+        let base_layers = base.map_or(0, |b| b.layers().len());
+        if i < base_layers {
+            let base = base.ok_or_else(|| ImageError::Invalid("no base image".into()))?;
+            let bl = &base.layers()[i];
+            let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
+            b.append_data(&mut h, &path, base.open_layer_blob(i)?)
+                .map_err(|e| ImageError::from_io(e, base.path()))?;
+        } else {
+            let mut h = tar_header(layer.size, 0o644, tar::EntryType::Regular);
+            b.append_data(&mut h, &path, open_new_layer(layer)?)
+                .map_err(|e| ImageError::from_io(e, &layer.tar))?;
+        }
+        layer_paths.push(path);
+        parent = Some(id);
+    }
+    append_bytes(&mut b, &config_name, &config_bytes, out)?;
+
+    let repo_tag = format!("{}:{}", meta.name, meta.tag);
+    let manifest = vec![ManifestEntry {
+        config: config_name,
+        repo_tags: Some(vec![repo_tag]),
+        layers: layer_paths,
+    }];
+    let manifest = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest.json"))?;
+    append_bytes(&mut b, "manifest.json", &manifest, out)?;
+    let top = parent.unwrap_or_default();
+    let repositories = serde_json::json!({ meta.name.clone(): { meta.tag.clone(): top } });
+    let repositories =
+        serde_json::to_vec(&repositories).map_err(ImageError::json("repositories"))?;
+    append_bytes(&mut b, "repositories", &repositories, out)?;
+
+    let mut sink = b.into_inner().map_err(|e| ImageError::from_io(e, out))?;
+    sink.flush().map_err(|e| ImageError::from_io(e, out))?;
+    drop(sink);
+    file.sync_all().map_err(|e| ImageError::from_io(e, out))?;
+    Ok(())
+}
+
+/// Writes `data` as a blob, returning its digest.
+fn put_blob(dir: &Path, data: &[u8]) -> Result<Sha256Digest, ImageError> {
+    let d = Sha256Digest::of(data);
+    write_file(&dir.join(blob_path(&d)), data)?;
+    Ok(d)
+}
+
+/// Streams `r` into a blob file that should have digest `d`.
+fn put_blob_stream(dir: &Path, d: &Sha256Digest, mut r: impl Read) -> Result<(), ImageError> {
+    let path = dir.join(blob_path(d));
+    let mut f = BufWriter::new(File::create(&path).map_err(ImageError::io(&path))?);
+    io::copy(&mut r, &mut f).map_err(|e| ImageError::from_io(e, &path))?;
+    f.flush().map_err(ImageError::io(&path))?;
+    Ok(())
+}
+
+/// An OCI image layout: base blobs copied as stored, the new layer
+/// uncompressed, a new config, manifest and `index.json`.
+fn write_oci_dir(
+    dir: &Path,
+    base: Option<&BaseImage>,
+    layer: &NewLayer,
+    meta: &ImageMeta,
+) -> Result<(), ImageError> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(ImageError::io(&blobs))?;
+    let invalid = |e: oci_spec::OciSpecError| ImageError::Invalid(e.to_string());
+
+    let mut written = HashSet::new();
+    let mut descriptors = Vec::new();
+    if let Some(base) = base {
+        for (i, l) in base.layers().iter().enumerate() {
+            if written.insert(l.blob_digest) {
+                put_blob_stream(dir, &l.blob_digest, base.open_layer_blob(i)?)?;
+            }
+            descriptors.push(Descriptor::new(
+                l.oci_media_type(),
+                l.blob_size,
+                l.blob_digest,
+            ));
+        }
+    }
+    if written.insert(layer.diff_id) {
+        put_blob_stream(dir, &layer.diff_id, open_new_layer(layer)?)?;
+    }
+    descriptors.push(Descriptor::new(
+        MediaType::ImageLayer,
+        layer.size,
+        layer.diff_id,
+    ));
+
+    let config = output_config(base, layer, meta)?;
+    let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
+    let config_digest = put_blob(dir, &config_bytes)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            config_bytes.len() as u64,
+            config_digest,
+        ))
+        .layers(descriptors)
+        .build()
+        .map_err(invalid)?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest"))?;
+    let manifest_digest = put_blob(dir, &manifest_bytes)?;
+
+    let mut md = Descriptor::new(
+        MediaType::ImageManifest,
+        manifest_bytes.len() as u64,
+        manifest_digest,
+    );
+    md.set_annotations(Some(
+        [
+            (REF_NAME.to_string(), meta.tag.clone()),
+            (
+                "io.containerd.image.name".to_string(),
+                format!("{}:{}", meta.name, meta.tag),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    ));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![md])
+        .build()
+        .map_err(invalid)?;
+    let index = serde_json::to_vec(&index).map_err(ImageError::json("index.json"))?;
+    write_file(&dir.join("index.json"), &index)?;
+    let layout = OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()
+        .map_err(invalid)?;
+    let layout = serde_json::to_vec(&layout).map_err(ImageError::json("oci-layout"))?;
+    write_file(&dir.join("oci-layout"), &layout)?;
+    Ok(())
+}
