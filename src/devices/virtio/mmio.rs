@@ -1,0 +1,516 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x "modern" only; virtio
+//! spec 4.2.2). One 4 KiB window per device; the guest finds it through
+//! `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command line.
+//!
+//! Everything the guest writes is checked here: queue sizes, ring addresses
+//! (validated against guest memory before activation), feature bits (only
+//! offered ones, VERSION_1 required), and the status state machine.
+
+use super::{ActivateContext, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::BusDevice;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+const MMIO_MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
+const MMIO_VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4c52_4f52; // "RORL"
+const CONFIG_SPACE_OFFSET: u64 = 0x100;
+
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_NEEDS_RESET: u32 = 0x40;
+const STATUS_FAILED: u32 = 0x80;
+
+/// A virtio device behind its MMIO register window.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Interrupt,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    status: u32,
+    features_select: u32,
+    acked_features_select: u32,
+    acked_features: u64,
+    queue_select: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("status", &self.status)
+            .field("activated", &self.activated)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors building a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    #[error("device queue of size {0} is not a power of two in 1..=32768")]
+    QueueSize(u16),
+    #[error("creating a queue notification eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+impl MmioTransport {
+    /// Wrap `device`. `interrupt` is its IRQ line; the returned transport
+    /// owns one notification eventfd per queue (see [`Self::queue_evts`]).
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Interrupt,
+    ) -> Result<Self, MmioError> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &size in device.queue_max_sizes() {
+            queues.push(Queue::new(size).map_err(|_| MmioError::QueueSize(size))?);
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            status: 0,
+            features_select: 0,
+            acked_features_select: 0,
+            acked_features: 0,
+            queue_select: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// The queue notification eventfds, for the VMM to bind with ioeventfd
+    /// (datamatch = queue index on the QueueNotify register).
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// Offset of the QueueNotify register in the window.
+    pub const NOTIFY_OFFSET: u64 = 0x50;
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues
+            .get_mut(usize::try_from(self.queue_select).ok()?)
+    }
+
+    fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        // Queue configuration is only legal before DRIVER_OK.
+        if self.status & STATUS_DRIVER_OK != 0 {
+            return;
+        }
+        if let Some(q) = self.selected_queue() {
+            f(q);
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+        }
+        self.activated = false;
+        self.status = 0;
+        self.features_select = 0;
+        self.acked_features_select = 0;
+        self.acked_features = 0;
+        self.queue_select = 0;
+        self.interrupt.ack(u32::MAX);
+        for q in &mut self.queues {
+            q.reset();
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver may only add bits (spec 3.1.1), except for FAILED.
+        if value & self.status != self.status {
+            return;
+        }
+        let new = value & !self.status;
+        if new & STATUS_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            let ok = self.acked_features & !offered == 0
+                && self.acked_features & VIRTIO_F_VERSION_1 != 0;
+            if !ok {
+                // Leave FEATURES_OK clear: the driver reads it back and fails.
+                self.status = value & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        self.status = value;
+        if new & STATUS_DRIVER_OK != 0 && !self.activated {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let needed = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        let all_valid = self
+            .queues
+            .iter()
+            .all(|q| q.ready() && q.is_valid(&self.mem));
+        if self.status & needed != needed || !all_valid {
+            self.status |= STATUS_NEEDS_RESET;
+            let _ = self.interrupt.signal_config_change();
+            return;
+        }
+        let queue_evts = match self
+            .queue_evts
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(e) => e,
+            Err(_) => {
+                self.status |= STATUS_NEEDS_RESET;
+                return;
+            }
+        };
+        // The device gets its own copies of the validated queue state.
+        let queues = match self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(q) => q,
+            Err(_) => {
+                self.status |= STATUS_NEEDS_RESET;
+                return;
+            }
+        };
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            interrupt: self.interrupt.clone(),
+            queues,
+            queue_evts,
+            acked_features: self.acked_features,
+        };
+        match self.device.activate(ctx) {
+            Ok(()) => self.activated = true,
+            Err(e) => {
+                eprintln!(
+                    "rootlayer: virtio device {} failed to start: {e}",
+                    self.device.device_type()
+                );
+                self.status |= STATUS_NEEDS_RESET;
+                let _ = self.interrupt.signal_config_change();
+            }
+        }
+    }
+
+    fn read_reg(&self, offset: u64) -> u32 {
+        let q = usize::try_from(self.queue_select)
+            .ok()
+            .and_then(|i| self.queues.get(i));
+        match offset {
+            0x00 => MMIO_MAGIC_VALUE,
+            0x04 => MMIO_VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => match self.features_select {
+                0 => (self.device.features() & 0xffff_ffff) as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => q.map_or(0, |q| u32::from(q.max_size())),
+            0x44 => q.map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            0x14 => self.features_select = v,
+            0x20 => {
+                if self.status & STATUS_FEATURES_OK == 0 {
+                    match self.acked_features_select {
+                        0 => {
+                            self.acked_features =
+                                (self.acked_features & !0xffff_ffff) | u64::from(v)
+                        }
+                        1 => {
+                            self.acked_features =
+                                (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            0x24 => self.acked_features_select = v,
+            0x30 => self.queue_select = v,
+            0x38 => self.update_queue(|q| q.set_size(u16::try_from(v).unwrap_or(0))),
+            0x44 => self.update_queue(|q| q.set_ready(v == 1)),
+            0x50 => {
+                if let Some(evt) = usize::try_from(v).ok().and_then(|i| self.queue_evts.get(i)) {
+                    let _ = evt.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.set_status(v),
+            0x80 => self.update_queue(|q| q.set_desc_table_address(Some(v), None)),
+            0x84 => self.update_queue(|q| q.set_desc_table_address(None, Some(v))),
+            0x90 => self.update_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            0x94 => self.update_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            0xa0 => self.update_queue(|q| q.set_used_ring_address(Some(v), None)),
+            0xa4 => self.update_queue(|q| q.set_used_ring_address(None, Some(v))),
+            _ => {}
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            data.fill(0);
+            self.device.read_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        // Registers are 32-bit; other access sizes read as zero.
+        match <&mut [u8; 4]>::try_from(data) {
+            Ok(d) if offset % 4 == 0 => *d = self.read_reg(offset).to_le_bytes(),
+            Ok(d) => d.fill(0),
+            Err(_) => {}
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            if self.status & STATUS_FAILED == 0 {
+                self.device.write_config(offset - CONFIG_SPACE_OFFSET, data);
+                self.config_generation = self.config_generation.wrapping_add(1);
+            }
+            return;
+        }
+        if let (Ok(d), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+            self.write_reg(offset, u32::from_le_bytes(d));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::{ActivateError, TYPE_BLOCK};
+    use std::sync::{Arc, Mutex};
+    use vm_memory::GuestAddress;
+
+    #[derive(Default)]
+    struct Probe {
+        activated: Arc<Mutex<Option<(usize, u64)>>>,
+        resets: Arc<Mutex<u32>>,
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            TYPE_BLOCK
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 0b101
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4], offset, data);
+        }
+        fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+            *self.activated.lock().unwrap() = Some((ctx.queues.len(), ctx.acked_features));
+            Ok(())
+        }
+        fn reset(&mut self) {
+            *self.resets.lock().unwrap() += 1;
+        }
+    }
+
+    fn setup() -> (
+        MmioTransport,
+        Arc<Mutex<Option<(usize, u64)>>>,
+        Arc<Mutex<u32>>,
+    ) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let probe = Probe::default();
+        let (a, r) = (probe.activated.clone(), probe.resets.clone());
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        (MmioTransport::new(Box::new(probe), mem, irq).unwrap(), a, r)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn negotiate(t: &mut MmioTransport, features_hi: u32, features_lo: u32) {
+        w(t, 0x70, STATUS_ACKNOWLEDGE);
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, 0x24, 0);
+        w(t, 0x20, features_lo);
+        w(t, 0x24, 1);
+        w(t, 0x20, features_hi);
+        w(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+    }
+
+    fn setup_queue(t: &mut MmioTransport) {
+        w(t, 0x30, 0);
+        w(t, 0x38, 16);
+        w(t, 0x80, 0x1000);
+        w(t, 0x90, 0x2000);
+        w(t, 0xa0, 0x3000);
+        w(t, 0x44, 1);
+    }
+
+    #[test]
+    fn identifies_as_a_modern_virtio_mmio_device() {
+        let (mut t, ..) = setup();
+        assert_eq!(r(&mut t, 0x00), MMIO_MAGIC_VALUE);
+        assert_eq!(r(&mut t, 0x04), 2);
+        assert_eq!(r(&mut t, 0x08), TYPE_BLOCK);
+        w(&mut t, 0x14, 1);
+        assert_eq!(r(&mut t, 0x10), 1, "VERSION_1 in the high word");
+        w(&mut t, 0x14, 0);
+        assert_eq!(r(&mut t, 0x10), 0b101);
+        assert_eq!(r(&mut t, 0x34), 16);
+        let mut cfg = [0u8; 2];
+        t.read(0x102, &mut cfg);
+        assert_eq!(cfg, [0xcc, 0xdd]);
+    }
+
+    #[test]
+    fn activates_on_driver_ok_with_negotiated_features() {
+        let (mut t, activated, _) = setup();
+        negotiate(&mut t, 1, 0b100);
+        assert_ne!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+        setup_queue(&mut t);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(
+            *activated.lock().unwrap(),
+            Some((1, VIRTIO_F_VERSION_1 | 0b100))
+        );
+        assert_eq!(r(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn refuses_features_not_offered_or_without_version_1() {
+        let (mut t, ..) = setup();
+        negotiate(&mut t, 1, 0b010);
+        assert_eq!(
+            r(&mut t, 0x70) & STATUS_FEATURES_OK,
+            0,
+            "bit 1 was not offered"
+        );
+        w(&mut t, 0x70, 0);
+        negotiate(&mut t, 0, 0b001);
+        assert_eq!(
+            r(&mut t, 0x70) & STATUS_FEATURES_OK,
+            0,
+            "legacy driver refused"
+        );
+    }
+
+    #[test]
+    fn queue_outside_guest_memory_is_not_activated() {
+        let (mut t, activated, _) = setup();
+        negotiate(&mut t, 1, 0);
+        w(&mut t, 0x30, 0);
+        w(&mut t, 0x38, 16);
+        w(&mut t, 0x80, 0xffff_f000);
+        w(&mut t, 0x84, 0xffff);
+        w(&mut t, 0x90, 0x2000);
+        w(&mut t, 0xa0, 0x3000);
+        w(&mut t, 0x44, 1);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(activated.lock().unwrap().is_none());
+        assert_ne!(r(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn bad_queue_size_and_selector_are_ignored() {
+        let (mut t, activated, _) = setup();
+        w(&mut t, 0x30, 7); // no such queue
+        assert_eq!(r(&mut t, 0x34), 0);
+        w(&mut t, 0x38, 16); // goes nowhere
+        w(&mut t, 0x30, 0);
+        w(&mut t, 0x38, 1000); // larger than the maximum: ignored
+        w(&mut t, 0x38, 6); // not a power of two: ignored
+        negotiate(&mut t, 1, 0);
+        w(&mut t, 0x80, 0x1000);
+        w(&mut t, 0x90, 0x2000);
+        w(&mut t, 0xa0, 0x3000);
+        w(&mut t, 0x44, 1);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(
+            *activated.lock().unwrap(),
+            Some((1, VIRTIO_F_VERSION_1)),
+            "queue kept its valid size 16"
+        );
+    }
+
+    #[test]
+    fn notify_signals_the_queue_eventfd_and_reset_resets_the_device() {
+        let (mut t, _, resets) = setup();
+        negotiate(&mut t, 1, 0);
+        setup_queue(&mut t);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        w(&mut t, 0x50, 0);
+        assert_eq!(t.queue_evts()[0].read().unwrap(), 1);
+        w(&mut t, 0x50, 9); // no such queue: ignored
+                            // Queue setup after DRIVER_OK is ignored.
+        w(&mut t, 0x38, 8);
+        w(&mut t, 0x70, 0);
+        assert_eq!(*resets.lock().unwrap(), 1);
+        assert_eq!(r(&mut t, 0x70), 0);
+        assert_eq!(r(&mut t, 0x44), 0, "queue reset");
+    }
+
+    #[test]
+    fn unaligned_and_odd_sized_register_accesses_are_harmless() {
+        let (mut t, ..) = setup();
+        let mut b = [0xffu8; 2];
+        t.read(0x00, &mut b);
+        assert_eq!(b, [0xff, 0xff], "2-byte register reads leave data alone");
+        let mut d = [0xffu8; 4];
+        t.read(0x02, &mut d);
+        assert_eq!(d, [0; 4]);
+        t.write(0x71, &[1, 2, 3, 4]);
+        assert_eq!(r(&mut t, 0x70), 0);
+    }
+}

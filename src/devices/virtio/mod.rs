@@ -1,0 +1,162 @@
+//! virtio 1.x devices behind the virtio-mmio transport.
+//!
+//! A device implements [`VirtioDevice`]: what it offers (type, features,
+//! queue sizes, config space) and [`VirtioDevice::activate`], which hands it
+//! guest memory, its queues with their notification eventfds, and its
+//! [`Interrupt`]. Devices never see KVM: the VMM binds the eventfds to
+//! ioeventfd/irqfd, and a unit test can drive a device with
+//! virtio-queue's `MockSplitQueue` and plain eventfds.
+
+pub mod mmio;
+pub mod worker;
+
+pub use mmio::MmioTransport;
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit: the device complies with virtio 1.x (required by our
+/// transport: no legacy devices).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Device IDs (virtio spec 5).
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_FS: u32 = 26;
+
+/// InterruptStatus bits of the MMIO transport.
+pub const INT_USED_RING: u32 = 0x1;
+pub const INT_CONFIG_CHANGE: u32 = 0x2;
+
+/// A device's interrupt line: the transport's InterruptStatus register and
+/// the eventfd the VMM bound to the device's IRQ with irqfd.
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    evt: Arc<EventFd>,
+}
+
+impl Interrupt {
+    pub fn new(evt: EventFd) -> Self {
+        Self {
+            status: Arc::new(AtomicU32::new(0)),
+            evt: Arc::new(evt),
+        }
+    }
+
+    /// Tell the driver that used rings have new entries.
+    pub fn signal_used_queue(&self) -> io::Result<()> {
+        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        self.evt.write(1)
+    }
+
+    /// Tell the driver that the configuration (or device status) changed.
+    pub fn signal_config_change(&self) -> io::Result<()> {
+        self.status.fetch_or(INT_CONFIG_CHANGE, Ordering::SeqCst);
+        self.evt.write(1)
+    }
+
+    /// Current InterruptStatus.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clear the given bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The eventfd (for tests: count how often the device interrupted).
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("device expects {expected} queues, driver set up {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("starting the device worker")]
+    Worker(#[source] io::Error),
+    #[error("{0}")]
+    Device(String),
+}
+
+/// Everything a device needs to run, handed over when the driver sets
+/// DRIVER_OK.
+#[derive(Debug)]
+pub struct ActivateContext {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Interrupt,
+    /// The queues the driver enabled, in queue index order, validated
+    /// against guest memory.
+    pub queues: Vec<Queue>,
+    /// One notification eventfd per queue (same order).
+    pub queue_evts: Vec<EventFd>,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// virtio device ID ([`TYPE_BLOCK`], [`TYPE_FS`], ...).
+    fn device_type(&self) -> u32;
+    /// Features offered to the driver (including [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Read from the device-specific configuration space. Bytes beyond
+    /// the config are left as the caller set them (zero).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write to the configuration space; read-only by default.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Start serving the queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stop serving (driver reset). The transport resets its own state.
+    fn reset(&mut self) {}
+}
+
+/// Copy `config[offset..]` into `data`, as far as it goes: the common
+/// read_config of devices whose config space is a byte array.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupt_sets_status_and_signals_until_acked() {
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        irq.signal_used_queue().unwrap();
+        irq.signal_config_change().unwrap();
+        assert_eq!(irq.status(), INT_USED_RING | INT_CONFIG_CHANGE);
+        assert_eq!(irq.eventfd().read().unwrap(), 2);
+        irq.ack(INT_USED_RING);
+        assert_eq!(irq.status(), INT_CONFIG_CHANGE);
+    }
+
+    #[test]
+    fn config_reads_are_clipped_to_the_config_space() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [0u8; 4];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        let mut d = [9u8; 2];
+        read_config_bytes(&cfg, 4, &mut d);
+        assert_eq!(d, [9, 9]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [9, 9]);
+    }
+}
