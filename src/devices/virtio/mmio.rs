@@ -237,20 +237,14 @@ impl MmioTransport {
     fn write_reg(&mut self, offset: u64, v: u32) {
         match offset {
             0x14 => self.features_select = v,
-            0x20 => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.acked_features_select {
-                        0 => {
-                            self.acked_features =
-                                (self.acked_features & !0xffff_ffff) | u64::from(v)
-                        }
-                        1 => {
-                            self.acked_features =
-                                (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32)
-                        }
-                        _ => {}
-                    }
-                }
+            // Features are fixed once FEATURES_OK is set.
+            0x20 if self.status & STATUS_FEATURES_OK == 0 => {
+                let (mask, value) = match self.acked_features_select {
+                    0 => (0xffff_ffff, u64::from(v)),
+                    1 => (0xffff_ffff << 32, u64::from(v) << 32),
+                    _ => (0, 0),
+                };
+                self.acked_features = (self.acked_features & !mask) | value;
             }
             0x24 => self.acked_features_select = v,
             0x30 => self.queue_select = v,
@@ -310,6 +304,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use vm_memory::GuestAddress;
 
+    type Activated = Arc<Mutex<Option<(usize, u64)>>>;
+
     #[derive(Default)]
     struct Probe {
         activated: Arc<Mutex<Option<(usize, u64)>>>,
@@ -338,11 +334,7 @@ mod tests {
         }
     }
 
-    fn setup() -> (
-        MmioTransport,
-        Arc<Mutex<Option<(usize, u64)>>>,
-        Arc<Mutex<u32>>,
-    ) {
+    fn setup() -> (MmioTransport, Activated, Arc<Mutex<u32>>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let probe = Probe::default();
         let (a, r) = (probe.activated.clone(), probe.resets.clone());
