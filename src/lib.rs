@@ -3,10 +3,14 @@
 //!
 //! - [`vmm`]: our KVM-based VMM (the only module that touches KVM);
 //! - [`devices`]: what the guest sees (serial, i8042 reset, virtio), no KVM;
-//! - [`exit`]: the process exit codes, a documented contract.
+//! - [`exit`]: the process exit codes, a documented contract;
+//! - [`job`]: the host/agent protocol (job.json, result.json);
+//! - [`layer`], [`image`]: OCI layers and image formats, pure code.
 
 pub mod devices;
 pub mod exit;
 pub mod image;
+pub mod job;
 pub mod layer;
+pub mod runner;
 pub mod vmm;

@@ -107,8 +107,9 @@ fn boot(args: BootArgs) -> Exit {
             mem_mib: args.mem_size,
             timeout: Duration::from_secs(args.timeout),
             echo: if args.quiet { Echo::Off } else { Echo::Stderr },
+            virtio: Vec::new(),
         };
-        vmm::run(&config)
+        vmm::run(config)
     })();
     match result {
         Ok(report) => boot_outcome(&report, args.timeout),

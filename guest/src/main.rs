@@ -4,6 +4,10 @@
 //! report, sync and power off. It never returns and never panics the guest
 //! kernel: every failure is printed and followed by a power-off.
 
+mod device_check;
+#[path = "../../src/job.rs"]
+mod job;
+mod job_run;
 mod mounts;
 mod power;
 mod selftest;
@@ -40,6 +44,11 @@ fn run() -> anyhow::Result<()> {
     );
     if let Ok(name) = std::env::var("ROOTLAYER_SELFTEST") {
         selftest::run(&name)?;
+    }
+    // The task's own status travels in result.json; the agent's exit
+    // status only says whether the agent itself worked.
+    if let Some(status) = job_run::run_if_requested()? {
+        println!("rootlayer-agent: job finished with status {status}");
     }
     Ok(())
 }

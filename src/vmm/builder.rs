@@ -7,10 +7,12 @@ use super::{kvm, VmmError};
 use crate::devices::console::{ConsoleLog, ConsoleSink, Echo};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
+use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
+use kvm_ioctls::IoEventAddress;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -45,7 +47,6 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 no_timer_c
     GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX_VNNI,-AVX512VL,-AVX512BW,-AVX512DQ,-ERMS,-FSRM,-XSAVE,-XSAVEC";
 
 /// What to boot and how.
-#[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
@@ -55,6 +56,29 @@ pub struct VmConfig {
     /// Wall-clock limit from the start of [`run`].
     pub timeout: Duration,
     pub echo: Echo,
+    /// virtio devices, in the order the guest enumerates them (the first
+    /// block device is /dev/vda).
+    pub virtio: Vec<Box<dyn VirtioDevice>>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .field("cmdline", &self.cmdline)
+            .field("mem_mib", &self.mem_mib)
+            .field("timeout", &self.timeout)
+            .field(
+                "virtio",
+                &self
+                    .virtio
+                    .iter()
+                    .map(|d| d.device_type())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// How a run ended.
@@ -103,7 +127,7 @@ fn kick_signal() -> libc::c_int {
 }
 
 /// Boot the guest described by `config` and run it to its end.
-pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
+pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let start = Instant::now();
     if !(layout::MEM_MIN_MIB..=layout::MEM_MAX_MIB).contains(&config.mem_mib) {
         return Err(VmmError::MemSize {
@@ -148,12 +172,42 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
             .map_err(kvm_err("register guest memory"))?;
     }
 
-    let entry = boot::load(
-        &mem,
-        &config.kernel,
-        config.initrd.as_deref(),
-        &config.cmdline,
-    )?;
+    // virtio-mmio devices: one window and one IRQ each, announced on the
+    // command line; QueueNotify writes go straight to the queue eventfds
+    // (ioeventfd) and interrupts straight into the irqchip (irqfd).
+    let mut mmio = Bus::new();
+    let mut cmdline = config.cmdline.clone();
+    for (index, device) in config.virtio.drain(..).enumerate() {
+        let index = u32::try_from(index).expect("few devices");
+        let irq = layout::VIRTIO_FIRST_IRQ + index;
+        if irq > layout::VIRTIO_LAST_IRQ {
+            return Err(VmmError::Devices(format!(
+                "too many virtio devices (at most {})",
+                layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1
+            )));
+        }
+        let addr = layout::mmio_device_addr(index);
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| VmmError::Devices(format!("virtio irq eventfd: {e}")))?;
+        vm.register_irqfd(&irq_evt, irq)
+            .map_err(kvm_err("register virtio irqfd"))?;
+        let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irq_evt))
+            .map_err(|e| VmmError::Devices(e.to_string()))?;
+        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+            let notify = IoEventAddress::Mmio(addr + MmioTransport::NOTIFY_OFFSET);
+            vm.register_ioevent(evt, &notify, u32::try_from(queue).expect("few queues"))
+                .map_err(kvm_err("register virtio ioeventfd"))?;
+        }
+        mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            addr,
+            layout::MMIO_DEVICE_SIZE,
+        )
+        .map_err(|e| VmmError::Devices(e.to_string()))?;
+        cmdline.push_str(&format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"));
+    }
+
+    let entry = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
     mptable::write(&mem)?;
 
     // Devices on the port bus: COM1 and the i8042 reset line.
@@ -174,7 +228,6 @@ pub fn run(config: &VmConfig) -> Result<RunReport, VmmError> {
         I8042_PORT_LEN,
     )
     .map_err(|e| VmmError::Devices(e.to_string()))?;
-    let mmio = Bus::new();
 
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

@@ -7,6 +7,8 @@
 //! ioeventfd/irqfd, and a unit test can drive a device with
 //! virtio-queue's `MockSplitQueue` and plain eventfds.
 
+pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod worker;
 

@@ -1,0 +1,66 @@
+//! Running the host's job: mount the exchange share named on the command
+//! line, read job.json, mount what it lists, run its task, write
+//! result.json next to it.
+
+use crate::job::{
+    Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_MOUNT, XCHG_TAG_ENV,
+};
+use crate::mounts::mount_fs;
+use anyhow::Context;
+use nix::mount::MsFlags;
+use std::path::Path;
+use std::time::Instant;
+
+/// Run the job if the host gave one (ROOTLAYER_XCHG set); returns the
+/// status to power off with.
+pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
+    let Ok(tag) = std::env::var(XCHG_TAG_ENV) else {
+        return Ok(None);
+    };
+    mount_fs(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
+    let xchg = Path::new(XCHG_MOUNT);
+    let text = std::fs::read_to_string(xchg.join(JOB_FILE)).context("read job.json")?;
+    let job: Job = serde_json::from_str(&text).context("parse job.json")?;
+    let mut result = JobResult::default();
+    if let Err(e) = execute(&job, &mut result) {
+        result.status = crate::power::STATUS_INTERNAL;
+        result.error = Some(format!("{e:#}"));
+    }
+    let json = serde_json::to_vec_pretty(&result).context("serialise result")?;
+    // Write then rename, so the host never reads half a result.
+    let tmp = xchg.join(format!("{RESULT_FILE}.tmp"));
+    std::fs::write(&tmp, json).context("write result.json")?;
+    std::fs::rename(&tmp, xchg.join(RESULT_FILE)).context("rename result.json")?;
+    Ok(Some(result.status))
+}
+
+fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
+    let t = Instant::now();
+    for m in &job.mounts {
+        mount(m)?;
+    }
+    result
+        .phases
+        .push(("mount".into(), t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    match &job.task {
+        Task::None => {}
+        Task::DeviceCheck(check) => crate::device_check::run(check, result)?,
+    }
+    result
+        .phases
+        .push(("task".into(), t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn mount(m: &Mount) -> anyhow::Result<()> {
+    let flags = if m.read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    match &m.source {
+        MountSource::VirtioFs { tag } => mount_fs(tag, &m.target, "virtiofs", flags, None),
+        MountSource::Disk { device, fstype } => mount_fs(device, &m.target, fstype, flags, None),
+    }
+}

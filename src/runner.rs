@@ -1,0 +1,212 @@
+//! Host side of one job: prepare the exchange directory and the scratch
+//! disk, describe the job, boot the guest with its devices, collect the
+//! result.
+
+use crate::devices::console::Echo;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::VirtioDevice;
+use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_TAG_ENV};
+use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// virtio-fs tag of the exchange share.
+pub const XCHG_TAG: &str = "xchg";
+/// Guest path where the scratch disk is mounted.
+pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
+/// Guest device of the scratch disk (the first virtio-blk device).
+pub const SCRATCH_DEVICE: &str = "/dev/vda";
+
+/// Errors preparing or collecting a job.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("creating the exchange directory")]
+    Xchg(#[source] std::io::Error),
+    #[error("creating the {mib} MiB scratch disk {path}")]
+    Disk {
+        path: PathBuf,
+        mib: u64,
+        source: std::io::Error,
+    },
+    #[error("formatting the scratch disk with mkfs.ext4: {0}")]
+    Mkfs(String),
+    #[error("store directory {path}: {reason}")]
+    Store { path: PathBuf, reason: String },
+    #[error("writing job.json")]
+    WriteJob(#[source] std::io::Error),
+    #[error("result.json from the guest is unreadable: {0}")]
+    BadResult(String),
+    #[error("setting up {what}: {reason}")]
+    Device { what: String, reason: String },
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+/// A host directory shared read-only at the same absolute path in the guest
+/// (a Nix store, typically).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub dir: PathBuf,
+}
+
+/// Everything about the guest that is not the task.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub mem_mib: u64,
+    pub timeout: Duration,
+    pub echo: Echo,
+    /// Appended to [`BASE_CMDLINE`].
+    pub extra_cmdline: String,
+    /// Scratch disk size in MiB; no disk when None.
+    pub disk_mib: Option<u64>,
+    pub stores: Vec<Store>,
+}
+
+/// A finished job: the VM's report, the agent's result (None when the
+/// guest did not get that far), and the exchange and scratch directory,
+/// removed when this is dropped.
+#[derive(Debug)]
+pub struct JobOutcome {
+    pub report: RunReport,
+    pub result: Option<JobResult>,
+    pub workdir: tempfile::TempDir,
+}
+
+impl JobOutcome {
+    /// The exchange directory as the guest left it.
+    pub fn xchg(&self) -> PathBuf {
+        self.workdir.path().join("xchg")
+    }
+    /// The scratch disk image.
+    pub fn disk(&self) -> PathBuf {
+        self.workdir.path().join("scratch.img")
+    }
+}
+
+/// Create a sparse `mib` MiB file and put an empty ext4 on it (no journal:
+/// the disk lives for one job; root-owned root directory).
+pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
+    let disk_err = |source| RunError::Disk {
+        path: path.into(),
+        mib,
+        source,
+    };
+    let f = std::fs::File::create(path).map_err(disk_err)?;
+    f.set_len(mib << 20).map_err(disk_err)?;
+    drop(f);
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-F",
+            "-q",
+            "-O",
+            "^has_journal",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=1,root_owner=0:0",
+        ])
+        .arg(path)
+        .output()
+        .map_err(|e| RunError::Mkfs(format!("{e} (install e2fsprogs)")))?;
+    if !out.status.success() {
+        return Err(RunError::Mkfs(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Boot a guest for `task`, with the exchange share, the stores and the
+/// scratch disk from `spec`, and collect the agent's result.
+pub fn run_job(spec: &GuestSpec, task: Task) -> Result<JobOutcome, RunError> {
+    let workdir = tempfile::Builder::new()
+        .prefix("rootlayer-")
+        .tempdir()
+        .map_err(RunError::Xchg)?;
+    let xchg = workdir.path().join("xchg");
+    std::fs::create_dir(&xchg).map_err(RunError::Xchg)?;
+
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(mib) = spec.disk_mib {
+        let disk = workdir.path().join("scratch.img");
+        make_scratch_disk(&disk, mib)?;
+        let block =
+            Block::new(&disk, false, "rootlayer-scratch").map_err(|e| RunError::Device {
+                what: "scratch disk".into(),
+                reason: e.to_string(),
+            })?;
+        devices.push(Box::new(block));
+        mounts.push(Mount {
+            source: MountSource::Disk {
+                device: SCRATCH_DEVICE.into(),
+                fstype: "ext4".into(),
+            },
+            target: SCRATCH_MOUNT.into(),
+            read_only: false,
+        });
+    }
+    let fs = Fs::new(XCHG_TAG, &xchg, false).map_err(|e| RunError::Device {
+        what: "exchange share".into(),
+        reason: e.to_string(),
+    })?;
+    devices.push(Box::new(fs));
+    for (i, store) in spec.stores.iter().enumerate() {
+        let dir = std::fs::canonicalize(&store.dir).map_err(|e| RunError::Store {
+            path: store.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        if !dir.is_dir() {
+            return Err(RunError::Store {
+                path: dir,
+                reason: "not a directory".into(),
+            });
+        }
+        let tag = format!("store{i}");
+        let fs = Fs::new(&tag, &dir, true).map_err(|e| RunError::Device {
+            what: format!("store share {}", dir.display()),
+            reason: e.to_string(),
+        })?;
+        devices.push(Box::new(fs));
+        mounts.push(Mount {
+            source: MountSource::VirtioFs { tag },
+            target: dir.to_string_lossy().into_owned(),
+            read_only: true,
+        });
+    }
+
+    let job = Job { mounts, task };
+    let text = serde_json::to_vec_pretty(&job).map_err(|e| RunError::WriteJob(e.into()))?;
+    std::fs::write(xchg.join(JOB_FILE), text).map_err(RunError::WriteJob)?;
+
+    let config = VmConfig {
+        kernel: spec.kernel.clone(),
+        initrd: Some(spec.initrd.clone()),
+        cmdline: format!(
+            "{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}",
+            spec.extra_cmdline
+        )
+        .trim()
+        .to_string(),
+        mem_mib: spec.mem_mib,
+        timeout: spec.timeout,
+        echo: spec.echo,
+        virtio: devices,
+    };
+    let report = vmm::run(config)?;
+    let result = match std::fs::read(xchg.join(RESULT_FILE)) {
+        Ok(bytes) => {
+            Some(serde_json::from_slice(&bytes).map_err(|e| RunError::BadResult(e.to_string()))?)
+        }
+        Err(_) => None,
+    };
+    Ok(JobOutcome {
+        report,
+        result,
+        workdir,
+    })
+}
