@@ -66,9 +66,7 @@ impl Exit {
             Exit::GuestOutOfMemory => "the guest ran out of memory (raise --mem-size)",
             Exit::DiskFull => "the scratch disk is full (raise --disk-size)",
             Exit::Timeout => "--timeout expired; the last guest lines are printed",
-            Exit::Interrupted => {
-                "interrupted by SIGINT/SIGTERM; guest stopped, temporary files removed"
-            }
+            Exit::Interrupted => "interrupted by SIGINT/SIGTERM; guest stopped, temporary files removed",
             Exit::Internal => "internal error (a bug, or an emulation failure of the guest CPU)",
         }
     }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub const XCHG_TAG_ENV: &str = "ROOTLAYER_XCHG";
 /// Where the agent mounts the exchange share.
 pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
+/// Where the agent mounts the scratch disk (ext4 made by the host).
+pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
 pub const JOB_FILE: &str = "job.json";
 pub const RESULT_FILE: &str = "result.json";
 
@@ -51,6 +53,46 @@ pub enum Task {
     /// The device check of the e2e tests: exercise the shares and the disk
     /// and report what happened.
     DeviceCheck(DeviceCheck),
+    /// dockerTools' runAsRoot: base layers, overlay, script, upper tar.
+    RunAsRoot(RunAsRoot),
+    /// dockerTools' exportImage: the base layers flattened to one tree.
+    Export(Export),
+}
+
+/// Inputs of [`Task::RunAsRoot`]. Paths are guest paths; files the host
+/// provides live in the exchange share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAsRoot {
+    /// Uncompressed base layer tars, bottom first.
+    pub layers: Vec<String>,
+    /// Directories whose contents are copied into the new layer first, as
+    /// root:root (dockerTools' `copyToRoot`/`contents`).
+    pub contents: Vec<String>,
+    /// Keep symlinks to directories in `contents` as links (`rsync -K`);
+    /// otherwise they are followed (`rsync -k`).
+    pub keep_contents_dirlinks: bool,
+    /// The script, run as root in a chroot of the merged tree.
+    pub script: String,
+    /// Run in the upper dir after the script, not chrooted.
+    pub extra_commands: Option<String>,
+    /// Read-only directories (stores) bound into the chroot at their own path.
+    pub store_paths: Vec<String>,
+    /// PATH for the script and the extra commands.
+    pub path: String,
+    /// Where to write the faithful tar of the upper dir.
+    pub upper_tar: String,
+    /// Where to write a listing of the merged tree as the script left it
+    /// (for tests comparing with an independent unpacker), if wanted.
+    pub merged_listing: Option<String>,
+}
+
+/// Inputs of [`Task::Export`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Export {
+    /// Uncompressed layer tars, bottom first.
+    pub layers: Vec<String>,
+    /// Where to write the tar of the merged tree.
+    pub out_tar: String,
 }
 
 /// Inputs of [`Task::DeviceCheck`].
@@ -79,6 +121,10 @@ pub struct JobResult {
     pub phases: Vec<(String, f64)>,
     /// Named observations (for checks), in order.
     pub observations: Vec<(String, String)>,
+    /// The runAsRoot script's exit status (or 128 + signal).
+    pub script_status: Option<i32>,
+    /// Set when the scratch disk ran full.
+    pub disk_full: bool,
 }
 
 #[cfg(test)]
@@ -89,9 +135,7 @@ mod tests {
     fn job_round_trips_through_json() {
         let job = Job {
             mounts: vec![Mount {
-                source: MountSource::VirtioFs {
-                    tag: "store0".into(),
-                },
+                source: MountSource::VirtioFs { tag: "store0".into() },
                 target: "/nix/store".into(),
                 read_only: true,
             }],

@@ -12,5 +12,6 @@ pub mod exit;
 pub mod image;
 pub mod job;
 pub mod layer;
+pub mod runas;
 pub mod runner;
 pub mod vmm;

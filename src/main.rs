@@ -3,17 +3,16 @@
 use clap::{Parser, Subcommand};
 use rootlayer::devices::console::Echo;
 use rootlayer::exit::Exit;
+use rootlayer::image::{ImageMeta, OutputFormat, Selector};
+use rootlayer::runas::{self, RunAsRootError, RunAsRootRequest, Summary};
+use rootlayer::runner::{GuestSpec, Store};
 use rootlayer::vmm::{self, GuestExit, RunReport, VmConfig, VmmError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "rootlayer",
-    version,
-    about = "Run privileged image build steps in a throwaway microVM, without root"
-)]
+#[command(name = "rootlayer", version, about = "Run privileged image build steps in a throwaway microVM, without root")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +23,109 @@ enum Command {
     /// Boot the guest kernel and agent, wait for the agent's ready line and
     /// the guest's clean exit (a smoke test of KVM, kernel and agent).
     Boot(BootArgs),
+    /// dockerTools' runAsRoot: run SCRIPT as root in a chroot of the base
+    /// image with an overlay on top, and write the changes as a new layer.
+    RunAsRoot(RunAsRootArgs),
+    /// dockerTools' exportImage: flatten an image into one root-filesystem tar.
+    Export(ExportArgs),
+}
+
+/// The guest: kernel, initramfs, memory, time.
+#[derive(clap::Args, Debug)]
+struct GuestArgs {
+    /// Guest kernel (vmlinux or bzImage). Default: the one scripts/build-kernel cached.
+    #[arg(long, env = "ROOTLAYER_KERNEL")]
+    kernel: Option<PathBuf>,
+    /// Initramfs holding the agent. Default: the one scripts/build-initramfs cached.
+    #[arg(long, env = "ROOTLAYER_INITRD")]
+    initrd: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    mem_size: u64,
+    /// Scratch disk in MiB (holds the unpacked base layers and the new layer).
+    #[arg(long, default_value_t = 1024)]
+    disk_size: u64,
+    /// Virtual CPUs (the guest kernel is uniprocessor: 1).
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Wall-clock limit for the whole job, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    /// Share this directory read-only at the same path in the guest
+    /// (repeatable; e.g. /nix/store).
+    #[arg(long = "store")]
+    stores: Vec<PathBuf>,
+    /// Do not echo the guest console (the script's output) on stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Extra kernel command-line parameters.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunAsRootArgs {
+    /// The script to run as root (a #! line picks its interpreter inside the image or a store).
+    #[arg(long)]
+    script: PathBuf,
+    /// Base image: docker-archive (.tar, .tar.gz) or OCI layout (directory or tar).
+    #[arg(long)]
+    from_image: Option<PathBuf>,
+    #[arg(long)]
+    from_image_name: Option<String>,
+    #[arg(long)]
+    from_image_tag: Option<String>,
+    /// Copy this directory's contents into the layer as root:root first (repeatable).
+    #[arg(long)]
+    contents: Vec<PathBuf>,
+    /// Keep symlinks to directories in --contents as links (rsync -K) instead of following them.
+    #[arg(long)]
+    keep_contents_dirlinks: bool,
+    /// Run this (with a #! line) in the new layer's directory after the script, not chrooted.
+    #[arg(long)]
+    extra_commands: Option<PathBuf>,
+    /// Creation time for the image config and history (RFC 3339).
+    #[arg(long, default_value = "1970-01-01T00:00:01Z")]
+    created: String,
+    /// Clamp every mtime in the layer to this (seconds since the epoch).
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<u64>,
+    /// Output form: layer (mkRootLayer's directory), docker-archive or oci.
+    #[arg(long, default_value = "layer")]
+    format: String,
+    /// Name and tag of the output image (docker-archive, oci).
+    #[arg(long, default_value = "rootlayer")]
+    name: String,
+    #[arg(long, default_value = "latest")]
+    tag: String,
+    /// Print a JSON result on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the result (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// Write the agent's listing of the merged tree here (for tests).
+    #[arg(long, hide = true)]
+    merged_listing: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    #[arg(long)]
+    from_image: PathBuf,
+    #[arg(long)]
+    from_image_name: Option<String>,
+    #[arg(long)]
+    from_image_tag: Option<String>,
+    /// The root-filesystem tar to write (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    guest: GuestArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,9 +161,7 @@ fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ROOTLAYER_CACHE") {
         return dir.into();
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/nonexistent".into());
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/nonexistent".into());
     home.join(".cache/rootlayer")
 }
 
@@ -73,10 +173,7 @@ fn default_file(given: Option<PathBuf>, rel: &str, script: &str) -> Result<PathB
     if p.exists() {
         Ok(p)
     } else {
-        Err(VmmError::MissingFile {
-            path: p,
-            hint: format!("run scripts/{script} first, or pass the path"),
-        })
+        Err(VmmError::MissingFile { path: p, hint: format!("run scripts/{script} first, or pass the path") })
     }
 }
 
@@ -84,13 +181,131 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Boot(args) => boot(args).into(),
+        Command::RunAsRoot(args) => run_as_root(args).into(),
+        Command::Export(args) => export(args).into(),
     }
 }
 
+fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, (Exit, String)> {
+    if g.cpus != 1 {
+        return Err((Exit::BadInput, format!("--cpus {}: the guest kernel is uniprocessor; use 1", g.cpus)));
+    }
+    let kernel = default_file(g.kernel.clone(), "kernel/current/vmlinux", "build-kernel")
+        .map_err(|e| (Exit::BadInput, e.to_string()))?;
+    let initrd = default_file(g.initrd.clone(), "initramfs/current.cpio", "build-initramfs")
+        .map_err(|e| (Exit::BadInput, e.to_string()))?;
+    Ok(GuestSpec {
+        kernel,
+        initrd,
+        mem_mib: g.mem_size,
+        timeout: Duration::from_secs(g.timeout),
+        echo: if g.quiet { Echo::Off } else { Echo::Stderr },
+        extra_cmdline: g.cmdline.clone(),
+        disk_mib: Some(g.disk_size),
+        stores: g.stores.iter().map(|d| Store { dir: d.clone() }).collect(),
+        shares: Vec::new(),
+    })
+}
+
+fn report(result: Result<Summary, RunAsRootError>, json: bool, what: &str) -> Exit {
+    match result {
+        Ok(sum) => {
+            let phases: Vec<String> = sum.phases.iter().map(|(n, t)| format!("{n} {t:.2}s")).collect();
+            eprintln!(
+                "rootlayer: {what} {} ({} bytes) -> {} [{}]",
+                sum.diff_id,
+                sum.size,
+                sum.out.display(),
+                phases.join(", ")
+            );
+            if json {
+                let v = serde_json::json!({
+                    "status": "ok",
+                    "exit_code": 0,
+                    "diff_id": sum.diff_id,
+                    "size": sum.size,
+                    "out": sum.out,
+                    "format": format!("{:?}", sum.format).to_lowercase(),
+                    "script_status": sum.script_status,
+                    "phases": sum.phases.iter().map(|(n, t)| serde_json::json!({"name": n, "seconds": t})).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+            }
+            Exit::Ok
+        }
+        Err(e) => {
+            let exit = e.exit();
+            eprintln!("rootlayer: {e}");
+            if json {
+                let script_status = match &e {
+                    RunAsRootError::ScriptFailed(c) => Some(*c),
+                    _ => None,
+                };
+                let v = serde_json::json!({
+                    "status": "error",
+                    "exit_code": exit.code(),
+                    "error": e.to_string(),
+                    "script_status": script_status,
+                });
+                println!("{v}");
+            }
+            exit
+        }
+    }
+}
+
+fn run_as_root(args: RunAsRootArgs) -> Exit {
+    let spec = match guest_spec(&args.guest) {
+        Ok(s) => s,
+        Err((exit, msg)) => {
+            eprintln!("rootlayer: {msg}");
+            return exit;
+        }
+    };
+    let format: OutputFormat = match args.format.parse() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("rootlayer: {e}");
+            return Exit::BadInput;
+        }
+    };
+    let req = RunAsRootRequest {
+        script: args.script,
+        from_image: args.from_image,
+        selector: Selector { name: args.from_image_name, tag: args.from_image_tag },
+        contents: args.contents,
+        keep_contents_dirlinks: args.keep_contents_dirlinks,
+        extra_commands: args.extra_commands,
+        source_date_epoch: args.source_date_epoch,
+        format,
+        out: args.out,
+        meta: ImageMeta {
+            name: args.name,
+            tag: args.tag,
+            created: args.created,
+            created_by: Some("rootlayer run-as-root".into()),
+            comment: None,
+            base_json: None,
+        },
+        merged_listing: args.merged_listing,
+    };
+    report(runas::run_as_root(&spec, &req), args.json, "layer")
+}
+
+fn export(args: ExportArgs) -> Exit {
+    let spec = match guest_spec(&args.guest) {
+        Ok(s) => s,
+        Err((exit, msg)) => {
+            eprintln!("rootlayer: {msg}");
+            return exit;
+        }
+    };
+    let selector = Selector { name: args.from_image_name, tag: args.from_image_tag };
+    report(runas::export(&spec, &args.from_image, &selector, &args.out), args.json, "root filesystem")
+}
+
 fn boot(args: BootArgs) -> Exit {
-    let cmdline = format!("{} {}", vmm::builder::BASE_CMDLINE, args.cmdline)
-        .trim()
-        .to_string();
+    let cmdline = format!("{} {}", vmm::builder::BASE_CMDLINE, args.cmdline).trim().to_string();
     if args.print_cmdline {
         println!("{cmdline}");
         return Exit::Ok;
@@ -98,11 +313,7 @@ fn boot(args: BootArgs) -> Exit {
     let result = (|| {
         let config = VmConfig {
             kernel: default_file(args.kernel, "kernel/current/vmlinux", "build-kernel")?,
-            initrd: Some(default_file(
-                args.initrd,
-                "initramfs/current.cpio",
-                "build-initramfs",
-            )?),
+            initrd: Some(default_file(args.initrd, "initramfs/current.cpio", "build-initramfs")?),
             cmdline,
             mem_mib: args.mem_size,
             timeout: Duration::from_secs(args.timeout),
@@ -148,11 +359,7 @@ fn boot_outcome(report: &RunReport, timeout: u64) -> Exit {
     drop(log);
     let wall = report.wall.as_secs_f64();
     if report.timed_out {
-        let stage = if ready.is_some() {
-            "after the agent started"
-        } else {
-            "before the agent's ready line"
-        };
+        let stage = if ready.is_some() { "after the agent started" } else { "before the agent's ready line" };
         eprintln!("rootlayer: timeout: the guest did not finish within {timeout}s ({stage})");
         print_tail(report);
         return Exit::Timeout;
@@ -164,10 +371,7 @@ fn boot_outcome(report: &RunReport, timeout: u64) -> Exit {
     }
     match (&report.exit, ready, status) {
         (GuestExit::Reset, Some(at), Some(0)) => {
-            eprintln!(
-                "rootlayer: agent ready after {:.3}s, guest exited cleanly after {wall:.3}s",
-                at.as_secs_f64()
-            );
+            eprintln!("rootlayer: agent ready after {:.3}s, guest exited cleanly after {wall:.3}s", at.as_secs_f64());
             if let (Some(peak), Some(guest)) = (report.peak_rss_kib, report.guest_rss_kib) {
                 eprintln!(
                     "rootlayer: peak RSS {peak} KiB, of which guest RAM {guest} KiB: VMM overhead {} KiB",

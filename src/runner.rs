@@ -14,8 +14,7 @@ use std::time::Duration;
 
 /// virtio-fs tag of the exchange share.
 pub const XCHG_TAG: &str = "xchg";
-/// Guest path where the scratch disk is mounted.
-pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
+pub use crate::job::SCRATCH_MOUNT;
 /// Guest device of the scratch disk (the first virtio-blk device).
 pub const SCRATCH_DEVICE: &str = "/dev/vda";
 
@@ -25,11 +24,7 @@ pub enum RunError {
     #[error("creating the exchange directory")]
     Xchg(#[source] std::io::Error),
     #[error("creating the {mib} MiB scratch disk {path}")]
-    Disk {
-        path: PathBuf,
-        mib: u64,
-        source: std::io::Error,
-    },
+    Disk { path: PathBuf, mib: u64, source: std::io::Error },
     #[error("formatting the scratch disk with mkfs.ext4: {0}")]
     Mkfs(String),
     #[error("store directory {path}: {reason}")]
@@ -64,119 +59,121 @@ pub struct GuestSpec {
     /// Scratch disk size in MiB; no disk when None.
     pub disk_mib: Option<u64>,
     pub stores: Vec<Store>,
+    /// Further read-only shares: (host directory, guest mount point).
+    pub shares: Vec<(PathBuf, String)>,
+}
+
+/// The job's private directory on the host: `xchg/` (shared with the guest)
+/// and the scratch disk image. Removed when dropped.
+#[derive(Debug)]
+pub struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Result<Self, RunError> {
+        let dir = tempfile::Builder::new().prefix("rootlayer-").tempdir().map_err(RunError::Xchg)?;
+        std::fs::create_dir(dir.path().join("xchg")).map_err(RunError::Xchg)?;
+        Ok(Self { dir })
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// The exchange directory (the guest sees it at [`crate::job::XCHG_MOUNT`]).
+    pub fn xchg(&self) -> PathBuf {
+        self.dir.path().join("xchg")
+    }
+    /// The scratch disk image.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.path().join("scratch.img")
+    }
 }
 
 /// A finished job: the VM's report, the agent's result (None when the
-/// guest did not get that far), and the exchange and scratch directory,
-/// removed when this is dropped.
+/// guest did not get that far), and the work directory, removed when this
+/// is dropped.
 #[derive(Debug)]
 pub struct JobOutcome {
     pub report: RunReport,
     pub result: Option<JobResult>,
-    pub workdir: tempfile::TempDir,
+    pub workdir: Workdir,
 }
 
 impl JobOutcome {
     /// The exchange directory as the guest left it.
     pub fn xchg(&self) -> PathBuf {
-        self.workdir.path().join("xchg")
+        self.workdir.xchg()
     }
     /// The scratch disk image.
     pub fn disk(&self) -> PathBuf {
-        self.workdir.path().join("scratch.img")
+        self.workdir.disk()
     }
 }
 
 /// Create a sparse `mib` MiB file and put an empty ext4 on it (no journal:
 /// the disk lives for one job; root-owned root directory).
 pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
-    let disk_err = |source| RunError::Disk {
-        path: path.into(),
-        mib,
-        source,
-    };
+    let disk_err = |source| RunError::Disk { path: path.into(), mib, source };
     let f = std::fs::File::create(path).map_err(disk_err)?;
     f.set_len(mib << 20).map_err(disk_err)?;
     drop(f);
     let out = Command::new("mkfs.ext4")
-        .args([
-            "-F",
-            "-q",
-            "-O",
-            "^has_journal",
-            "-m",
-            "0",
-            "-E",
-            "lazy_itable_init=1,root_owner=0:0",
-        ])
+        .args(["-F", "-q", "-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0"])
         .arg(path)
         .output()
         .map_err(|e| RunError::Mkfs(format!("{e} (install e2fsprogs)")))?;
     if !out.status.success() {
-        return Err(RunError::Mkfs(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+        return Err(RunError::Mkfs(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
     Ok(())
 }
 
 /// Boot a guest for `task`, with the exchange share, the stores and the
-/// scratch disk from `spec`, and collect the agent's result.
-pub fn run_job(spec: &GuestSpec, task: Task) -> Result<JobOutcome, RunError> {
-    let workdir = tempfile::Builder::new()
-        .prefix("rootlayer-")
-        .tempdir()
-        .map_err(RunError::Xchg)?;
-    let xchg = workdir.path().join("xchg");
-    std::fs::create_dir(&xchg).map_err(RunError::Xchg)?;
+/// scratch disk from `spec`, and collect the agent's result. The caller
+/// may have put input files in `workdir.xchg()` first.
+pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutcome, RunError> {
+    let xchg = workdir.xchg();
 
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut mounts = Vec::new();
     if let Some(mib) = spec.disk_mib {
-        let disk = workdir.path().join("scratch.img");
+        let disk = workdir.disk();
         make_scratch_disk(&disk, mib)?;
-        let block =
-            Block::new(&disk, false, "rootlayer-scratch").map_err(|e| RunError::Device {
-                what: "scratch disk".into(),
-                reason: e.to_string(),
-            })?;
+        let block = Block::new(&disk, false, "rootlayer-scratch")
+            .map_err(|e| RunError::Device { what: "scratch disk".into(), reason: e.to_string() })?;
         devices.push(Box::new(block));
         mounts.push(Mount {
-            source: MountSource::Disk {
-                device: SCRATCH_DEVICE.into(),
-                fstype: "ext4".into(),
-            },
+            source: MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into() },
             target: SCRATCH_MOUNT.into(),
             read_only: false,
         });
     }
-    let fs = Fs::new(XCHG_TAG, &xchg, false).map_err(|e| RunError::Device {
-        what: "exchange share".into(),
-        reason: e.to_string(),
-    })?;
+    let fs = Fs::new(XCHG_TAG, &xchg, false)
+        .map_err(|e| RunError::Device { what: "exchange share".into(), reason: e.to_string() })?;
     devices.push(Box::new(fs));
     for (i, store) in spec.stores.iter().enumerate() {
-        let dir = std::fs::canonicalize(&store.dir).map_err(|e| RunError::Store {
-            path: store.dir.clone(),
-            reason: e.to_string(),
-        })?;
+        let dir = std::fs::canonicalize(&store.dir)
+            .map_err(|e| RunError::Store { path: store.dir.clone(), reason: e.to_string() })?;
         if !dir.is_dir() {
-            return Err(RunError::Store {
-                path: dir,
-                reason: "not a directory".into(),
-            });
+            return Err(RunError::Store { path: dir, reason: "not a directory".into() });
         }
         let tag = format!("store{i}");
-        let fs = Fs::new(&tag, &dir, true).map_err(|e| RunError::Device {
-            what: format!("store share {}", dir.display()),
-            reason: e.to_string(),
-        })?;
+        let fs = Fs::new(&tag, &dir, true)
+            .map_err(|e| RunError::Device { what: format!("store share {}", dir.display()), reason: e.to_string() })?;
         devices.push(Box::new(fs));
         mounts.push(Mount {
             source: MountSource::VirtioFs { tag },
             target: dir.to_string_lossy().into_owned(),
             read_only: true,
         });
+    }
+
+    for (i, (host, guest)) in spec.shares.iter().enumerate() {
+        let tag = format!("share{i}");
+        let fs = Fs::new(&tag, host, true)
+            .map_err(|e| RunError::Device { what: format!("share {}", host.display()), reason: e.to_string() })?;
+        devices.push(Box::new(fs));
+        mounts.push(Mount { source: MountSource::VirtioFs { tag }, target: guest.clone(), read_only: true });
     }
 
     let job = Job { mounts, task };
@@ -186,12 +183,7 @@ pub fn run_job(spec: &GuestSpec, task: Task) -> Result<JobOutcome, RunError> {
     let config = VmConfig {
         kernel: spec.kernel.clone(),
         initrd: Some(spec.initrd.clone()),
-        cmdline: format!(
-            "{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}",
-            spec.extra_cmdline
-        )
-        .trim()
-        .to_string(),
+        cmdline: format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string(),
         mem_mib: spec.mem_mib,
         timeout: spec.timeout,
         echo: spec.echo,
@@ -199,14 +191,8 @@ pub fn run_job(spec: &GuestSpec, task: Task) -> Result<JobOutcome, RunError> {
     };
     let report = vmm::run(config)?;
     let result = match std::fs::read(xchg.join(RESULT_FILE)) {
-        Ok(bytes) => {
-            Some(serde_json::from_slice(&bytes).map_err(|e| RunError::BadResult(e.to_string()))?)
-        }
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| RunError::BadResult(e.to_string()))?),
         Err(_) => None,
     };
-    Ok(JobOutcome {
-        report,
-        result,
-        workdir,
-    })
+    Ok(JobOutcome { report, result, workdir })
 }

@@ -20,19 +20,8 @@ fn boots_to_the_agent_and_exits_cleanly() {
         .lines()
         .find(|l| l.starts_with("rootlayer-agent ") && l.contains(" ready (uptime "))
         .expect("agent ready line on the console");
-    assert!(
-        ready.contains(env!("CARGO_PKG_VERSION")),
-        "ready line names the agent version: {ready}"
-    );
+    assert!(ready.contains(env!("CARGO_PKG_VERSION")), "ready line names the agent version: {ready}");
     assert!(stderr.contains("rootlayer-agent: exit status 0"));
-    assert!(
-        stderr.contains("reboot: Restarting system"),
-        "the guest left through the i8042 reset"
-    );
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with("rootlayer: agent ready after ")),
-        "summary line"
-    );
+    assert!(stderr.contains("reboot: Restarting system"), "the guest left through the i8042 reset");
+    assert!(stderr.lines().any(|l| l.starts_with("rootlayer: agent ready after ")), "summary line");
 }

@@ -14,15 +14,7 @@ fn tmp(name: &str, contents: &[u8]) -> PathBuf {
 }
 
 fn boot(kernel: &std::path::Path, initrd: &std::path::Path, extra: &[&str]) -> (i32, String) {
-    common::run(
-        common::rootlayer()
-            .arg("boot")
-            .arg("--kernel")
-            .arg(kernel)
-            .arg("--initrd")
-            .arg(initrd)
-            .args(extra),
-    )
+    common::run(common::rootlayer().arg("boot").arg("--kernel").arg(kernel).arg("--initrd").arg(initrd).args(extra))
 }
 
 fn one_error_line(stderr: &str) -> &str {
@@ -41,10 +33,7 @@ fn missing_kernel_is_bad_input() {
         return;
     }
     assert_eq!(code, 2);
-    assert!(
-        one_error_line(&stderr).contains("cannot open kernel /nonexistent/vmlinux"),
-        "{stderr}"
-    );
+    assert!(one_error_line(&stderr).contains("cannot open kernel /nonexistent/vmlinux"), "{stderr}");
 }
 
 #[test]
@@ -57,10 +46,7 @@ fn a_file_that_is_not_a_kernel_is_bad_input() {
         return;
     }
     assert_eq!(code, 2);
-    assert!(
-        one_error_line(&stderr).contains("is not a kernel this VMM can boot"),
-        "{stderr}"
-    );
+    assert!(one_error_line(&stderr).contains("is not a kernel this VMM can boot"), "{stderr}");
 }
 
 #[test]
@@ -68,16 +54,9 @@ fn missing_initramfs_is_bad_input() {
     let Some(g) = common::guest("missing_initramfs_is_bad_input") else {
         return;
     };
-    let (code, stderr) = boot(
-        &g.kernel,
-        std::path::Path::new("/nonexistent/initrd.cpio"),
-        &[],
-    );
+    let (code, stderr) = boot(&g.kernel, std::path::Path::new("/nonexistent/initrd.cpio"), &[]);
     assert_eq!(code, 2);
-    assert!(
-        one_error_line(&stderr).contains("cannot read initramfs /nonexistent/initrd.cpio"),
-        "{stderr}"
-    );
+    assert!(one_error_line(&stderr).contains("cannot read initramfs /nonexistent/initrd.cpio"), "{stderr}");
 }
 
 #[test]

@@ -16,14 +16,7 @@ fn timeout_stops_the_guest_and_prints_its_last_lines() {
     let started = Instant::now();
     let (code, stderr) = common::run(
         common::rootlayer()
-            .args([
-                "boot",
-                "--quiet",
-                "--mem-size",
-                "128",
-                "--cmdline",
-                "ROOTLAYER_SELFTEST=hang",
-            ])
+            .args(["boot", "--quiet", "--mem-size", "128", "--cmdline", "ROOTLAYER_SELFTEST=hang"])
             .args(["--timeout", &timeout.to_string(), "--kernel"])
             .arg(&g.kernel)
             .arg("--initrd")
@@ -31,26 +24,13 @@ fn timeout_stops_the_guest_and_prints_its_last_lines() {
     );
     let elapsed = started.elapsed();
     assert_eq!(code, 124, "timeout exit code");
-    assert!(
-        stderr.contains(&format!(
-            "did not finish within {timeout}s (after the agent started)"
-        )),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("did not finish within {timeout}s (after the agent started)")), "{stderr}");
     assert!(stderr.contains("last guest console lines:"));
     assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with("  | ") && l.ends_with("selftest hang: sleeping forever")),
+        stderr.lines().any(|l| l.starts_with("  | ") && l.ends_with("selftest hang: sleeping forever")),
         "the guest's last line is in the report: {stderr}"
     );
     // Stopping is prompt: the vCPU is kicked out of KVM_RUN at once.
-    assert!(
-        elapsed >= Duration::from_secs(timeout),
-        "stopped early: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(timeout + 10),
-        "stopping took too long: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_secs(timeout), "stopped early: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(timeout + 10), "stopping took too long: {elapsed:?}");
 }

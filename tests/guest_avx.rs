@@ -14,44 +14,21 @@ fn guest_processes_do_not_corrupt_each_others_vector_state() {
     };
     let (code, stderr) = common::run(
         common::rootlayer()
-            .args([
-                "boot",
-                "--timeout",
-                "300",
-                "--mem-size",
-                "128",
-                "--cmdline",
-                "ROOTLAYER_SELFTEST=avx",
-                "--kernel",
-            ])
+            .args(["boot", "--timeout", "300", "--mem-size", "128", "--cmdline", "ROOTLAYER_SELFTEST=avx", "--kernel"])
             .arg(&g.kernel)
             .arg("--initrd")
             .arg(&g.initrd),
     );
     assert_eq!(code, 0, "self-test boot failed");
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("selftest avx:"))
-        .collect();
-    let cpuid = lines
-        .iter()
-        .find(|l| l.contains("user CPUID"))
-        .expect("CPUID line");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("selftest avx:")).collect();
+    let cpuid = lines.iter().find(|l| l.contains("user CPUID")).expect("CPUID line");
+    assert!(cpuid.contains("osxsave=0"), "guest user code must not be told AVX state is enabled: {cpuid}");
     assert!(
-        cpuid.contains("osxsave=0"),
-        "guest user code must not be told AVX state is enabled: {cpuid}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("raw YMM upper halves corrupted in")
-                || l.contains("fault in guest user mode")),
+        lines.iter().any(|l| l.contains("raw YMM upper halves corrupted in") || l.contains("fault in guest user mode")),
         "raw probe result missing: {lines:?}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.ends_with("glibc string functions with GLIBC_TUNABLES: 0 mismatches")),
+        lines.iter().any(|l| l.ends_with("glibc string functions with GLIBC_TUNABLES: 0 mismatches")),
         "glibc workload corrupted: {lines:?}"
     );
 }

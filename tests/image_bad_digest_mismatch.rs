@@ -24,20 +24,10 @@ fn layer_not_matching_its_diff_id_is_refused() {
     tar_files(&base, &files);
     let layer = new_layer(d.path(), "upper.tar", &good);
     let out = d.path().join("out.tar");
-    let err = open_and_write(
-        &base,
-        &Selector::default(),
-        OutputFormat::DockerArchive,
-        &out,
-        &layer,
-    )
-    .unwrap_err();
+    let err = open_and_write(&base, &Selector::default(), OutputFormat::DockerArchive, &out, &layer).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     let msg = err.to_string();
-    assert!(
-        msg.contains(&diff_id(&good)) && msg.contains(&diff_id(&evil)),
-        "{msg}"
-    );
+    assert!(msg.contains(&diff_id(&good)) && msg.contains(&diff_id(&evil)), "{msg}");
     assert_clean_failure(&err, &out);
 }
 
@@ -55,14 +45,7 @@ fn oci_blob_not_matching_its_digest_is_refused() {
     fs::write(&blob, data).unwrap();
     let layer = new_layer(d.path(), "upper.tar", &l);
     let out = d.path().join("out");
-    let err =
-        open_and_write(&src, &Selector::default(), OutputFormat::Oci, &out, &layer).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ImageError::DigestMismatch { .. } | ImageError::Decompress { .. }
-        ),
-        "{err}"
-    );
+    let err = open_and_write(&src, &Selector::default(), OutputFormat::Oci, &out, &layer).unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. } | ImageError::Decompress { .. }), "{err}");
     assert_clean_failure(&err, &out);
 }

@@ -16,21 +16,11 @@ fn manifest_naming_a_missing_layer_is_refused() {
     tar_files(&base, &files);
     let layer = new_layer(d.path(), "upper.tar", &l);
     let out = d.path().join("out");
-    let err = open_and_write(
-        &base,
-        &Selector::default(),
-        OutputFormat::Layer,
-        &out,
-        &layer,
-    )
-    .unwrap_err();
+    let err = open_and_write(&base, &Selector::default(), OutputFormat::Layer, &out, &layer).unwrap_err();
     assert!(matches!(err, ImageError::MissingEntry { .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        format!(
-            "The base image has no \"{}/layer.tar\", but its manifest names it",
-            sha256_hex(&l)
-        )
+        format!("The base image has no \"{}/layer.tar\", but its manifest names it", sha256_hex(&l))
     );
     assert_clean_failure(&err, &out);
 }

@@ -15,18 +15,8 @@ fn not_an_archive_is_refused() {
     fs::write(&base, "just some text, not a tar\n".repeat(100)).unwrap();
     let layer = new_layer(d.path(), "upper.tar", &layer_tar(&[("a", b"1")]));
     let out = d.path().join("out");
-    let err = open_and_write(
-        &base,
-        &Selector::default(),
-        OutputFormat::Layer,
-        &out,
-        &layer,
-    )
-    .unwrap_err();
+    let err = open_and_write(&base, &Selector::default(), OutputFormat::Layer, &out, &layer).unwrap_err();
     assert!(matches!(err, ImageError::NotAnArchive { .. }), "{err}");
-    assert!(
-        err.to_string().contains("notes.txt is not a tar archive"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("notes.txt is not a tar archive"), "{err}");
     assert_clean_failure(&err, &out);
 }

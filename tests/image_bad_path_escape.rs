@@ -21,23 +21,10 @@ fn layer_path_escaping_the_archive_is_refused() {
             "Layers": [evil],
         }]);
         files.retain(|(n, _)| n != "manifest.json");
-        files.push((
-            "manifest.json".into(),
-            serde_json::to_vec(&manifest).unwrap(),
-        ));
+        files.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
         tar_files(&base, &files);
-        let err = open_and_write(
-            &base,
-            &Selector::default(),
-            OutputFormat::Layer,
-            &out,
-            &layer,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, ImageError::PathEscape { .. }),
-            "{evil}: {err}"
-        );
+        let err = open_and_write(&base, &Selector::default(), OutputFormat::Layer, &out, &layer).unwrap_err();
+        assert!(matches!(err, ImageError::PathEscape { .. }), "{evil}: {err}");
         assert!(err.to_string().contains("escapes the archive"), "{err}");
         assert_clean_failure(&err, &out);
     }

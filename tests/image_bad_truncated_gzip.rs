@@ -18,14 +18,7 @@ fn truncated_gzip_is_refused() {
     fs::write(&base, &full[..full.len() / 2]).unwrap();
     let layer = new_layer(d.path(), "upper.tar", &layer_tar(&[("a", b"1")]));
     let out = d.path().join("out.tar");
-    let err = open_and_write(
-        &base,
-        &Selector::default(),
-        OutputFormat::DockerArchive,
-        &out,
-        &layer,
-    )
-    .unwrap_err();
+    let err = open_and_write(&base, &Selector::default(), OutputFormat::DockerArchive, &out, &layer).unwrap_err();
     assert!(matches!(err, ImageError::Decompress { .. }), "{err}");
     assert!(err.to_string().contains("corrupt or truncated"), "{err}");
     assert_clean_failure(&err, &out);

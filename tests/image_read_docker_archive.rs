@@ -26,14 +26,8 @@ fn docker_archive_with_manifest_json_selects_and_streams_layers() {
     docker_archive(
         &path,
         &[
-            (
-                &["first/image:one", "first/image:two"],
-                &[base.clone(), mid.clone()],
-            ),
-            (
-                &["localhost:5000/second:latest"],
-                std::slice::from_ref(&other),
-            ),
+            (&["first/image:one", "first/image:two"], &[base.clone(), mid.clone()]),
+            (&["localhost:5000/second:latest"], std::slice::from_ref(&other)),
         ],
         true,
     );
@@ -42,11 +36,7 @@ fn docker_archive_with_manifest_json_selects_and_streams_layers() {
     let img = BaseImage::open(&path, &Selector::default()).unwrap();
     assert_eq!(img.format(), SourceFormat::DockerArchive);
     assert_eq!(img.selected().to_string(), "first/image:one");
-    assert!(img
-        .selected()
-        .message()
-        .unwrap()
-        .contains("first/image:one"));
+    assert!(img.selected().message().unwrap().contains("first/image:one"));
     let ids: Vec<String> = img.layers().iter().map(|l| l.diff_id.to_string()).collect();
     assert_eq!(ids, [diff_id(&base), diff_id(&mid)]);
     assert_eq!(read_all(&img, 0), base);
@@ -54,10 +44,7 @@ fn docker_archive_with_manifest_json_selects_and_streams_layers() {
     assert_eq!(img.config().rootfs().diff_ids(), &ids);
 
     // Name and tag given, with a registry port in the name.
-    let sel = Selector {
-        name: Some("localhost:5000/second".into()),
-        tag: Some("latest".into()),
-    };
+    let sel = Selector { name: Some("localhost:5000/second".into()), tag: Some("latest".into()) };
     let img = BaseImage::open(&path, &sel).unwrap();
     assert!(img.selected().message().is_none());
     assert_eq!(img.layers().len(), 1);

@@ -14,11 +14,7 @@ use rootlayer::image::{BaseImage, Selector, SourceFormat};
 fn legacy_layout_follows_parent_chain_bottom_first() {
     let d = tempfile::tempdir().unwrap();
     let tree = d.path().join("tree");
-    let layers = [
-        layer_tar(&[("bottom", b"1")]),
-        layer_tar(&[("middle", b"2")]),
-        layer_tar(&[("top", b"3")]),
-    ];
+    let layers = [layer_tar(&[("bottom", b"1")]), layer_tar(&[("middle", b"2")]), layer_tar(&[("top", b"3")])];
     let ids = ["aaaa", "bbbb", "cccc"];
     for (i, (id, tar)) in ids.iter().zip(&layers).enumerate() {
         fs::create_dir_all(tree.join(id)).unwrap();
@@ -37,11 +33,8 @@ fn legacy_layout_follows_parent_chain_bottom_first() {
         fs::write(tree.join(id).join("VERSION"), "1.0").unwrap();
     }
     // Two names; the first in file order (not alphabetical) is the default.
-    fs::write(
-        tree.join("repositories"),
-        r#"{"zz/top": {"latest": "cccc", "old": "bbbb"}, "aa/mid": {"x": "bbbb"}}"#,
-    )
-    .unwrap();
+    fs::write(tree.join("repositories"), r#"{"zz/top": {"latest": "cccc", "old": "bbbb"}, "aa/mid": {"x": "bbbb"}}"#)
+        .unwrap();
     let path = d.path().join("legacy.tar");
     gnu_tar(&tree, &path);
 
@@ -52,28 +45,15 @@ fn legacy_layout_follows_parent_chain_bottom_first() {
     let want: Vec<String> = layers.iter().map(|l| diff_id(l)).collect();
     assert_eq!(got, want);
     assert_eq!(img.config().rootfs().diff_ids(), &want);
-    let env = img
-        .config()
-        .config()
-        .as_ref()
-        .unwrap()
-        .env()
-        .clone()
-        .unwrap();
+    let env = img.config().config().as_ref().unwrap().env().clone().unwrap();
     assert_eq!(env, ["TOP=1"]);
     let mut top = Vec::new();
     img.open_layer(2).unwrap().read_to_end(&mut top).unwrap();
     assert_eq!(top, layers[2]);
 
-    let sel = Selector {
-        name: Some("zz/top".into()),
-        tag: Some("old".into()),
-    };
+    let sel = Selector { name: Some("zz/top".into()), tag: Some("old".into()) };
     let img = BaseImage::open(&path, &sel).unwrap();
     assert_eq!(img.layers().len(), 2);
-    let sel = Selector {
-        name: Some("aa/mid".into()),
-        tag: None,
-    };
+    let sel = Selector { name: Some("aa/mid".into()), tag: None };
     assert_eq!(BaseImage::open(&path, &sel).unwrap().layers().len(), 2);
 }

@@ -14,20 +14,8 @@ use rootlayer::image::{BaseImage, Selector, SourceFormat};
 fn oci_layout_dir_and_tar_with_mixed_compression() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("layout");
-    let layers = [
-        layer_tar(&[("a", b"plain")]),
-        layer_tar(&[("b", b"gzip")]),
-        layer_tar(&[("c", b"zstd")]),
-    ];
-    oci_layout(
-        &dir,
-        "t1",
-        &[
-            (layers[0].clone(), "none"),
-            (layers[1].clone(), "gzip"),
-            (layers[2].clone(), "zstd"),
-        ],
-    );
+    let layers = [layer_tar(&[("a", b"plain")]), layer_tar(&[("b", b"gzip")]), layer_tar(&[("c", b"zstd")])];
+    oci_layout(&dir, "t1", &[(layers[0].clone(), "none"), (layers[1].clone(), "gzip"), (layers[2].clone(), "zstd")]);
     let tar_path = d.path().join("layout.tar");
     gnu_tar(&dir, &tar_path);
     for path in [&dir, &tar_path] {
@@ -50,22 +38,15 @@ fn oci_layout_made_by_umoci_is_read() {
     let src = d.path().join("src");
     std::fs::create_dir_all(src.join("etc")).unwrap();
     std::fs::write(src.join("etc/hello"), "from umoci").unwrap();
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci")
-        .args(["new", "--image"])
-        .arg(format!("{}:base", layout.display())));
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:base", layout.display())));
     run(Command::new("umoci")
         .args(["insert", "--image"])
         .arg(format!("{}:base", layout.display()))
         .arg(src.join("etc"))
         .arg("/etc"));
 
-    let sel = Selector {
-        name: None,
-        tag: Some("base".into()),
-    };
+    let sel = Selector { name: None, tag: Some("base".into()) };
     let img = BaseImage::open(&layout, &sel).unwrap();
     assert_eq!(img.layers().len(), 1);
     assert!(img.layers()[0].is_compressed());
@@ -80,12 +61,7 @@ fn oci_layout_made_by_umoci_is_read() {
             Err(_) => break,
         }
     }
-    assert!(
-        names
-            .iter()
-            .any(|n| n.trim_start_matches("./") == "etc/hello"),
-        "{names:?}"
-    );
+    assert!(names.iter().any(|n| n.trim_start_matches("./") == "etc/hello"), "{names:?}");
 }
 
 #[test]
@@ -95,21 +71,14 @@ fn docker_archive_written_by_skopeo_is_read() {
     let dir = d.path().join("layout");
     let layers = [layer_tar(&[("x", b"1")]), layer_tar(&[("y", b"2")])];
     // (skopeo refuses zstd layers in docker-archives.)
-    oci_layout(
-        &dir,
-        "t",
-        &[(layers[0].clone(), "gzip"), (layers[1].clone(), "none")],
-    );
+    oci_layout(&dir, "t", &[(layers[0].clone(), "gzip"), (layers[1].clone(), "none")]);
     let archive = d.path().join("skopeo.tar");
     skopeo(&[
         "copy",
         &format!("oci:{}:t", dir.display()),
         &format!("docker-archive:{}:made/by-skopeo:7", archive.display()),
     ]);
-    let sel = Selector {
-        name: Some("made/by-skopeo".into()),
-        tag: Some("7".into()),
-    };
+    let sel = Selector { name: Some("made/by-skopeo".into()), tag: Some("7".into()) };
     let img = BaseImage::open(&archive, &sel).unwrap();
     assert_eq!(img.format(), SourceFormat::DockerArchive);
     let got: Vec<String> = img.layers().iter().map(|l| l.diff_id.to_string()).collect();

@@ -18,23 +18,12 @@ fn docker_archive_output_loads_in_skopeo_and_unpacks() {
     let l2 = layer_tar(&[("etc/", b""), ("etc/gone", b"to be deleted")]);
     let base = d.path().join("base.tar.gz");
     docker_archive(&base, &[(&["base/img:1"], &[l1.clone(), l2.clone()])], true);
-    let new = layer_tar(&[
-        ("etc/", b""),
-        ("etc/.wh.gone", b""),
-        ("etc/new", b"from run"),
-    ]);
+    let new = layer_tar(&[("etc/", b""), ("etc/.wh.gone", b""), ("etc/new", b"from run")]);
     let layer = new_layer(d.path(), "upper.tar", &new);
 
     for out_name in ["out.tar", "out.tar.gz"] {
         let out = d.path().join(out_name);
-        open_and_write(
-            &base,
-            &Selector::default(),
-            OutputFormat::DockerArchive,
-            &out,
-            &layer,
-        )
-        .unwrap();
+        open_and_write(&base, &Selector::default(), OutputFormat::DockerArchive, &out, &layer).unwrap();
         // Our reader, by manifest.json.
         let img = BaseImage::open(&out, &Selector::default()).unwrap();
         assert_eq!(img.selected().to_string(), "rootlayer/test:v1");
@@ -52,20 +41,14 @@ fn docker_archive_output_loads_in_skopeo_and_unpacks() {
         } else {
             out
         };
-        let v: serde_json::Value = serde_json::from_str(&skopeo(&[
-            "inspect",
-            &format!("docker-archive:{}", out.display()),
-        ]))
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&skopeo(&["inspect", &format!("docker-archive:{}", out.display())])).unwrap();
         assert_eq!(v["Layers"], serde_json::json!(want));
         assert_eq!(v["Env"], serde_json::json!(["PATH=/bin"]));
         assert_eq!(v["Created"], "2025-02-03T04:05:06Z");
-        let cfg: serde_json::Value = serde_json::from_str(&skopeo(&[
-            "inspect",
-            "--config",
-            &format!("docker-archive:{}", out.display()),
-        ]))
-        .unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&skopeo(&["inspect", "--config", &format!("docker-archive:{}", out.display())]))
+                .unwrap();
         let history = cfg["history"].as_array().unwrap();
         assert_eq!(history.len(), 3);
         assert_eq!(history[2]["created"], "2025-02-03T04:05:06Z");
@@ -73,24 +56,17 @@ fn docker_archive_output_loads_in_skopeo_and_unpacks() {
 
         // skopeo copies it into an OCI layout; umoci unpacks that.
         let layout = d.path().join(format!("{out_name}.oci"));
-        skopeo(&[
-            "copy",
-            &format!("docker-archive:{}", out.display()),
-            &format!("oci:{}:t", layout.display()),
-        ]);
+        skopeo(&["copy", &format!("docker-archive:{}", out.display()), &format!("oci:{}:t", layout.display())]);
         if !is_root() {
             println!("skipping umoci unpack: needs root");
             continue;
         }
         let rootfs = umoci_unpack(&layout, "t", &d.path().join(format!("{out_name}.bundle")));
-        let expected: BTreeMap<String, String> = [
-            ("etc", "dir 755"),
-            ("etc/base", "file from base"),
-            ("etc/new", "file from run"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let expected: BTreeMap<String, String> =
+            [("etc", "dir 755"), ("etc/base", "file from base"), ("etc/new", "file from run")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         assert_eq!(tree(&rootfs), expected);
     }
 }
@@ -106,30 +82,16 @@ fn docker_archive_output_repositories_walk_matches_manifest() {
     let new = layer_tar(&[("b", b"2")]);
     let layer = new_layer(d.path(), "upper.tar", &new);
     let out = d.path().join("out.tar");
-    open_and_write(
-        &base,
-        &Selector::default(),
-        OutputFormat::DockerArchive,
-        &out,
-        &layer,
-    )
-    .unwrap();
+    open_and_write(&base, &Selector::default(), OutputFormat::DockerArchive, &out, &layer).unwrap();
 
     let x = d.path().join("x");
     fs::create_dir(&x).unwrap();
-    run(std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&x)
-        .arg("-xf")
-        .arg(&out));
+    run(std::process::Command::new("tar").arg("-C").arg(&x).arg("-xf").arg(&out));
     fs::remove_file(x.join("manifest.json")).unwrap();
     let legacy = d.path().join("legacy.tar");
     gnu_tar(&x, &legacy);
     let img = BaseImage::open(&legacy, &Selector::default()).unwrap();
-    assert_eq!(
-        img.format(),
-        rootlayer::image::SourceFormat::DockerArchiveLegacy
-    );
+    assert_eq!(img.format(), rootlayer::image::SourceFormat::DockerArchiveLegacy);
     let got: Vec<String> = img.layers().iter().map(|l| l.diff_id.to_string()).collect();
     assert_eq!(got, [diff_id(&l1), diff_id(&new)]);
     let _ = write_output; // the same entry point open_and_write uses

@@ -20,12 +20,7 @@ fn oci_output_unpacks_with_umoci_to_the_expected_tree() {
     let l1 = layer_tar(&[("usr/", b""), ("usr/keep", b"k"), ("usr/drop", b"d")]);
     let l2 = layer_tar(&[("var/", b""), ("var/log", b"l")]);
     oci_layout(&src, "base", &[(l1.clone(), "gzip"), (l2.clone(), "none")]);
-    let new = layer_tar(&[
-        ("usr/", b""),
-        ("usr/.wh.drop", b""),
-        ("root/", b""),
-        ("root/x", b"new"),
-    ]);
+    let new = layer_tar(&[("usr/", b""), ("usr/.wh.drop", b""), ("root/", b""), ("root/x", b"new")]);
     let layer = new_layer(d.path(), "upper.tar", &new);
     let out = d.path().join("out.oci");
     open_and_write(&src, &Selector::default(), OutputFormat::Oci, &out, &layer).unwrap();

@@ -2,9 +2,7 @@
 //! line, read job.json, mount what it lists, run its task, write
 //! result.json next to it.
 
-use crate::job::{
-    Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_MOUNT, XCHG_TAG_ENV,
-};
+use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_MOUNT, XCHG_TAG_ENV};
 use crate::mounts::mount_fs;
 use anyhow::Context;
 use nix::mount::MsFlags;
@@ -39,26 +37,20 @@ fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
     for m in &job.mounts {
         mount(m)?;
     }
-    result
-        .phases
-        .push(("mount".into(), t.elapsed().as_secs_f64()));
+    result.phases.push(("mount".into(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     match &job.task {
         Task::None => {}
         Task::DeviceCheck(check) => crate::device_check::run(check, result)?,
+        Task::RunAsRoot(job) => crate::run_as_root::run(job, result)?,
+        Task::Export(job) => crate::run_as_root::export(job, result)?,
     }
-    result
-        .phases
-        .push(("task".into(), t.elapsed().as_secs_f64()));
+    result.phases.push(("task".into(), t.elapsed().as_secs_f64()));
     Ok(())
 }
 
 fn mount(m: &Mount) -> anyhow::Result<()> {
-    let flags = if m.read_only {
-        MsFlags::MS_RDONLY
-    } else {
-        MsFlags::empty()
-    };
+    let flags = if m.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     match &m.source {
         MountSource::VirtioFs { tag } => mount_fs(tag, &m.target, "virtiofs", flags, None),
         MountSource::Disk { device, fstype } => mount_fs(device, &m.target, fstype, flags, None),

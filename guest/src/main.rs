@@ -8,9 +8,12 @@ mod device_check;
 #[path = "../../src/job.rs"]
 mod job;
 mod job_run;
+mod layer;
 mod mounts;
 mod power;
+mod run_as_root;
 mod selftest;
+mod upper_tar;
 
 /// Printed once the agent runs; the host looks for this prefix on the serial
 /// console (see `rootlayer::vmm::console::READY_PREFIX`).

@@ -6,13 +6,7 @@ use std::path::Path;
 
 /// Mount one file system at `target`, creating the directory first. A
 /// target that already has this file system mounted is left alone.
-pub fn mount_fs(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> anyhow::Result<()> {
+pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> anyhow::Result<()> {
     if is_mounted(target) {
         return Ok(());
     }
@@ -24,13 +18,7 @@ pub fn mount_fs(
 /// /dev (devtmpfs), /proc and /sys, as every later step expects them.
 pub fn mount_basics() -> anyhow::Result<()> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    mount_fs(
-        "devtmpfs",
-        "/dev",
-        "devtmpfs",
-        MsFlags::MS_NOSUID,
-        Some("mode=0755"),
-    )?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
     attach_console()?;
     mount_fs("proc", "/proc", "proc", nosuid_noexec, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid_noexec, None)?;
@@ -46,11 +34,8 @@ fn attach_console() -> anyhow::Result<()> {
     if stdout_open {
         return Ok(());
     }
-    let console = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")
-        .context("open /dev/console")?;
+    let console =
+        std::fs::OpenOptions::new().read(true).write(true).open("/dev/console").context("open /dev/console")?;
     for fd in 0..3 {
         // SAFETY: dup2 onto the standard descriptors, which are closed;
         // `console` stays open until after the calls.

@@ -46,10 +46,7 @@ pub fn child_main() -> Option<i32> {
 fn avx() -> anyhow::Result<()> {
     // What guest user code sees through CPUID (native or filtered by the
     // VMM, depending on the KVM underneath).
-    let (l1, l7) = (
-        std::arch::x86_64::__cpuid(1),
-        std::arch::x86_64::__cpuid_count(7, 0),
-    );
+    let (l1, l7) = (std::arch::x86_64::__cpuid(1), std::arch::x86_64::__cpuid_count(7, 0));
     println!(
         "rootlayer-agent: selftest avx: user CPUID leaf1.ecx={:#010x} (avx={} osxsave={}) leaf7.ebx={:#010x} (avx2={})",
         l1.ecx,
@@ -65,12 +62,16 @@ fn avx() -> anyhow::Result<()> {
         Some((bad, rounds)) => {
             println!("rootlayer-agent: selftest avx: raw YMM upper halves corrupted in {bad} of {rounds} rounds")
         }
-        None => println!("rootlayer-agent: selftest avx: AVX instructions fault in guest user mode (SIGILL): no hazard"),
+        None => {
+            println!("rootlayer-agent: selftest avx: AVX instructions fault in guest user mode (SIGILL): no hazard")
+        }
     }
     let with = glibc_pair(true)?;
     println!("rootlayer-agent: selftest avx: glibc string functions with GLIBC_TUNABLES: {with} mismatches");
     let without = glibc_pair(false)?;
-    println!("rootlayer-agent: selftest avx: glibc string functions without GLIBC_TUNABLES (control): {without} mismatches");
+    println!(
+        "rootlayer-agent: selftest avx: glibc string functions without GLIBC_TUNABLES (control): {without} mismatches"
+    );
     if with != 0 {
         bail!("guest user processes corrupt each other's vector state despite GLIBC_TUNABLES");
     }
@@ -182,11 +183,7 @@ fn glibc_workload(seed: u8, time: Duration) -> u32 {
             bad += 1;
         }
         let half = len / 2;
-        if dst[..half]
-            .iter()
-            .chain(&dst[half..half * 2])
-            .any(|b| *b != fill)
-        {
+        if dst[..half].iter().chain(&dst[half..half * 2]).any(|b| *b != fill) {
             bad += 1;
         }
     }

@@ -45,15 +45,8 @@ impl Bus {
 
     /// Map `[base, base + len)` to `device`.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(BusError::BadRange { base, len })?;
-        let overlaps_prev = self
-            .devices
-            .range(..end)
-            .next_back()
-            .is_some_and(|(b, (l, _))| b + l > base);
+        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { base, len })?;
+        let overlaps_prev = self.devices.range(..end).next_back().is_some_and(|(b, (l, _))| b + l > base);
         if overlaps_prev {
             return Err(BusError::Overlap { base, len });
         }
@@ -85,9 +78,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock()
-                    .expect("device lock poisoned")
-                    .write(offset, data);
+                dev.lock().expect("device lock poisoned").write(offset, data);
                 true
             }
             None => false,
@@ -149,34 +140,10 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert_eq!(
-            bus.insert(d(), 0x10f, 1),
-            Err(BusError::Overlap {
-                base: 0x10f,
-                len: 1
-            })
-        );
-        assert_eq!(
-            bus.insert(d(), 0xf8, 0x10),
-            Err(BusError::Overlap {
-                base: 0xf8,
-                len: 0x10
-            })
-        );
-        assert_eq!(
-            bus.insert(d(), 0x200, 0),
-            Err(BusError::BadRange {
-                base: 0x200,
-                len: 0
-            })
-        );
-        assert_eq!(
-            bus.insert(d(), u64::MAX, 2),
-            Err(BusError::BadRange {
-                base: u64::MAX,
-                len: 2
-            })
-        );
+        assert_eq!(bus.insert(d(), 0x10f, 1), Err(BusError::Overlap { base: 0x10f, len: 1 }));
+        assert_eq!(bus.insert(d(), 0xf8, 0x10), Err(BusError::Overlap { base: 0xf8, len: 0x10 }));
+        assert_eq!(bus.insert(d(), 0x200, 0), Err(BusError::BadRange { base: 0x200, len: 0 }));
+        assert_eq!(bus.insert(d(), u64::MAX, 2), Err(BusError::BadRange { base: u64::MAX, len: 2 }));
         bus.insert(d(), 0x110, 0x10).unwrap();
     }
 }

@@ -116,30 +116,18 @@ impl ConsoleSink {
     /// against which the ready line is timed.
     pub fn new(echo: Echo, start: Instant) -> (Self, Arc<Mutex<ConsoleLog>>) {
         let log = Arc::new(Mutex::new(ConsoleLog::new(start)));
-        (
-            Self {
-                log: log.clone(),
-                echo,
-                line: Vec::new(),
-            },
-            log,
-        )
+        (Self { log: log.clone(), echo, line: Vec::new() }, log)
     }
 
     fn finish_line(&mut self) {
-        let text = String::from_utf8_lossy(&self.line)
-            .trim_end_matches('\r')
-            .to_string();
+        let text = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
         self.line.clear();
         if self.echo == Echo::Stderr {
             // The builder's log is the user interface here; a failed write to
             // stderr must not stop the guest.
             let _ = writeln!(io::stderr().lock(), "{text}");
         }
-        self.log
-            .lock()
-            .expect("console log poisoned")
-            .take_line(text);
+        self.log.lock().expect("console log poisoned").take_line(text);
     }
 }
 
@@ -176,17 +164,12 @@ mod tests {
     #[test]
     fn splits_lines_and_notes_ready_and_panic() {
         let (mut sink, log) = ConsoleSink::new(Echo::Off, Instant::now());
-        sink.write_all(b"[    0.1] booting\r\nrootlayer-agent 0.1.0 ready (uptime 1.2s)\r\n")
-            .unwrap();
-        sink.write_all(b"Kernel panic - not syncing: Attempted to kill init!\n")
-            .unwrap();
+        sink.write_all(b"[    0.1] booting\r\nrootlayer-agent 0.1.0 ready (uptime 1.2s)\r\n").unwrap();
+        sink.write_all(b"Kernel panic - not syncing: Attempted to kill init!\n").unwrap();
         let log = log.lock().unwrap();
         assert_eq!(log.tail().len(), 3);
         assert_eq!(log.tail()[0], "[    0.1] booting");
-        assert_eq!(
-            log.ready_line(),
-            Some("rootlayer-agent 0.1.0 ready (uptime 1.2s)")
-        );
+        assert_eq!(log.ready_line(), Some("rootlayer-agent 0.1.0 ready (uptime 1.2s)"));
         assert!(log.ready_at().is_some());
         assert!(log.panic_line().unwrap().contains("Attempted to kill init"));
         assert!(!log.oom_seen());

@@ -50,10 +50,7 @@ mod tests {
         dev.read(STATUS_OFFSET, &mut status);
         assert_eq!(status, [0], "input buffer must read as empty");
         dev.write(0, &[CMD_RESET_CPU]);
-        assert!(
-            !flag.load(Ordering::SeqCst),
-            "0xfe on the data port is not a reset"
-        );
+        assert!(!flag.load(Ordering::SeqCst), "0xfe on the data port is not a reset");
         dev.write(STATUS_OFFSET, &[0xd1]);
         assert!(!flag.load(Ordering::SeqCst));
         dev.write(STATUS_OFFSET, &[CMD_RESET_CPU]);

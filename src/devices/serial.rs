@@ -36,9 +36,7 @@ impl std::fmt::Debug for SerialDevice {
 
 impl SerialDevice {
     pub fn new(irq: EventFd, sink: ConsoleSink) -> Self {
-        Self {
-            inner: Serial::new(EventFdTrigger(irq), sink),
-        }
+        Self { inner: Serial::new(EventFdTrigger(irq), sink) }
     }
 }
 

@@ -28,13 +28,8 @@ enum Member {
 
 #[derive(Debug)]
 enum Backing {
-    Dir {
-        root: PathBuf,
-    },
-    Tar {
-        file: File,
-        members: HashMap<String, Member>,
-    },
+    Dir { root: PathBuf },
+    Tar { file: File, members: HashMap<String, Member> },
 }
 
 /// An opened image archive or layout directory.
@@ -54,9 +49,7 @@ fn resolve(base: &[String], name: &str, original: &str) -> Result<Vec<String>, I
             "" | "." => {}
             ".." => {
                 if parts.pop().is_none() {
-                    return Err(ImageError::PathEscape {
-                        path: original.to_string(),
-                    });
+                    return Err(ImageError::PathEscape { path: original.to_string() });
                 }
             }
             c => parts.push(c.to_string()),
@@ -69,9 +62,7 @@ fn resolve(base: &[String], name: &str, original: &str) -> Result<Vec<String>, I
 /// above the root.
 pub(crate) fn normalize(name: &str) -> Result<String, ImageError> {
     if name.starts_with('/') {
-        return Err(ImageError::PathEscape {
-            path: name.to_string(),
-        });
+        return Err(ImageError::PathEscape { path: name.to_string() });
     }
     Ok(resolve(&[], name, name)?.join("/"))
 }
@@ -82,27 +73,16 @@ impl Archive {
         let meta = std::fs::metadata(path).map_err(ImageError::io(path))?;
         if meta.is_dir() {
             let root = path.canonicalize().map_err(ImageError::io(path))?;
-            return Ok(Archive {
-                path: path.to_path_buf(),
-                backing: Backing::Dir { root },
-            });
+            return Ok(Archive { path: path.to_path_buf(), backing: Backing::Dir { root } });
         }
         let mut file = File::open(path).map_err(ImageError::io(path))?;
         let mut head = [0u8; 4];
         let n = read_up_to(&mut file, &mut head).map_err(ImageError::io(path))?;
-        file.seek(SeekFrom::Start(0))
-            .map_err(ImageError::io(path))?;
+        file.seek(SeekFrom::Start(0)).map_err(ImageError::io(path))?;
         let compression = Compression::sniff(&head[..n]);
-        let file = if compression == Compression::None {
-            file
-        } else {
-            spool(file, compression, path)?
-        };
+        let file = if compression == Compression::None { file } else { spool(file, compression, path)? };
         let members = index_tar(&file, path)?;
-        Ok(Archive {
-            path: path.to_path_buf(),
-            backing: Backing::Tar { file, members },
-        })
+        Ok(Archive { path: path.to_path_buf(), backing: Backing::Tar { file, members } })
     }
 
     /// The path the archive was opened from, for messages.
@@ -119,21 +99,15 @@ impl Archive {
                 let real = match full.canonicalize() {
                     Ok(p) => p,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(ImageError::MissingEntry {
-                            path: name.to_string(),
-                        })
+                        return Err(ImageError::MissingEntry { path: name.to_string() })
                     }
                     Err(e) => return Err(ImageError::io(full)(e)),
                 };
                 if !real.starts_with(root) {
-                    return Err(ImageError::PathEscape {
-                        path: name.to_string(),
-                    });
+                    return Err(ImageError::PathEscape { path: name.to_string() });
                 }
                 if !real.is_file() {
-                    return Err(ImageError::MissingEntry {
-                        path: name.to_string(),
-                    });
+                    return Err(ImageError::MissingEntry { path: name.to_string() });
                 }
                 Ok(Located::Path(real))
             }
@@ -142,40 +116,23 @@ impl Archive {
                 // Bounded, so a symlink loop is an error rather than a hang.
                 for _ in 0..40 {
                     match members.get(&current) {
-                        None => {
-                            return Err(ImageError::MissingEntry {
-                                path: name.to_string(),
-                            })
-                        }
+                        None => return Err(ImageError::MissingEntry { path: name.to_string() }),
                         Some(Member::File { offset, size }) => {
-                            return Ok(Located::Slice {
-                                file,
-                                offset: *offset,
-                                size: *size,
-                            })
+                            return Ok(Located::Slice { file, offset: *offset, size: *size })
                         }
                         Some(Member::Symlink(target)) => {
                             if target.starts_with('/') {
-                                return Err(ImageError::PathEscape {
-                                    path: target.clone(),
-                                });
+                                return Err(ImageError::PathEscape { path: target.clone() });
                             }
-                            let mut dir: Vec<String> =
-                                current.split('/').map(str::to_string).collect();
+                            let mut dir: Vec<String> = current.split('/').map(str::to_string).collect();
                             dir.pop();
                             current = resolve(&dir, target, target)?.join("/");
                         }
                         Some(Member::Hardlink(target)) => current = normalize(target)?,
-                        Some(Member::Other) => {
-                            return Err(ImageError::MissingEntry {
-                                path: name.to_string(),
-                            })
-                        }
+                        Some(Member::Other) => return Err(ImageError::MissingEntry { path: name.to_string() }),
                     }
                 }
-                Err(ImageError::Invalid(format!(
-                    "too many levels of links resolving {name:?}"
-                )))
+                Err(ImageError::Invalid(format!("too many levels of links resolving {name:?}")))
             }
         }
     }
@@ -190,11 +147,9 @@ impl Archive {
         let n = normalize(name)?;
         match self.locate(&n)? {
             Located::Path(p) => Ok(Box::new(File::open(&p).map_err(ImageError::io(p))?)),
-            Located::Slice { file, offset, size } => Ok(Box::new(SliceReader {
-                file,
-                pos: offset,
-                end: offset + size,
-            })),
+            Located::Slice { file, offset, size } => {
+                Ok(Box::new(SliceReader { file, pos: offset, end: offset + size }))
+            }
         }
     }
 
@@ -214,11 +169,7 @@ impl Archive {
 
 enum Located<'a> {
     Path(PathBuf),
-    Slice {
-        file: &'a File,
-        offset: u64,
-        size: u64,
-    },
+    Slice { file: &'a File, offset: u64, size: u64 },
 }
 
 /// Reads one tar member by position, without a shared file cursor.
@@ -258,27 +209,19 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Decompresses a whole archive into an unlinked temporary file.
 fn spool(file: File, compression: Compression, path: &Path) -> Result<File, ImageError> {
     let mut out = tempfile::tempfile().map_err(ImageError::io(std::env::temp_dir()))?;
-    let mut dec = Decoder::new(file, compression).map_err(|source| ImageError::Decompress {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut dec = Decoder::new(file, compression)
+        .map_err(|source| ImageError::Decompress { path: path.to_path_buf(), source })?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match dec.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(ImageError::Decompress {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(ImageError::Decompress { path: path.to_path_buf(), source }),
         };
         io::Write::write_all(&mut out, &buf[..n]).map_err(ImageError::io(std::env::temp_dir()))?;
     }
-    out.seek(SeekFrom::Start(0))
-        .map_err(ImageError::io(std::env::temp_dir()))?;
+    out.seek(SeekFrom::Start(0)).map_err(ImageError::io(std::env::temp_dir()))?;
     Ok(out)
 }
 
@@ -286,26 +229,17 @@ fn spool(file: File, compression: Compression, path: &Path) -> Result<File, Imag
 fn index_tar(file: &File, path: &Path) -> Result<HashMap<String, Member>, ImageError> {
     let len = file.metadata().map_err(ImageError::io(path))?.len();
     let mut reader = BufReader::new(file);
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(ImageError::io(path))?;
+    reader.seek(SeekFrom::Start(0)).map_err(ImageError::io(path))?;
     let mut archive = tar::Archive::new(reader);
     let mut members = HashMap::new();
     let corrupt = |members: &HashMap<String, Member>, e: io::Error| {
         if members.is_empty() {
-            ImageError::NotAnArchive {
-                path: path.to_path_buf(),
-            }
+            ImageError::NotAnArchive { path: path.to_path_buf() }
         } else {
-            ImageError::CorruptTar {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
+            ImageError::CorruptTar { path: path.to_path_buf(), reason: e.to_string() }
         }
     };
-    let entries = archive
-        .entries_with_seek()
-        .map_err(|e| corrupt(&members, e))?;
+    let entries = archive.entries_with_seek().map_err(|e| corrupt(&members, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| corrupt(&members, e))?;
         let raw_name = entry.path().map_err(|e| corrupt(&members, e))?;
@@ -318,19 +252,14 @@ fn index_tar(file: &File, path: &Path) -> Result<HashMap<String, Member>, ImageE
         let name = resolve(&[], raw_name.trim_start_matches('/'), raw_name)?.join("/");
         let kind = entry.header().entry_type();
         let link = || -> Result<String, ImageError> {
-            let l = entry
-                .link_name()
-                .map_err(|e| corrupt(&members, e))?
-                .ok_or_else(|| ImageError::CorruptTar {
-                    path: path.to_path_buf(),
-                    reason: format!("link {name:?} has no target"),
-                })?;
-            l.to_str()
-                .map(str::to_string)
-                .ok_or_else(|| ImageError::CorruptTar {
-                    path: path.to_path_buf(),
-                    reason: format!("link target of {name:?} is not UTF-8"),
-                })
+            let l = entry.link_name().map_err(|e| corrupt(&members, e))?.ok_or_else(|| ImageError::CorruptTar {
+                path: path.to_path_buf(),
+                reason: format!("link {name:?} has no target"),
+            })?;
+            l.to_str().map(str::to_string).ok_or_else(|| ImageError::CorruptTar {
+                path: path.to_path_buf(),
+                reason: format!("link target of {name:?} is not UTF-8"),
+            })
         };
         let member = if kind.is_file() || kind.is_contiguous() {
             let offset = entry.raw_file_position();
@@ -354,9 +283,7 @@ fn index_tar(file: &File, path: &Path) -> Result<HashMap<String, Member>, ImageE
         }
     }
     if members.is_empty() {
-        return Err(ImageError::NotAnArchive {
-            path: path.to_path_buf(),
-        });
+        return Err(ImageError::NotAnArchive { path: path.to_path_buf() });
     }
     Ok(members)
 }
@@ -389,46 +316,28 @@ mod tests {
     fn normalize_accepts_relative_and_refuses_escapes() {
         assert_eq!(normalize("./a//b/./c").unwrap(), "a/b/c");
         assert_eq!(normalize("a/../b").unwrap(), "b");
-        assert!(matches!(
-            normalize("../x"),
-            Err(ImageError::PathEscape { .. })
-        ));
-        assert!(matches!(
-            normalize("a/../../x"),
-            Err(ImageError::PathEscape { .. })
-        ));
-        assert!(matches!(
-            normalize("/etc/passwd"),
-            Err(ImageError::PathEscape { .. })
-        ));
+        assert!(matches!(normalize("../x"), Err(ImageError::PathEscape { .. })));
+        assert!(matches!(normalize("a/../../x"), Err(ImageError::PathEscape { .. })));
+        assert!(matches!(normalize("/etc/passwd"), Err(ImageError::PathEscape { .. })));
     }
 
     #[test]
     fn tar_members_are_read_by_name_and_through_symlinks() {
-        let f = tar_with(
-            &[("./a/layer.tar", b"hello"), ("b.json", b"{}")],
-            &[("c/layer.tar", "../a/layer.tar")],
-        );
+        let f = tar_with(&[("./a/layer.tar", b"hello"), ("b.json", b"{}")], &[("c/layer.tar", "../a/layer.tar")]);
         let a = Archive::open(f.path()).unwrap();
         assert_eq!(a.read_small("a/layer.tar").unwrap(), b"hello");
         assert_eq!(a.read_small("c/layer.tar").unwrap(), b"hello");
         assert_eq!(a.read_small("./b.json").unwrap(), b"{}");
         assert!(a.exists("b.json"));
         assert!(!a.exists("nope"));
-        assert!(matches!(
-            a.read_small("nope"),
-            Err(ImageError::MissingEntry { .. })
-        ));
+        assert!(matches!(a.read_small("nope"), Err(ImageError::MissingEntry { .. })));
     }
 
     #[test]
     fn symlink_out_of_the_archive_is_refused() {
         let f = tar_with(&[("a", b"x")], &[("l/layer.tar", "../../etc/passwd")]);
         let a = Archive::open(f.path()).unwrap();
-        assert!(matches!(
-            a.read_small("l/layer.tar"),
-            Err(ImageError::PathEscape { .. })
-        ));
+        assert!(matches!(a.read_small("l/layer.tar"), Err(ImageError::PathEscape { .. })));
     }
 
     #[test]
@@ -459,23 +368,14 @@ mod tests {
         std::os::unix::fs::symlink("/etc/hostname", d.path().join("out")).unwrap();
         let a = Archive::open(d.path()).unwrap();
         assert_eq!(a.read_small("in").unwrap(), b"1");
-        assert!(matches!(
-            a.read_small("out"),
-            Err(ImageError::PathEscape { .. })
-        ));
-        assert!(matches!(
-            a.read_small("../in"),
-            Err(ImageError::PathEscape { .. })
-        ));
+        assert!(matches!(a.read_small("out"), Err(ImageError::PathEscape { .. })));
+        assert!(matches!(a.read_small("../in"), Err(ImageError::PathEscape { .. })));
     }
 
     #[test]
     fn random_bytes_are_not_an_archive() {
         let t = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(t.path(), vec![0x55u8; 4096]).unwrap();
-        assert!(matches!(
-            Archive::open(t.path()),
-            Err(ImageError::NotAnArchive { .. })
-        ));
+        assert!(matches!(Archive::open(t.path()), Err(ImageError::NotAnArchive { .. })));
     }
 }

@@ -34,18 +34,12 @@ impl Compression {
     pub(crate) fn of_layer_media_type(mt: &MediaType) -> Result<Compression, ImageError> {
         match mt {
             MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Ok(Compression::None),
-            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
-                Ok(Compression::Gzip)
-            }
-            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
-                Ok(Compression::Zstd)
-            }
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Ok(Compression::Gzip),
+            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Ok(Compression::Zstd),
             MediaType::Other(s) => match s.as_str() {
                 "application/vnd.docker.image.rootfs.diff.tar" => Ok(Compression::None),
                 "application/vnd.docker.image.rootfs.diff.tar.gzip"
-                | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-                    Ok(Compression::Gzip)
-                }
+                | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
                 "application/vnd.docker.image.rootfs.diff.tar.zstd" => Ok(Compression::Zstd),
                 _ => Err(ImageError::UnsupportedMediaType(s.clone())),
             },
@@ -168,15 +162,10 @@ mod tests {
 
     #[test]
     fn media_types_map_to_compression() {
+        assert_eq!(Compression::of_layer_media_type(&MediaType::ImageLayerZstd).unwrap(), Compression::Zstd);
         assert_eq!(
-            Compression::of_layer_media_type(&MediaType::ImageLayerZstd).unwrap(),
-            Compression::Zstd
-        );
-        assert_eq!(
-            Compression::of_layer_media_type(&MediaType::from(
-                "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            ))
-            .unwrap(),
+            Compression::of_layer_media_type(&MediaType::from("application/vnd.docker.image.rootfs.diff.tar.gzip"))
+                .unwrap(),
             Compression::Gzip
         );
         assert!(Compression::of_layer_media_type(&MediaType::ImageConfig).is_err());

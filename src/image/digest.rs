@@ -74,8 +74,7 @@ impl FromStr for Sha256Digest {
         let hex = s
             .strip_prefix("sha256:")
             .ok_or_else(|| ImageError::Invalid(format!("digest {s:?} is not a sha256 digest")))?;
-        Sha256Digest::from_hex(hex)
-            .ok_or_else(|| ImageError::Invalid(format!("digest {s:?} is malformed")))
+        Sha256Digest::from_hex(hex).ok_or_else(|| ImageError::Invalid(format!("digest {s:?} is malformed")))
     }
 }
 
@@ -125,13 +124,7 @@ pub(crate) struct HashingReader<R> {
 impl<R: Read> HashingReader<R> {
     pub(crate) fn new(inner: R) -> (Self, SharedTally) {
         let tally = SharedTally::default();
-        (
-            HashingReader {
-                inner,
-                tally: tally.clone(),
-            },
-            tally,
-        )
+        (HashingReader { inner, tally: tally.clone() }, tally)
     }
 }
 
@@ -158,10 +151,7 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            tally: Tally::default(),
-        }
+        HashingWriter { inner, tally: Tally::default() }
     }
 
     pub(crate) fn into_inner(self) -> (W, Tally) {
@@ -197,11 +187,9 @@ pub(crate) fn check(
         });
     }
     match expected_size {
-        Some(size) if size != tally.len => Err(ImageError::SizeMismatch {
-            what: what.to_string(),
-            expected: size,
-            actual: tally.len,
-        }),
+        Some(size) if size != tally.len => {
+            Err(ImageError::SizeMismatch { what: what.to_string(), expected: size, actual: tally.len })
+        }
         _ => Ok(()),
     }
 }
@@ -247,13 +235,7 @@ mod tests {
         t.update(b"abc");
         let good = Sha256Digest::of(b"abc");
         assert!(check("x", &good, Some(3), &t).is_ok());
-        assert!(matches!(
-            check("x", &good, Some(4), &t),
-            Err(ImageError::SizeMismatch { .. })
-        ));
-        assert!(matches!(
-            check("x", &Sha256Digest::of(b"abd"), Some(3), &t),
-            Err(ImageError::DigestMismatch { .. })
-        ));
+        assert!(matches!(check("x", &good, Some(4), &t), Err(ImageError::SizeMismatch { .. })));
+        assert!(matches!(check("x", &Sha256Digest::of(b"abd"), Some(3), &t), Err(ImageError::DigestMismatch { .. })));
     }
 }

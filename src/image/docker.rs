@@ -53,17 +53,11 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
 }
 
 /// Parses an image config, tolerating the fields old writers leave out.
-pub(crate) fn parse_config(
-    mut value: serde_json::Value,
-    what: &str,
-) -> Result<ImageConfiguration, ImageError> {
-    let obj = value
-        .as_object_mut()
-        .ok_or_else(|| ImageError::Invalid(format!("{what} is not a JSON object")))?;
+pub(crate) fn parse_config(mut value: serde_json::Value, what: &str) -> Result<ImageConfiguration, ImageError> {
+    let obj = value.as_object_mut().ok_or_else(|| ImageError::Invalid(format!("{what} is not a JSON object")))?;
     obj.entry("architecture").or_insert_with(|| "amd64".into());
     obj.entry("os").or_insert_with(|| "linux".into());
-    obj.entry("rootfs")
-        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
+    obj.entry("rootfs").or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
     serde_json::from_value(value).map_err(ImageError::json(what))
 }
 
@@ -74,32 +68,22 @@ fn named_digest(path: &str) -> Option<Sha256Digest> {
     if let Some(hex) = base.strip_suffix(".json") {
         return Sha256Digest::from_hex(hex);
     }
-    path.strip_prefix("blobs/sha256/")
-        .and_then(Sha256Digest::from_hex)
+    path.strip_prefix("blobs/sha256/").and_then(Sha256Digest::from_hex)
 }
 
 pub(crate) fn read_manifest(archive: &Archive, sel: &Selector) -> Result<Parsed, ImageError> {
     let bytes = archive.read_small("manifest.json")?;
-    let entries: Vec<ManifestEntry> =
-        serde_json::from_slice(&bytes).map_err(ImageError::json("manifest.json"))?;
+    let entries: Vec<ManifestEntry> = serde_json::from_slice(&bytes).map_err(ImageError::json("manifest.json"))?;
     let mut candidates = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         match e.repo_tags.as_deref() {
             Some(tags) if !tags.is_empty() => {
                 for t in tags {
                     let (name, tag) = split_reference(t);
-                    candidates.push(Candidate {
-                        name: Some(name),
-                        tag,
-                        item: i,
-                    });
+                    candidates.push(Candidate { name: Some(name), tag, item: i });
                 }
             }
-            _ => candidates.push(Candidate {
-                name: None,
-                tag: None,
-                item: i,
-            }),
+            _ => candidates.push(Candidate { name: None, tag: None, item: i }),
         }
     }
     let (index, selected) = select(&candidates, sel)?;
@@ -117,8 +101,7 @@ pub(crate) fn read_manifest(archive: &Archive, sel: &Selector) -> Result<Parsed,
             });
         }
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&config_bytes).map_err(ImageError::json(&config_path))?;
+    let value: serde_json::Value = serde_json::from_slice(&config_bytes).map_err(ImageError::json(&config_path))?;
     let config = parse_config(value, &config_path)?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != entry.layers.len() {
@@ -135,27 +118,15 @@ pub(crate) fn read_manifest(archive: &Archive, sel: &Selector) -> Result<Parsed,
             // Tells a missing member from an escaping link.
             archive.open_file(&path)?;
         }
-        layers.push(LayerRef {
-            blob: named_blob(&path),
-            path,
-            compression: None,
-            diff_id: Some(diff_id.parse()?),
-        });
+        layers.push(LayerRef { blob: named_blob(&path), path, compression: None, diff_id: Some(diff_id.parse()?) });
     }
-    Ok(Parsed {
-        format: SourceFormat::DockerArchive,
-        selected,
-        config,
-        layers,
-    })
+    Ok(Parsed { format: SourceFormat::DockerArchive, selected, config, layers })
 }
 
 /// `docker save` from Docker 25 on stores layers as `blobs/sha256/<hex>`:
 /// the name is a digest to check.
 fn named_blob(path: &str) -> Option<(Sha256Digest, Option<u64>)> {
-    path.strip_prefix("blobs/sha256/")
-        .and_then(Sha256Digest::from_hex)
-        .map(|d| (d, None))
+    path.strip_prefix("blobs/sha256/").and_then(Sha256Digest::from_hex).map(|d| (d, None))
 }
 
 pub(crate) fn read_legacy(archive: &Archive, sel: &Selector) -> Result<Parsed, ImageError> {
@@ -165,11 +136,7 @@ pub(crate) fn read_legacy(archive: &Archive, sel: &Selector) -> Result<Parsed, I
     let mut candidates = Vec::new();
     for (name, tags) in &repos.0 {
         for (tag, id) in &tags.0 {
-            candidates.push(Candidate {
-                name: Some(name.clone()),
-                tag: Some(tag.clone()),
-                item: id.clone(),
-            });
+            candidates.push(Candidate { name: Some(name.clone()), tag: Some(tag.clone()), item: id.clone() });
         }
     }
     let (top, selected) = select(&candidates, sel)?;
@@ -184,18 +151,12 @@ pub(crate) fn read_legacy(archive: &Archive, sel: &Selector) -> Result<Parsed, I
             return Err(ImageError::PathEscape { path: id });
         }
         if !seen.insert(id.clone()) {
-            return Err(ImageError::Invalid(format!(
-                "layer {id} is its own ancestor"
-            )));
+            return Err(ImageError::Invalid(format!("layer {id} is its own ancestor")));
         }
         let json_path = format!("{id}/json");
-        let value: serde_json::Value = serde_json::from_slice(&archive.read_small(&json_path)?)
-            .map_err(ImageError::json(&json_path))?;
-        next = value
-            .get("parent")
-            .and_then(|p| p.as_str())
-            .filter(|p| !p.is_empty())
-            .map(str::to_string);
+        let value: serde_json::Value =
+            serde_json::from_slice(&archive.read_small(&json_path)?).map_err(ImageError::json(&json_path))?;
+        next = value.get("parent").and_then(|p| p.as_str()).filter(|p| !p.is_empty()).map(str::to_string);
         let layer_path = format!("{id}/layer.tar");
         archive.open_file(&layer_path)?;
         chain.push((layer_path, value.get("created").cloned()));
@@ -220,21 +181,9 @@ pub(crate) fn read_legacy(archive: &Archive, sel: &Selector) -> Result<Parsed, I
         obj.insert("history".into(), history.into());
     }
     let config = parse_config(value, "the top layer's json")?;
-    let layers = chain
-        .into_iter()
-        .map(|(path, _)| LayerRef {
-            path,
-            compression: None,
-            blob: None,
-            diff_id: None,
-        })
-        .collect();
-    Ok(Parsed {
-        format: SourceFormat::DockerArchiveLegacy,
-        selected,
-        config,
-        layers,
-    })
+    let layers =
+        chain.into_iter().map(|(path, _)| LayerRef { path, compression: None, blob: None, diff_id: None }).collect();
+    Ok(Parsed { format: SourceFormat::DockerArchiveLegacy, selected, config, layers })
 }
 
 #[cfg(test)]

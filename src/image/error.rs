@@ -30,19 +30,9 @@ pub enum ImageError {
     #[error("No image {wanted} in the base image; present: {present}")]
     ImageNotFound { wanted: String, present: String },
     #[error("Digest mismatch for {what}: the image states {expected}, the content is {actual}")]
-    DigestMismatch {
-        what: String,
-        expected: String,
-        actual: String,
-    },
-    #[error(
-        "Size mismatch for {what}: the image states {expected} bytes, the content has {actual}"
-    )]
-    SizeMismatch {
-        what: String,
-        expected: u64,
-        actual: u64,
-    },
+    DigestMismatch { what: String, expected: String, actual: String },
+    #[error("Size mismatch for {what}: the image states {expected} bytes, the content has {actual}")]
+    SizeMismatch { what: String, expected: u64, actual: u64 },
     #[error("Path {path:?} escapes the archive")]
     PathEscape { path: String },
     #[error("The base image has no {path:?}, but its manifest names it")]
@@ -86,9 +76,6 @@ impl ImageError {
             }
             return ImageError::Invalid("an error was lost in transit".into());
         }
-        ImageError::Io {
-            path: path.into(),
-            source: err,
-        }
+        ImageError::Io { path: path.into(), source: err }
     }
 }

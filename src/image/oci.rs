@@ -67,11 +67,7 @@ fn host_arch() -> &'static str {
 
 /// Reads descriptor `d`, descending through nested indexes to the manifest
 /// for this host's platform.
-fn resolve_manifest(
-    archive: &Archive,
-    d: &Descriptor,
-    depth: u32,
-) -> Result<ImageManifest, ImageError> {
+fn resolve_manifest(archive: &Archive, d: &Descriptor, depth: u32) -> Result<ImageManifest, ImageError> {
     if depth > 4 {
         return Err(ImageError::Invalid("image indexes nested too deep".into()));
     }
@@ -81,11 +77,7 @@ fn resolve_manifest(
         let index: ImageIndex = serde_json::from_slice(&bytes).map_err(ImageError::json(&what))?;
         let fits = |m: &&Descriptor| platform_fits(m.platform().as_ref());
         let chosen = index.manifests().iter().find(fits).ok_or_else(|| {
-            ImageError::Invalid(format!(
-                "image index {} has no manifest for linux/{}",
-                d.digest(),
-                host_arch()
-            ))
+            ImageError::Invalid(format!("image index {} has no manifest for linux/{}", d.digest(), host_arch()))
         })?;
         return resolve_manifest(archive, chosen, depth + 1);
     }
@@ -97,31 +89,24 @@ fn resolve_manifest(
 
 /// Whether a manifest for `platform` runs here (no platform: assume so).
 fn platform_fits(platform: Option<&oci_spec::image::Platform>) -> bool {
-    platform.map_or(true, |p| {
-        p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
-    })
+    platform.map_or(true, |p| p.os().to_string() == "linux" && p.architecture().to_string() == host_arch())
 }
 
 pub(crate) fn read_layout(archive: &Archive, sel: &Selector) -> Result<Parsed, ImageError> {
     if !archive.exists("oci-layout") {
         return Err(ImageError::Invalid("index.json without oci-layout".into()));
     }
-    let layout: OciLayout = serde_json::from_slice(&archive.read_small("oci-layout")?)
-        .map_err(ImageError::json("oci-layout"))?;
+    let layout: OciLayout =
+        serde_json::from_slice(&archive.read_small("oci-layout")?).map_err(ImageError::json("oci-layout"))?;
     if !layout.image_layout_version().starts_with("1.") {
-        return Err(ImageError::Invalid(format!(
-            "unsupported image layout version {}",
-            layout.image_layout_version()
-        )));
+        return Err(ImageError::Invalid(format!("unsupported image layout version {}", layout.image_layout_version())));
     }
-    let index: ImageIndex = serde_json::from_slice(&archive.read_small("index.json")?)
-        .map_err(ImageError::json("index.json"))?;
+    let index: ImageIndex =
+        serde_json::from_slice(&archive.read_small("index.json")?).map_err(ImageError::json("index.json"))?;
     let mut candidates = Vec::new();
     for (i, d) in index.manifests().iter().enumerate() {
         let ann = d.annotations().as_ref();
-        let full = ann
-            .and_then(|a| a.get(CONTAINERD_NAME))
-            .map(|n| split_reference(n));
+        let full = ann.and_then(|a| a.get(CONTAINERD_NAME)).map(|n| split_reference(n));
         let ref_name = ann.and_then(|a| a.get(REF_NAME));
         let (name, tag) = match (full, ref_name) {
             // A ref.name with `:` or `/` is a whole reference, else a tag.
@@ -141,8 +126,7 @@ pub(crate) fn read_layout(archive: &Archive, sel: &Selector) -> Result<Parsed, I
 
     let config_d = manifest.config();
     let config_bytes = read_blob(archive, config_d, "image config")?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&config_bytes).map_err(ImageError::json("image config"))?;
+    let value: serde_json::Value = serde_json::from_slice(&config_bytes).map_err(ImageError::json("image config"))?;
     let config = parse_config(value, "image config")?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
@@ -164,10 +148,5 @@ pub(crate) fn read_layout(archive: &Archive, sel: &Selector) -> Result<Parsed, I
             diff_id: Some(diff_id.parse()?),
         });
     }
-    Ok(Parsed {
-        format: SourceFormat::OciLayout,
-        selected,
-        config,
-        layers,
-    })
+    Ok(Parsed { format: SourceFormat::OciLayout, selected, config, layers })
 }

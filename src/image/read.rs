@@ -90,9 +90,7 @@ impl BaseImage {
         } else if archive.exists("index.json") {
             oci::read_layout(&archive, sel)?
         } else {
-            return Err(ImageError::NoManifest {
-                path: path.to_path_buf(),
-            });
+            return Err(ImageError::NoManifest { path: path.to_path_buf() });
         };
         let mut layers = Vec::with_capacity(parsed.layers.len());
         let mut config = parsed.config;
@@ -100,17 +98,9 @@ impl BaseImage {
             layers.push(verify_layer(&archive, i, l)?);
         }
         if parsed.format == SourceFormat::DockerArchiveLegacy {
-            config
-                .rootfs_mut()
-                .set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());
+            config.rootfs_mut().set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());
         }
-        Ok(BaseImage {
-            archive,
-            format: parsed.format,
-            selected: parsed.selected,
-            config,
-            layers,
-        })
+        Ok(BaseImage { archive, format: parsed.format, selected: parsed.selected, config, layers })
     }
 
     pub fn format(&self) -> SourceFormat {
@@ -166,9 +156,7 @@ impl BaseImage {
     }
 
     fn layer(&self, index: usize) -> Result<&BaseLayer, ImageError> {
-        self.layers
-            .get(index)
-            .ok_or_else(|| ImageError::Invalid(format!("no layer {index}")))
+        self.layers.get(index).ok_or_else(|| ImageError::Invalid(format!("no layer {index}")))
     }
 
     /// The path of the archive, for messages.
@@ -197,25 +185,16 @@ fn verify_layer(archive: &Archive, index: usize, l: LayerRef) -> Result<BaseLaye
         }
     };
     let raw = archive.open_file(&l.path)?;
-    let mut stream = LayerStream::new(raw, compression, what, l.blob, l.diff_id)
-        .map_err(|e| ImageError::from_io(e, &err_path))?;
+    let mut stream =
+        LayerStream::new(raw, compression, what, l.blob, l.diff_id).map_err(|e| ImageError::from_io(e, &err_path))?;
     io::copy(&mut stream, &mut io::sink()).map_err(|e| match e.get_ref() {
         Some(inner) if inner.is::<ImageError>() => ImageError::from_io(e, &err_path),
-        _ if compression != Compression::None => ImageError::Decompress {
-            path: err_path.clone(),
-            source: e,
-        },
+        _ if compression != Compression::None => ImageError::Decompress { path: err_path.clone(), source: e },
         _ => ImageError::from_io(e, &err_path),
     })?;
     let blob = stream.blob.borrow();
     let diff = stream.diff.borrow();
-    Ok(BaseLayer {
-        diff_id: diff.digest(),
-        path: l.path,
-        compression,
-        blob_digest: blob.digest(),
-        blob_size: blob.len,
-    })
+    Ok(BaseLayer { diff_id: diff.digest(), path: l.path, compression, blob_digest: blob.digest(), blob_size: blob.len })
 }
 
 /// A layer blob decompressed, with both digests checked at its end.
@@ -239,32 +218,16 @@ impl<R: Read> LayerStream<R> {
     ) -> io::Result<Self> {
         let (raw, blob) = HashingReader::new(raw);
         let (inner, diff) = HashingReader::new(Decoder::new(raw, compression)?);
-        Ok(LayerStream {
-            inner,
-            blob,
-            diff,
-            what,
-            expected_blob,
-            expected_diff,
-            done: false,
-        })
+        Ok(LayerStream { inner, blob, diff, what, expected_blob, expected_diff, done: false })
     }
 
     fn finish(&mut self) -> Result<(), ImageError> {
-        self.inner
-            .get_mut()
-            .drain()
-            .map_err(|e| ImageError::from_io(e, &self.what))?;
+        self.inner.get_mut().drain().map_err(|e| ImageError::from_io(e, &self.what))?;
         if let Some((digest, size)) = &self.expected_blob {
             check(&self.what, digest, *size, &self.blob.borrow())?;
         }
         if let Some(digest) = &self.expected_diff {
-            check(
-                &format!("{} (uncompressed)", self.what),
-                digest,
-                None,
-                &self.diff.borrow(),
-            )?;
+            check(&format!("{} (uncompressed)", self.what), digest, None, &self.diff.borrow())?;
         }
         Ok(())
     }

@@ -36,8 +36,7 @@ impl fmt::Display for Selected {
 impl Selected {
     /// A line for the log saying what was taken, when it was not asked for.
     pub fn message(&self) -> Option<String> {
-        self.defaulted
-            .then(|| format!("From-image name or tag not given; took the first one: {self}"))
+        self.defaulted.then(|| format!("From-image name or tag not given; took the first one: {self}"))
     }
 }
 
@@ -53,10 +52,7 @@ pub(crate) struct Candidate<T> {
 pub(crate) fn split_reference(reference: &str) -> (String, Option<String>) {
     let reference = reference.split('@').next().unwrap_or(reference);
     match reference.rfind(':') {
-        Some(i) if !reference[i..].contains('/') => (
-            reference[..i].to_string(),
-            Some(reference[i + 1..].to_string()),
-        ),
+        Some(i) if !reference[i..].contains('/') => (reference[..i].to_string(), Some(reference[i + 1..].to_string())),
         _ => (reference.to_string(), None),
     }
 }
@@ -69,48 +65,25 @@ fn familiar(name: &str) -> &str {
 }
 
 /// Picks the first candidate matching every part of `sel` that is given.
-pub(crate) fn select<T: Clone>(
-    candidates: &[Candidate<T>],
-    sel: &Selector,
-) -> Result<(T, Selected), ImageError> {
+pub(crate) fn select<T: Clone>(candidates: &[Candidate<T>], sel: &Selector) -> Result<(T, Selected), ImageError> {
     let fits = |c: &&Candidate<T>| {
-        sel.name.as_ref().map_or(true, |n| {
-            c.name.as_deref().map(familiar) == Some(familiar(n))
-        }) && sel.tag.as_ref().map_or(true, |t| c.tag.as_ref() == Some(t))
+        sel.name.as_ref().map_or(true, |n| c.name.as_deref().map(familiar) == Some(familiar(n)))
+            && sel.tag.as_ref().map_or(true, |t| c.tag.as_ref() == Some(t))
     };
     match candidates.iter().find(fits) {
         Some(c) => Ok((
             c.item.clone(),
-            Selected {
-                name: c.name.clone(),
-                tag: c.tag.clone(),
-                defaulted: sel.name.is_none() || sel.tag.is_none(),
-            },
+            Selected { name: c.name.clone(), tag: c.tag.clone(), defaulted: sel.name.is_none() || sel.tag.is_none() },
         )),
         None => {
-            let wanted = Selected {
-                name: sel.name.clone(),
-                tag: sel.tag.clone(),
-                defaulted: false,
-            };
+            let wanted = Selected { name: sel.name.clone(), tag: sel.tag.clone(), defaulted: false };
             let present: Vec<String> = candidates
                 .iter()
-                .map(|c| {
-                    Selected {
-                        name: c.name.clone(),
-                        tag: c.tag.clone(),
-                        defaulted: false,
-                    }
-                    .to_string()
-                })
+                .map(|c| Selected { name: c.name.clone(), tag: c.tag.clone(), defaulted: false }.to_string())
                 .collect();
             Err(ImageError::ImageNotFound {
                 wanted: wanted.to_string(),
-                present: if present.is_empty() {
-                    "none".to_string()
-                } else {
-                    present.join(", ")
-                },
+                present: if present.is_empty() { "none".to_string() } else { present.join(", ") },
             })
         }
     }
@@ -121,32 +94,19 @@ mod tests {
     use super::*;
 
     fn c(name: &str, tag: &str, item: u32) -> Candidate<u32> {
-        Candidate {
-            name: Some(name.into()),
-            tag: Some(tag.into()),
-            item,
-        }
+        Candidate { name: Some(name.into()), tag: Some(tag.into()), item }
     }
 
     fn sel(name: Option<&str>, tag: Option<&str>) -> Selector {
-        Selector {
-            name: name.map(Into::into),
-            tag: tag.map(Into::into),
-        }
+        Selector { name: name.map(Into::into), tag: tag.map(Into::into) }
     }
 
     #[test]
     fn split_reference_handles_registry_ports_and_digests() {
         assert_eq!(split_reference("a:b"), ("a".into(), Some("b".into())));
-        assert_eq!(
-            split_reference("reg:5000/x/y:1.0"),
-            ("reg:5000/x/y".into(), Some("1.0".into()))
-        );
+        assert_eq!(split_reference("reg:5000/x/y:1.0"), ("reg:5000/x/y".into(), Some("1.0".into())));
         assert_eq!(split_reference("reg:5000/x"), ("reg:5000/x".into(), None));
-        assert_eq!(
-            split_reference("x:t@sha256:00"),
-            ("x".into(), Some("t".into()))
-        );
+        assert_eq!(split_reference("x:t@sha256:00"), ("x".into(), Some("t".into())));
     }
 
     #[test]
@@ -155,10 +115,7 @@ mod tests {
         let (item, s) = select(&cs, &sel(None, None)).unwrap();
         assert_eq!(item, 1);
         assert!(s.defaulted);
-        assert_eq!(
-            s.message().unwrap(),
-            "From-image name or tag not given; took the first one: a:1"
-        );
+        assert_eq!(s.message().unwrap(), "From-image name or tag not given; took the first one: a:1");
     }
 
     #[test]
@@ -172,16 +129,10 @@ mod tests {
 
     #[test]
     fn docker_hub_names_match_their_short_form() {
-        let cs = [
-            c("docker.io/library/busybox", "1", 1),
-            c("docker.io/me/x", "2", 2),
-        ];
+        let cs = [c("docker.io/library/busybox", "1", 1), c("docker.io/me/x", "2", 2)];
         assert_eq!(select(&cs, &sel(Some("busybox"), None)).unwrap().0, 1);
         assert_eq!(select(&cs, &sel(Some("me/x"), None)).unwrap().0, 2);
-        assert_eq!(
-            select(&cs, &sel(Some("docker.io/me/x"), None)).unwrap().0,
-            2
-        );
+        assert_eq!(select(&cs, &sel(Some("docker.io/me/x"), None)).unwrap().0, 2);
         assert!(select(&cs, &sel(Some("x"), None)).is_err());
     }
 
@@ -189,9 +140,6 @@ mod tests {
     fn not_found_lists_what_is_present() {
         let cs = [c("a", "1", 1), c("b", "2", 2)];
         let e = select(&cs, &sel(Some("a"), Some("2"))).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "No image a:2 in the base image; present: a:1, b:2"
-        );
+        assert_eq!(e.to_string(), "No image a:2 in the base image; present: a:1, b:2");
     }
 }

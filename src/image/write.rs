@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::image::{
-    Descriptor, History, HistoryBuilder, ImageConfiguration, ImageIndexBuilder,
-    ImageManifestBuilder, MediaType, OciLayoutBuilder,
+    Descriptor, History, HistoryBuilder, ImageConfiguration, ImageIndexBuilder, ImageManifestBuilder, MediaType,
+    OciLayoutBuilder,
 };
 
 use super::digest::{HashingWriter, Sha256Digest};
@@ -45,9 +45,9 @@ impl FromStr for OutputFormat {
             "layer" => Ok(OutputFormat::Layer),
             "docker-archive" => Ok(OutputFormat::DockerArchive),
             "oci" => Ok(OutputFormat::Oci),
-            _ => Err(ImageError::Invalid(format!(
-                "unknown output format {s:?}; expected layer, docker-archive or oci"
-            ))),
+            _ => {
+                Err(ImageError::Invalid(format!("unknown output format {s:?}; expected layer, docker-archive or oci")))
+            }
         }
     }
 }
@@ -93,12 +93,8 @@ pub fn write_output(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let prefix = format!(
-        ".{}.",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "out".into())
-    );
+    let prefix =
+        format!(".{}.", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into()));
     match format {
         OutputFormat::Layer | OutputFormat::Oci => {
             let tmp = tempfile::Builder::new()
@@ -111,8 +107,7 @@ pub fn write_output(
             } else {
                 write_oci_dir(tmp.path(), base, layer, meta)?;
             }
-            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
-                .map_err(ImageError::io(tmp.path()))?;
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).map_err(ImageError::io(tmp.path()))?;
             if out.symlink_metadata().is_ok() {
                 return Err(ImageError::OutputExists(out.to_path_buf()));
             }
@@ -127,9 +122,7 @@ pub fn write_output(
                 .map_err(ImageError::io(parent))?;
             let gzip = out.extension().is_some_and(|e| e == "gz");
             write_docker_archive(tmp.as_file(), base, layer, meta, gzip)?;
-            tmp.as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644))
-                .map_err(ImageError::io(tmp.path()))?;
+            tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(ImageError::io(tmp.path()))?;
             tmp.persist_noclobber(out).map_err(|e| {
                 if e.error.kind() == io::ErrorKind::AlreadyExists {
                     ImageError::OutputExists(out.to_path_buf())
@@ -148,12 +141,7 @@ fn copy_new_layer(layer: &NewLayer, w: &mut dyn Write) -> Result<(), ImageError>
     let mut hw = HashingWriter::new(w);
     io::copy(&mut f, &mut hw).map_err(ImageError::io(&layer.tar))?;
     let (_, tally) = hw.into_inner();
-    super::digest::check(
-        &format!("new layer {}", layer.tar.display()),
-        &layer.diff_id,
-        Some(layer.size),
-        &tally,
-    )
+    super::digest::check(&format!("new layer {}", layer.tar.display()), &layer.diff_id, Some(layer.size), &tally)
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), ImageError> {
@@ -179,10 +167,7 @@ fn write_layer_dir(dir: &Path, layer: &NewLayer, meta: &ImageMeta) -> Result<(),
     let json = serde_json::to_vec(&json).map_err(ImageError::json("layer json"))?;
     write_file(&dir.join("json"), &json)?;
     write_file(&dir.join("VERSION"), b"1.0")?;
-    write_file(
-        &dir.join("layer.sha256"),
-        layer.diff_id.to_string().as_bytes(),
-    )?;
+    write_file(&dir.join("layer.sha256"), layer.diff_id.to_string().as_bytes())?;
     Ok(())
 }
 
@@ -196,10 +181,7 @@ fn output_config(
     let mut config = match base {
         Some(b) => b.config().clone(),
         None => {
-            let mut seed = meta
-                .base_json
-                .clone()
-                .unwrap_or_else(|| serde_json::json!({}));
+            let mut seed = meta.base_json.clone().unwrap_or_else(|| serde_json::json!({}));
             if let Some(o) = seed.as_object_mut() {
                 o.remove("checksum");
                 o.remove("rootfs");
@@ -225,16 +207,9 @@ fn output_config(
     if let Some(c) = &meta.comment {
         entry = entry.comment(c.clone());
     }
-    history.push(
-        entry
-            .build()
-            .map_err(|e| ImageError::Invalid(e.to_string()))?,
-    );
+    history.push(entry.build().map_err(|e| ImageError::Invalid(e.to_string()))?);
     config.set_history(Some(history));
-    config
-        .rootfs_mut()
-        .diff_ids_mut()
-        .push(layer.diff_id.to_string());
+    config.rootfs_mut().diff_ids_mut().push(layer.diff_id.to_string());
     config.set_created(Some(meta.created.clone()));
     Ok(config)
 }
@@ -250,21 +225,14 @@ fn tar_header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     h
 }
 
-fn append_bytes<W: Write>(
-    b: &mut tar::Builder<W>,
-    name: &str,
-    data: &[u8],
-    out: &Path,
-) -> Result<(), ImageError> {
+fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8], out: &Path) -> Result<(), ImageError> {
     let mut h = tar_header(data.len() as u64, 0o644, tar::EntryType::Regular);
-    b.append_data(&mut h, name, data)
-        .map_err(|e| ImageError::from_io(e, out))
+    b.append_data(&mut h, name, data).map_err(|e| ImageError::from_io(e, out))
 }
 
 fn append_dir<W: Write>(b: &mut tar::Builder<W>, name: &str, out: &Path) -> Result<(), ImageError> {
     let mut h = tar_header(0, 0o755, tar::EntryType::Directory);
-    b.append_data(&mut h, name, io::empty())
-        .map_err(|e| ImageError::from_io(e, out))
+    b.append_data(&mut h, name, io::empty()).map_err(|e| ImageError::from_io(e, out))
 }
 
 /// A `Read` over the new layer that checks its digest and size at the end.
@@ -315,10 +283,7 @@ fn write_docker_archive(
     let config_name = format!("{}.json", Sha256Digest::of(&config_bytes).hex());
 
     let sink: Box<dyn Write + '_> = if gzip {
-        Box::new(flate2::write::GzEncoder::new(
-            BufWriter::new(file),
-            flate2::Compression::default(),
-        ))
+        Box::new(flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default()))
     } else {
         Box::new(BufWriter::new(file))
     };
@@ -330,9 +295,7 @@ fn write_docker_archive(
     let mut layer_paths = Vec::with_capacity(n);
     for (i, diff_id) in diff_ids.iter().enumerate() {
         // A v1 layer id: unique for the layer and everything below it.
-        let id =
-            Sha256Digest::of(format!("{} {diff_id}", parent.as_deref().unwrap_or("")).as_bytes())
-                .hex();
+        let id = Sha256Digest::of(format!("{} {diff_id}", parent.as_deref().unwrap_or("")).as_bytes()).hex();
         append_dir(&mut b, &format!("{id}/"), out)?;
         append_bytes(&mut b, &format!("{id}/VERSION"), b"1.0", out)?;
         let mut v1 = serde_json::json!({ "id": id, "created": meta.created });
@@ -355,12 +318,10 @@ fn write_docker_archive(
             let base = base.ok_or_else(|| ImageError::Invalid("no base image".into()))?;
             let bl = &base.layers()[i];
             let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
-            b.append_data(&mut h, &path, base.open_layer_blob(i)?)
-                .map_err(|e| ImageError::from_io(e, base.path()))?;
+            b.append_data(&mut h, &path, base.open_layer_blob(i)?).map_err(|e| ImageError::from_io(e, base.path()))?;
         } else {
             let mut h = tar_header(layer.size, 0o644, tar::EntryType::Regular);
-            b.append_data(&mut h, &path, open_new_layer(layer)?)
-                .map_err(|e| ImageError::from_io(e, &layer.tar))?;
+            b.append_data(&mut h, &path, open_new_layer(layer)?).map_err(|e| ImageError::from_io(e, &layer.tar))?;
         }
         layer_paths.push(path);
         parent = Some(id);
@@ -368,17 +329,12 @@ fn write_docker_archive(
     append_bytes(&mut b, &config_name, &config_bytes, out)?;
 
     let repo_tag = format!("{}:{}", meta.name, meta.tag);
-    let manifest = vec![ManifestEntry {
-        config: config_name,
-        repo_tags: Some(vec![repo_tag]),
-        layers: layer_paths,
-    }];
+    let manifest = vec![ManifestEntry { config: config_name, repo_tags: Some(vec![repo_tag]), layers: layer_paths }];
     let manifest = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest.json"))?;
     append_bytes(&mut b, "manifest.json", &manifest, out)?;
     let top = parent.unwrap_or_default();
     let repositories = serde_json::json!({ meta.name.clone(): { meta.tag.clone(): top } });
-    let repositories =
-        serde_json::to_vec(&repositories).map_err(ImageError::json("repositories"))?;
+    let repositories = serde_json::to_vec(&repositories).map_err(ImageError::json("repositories"))?;
     append_bytes(&mut b, "repositories", &repositories, out)?;
 
     let mut sink = b.into_inner().map_err(|e| ImageError::from_io(e, out))?;
@@ -406,12 +362,7 @@ fn put_blob_stream(dir: &Path, d: &Sha256Digest, mut r: impl Read) -> Result<(),
 
 /// An OCI image layout: base blobs copied as stored, the new layer
 /// uncompressed, a new config, manifest and `index.json`.
-fn write_oci_dir(
-    dir: &Path,
-    base: Option<&BaseImage>,
-    layer: &NewLayer,
-    meta: &ImageMeta,
-) -> Result<(), ImageError> {
+fn write_oci_dir(dir: &Path, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(ImageError::io(&blobs))?;
     let invalid = |e: oci_spec::OciSpecError| ImageError::Invalid(e.to_string());
@@ -423,21 +374,13 @@ fn write_oci_dir(
             if written.insert(l.blob_digest) {
                 put_blob_stream(dir, &l.blob_digest, base.open_layer_blob(i)?)?;
             }
-            descriptors.push(Descriptor::new(
-                l.oci_media_type(),
-                l.blob_size,
-                l.blob_digest,
-            ));
+            descriptors.push(Descriptor::new(l.oci_media_type(), l.blob_size, l.blob_digest));
         }
     }
     if written.insert(layer.diff_id) {
         put_blob_stream(dir, &layer.diff_id, open_new_layer(layer)?)?;
     }
-    descriptors.push(Descriptor::new(
-        MediaType::ImageLayer,
-        layer.size,
-        layer.diff_id,
-    ));
+    descriptors.push(Descriptor::new(MediaType::ImageLayer, layer.size, layer.diff_id));
 
     let config = output_config(base, layer, meta)?;
     let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
@@ -445,29 +388,18 @@ fn write_oci_dir(
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(Descriptor::new(
-            MediaType::ImageConfig,
-            config_bytes.len() as u64,
-            config_digest,
-        ))
+        .config(Descriptor::new(MediaType::ImageConfig, config_bytes.len() as u64, config_digest))
         .layers(descriptors)
         .build()
         .map_err(invalid)?;
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest"))?;
     let manifest_digest = put_blob(dir, &manifest_bytes)?;
 
-    let mut md = Descriptor::new(
-        MediaType::ImageManifest,
-        manifest_bytes.len() as u64,
-        manifest_digest,
-    );
+    let mut md = Descriptor::new(MediaType::ImageManifest, manifest_bytes.len() as u64, manifest_digest);
     md.set_annotations(Some(
         [
             (REF_NAME.to_string(), meta.tag.clone()),
-            (
-                "io.containerd.image.name".to_string(),
-                format!("{}:{}", meta.name, meta.tag),
-            ),
+            ("io.containerd.image.name".to_string(), format!("{}:{}", meta.name, meta.tag)),
         ]
         .into_iter()
         .collect(),
@@ -480,10 +412,7 @@ fn write_oci_dir(
         .map_err(invalid)?;
     let index = serde_json::to_vec(&index).map_err(ImageError::json("index.json"))?;
     write_file(&dir.join("index.json"), &index)?;
-    let layout = OciLayoutBuilder::default()
-        .image_layout_version("1.0.0")
-        .build()
-        .map_err(invalid)?;
+    let layout = OciLayoutBuilder::default().image_layout_version("1.0.0").build().map_err(invalid)?;
     let layout = serde_json::to_vec(&layout).map_err(ImageError::json("oci-layout"))?;
     write_file(&dir.join("oci-layout"), &layout)?;
     Ok(())

@@ -9,32 +9,17 @@ use super::{convert, convert_seekable, ConvertOptions};
 #[test]
 #[ignore = "benchmark; run by scripts/bench-layer"]
 fn bench_convert_upper_tar() {
-    let (Ok(input), Ok(output)) = (
-        std::env::var("ROOTLAYER_BENCH_INPUT"),
-        std::env::var("ROOTLAYER_BENCH_OUTPUT"),
-    ) else {
+    let (Ok(input), Ok(output)) = (std::env::var("ROOTLAYER_BENCH_INPUT"), std::env::var("ROOTLAYER_BENCH_OUTPUT"))
+    else {
         eprintln!("skipping bench_convert_upper_tar: ROOTLAYER_BENCH_INPUT/OUTPUT not set");
         return;
     };
-    let opts = ConvertOptions {
-        source_date_epoch: Some(1),
-        gzip: None,
-    };
+    let opts = ConvertOptions { source_date_epoch: Some(1), gzip: None };
     let t = Instant::now();
-    let a = convert_seekable(
-        File::open(&input).unwrap(),
-        File::create(&output).unwrap(),
-        &opts,
-    )
-    .unwrap();
+    let a = convert_seekable(File::open(&input).unwrap(), File::create(&output).unwrap(), &opts).unwrap();
     let seekable = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let b = convert(
-        File::open(&input).unwrap(),
-        File::create(&output).unwrap(),
-        &opts,
-    )
-    .unwrap();
+    let b = convert(File::open(&input).unwrap(), File::create(&output).unwrap(), &opts).unwrap();
     let streaming = t.elapsed().as_secs_f64();
     assert_eq!(a, b);
     println!("BENCH seekable_seconds={seekable:.3}");

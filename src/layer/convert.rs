@@ -106,11 +106,7 @@ const BUF: usize = 1 << 20;
 
 /// Convert an upper-dir tar read from a stream; file data is spooled to an
 /// anonymous temporary file.
-pub fn convert<R: Read, W: Write>(
-    input: R,
-    output: W,
-    opts: &ConvertOptions,
-) -> Result<LayerInfo, LayerError> {
+pub fn convert<R: Read, W: Write>(input: R, output: W, opts: &ConvertOptions) -> Result<LayerInfo, LayerError> {
     let mut spool = Spool::default();
     let mut archive = tar::Archive::new(input);
     let entries = archive.entries().map_err(LayerError::Read)?;
@@ -158,15 +154,7 @@ impl<R: Read + Seek> SeekBuf<R> {
     /// `inner` is positioned at `base`, which becomes position 0: the `tar`
     /// crate takes the positions a seek returns for archive offsets.
     fn new(inner: R, base: u64) -> Self {
-        Self {
-            inner,
-            buf: vec![0u8; 256 << 10].into_boxed_slice(),
-            base,
-            start: 0,
-            len: 0,
-            pos: 0,
-            inner_pos: Some(0),
-        }
+        Self { inner, buf: vec![0u8; 256 << 10].into_boxed_slice(), base, start: 0, len: 0, pos: 0, inner_pos: Some(0) }
     }
 
     fn sync_inner(&mut self) -> io::Result<()> {
@@ -218,9 +206,11 @@ impl<R: Read + Seek> Seek for SeekBuf<R> {
                 .checked_add_signed(d)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?,
             SeekFrom::End(_) => {
-                let p = self.inner.seek(to)?.checked_sub(self.base).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "seek before start")
-                })?;
+                let p = self
+                    .inner
+                    .seek(to)?
+                    .checked_sub(self.base)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
                 self.inner_pos = Some(p);
                 p
             }
@@ -232,11 +222,7 @@ impl<R: Read + Seek> Seek for SeekBuf<R> {
 /// Convert the tar file `input` into the layer file `output`, atomically:
 /// the layer is written to a temporary file beside `output` and renamed over
 /// it only on success, so a failed conversion leaves nothing at `output`.
-pub fn convert_file_to_path(
-    input: &Path,
-    output: &Path,
-    opts: &ConvertOptions,
-) -> Result<LayerInfo, LayerError> {
+pub fn convert_file_to_path(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<LayerInfo, LayerError> {
     let file = File::open(input).map_err(LayerError::Read)?;
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -245,24 +231,16 @@ pub fn convert_file_to_path(
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(LayerError::Write)?;
     let info = convert_seekable(file, tmp.as_file_mut(), opts)?;
     tmp.as_file().sync_all().map_err(LayerError::Write)?;
-    tmp.persist(output)
-        .map_err(|e| LayerError::Write(e.error))?;
+    tmp.persist(output).map_err(|e| LayerError::Write(e.error))?;
     Ok(info)
 }
 
 fn entry_err(path: &[u8]) -> impl FnOnce(io::Error) -> LayerError + '_ {
-    move |source| LayerError::Entry {
-        path: show(path),
-        source,
-    }
+    move |source| LayerError::Entry { path: show(path), source }
 }
 
 /// Pass one: read every entry into the index.
-fn index<R: Read>(
-    entries: tar::Entries<'_, R>,
-    seekable: bool,
-    spool: &mut Spool,
-) -> Result<Vec<Node>, LayerError> {
+fn index<R: Read>(entries: tar::Entries<'_, R>, seekable: bool, spool: &mut Spool) -> Result<Vec<Node>, LayerError> {
     let mut buf = vec![0u8; BUF];
     let mut nodes = Vec::new();
     for entry in entries {
@@ -275,10 +253,7 @@ fn index<R: Read>(
         let path = rules::normalize(&raw)?;
         let pax = rules::pax_info(&mut entry, &raw)?;
         if pax.sparse {
-            return Err(LayerError::UnsupportedType {
-                path: show(&raw),
-                kind: 'S',
-            });
+            return Err(LayerError::UnsupportedType { path: show(&raw), kind: 'S' });
         }
         if path.is_empty() {
             // The upper dir itself: its attributes are the agent's, not the script's.
@@ -312,10 +287,7 @@ fn index<R: Read>(
                 Xattr::Overlay("opaque") => opaque = v == b"y",
                 Xattr::Overlay("whiteout") => whiteout_xattr = true,
                 Xattr::Overlay(s) if s == "redirect" || s == "metacopy" => {
-                    return Err(LayerError::OverlayFeature {
-                        path: show(&raw),
-                        xattr: k,
-                    })
+                    return Err(LayerError::OverlayFeature { path: show(&raw), xattr: k })
                 }
                 Xattr::Overlay(_) => {}
             }
@@ -323,34 +295,20 @@ fn index<R: Read>(
         xattrs.sort();
         xattrs.dedup_by(|a, b| a.0 == b.0);
         let kind = match ty {
-            EntryType::Regular | EntryType::Continuous if whiteout_xattr && entry.size() == 0 => {
-                Kind::Whiteout
-            }
+            EntryType::Regular | EntryType::Continuous if whiteout_xattr && entry.size() == 0 => Kind::Whiteout,
             EntryType::Regular | EntryType::Continuous => match seekable {
-                true => Kind::File(Data::Input {
-                    offset: entry.raw_file_position(),
-                    len: entry.size(),
-                }),
+                true => Kind::File(Data::Input { offset: entry.raw_file_position(), len: entry.size() }),
                 false => {
-                    let (offset, len) = spool
-                        .append(&mut entry, &mut buf)
-                        .map_err(LayerError::Spool)?;
+                    let (offset, len) = spool.append(&mut entry, &mut buf).map_err(LayerError::Spool)?;
                     Kind::File(Data::Spool { offset, len })
                 }
             },
             EntryType::GNUSparse => {
-                let (offset, len) = spool
-                    .append(&mut entry, &mut buf)
-                    .map_err(LayerError::Spool)?;
+                let (offset, len) = spool.append(&mut entry, &mut buf).map_err(LayerError::Spool)?;
                 Kind::File(Data::Spool { offset, len })
             }
             EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink(
-                entry
-                    .link_name_bytes()
-                    .map(|l| l.into_owned())
-                    .unwrap_or_default(),
-            ),
+            EntryType::Symlink => Kind::Symlink(entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default()),
             EntryType::Link => {
                 let target = entry.link_name_bytes().unwrap_or_default();
                 Kind::Link(rules::normalize(&target)?)
@@ -364,12 +322,7 @@ fn index<R: Read>(
                 Kind::Block(ma, mi)
             }
             EntryType::Fifo => Kind::Fifo,
-            other => {
-                return Err(LayerError::UnsupportedType {
-                    path: show(&raw),
-                    kind: char::from(other.as_byte()),
-                })
-            }
+            other => return Err(LayerError::UnsupportedType { path: show(&raw), kind: char::from(other.as_byte()) }),
         };
         nodes.push(Node {
             out: path.clone(),
@@ -392,9 +345,7 @@ fn plan(mut nodes: Vec<Node>) -> Result<Vec<Node>, LayerError> {
     let mut by_path: HashMap<Vec<u8>, usize> = HashMap::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {
         if by_path.insert(n.path.clone(), i).is_some() {
-            return Err(LayerError::Duplicate {
-                path: show(&n.path),
-            });
+            return Err(LayerError::Duplicate { path: show(&n.path) });
         }
     }
     // Hardlinks: follow to the entry that holds the inode. Overlayfs shares one
@@ -407,10 +358,7 @@ fn plan(mut nodes: Vec<Node>) -> Result<Vec<Node>, LayerError> {
         let mut steps = 0;
         let root = loop {
             let Some(&j) = by_path.get(&target) else {
-                return Err(LayerError::MissingLinkTarget {
-                    path: show(&nodes[i].path),
-                    target: show(&target),
-                });
+                return Err(LayerError::MissingLinkTarget { path: show(&nodes[i].path), target: show(&target) });
             };
             match &nodes[j].kind {
                 Kind::Link(next) if steps < nodes.len() && j != i => {
@@ -418,16 +366,10 @@ fn plan(mut nodes: Vec<Node>) -> Result<Vec<Node>, LayerError> {
                     steps += 1;
                 }
                 Kind::Link(_) => {
-                    return Err(LayerError::MissingLinkTarget {
-                        path: show(&nodes[i].path),
-                        target: show(first),
-                    })
+                    return Err(LayerError::MissingLinkTarget { path: show(&nodes[i].path), target: show(first) })
                 }
                 Kind::Dir => {
-                    return Err(LayerError::LinkToDirectory {
-                        path: show(&nodes[i].path),
-                        target: show(first),
-                    })
+                    return Err(LayerError::LinkToDirectory { path: show(&nodes[i].path), target: show(first) })
                 }
                 _ => break j,
             }
@@ -454,10 +396,7 @@ fn plan(mut nodes: Vec<Node>) -> Result<Vec<Node>, LayerError> {
         let (parent, _) = rules::split(&n.path);
         if let Some(&p) = by_path.get(parent) {
             if !matches!(nodes[p].kind, Kind::Dir) {
-                return Err(LayerError::NotADirectory {
-                    path: show(&n.path),
-                    parent: show(parent),
-                });
+                return Err(LayerError::NotADirectory { path: show(&n.path), parent: show(parent) });
             }
         }
     }
@@ -490,18 +429,12 @@ fn plan(mut nodes: Vec<Node>) -> Result<Vec<Node>, LayerError> {
     nodes.sort_by(|a, b| rules::cmp_paths(&a.out, &b.out));
     for w in nodes.windows(2) {
         if w[0].out == w[1].out {
-            return Err(LayerError::Duplicate {
-                path: show(&w[1].out),
-            });
+            return Err(LayerError::Duplicate { path: show(&w[1].out) });
         }
     }
     // Hardlinks point at the first path of their group in output order; that
     // path carries the data.
-    let pos: HashMap<&[u8], usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.path.as_slice(), i))
-        .collect();
+    let pos: HashMap<&[u8], usize> = nodes.iter().enumerate().map(|(i, n)| (n.path.as_slice(), i)).collect();
     let roots: HashSet<usize> = nodes
         .iter()
         .filter_map(|n| match &n.kind {
@@ -585,9 +518,7 @@ fn write_entries<S: Read + Seek, W: Write>(
         path.clear();
         path.extend_from_slice(&n.out);
         let (fl, size, link, dev): (u8, u64, &[u8], (u32, u32)) = match &n.kind {
-            Kind::File(Data::Input { len, .. } | Data::Spool { len, .. }) => {
-                (flag::REGULAR, *len, b"", (0, 0))
-            }
+            Kind::File(Data::Input { len, .. } | Data::Spool { len, .. }) => (flag::REGULAR, *len, b"", (0, 0)),
             Kind::Whiteout | Kind::OpaqueMarker => (flag::REGULAR, 0, b"", (0, 0)),
             Kind::Dir => {
                 path.push(b'/');
@@ -616,15 +547,11 @@ fn write_entries<S: Read + Seek, W: Write>(
         )?;
         match n.kind {
             Kind::File(Data::Input { offset, len }) => {
-                let src = input.as_deref_mut().ok_or(LayerError::Truncated {
-                    path: show(&n.path),
-                })?;
+                let src = input.as_deref_mut().ok_or(LayerError::Truncated { path: show(&n.path) })?;
                 copy_range(src, offset, len, out, &mut buf, &n.path)?;
             }
             Kind::File(Data::Spool { offset, len }) => {
-                let src = spool.file.as_mut().ok_or(LayerError::Truncated {
-                    path: show(&n.path),
-                })?;
+                let src = spool.file.as_mut().ok_or(LayerError::Truncated { path: show(&n.path) })?;
                 copy_range(src, offset, len, out, &mut buf, &n.path)?;
             }
             _ => {}
@@ -648,28 +575,19 @@ fn emit<S: Read + Seek, W: Write>(
             write_entries(nodes, input, spool, &mut hw, opts)?;
             hw.flush().map_err(LayerError::Write)?;
             let (diff_id, size, _) = hw.finish();
-            Ok(LayerInfo {
-                diff_id,
-                size,
-                compressed: None,
-            })
+            Ok(LayerInfo { diff_id, size, compressed: None })
         }
         Some(level) => {
-            let gz = flate2::GzBuilder::new().mtime(0).write(
-                HashingWriter::new(out),
-                flate2::Compression::new(level.min(9)),
-            );
+            let gz = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(HashingWriter::new(out), flate2::Compression::new(level.min(9)));
             let mut hw = HashingWriter::new(gz);
             write_entries(nodes, input, spool, &mut hw, opts)?;
             let (diff_id, size, gz) = hw.finish();
             let mut comp = gz.finish().map_err(LayerError::Write)?;
             comp.flush().map_err(LayerError::Write)?;
             let (digest, csize, _) = comp.finish();
-            Ok(LayerInfo {
-                diff_id,
-                size,
-                compressed: Some((digest, csize)),
-            })
+            Ok(LayerInfo { diff_id, size, compressed: Some((digest, csize)) })
         }
     }
 }

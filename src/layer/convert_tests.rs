@@ -23,15 +23,11 @@ fn conv_opts(entries: &[E], opts: &ConvertOptions) -> Result<(Vec<u8>, LayerInfo
 }
 
 fn get<'a>(got: &'a [Got], path: &str) -> &'a Got {
-    got.iter()
-        .find(|g| g.path == path)
-        .unwrap_or_else(|| panic!("{path} not in {:?}", paths(got)))
+    got.iter().find(|g| g.path == path).unwrap_or_else(|| panic!("{path} not in {:?}", paths(got)))
 }
 
 fn err_of(entries: &[E]) -> String {
-    conv(entries)
-        .expect_err("conversion should fail")
-        .to_string()
+    conv(entries).expect_err("conversion should fail").to_string()
 }
 
 #[test]
@@ -59,11 +55,8 @@ fn whiteout_xattr_on_empty_file_becomes_wh_file_both_namespaces() {
 #[test]
 fn nixpkgs_bug_opaque_dir_dropped_now_dir_entry_plus_opq_marker() {
     for ns in ["trusted", "user"] {
-        let (out, _) = conv(&[
-            E::dir("d/").xattr(&format!("{ns}.overlay.opaque"), b"y"),
-            E::file("d/new", b"x"),
-        ])
-        .unwrap();
+        let (out, _) =
+            conv(&[E::dir("d/").xattr(&format!("{ns}.overlay.opaque"), b"y"), E::file("d/new", b"x")]).unwrap();
         let got = read_layer(&out);
         assert_eq!(paths(&got), ["d/", "d/.wh..wh..opq", "d/new"], "{ns}");
         assert!(get(&got, "d/").xattrs.is_empty(), "overlay xattr stripped");
@@ -107,19 +100,13 @@ fn nixpkgs_bug_user_file_named_wh_is_an_error_naming_it() {
 fn nixpkgs_bug_hardlinks_become_copies_now_links_to_first_path() {
     // The input archives "z" first and links "a" and "m" to it; in the output
     // "a" comes first, so it carries the data and the others link to it.
-    let (out, _) = conv(&[
-        E::file("z", b"shared").mode(0o750).owner(5, 6),
-        E::hardlink("m", "z"),
-        E::hardlink("a", "./z"),
-    ])
-    .unwrap();
+    let (out, _) =
+        conv(&[E::file("z", b"shared").mode(0o750).owner(5, 6), E::hardlink("m", "z"), E::hardlink("a", "./z")])
+            .unwrap();
     let got = read_layer(&out);
     assert_eq!(paths(&got), ["a", "m", "z"]);
     let a = get(&got, "a");
-    assert_eq!(
-        (a.ty, a.data.as_slice(), a.mode, a.uid),
-        (b'0', &b"shared"[..], 0o750, 5)
-    );
+    assert_eq!((a.ty, a.data.as_slice(), a.mode, a.uid), (b'0', &b"shared"[..], 0o750, 5));
     for p in ["m", "z"] {
         let g = get(&got, p);
         assert_eq!((g.ty, g.link.as_str(), g.data.len()), (b'1', "a", 0), "{p}");
@@ -128,12 +115,7 @@ fn nixpkgs_bug_hardlinks_become_copies_now_links_to_first_path() {
 
 #[test]
 fn hardlink_chains_resolve_to_the_inode_holder() {
-    let (out, _) = conv(&[
-        E::file("c", b"1"),
-        E::hardlink("b", "c"),
-        E::hardlink("a", "b"),
-    ])
-    .unwrap();
+    let (out, _) = conv(&[E::file("c", b"1"), E::hardlink("b", "c"), E::hardlink("a", "b")]).unwrap();
     let got = read_layer(&out);
     assert_eq!(get(&got, "a").data, b"1");
     assert_eq!(get(&got, "b").link, "a");
@@ -144,13 +126,8 @@ fn hardlink_chains_resolve_to_the_inode_holder() {
 fn hardlinked_whiteouts_are_each_a_whiteout() {
     // Overlayfs shares one whiteout inode, so GNU tar archives later
     // whiteouts as hardlinks to the first.
-    let (out, _) = conv(&[
-        E::dir("d/"),
-        E::chardev("d/x", 0, 0),
-        E::hardlink("d/y", "d/x"),
-        E::hardlink("a", "d/x"),
-    ])
-    .unwrap();
+    let (out, _) =
+        conv(&[E::dir("d/"), E::chardev("d/x", 0, 0), E::hardlink("d/y", "d/x"), E::hardlink("a", "d/x")]).unwrap();
     let got = read_layer(&out);
     assert_eq!(paths(&got), [".wh.a", "d/", "d/.wh.x", "d/.wh.y"]);
     assert!(got.iter().all(|g| g.ty != b'1'));
@@ -170,20 +147,14 @@ fn nixpkgs_bug_security_capability_kept_as_pax_xattr() {
     .unwrap();
     let got = read_layer(&out);
     let ping = get(&got, "ping");
-    let want: Vec<(String, Vec<u8>)> = vec![
-        ("security.capability".into(), cap.to_vec()),
-        ("user.note".into(), b"v".to_vec()),
-    ];
+    let want: Vec<(String, Vec<u8>)> =
+        vec![("security.capability".into(), cap.to_vec()), ("user.note".into(), b"v".to_vec())];
     assert_eq!(ping.xattrs, want);
 }
 
 #[test]
 fn redirect_and_metacopy_xattrs_are_errors_naming_the_path() {
-    for x in [
-        "trusted.overlay.redirect",
-        "trusted.overlay.metacopy",
-        "user.overlay.redirect",
-    ] {
+    for x in ["trusted.overlay.redirect", "trusted.overlay.metacopy", "user.overlay.redirect"] {
         let msg = err_of(&[E::dir("a/"), E::dir("a/moved/").xattr(x, b"/old")]);
         assert!(msg.contains("a/moved") && msg.contains(x), "{msg}");
     }
@@ -199,17 +170,7 @@ fn whiteouts_appear_before_sibling_entries() {
         E::chardev("a/-a", 0, 0),
     ])
     .unwrap();
-    assert_eq!(
-        paths(&read_layer(&out)),
-        [
-            "a/",
-            "a/.wh..wh..opq",
-            "a/.wh.-a",
-            "a/.wh.zz",
-            "a/+c",
-            "a/-b/"
-        ]
-    );
+    assert_eq!(paths(&read_layer(&out)), ["a/", "a/.wh..wh..opq", "a/.wh.-a", "a/.wh.zz", "a/+c", "a/-b/"]);
 }
 
 #[test]
@@ -223,10 +184,7 @@ fn parents_precede_children_and_input_order_does_not_matter() {
         E::file("a/x", b"3"),
     ];
     let (out, info) = conv(&entries).unwrap();
-    assert_eq!(
-        paths(&read_layer(&out)),
-        ["a/", "a/x", "a.txt", "b/", "b/c/", "b/c/d"]
-    );
+    assert_eq!(paths(&read_layer(&out)), ["a/", "a/x", "a.txt", "b/", "b/c/", "b/c/d"]);
     let mut rev = entries.to_vec();
     rev.reverse();
     let (out2, info2) = conv(&rev).unwrap();
@@ -249,10 +207,7 @@ fn file_and_directory_at_same_path_rejected() {
 #[test]
 fn entry_under_a_whiteout_is_rejected() {
     let msg = err_of(&[E::chardev("a", 0, 0), E::file("a/b", b"")]);
-    assert!(
-        msg.contains("a/b") && msg.contains("not a directory"),
-        "{msg}"
-    );
+    assert!(msg.contains("a/b") && msg.contains("not a directory"), "{msg}");
 }
 
 #[test]
@@ -275,18 +230,9 @@ fn hardlink_to_missing_or_directory_target_is_rejected() {
 
 #[test]
 fn mtime_clamped_to_source_date_epoch_and_owner_names_empty() {
-    let opts = ConvertOptions {
-        source_date_epoch: Some(500),
-        gzip: None,
-    };
-    let (out, _) = conv_opts(
-        &[
-            E::file("new", b"").mtime(900).owner(1000, 100),
-            E::file("old", b"").mtime(200),
-        ],
-        &opts,
-    )
-    .unwrap();
+    let opts = ConvertOptions { source_date_epoch: Some(500), gzip: None };
+    let (out, _) =
+        conv_opts(&[E::file("new", b"").mtime(900).owner(1000, 100), E::file("old", b"").mtime(200)], &opts).unwrap();
     let got = read_layer(&out);
     assert_eq!(get(&got, "new").mtime, 500);
     assert_eq!(get(&got, "old").mtime, 200);
@@ -296,12 +242,7 @@ fn mtime_clamped_to_source_date_epoch_and_owner_names_empty() {
 
 #[test]
 fn root_entry_is_dropped_and_modes_keep_special_bits() {
-    let (out, _) = conv(&[
-        E::dir("./"),
-        E::file("./su", b"").mode(0o4755),
-        E::dir("./t/").mode(0o1777),
-    ])
-    .unwrap();
+    let (out, _) = conv(&[E::dir("./"), E::file("./su", b"").mode(0o4755), E::dir("./t/").mode(0o1777)]).unwrap();
     let got = read_layer(&out);
     assert_eq!(paths(&got), ["su", "t/"]);
     assert_eq!(get(&got, "su").mode, 0o4755);
@@ -327,10 +268,7 @@ fn long_names_long_targets_and_big_ids_use_pax() {
     // No GNU long-name records: only ustar and PAX type flags.
     let mut a = tar::Archive::new(&out[..]);
     let mut raw = a.entries().unwrap().raw(true);
-    assert!(raw.all(|e| matches!(
-        e.unwrap().header().entry_type().as_byte(),
-        b'0'..=b'6' | b'x'
-    )));
+    assert!(raw.all(|e| matches!(e.unwrap().header().entry_type().as_byte(), b'0'..=b'6' | b'x')));
 }
 
 #[test]
@@ -362,10 +300,7 @@ fn gzip_output_has_its_own_digest_and_decompresses_to_the_diff_id() {
     let mut plain = Vec::new();
     let pinfo = convert(&input[..], &mut plain, &ConvertOptions::default()).unwrap();
     let mut gz = Vec::new();
-    let opts = ConvertOptions {
-        source_date_epoch: None,
-        gzip: Some(6),
-    };
+    let opts = ConvertOptions { source_date_epoch: None, gzip: Some(6) };
     let ginfo = convert(&input[..], &mut gz, &opts).unwrap();
     assert_eq!(ginfo.diff_id, pinfo.diff_id);
     let (digest, size) = ginfo.compressed.clone().unwrap();
@@ -388,11 +323,7 @@ fn failed_conversion_leaves_nothing_at_the_output_path() {
     let err = convert_file_to_path(&input, &output, &ConvertOptions::default()).unwrap_err();
     assert!(err.to_string().contains(".wh.evil"));
     assert!(!output.exists());
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "temp file left behind"
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
     std::fs::write(&input, tar_of(&[E::file("ok", b"1")])).unwrap();
     let info = convert_file_to_path(&input, &output, &ConvertOptions::default()).unwrap();
     assert_eq!(std::fs::metadata(&output).unwrap().len(), info.size);
@@ -417,13 +348,8 @@ fn gnu_tar_of_real_upper_dir_converts() {
     let u = t.path().join("upper");
     std::fs::create_dir_all(u.join("etc/opaque")).unwrap();
     std::fs::write(u.join("etc/opaque/kept"), b"k").unwrap();
-    rustix::fs::lsetxattr(
-        u.join("etc/opaque"),
-        "trusted.overlay.opaque",
-        b"y",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    rustix::fs::lsetxattr(u.join("etc/opaque"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty())
+        .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
         u.join("etc/gone"),
@@ -436,13 +362,7 @@ fn gnu_tar_of_real_upper_dir_converts() {
     std::fs::write(u.join("etc/bin"), b"elf").unwrap();
     std::fs::set_permissions(u.join("etc/bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let cap = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
-    rustix::fs::lsetxattr(
-        u.join("etc/bin"),
-        "security.capability",
-        cap,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    rustix::fs::lsetxattr(u.join("etc/bin"), "security.capability", cap, rustix::fs::XattrFlags::empty()).unwrap();
     std::fs::hard_link(u.join("etc/bin"), u.join("a-bin")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
@@ -463,15 +383,8 @@ fn gnu_tar_of_real_upper_dir_converts() {
         .unwrap();
     assert!(st.success());
     let out_path = t.path().join("layer.tar");
-    let info = convert_file_to_path(
-        &tarball,
-        &out_path,
-        &ConvertOptions {
-            source_date_epoch: Some(1),
-            gzip: None,
-        },
-    )
-    .unwrap();
+    let info =
+        convert_file_to_path(&tarball, &out_path, &ConvertOptions { source_date_epoch: Some(1), gzip: None }).unwrap();
     let out = std::fs::read(&out_path).unwrap();
     assert_eq!(info.size, out.len() as u64);
     let got = read_layer(&out);
@@ -490,10 +403,7 @@ fn gnu_tar_of_real_upper_dir_converts() {
         ]
     );
     assert_eq!(get(&got, "a-bin").data, b"elf");
-    assert_eq!(
-        get(&got, "a-bin").xattrs,
-        vec![("security.capability".to_string(), cap.to_vec())]
-    );
+    assert_eq!(get(&got, "a-bin").xattrs, vec![("security.capability".to_string(), cap.to_vec())]);
     assert_eq!(get(&got, "etc/bin").link, "a-bin");
     assert_eq!(get(&got, "null").dev, (1, 3));
     assert!(got.iter().all(|g| g.mtime <= 1));
@@ -502,11 +412,7 @@ fn gnu_tar_of_real_upper_dir_converts() {
 
 #[test]
 fn seekable_input_may_start_mid_stream() {
-    let entries = [
-        E::file("b", &vec![2u8; 300_000]),
-        E::file("a", b"1"),
-        E::dir("d/"),
-    ];
+    let entries = [E::file("b", &vec![2u8; 300_000]), E::file("a", b"1"), E::dir("d/")];
     let (want, _) = conv(&entries).unwrap();
     let mut input = b"junk!!!".to_vec();
     input.extend(tar_of(&entries));

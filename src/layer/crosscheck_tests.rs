@@ -31,22 +31,13 @@ fn run(cmd: &mut Command) {
 fn overlay_mount(lower: &str, upper: Option<(&Path, &Path)>, merged: &Path) -> std::io::Result<()> {
     let mut opts = format!("lowerdir={lower}");
     if let Some((u, w)) = upper {
-        opts.push_str(&format!(
-            ",upperdir={},workdir={}",
-            u.display(),
-            w.display()
-        ));
+        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
     }
-    let out = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(merged)
-        .output()?;
+    let out = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(merged).output()?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()))
     }
 }
 
@@ -60,13 +51,7 @@ impl Drop for Umount<'_> {
 /// GNU tar of a directory, as the agent archives the upper dir.
 fn gnu_tar(dir: &Path, out: &Path) {
     run(Command::new("tar")
-        .args([
-            "--xattrs",
-            "--xattrs-include=*",
-            "--numeric-owner",
-            "--sort=name",
-            "-C",
-        ])
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "--sort=name", "-C"])
         .arg(dir)
         .arg("-cf")
         .arg(out)
@@ -74,10 +59,7 @@ fn gnu_tar(dir: &Path, out: &Path) {
 }
 
 fn blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
     fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
     (format!("sha256:{hex}"), bytes.len())
 }
@@ -85,11 +67,7 @@ fn blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
 /// An OCI image layout holding `layers` (uncompressed tars), tagged latest.
 fn oci_layout(layout: &Path, layers: &[Vec<u8>]) {
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
+    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let descs: Vec<(String, usize)> = layers.iter().map(|l| blob(layout, l)).collect();
     let diff_ids: Vec<String> = descs.iter().map(|(d, _)| format!("\"{d}\"")).collect();
     let config = format!(
@@ -130,8 +108,7 @@ fn diff(want: &BTreeMap<String, Meta>, got: &BTreeMap<String, Meta>) -> Vec<Stri
     out
 }
 
-const CAP: &[u8] =
-    b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+const CAP: &[u8] = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
 
 fn set(p: &Path, k: &str, v: &[u8]) {
     rustix::fs::lsetxattr(p, k, v, XattrFlags::empty()).unwrap();
@@ -168,23 +145,9 @@ fn change(m: &Path) {
     fs::hard_link(m.join("bin/ping"), m.join("bin/ping6")).unwrap(); // hardlink
     fs::hard_link(m.join("bin/ping"), m.join("a-ping")).unwrap();
     fs::create_dir(m.join("dev")).unwrap();
-    mknodat(
-        CWD,
-        m.join("dev/null"),
-        FileType::CharacterDevice,
-        Mode::from_raw_mode(0o666),
-        makedev(1, 3),
-    )
-    .unwrap();
+    mknodat(CWD, m.join("dev/null"), FileType::CharacterDevice, Mode::from_raw_mode(0o666), makedev(1, 3)).unwrap();
     fs::set_permissions(m.join("dev/null"), fs::Permissions::from_mode(0o666)).unwrap();
-    mknodat(
-        CWD,
-        m.join("dev/fifo"),
-        FileType::Fifo,
-        Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    mknodat(CWD, m.join("dev/fifo"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
     fs::create_dir(m.join("home")).unwrap();
     fs::write(m.join("home/f"), b"user").unwrap();
     std::os::unix::fs::lchown(m.join("home/f"), Some(1000), Some(100)).unwrap();
@@ -230,12 +193,7 @@ fn umoci_and_kernel_overlay_agree_with_the_original_merged_tree() {
     let upper_tar = t.path().join("upper.tar");
     gnu_tar(&upper, &upper_tar);
     let mut layer = Vec::new();
-    convert(
-        fs::File::open(&upper_tar).unwrap(),
-        &mut layer,
-        &ConvertOptions::default(),
-    )
-    .unwrap();
+    convert(fs::File::open(&upper_tar).unwrap(), &mut layer, &ConvertOptions::default()).unwrap();
     let base_bytes = fs::read(&base_tar).unwrap();
 
     // umoci, an independent OCI implementation, applies the layer.
@@ -260,11 +218,7 @@ fn umoci_and_kernel_overlay_agree_with_the_original_merged_tree() {
         snapshot(&m2)
     };
     let d = diff(&expected, &ours);
-    assert!(
-        d.is_empty(),
-        "overlay of our lower dirs differs:\n{}",
-        d.join("\n")
-    );
+    assert!(d.is_empty(), "overlay of our lower dirs differs:\n{}", d.join("\n"));
 }
 
 /// What a random upper tree holds at a path.
@@ -283,11 +237,7 @@ enum Model {
 const NAMES: &[&str] = &["a", "b", "a.b", "-c", "C", "zz", ".d", "ä"];
 
 fn tree_strategy() -> impl Strategy<Value = BTreeMap<String, Model>> {
-    let item = (
-        prop::collection::vec(0..NAMES.len(), 1..4),
-        0u8..6,
-        prop::collection::vec(any::<u8>(), 0..40),
-    );
+    let item = (prop::collection::vec(0..NAMES.len(), 1..4), 0u8..6, prop::collection::vec(any::<u8>(), 0..40));
     prop::collection::vec(item, 1..30).prop_map(|items| {
         let mut tree: BTreeMap<String, Model> = BTreeMap::new();
         let mut files: Vec<String> = Vec::new();
@@ -332,9 +282,7 @@ fn entries_of(tree: &BTreeMap<String, Model>) -> Vec<E> {
     tree.iter()
         .map(|(p, m)| match m {
             Model::Dir { opaque: false } => E::dir(&format!("{p}/")),
-            Model::Dir { opaque: true } => {
-                E::dir(&format!("{p}/")).xattr("trusted.overlay.opaque", b"y")
-            }
+            Model::Dir { opaque: true } => E::dir(&format!("{p}/")).xattr("trusted.overlay.opaque", b"y"),
             Model::File(d) => E::file(p, d).xattr("user.k", p.as_bytes()),
             Model::Link(t) => E::hardlink(p, t),
             Model::Whiteout => E::chardev(p, 0, 0),
@@ -346,9 +294,7 @@ fn entries_of(tree: &BTreeMap<String, Model>) -> Vec<E> {
 /// Fisher-Yates with a small LCG: any input order must give the same layer.
 fn shuffled(mut v: Vec<E>, mut seed: u64) -> Vec<E> {
     for i in (1..v.len()).rev() {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let j = usize::try_from((seed >> 33) % (i as u64 + 1)).unwrap_or(0);
         v.swap(i, j);
     }

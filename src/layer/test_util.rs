@@ -198,14 +198,8 @@ pub(crate) fn read_layer(bytes: &[u8]) -> Vec<Got> {
             uid: h.uid().unwrap(),
             gid: h.gid().unwrap(),
             mtime: h.mtime().unwrap(),
-            link: e
-                .link_name_bytes()
-                .map(|l| String::from_utf8_lossy(&l).into_owned())
-                .unwrap_or_default(),
-            dev: (
-                h.device_major().unwrap().unwrap_or(0),
-                h.device_minor().unwrap().unwrap_or(0),
-            ),
+            link: e.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default(),
+            dev: (h.device_major().unwrap().unwrap_or(0), h.device_minor().unwrap().unwrap_or(0)),
             uname: h.username_bytes().unwrap_or_default().to_vec(),
             gname: h.groupname_bytes().unwrap_or_default().to_vec(),
             xattrs,
@@ -260,29 +254,13 @@ pub(crate) fn xattrs_of(p: &Path) -> Vec<(String, Vec<u8>)> {
 pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, Meta> {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
-    fn walk(
-        root: &Path,
-        rel: &str,
-        out: &mut BTreeMap<String, Meta>,
-        inodes: &mut BTreeMap<(u64, u64), String>,
-    ) {
-        let dir = if rel.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        };
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+    fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Meta>, inodes: &mut BTreeMap<(u64, u64), String>) {
+        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+        let mut names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         for name in names {
             let name = String::from_utf8_lossy(OsStr::as_bytes(&name)).into_owned();
-            let r = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
+            let r = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
             let p = root.join(&r);
             let m = fs::symlink_metadata(&p).unwrap();
             let ft = m.file_type();
@@ -300,12 +278,7 @@ pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, Meta> {
                 Node::File(fs::read(&p).unwrap())
             };
             let link_group = if !ft.is_dir() && m.nlink() > 1 {
-                Some(
-                    inodes
-                        .entry((m.dev(), m.ino()))
-                        .or_insert_with(|| r.clone())
-                        .clone(),
-                )
+                Some(inodes.entry((m.dev(), m.ino())).or_insert_with(|| r.clone()).clone())
             } else {
                 None
             };
@@ -313,11 +286,7 @@ pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, Meta> {
                 r.clone(),
                 Meta {
                     node,
-                    mode: if ft.is_symlink() {
-                        0
-                    } else {
-                        m.mode() & 0o7777
-                    },
+                    mode: if ft.is_symlink() { 0 } else { m.mode() & 0o7777 },
                     uid: m.uid(),
                     gid: m.gid(),
                     link_group,

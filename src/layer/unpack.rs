@@ -40,9 +40,7 @@ pub struct UnpackOptions {
 
 impl Default for UnpackOptions {
     fn default() -> Self {
-        Self {
-            preserve_owners: true,
-        }
+        Self { preserve_owners: true }
     }
 }
 
@@ -81,22 +79,11 @@ pub fn unpack<R: Read>(layer: R, target: &Path, opts: &UnpackOptions) -> Result<
 }
 
 fn apply_err<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(io::Error) -> LayerError + 'a {
-    move |source| LayerError::Apply {
-        path: show(path),
-        op,
-        source,
-    }
+    move |source| LayerError::Apply { path: show(path), op, source }
 }
 
-fn errno<'a>(
-    path: &'a [u8],
-    op: &'static str,
-) -> impl FnOnce(rustix::io::Errno) -> LayerError + 'a {
-    move |e| LayerError::Apply {
-        path: show(path),
-        op,
-        source: e.into(),
-    }
+fn errno<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(rustix::io::Errno) -> LayerError + 'a {
+    move |e| LayerError::Apply { path: show(path), op, source: e.into() }
 }
 
 fn lstat(p: &Path) -> io::Result<Option<fs::Metadata>> {
@@ -108,14 +95,8 @@ fn lstat(p: &Path) -> io::Result<Option<fs::Metadata>> {
 }
 
 fn timestamps(mtime: u64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
-        tv_nsec: 0,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
+    let t = Timespec { tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX), tv_nsec: 0 };
+    Timestamps { last_access: t, last_modification: t }
 }
 
 impl Unpacker<'_> {
@@ -142,26 +123,13 @@ impl Unpacker<'_> {
             match lstat(&cur).map_err(apply_err(raw, "inspecting a parent"))? {
                 Some(m) if m.is_dir() => {}
                 Some(m) if m.file_type().is_symlink() => {
-                    return Err(LayerError::SymlinkParent {
-                        path: show(raw),
-                        parent: show(&parent[..end]),
-                    })
+                    return Err(LayerError::SymlinkParent { path: show(raw), parent: show(&parent[..end]) })
                 }
-                Some(_) => {
-                    return Err(LayerError::NotADirectory {
-                        path: show(raw),
-                        parent: show(&parent[..end]),
-                    })
-                }
+                Some(_) => return Err(LayerError::NotADirectory { path: show(raw), parent: show(&parent[..end]) }),
                 None if create => {
                     fs::create_dir(&cur).map_err(apply_err(raw, "creating a parent"))?;
                 }
-                None => {
-                    return Err(LayerError::MissingLinkTarget {
-                        path: show(raw),
-                        target: show(path),
-                    })
-                }
+                None => return Err(LayerError::MissingLinkTarget { path: show(raw), target: show(path) }),
             }
         }
         Ok(())
@@ -176,16 +144,10 @@ impl Unpacker<'_> {
         let path = rules::normalize(&raw)?;
         let pax = rules::pax_info(entry, &raw)?;
         if pax.sparse {
-            return Err(LayerError::UnsupportedType {
-                path: show(&raw),
-                kind: 'S',
-            });
+            return Err(LayerError::UnsupportedType { path: show(&raw), kind: 'S' });
         }
         let (parent, name) = rules::split(&path);
-        if parent
-            .split(|&b| b == b'/')
-            .any(|c| c.starts_with(rules::WHITEOUT_PREFIX))
-        {
+        if parent.split(|&b| b == b'/').any(|c| c.starts_with(rules::WHITEOUT_PREFIX)) {
             return Err(LayerError::BadWhiteout { path: show(&raw) });
         }
         match rules::classify_name(name) {
@@ -205,10 +167,7 @@ impl Unpacker<'_> {
         }
         let hdr = entry.header();
         let num = |r: io::Result<u64>| -> Result<u64, LayerError> {
-            r.map_err(|source| LayerError::Entry {
-                path: show(&raw),
-                source,
-            })
+            r.map_err(|source| LayerError::Entry { path: show(&raw), source })
         };
         let mode = u32::try_from(num(hdr.mode().map(u64::from))? & 0o7777).unwrap_or(0);
         let uid = num(hdr.uid())?;
@@ -217,23 +176,22 @@ impl Unpacker<'_> {
             Some(m) => m,
             None => num(hdr.mtime())?,
         };
-        let dev = (
-            num(hdr.device_major().map(|d| u64::from(d.unwrap_or(0))))?,
-            num(hdr.device_minor().map(|d| u64::from(d.unwrap_or(0))))?,
-        );
+        // Device numbers only mean something for device entries; GNU tar
+        // leaves the fields blank on everything else.
+        let dev = if matches!(ty, EntryType::Char | EntryType::Block) {
+            (
+                num(hdr.device_major().map(|d| u64::from(d.unwrap_or(0))))?,
+                num(hdr.device_minor().map(|d| u64::from(d.unwrap_or(0))))?,
+            )
+        } else {
+            (0, 0)
+        };
         let link = entry.link_name_bytes().map(|l| l.into_owned());
-        let xattrs: Vec<_> = pax
-            .xattrs
-            .into_iter()
-            .filter(|(k, _)| rules::classify_xattr(k) == Xattr::Keep)
-            .collect();
+        let xattrs: Vec<_> = pax.xattrs.into_iter().filter(|(k, _)| rules::classify_xattr(k) == Xattr::Keep).collect();
 
         if path.is_empty() {
             if ty != EntryType::Directory {
-                return Err(LayerError::NotADirectory {
-                    path: show(&raw),
-                    parent: ".".into(),
-                });
+                return Err(LayerError::NotADirectory { path: show(&raw), parent: ".".into() });
             }
             self.owner_and_xattrs(&path, &raw, uid, gid, &xattrs)?;
             self.dirs.insert(path, DirMeta { mode, mtime });
@@ -254,12 +212,8 @@ impl Unpacker<'_> {
                 fs::remove_file(&full).map_err(apply_err(&raw, "removing the old entry"))?;
             }
         }
-        let dev32 = |v: u64| {
-            u32::try_from(v).map_err(|_| LayerError::TooLarge {
-                path: show(&raw),
-                field: "device number",
-            })
-        };
+        let dev32 =
+            |v: u64| u32::try_from(v).map_err(|_| LayerError::TooLarge { path: show(&raw), field: "device number" });
         match ty {
             EntryType::Directory => {
                 fs::create_dir(&full).map_err(apply_err(&raw, "creating the directory"))?;
@@ -268,20 +222,14 @@ impl Unpacker<'_> {
                 return Ok(());
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let mut f =
-                    File::create_new(&full).map_err(apply_err(&raw, "creating the file"))?;
+                let mut f = File::create_new(&full).map_err(apply_err(&raw, "creating the file"))?;
                 loop {
-                    let n = entry
-                        .read(&mut self.buf)
-                        .map_err(|source| LayerError::Entry {
-                            path: show(&raw),
-                            source,
-                        })?;
+                    let n =
+                        entry.read(&mut self.buf).map_err(|source| LayerError::Entry { path: show(&raw), source })?;
                     if n == 0 {
                         break;
                     }
-                    f.write_all(&self.buf[..n])
-                        .map_err(apply_err(&raw, "writing the file"))?;
+                    f.write_all(&self.buf[..n]).map_err(apply_err(&raw, "writing the file"))?;
                 }
             }
             EntryType::Symlink => {
@@ -294,17 +242,9 @@ impl Unpacker<'_> {
                 self.parents(&target, &raw, false)?;
                 let src = self.full(&target);
                 match lstat(&src).map_err(apply_err(&raw, "inspecting the link target"))? {
-                    None => {
-                        return Err(LayerError::MissingLinkTarget {
-                            path: show(&raw),
-                            target: show(&target),
-                        })
-                    }
+                    None => return Err(LayerError::MissingLinkTarget { path: show(&raw), target: show(&target) }),
                     Some(m) if m.is_dir() => {
-                        return Err(LayerError::LinkToDirectory {
-                            path: show(&raw),
-                            target: show(&target),
-                        })
+                        return Err(LayerError::LinkToDirectory { path: show(&raw), target: show(&target) })
                     }
                     Some(_) => {}
                 }
@@ -314,34 +254,20 @@ impl Unpacker<'_> {
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (ft, rdev) = match ty {
-                    EntryType::Char if dev == (0, 0) => {
-                        return Err(LayerError::ZeroDevice { path: show(&raw) })
-                    }
-                    EntryType::Char => (
-                        FileType::CharacterDevice,
-                        rustix::fs::makedev(dev32(dev.0)?, dev32(dev.1)?),
-                    ),
-                    EntryType::Block => (
-                        FileType::BlockDevice,
-                        rustix::fs::makedev(dev32(dev.0)?, dev32(dev.1)?),
-                    ),
+                    EntryType::Char if dev == (0, 0) => return Err(LayerError::ZeroDevice { path: show(&raw) }),
+                    EntryType::Char => (FileType::CharacterDevice, rustix::fs::makedev(dev32(dev.0)?, dev32(dev.1)?)),
+                    EntryType::Block => (FileType::BlockDevice, rustix::fs::makedev(dev32(dev.0)?, dev32(dev.1)?)),
                     _ => (FileType::Fifo, 0),
                 };
                 rustix::fs::mknodat(CWD, &full, ft, Mode::from_raw_mode(mode), rdev)
                     .map_err(errno(&raw, "creating the device node"))?;
             }
-            other => {
-                return Err(LayerError::UnsupportedType {
-                    path: show(&raw),
-                    kind: char::from(other.as_byte()),
-                })
-            }
+            other => return Err(LayerError::UnsupportedType { path: show(&raw), kind: char::from(other.as_byte()) }),
         }
         // chown clears setuid bits and capabilities: owner, then mode, then xattrs.
         self.owner(&path, &raw, uid, gid)?;
         if ty != EntryType::Symlink {
-            fs::set_permissions(&full, Permissions::from_mode(mode))
-                .map_err(apply_err(&raw, "setting the mode"))?;
+            fs::set_permissions(&full, Permissions::from_mode(mode)).map_err(apply_err(&raw, "setting the mode"))?;
         }
         self.xattrs(&path, &raw, &xattrs)?;
         rustix::fs::utimensat(CWD, &full, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
@@ -353,26 +279,16 @@ impl Unpacker<'_> {
         if !self.opts.preserve_owners {
             return Ok(());
         }
-        let too = |field| LayerError::TooLarge {
-            path: show(raw),
-            field,
-        };
+        let too = |field| LayerError::TooLarge { path: show(raw), field };
         let uid = u32::try_from(uid).map_err(|_| too("uid"))?;
         let gid = u32::try_from(gid).map_err(|_| too("gid"))?;
-        std::os::unix::fs::lchown(self.full(path), Some(uid), Some(gid))
-            .map_err(apply_err(raw, "setting the owner"))
+        std::os::unix::fs::lchown(self.full(path), Some(uid), Some(gid)).map_err(apply_err(raw, "setting the owner"))
     }
 
-    fn xattrs(
-        &self,
-        path: &[u8],
-        raw: &[u8],
-        xattrs: &[(String, Vec<u8>)],
-    ) -> Result<(), LayerError> {
+    fn xattrs(&self, path: &[u8], raw: &[u8], xattrs: &[(String, Vec<u8>)]) -> Result<(), LayerError> {
         let full = self.full(path);
         for (k, v) in xattrs {
-            rustix::fs::lsetxattr(&full, k.as_str(), v, XattrFlags::empty())
-                .map_err(errno(raw, "setting an xattr"))?;
+            rustix::fs::lsetxattr(&full, k.as_str(), v, XattrFlags::empty()).map_err(errno(raw, "setting an xattr"))?;
         }
         Ok(())
     }
@@ -419,20 +335,10 @@ impl Unpacker<'_> {
             match lstat(&full).map_err(apply_err(&raw, "inspecting"))? {
                 None => fs::create_dir(&full).map_err(apply_err(&raw, "creating the directory"))?,
                 Some(m) if m.is_dir() => {}
-                Some(_) => {
-                    return Err(LayerError::NotADirectory {
-                        path: show(&raw),
-                        parent: show(dir),
-                    })
-                }
+                Some(_) => return Err(LayerError::NotADirectory { path: show(&raw), parent: show(dir) }),
             }
-            rustix::fs::lsetxattr(
-                &full,
-                rules::OVERLAY_OPAQUE_XATTR,
-                b"y",
-                XattrFlags::empty(),
-            )
-            .map_err(errno(&raw, "setting trusted.overlay.opaque"))?;
+            rustix::fs::lsetxattr(&full, rules::OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .map_err(errno(&raw, "setting trusted.overlay.opaque"))?;
         }
         // Deepest first, so setting a parent's mtime is the last change to it.
         let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();
@@ -447,18 +353,15 @@ impl Unpacker<'_> {
             }
             fs::set_permissions(&full, Permissions::from_mode(meta.mode))
                 .map_err(apply_err(&path, "setting the mode"))?;
-            rustix::fs::utimensat(
-                CWD,
-                &full,
-                &timestamps(meta.mtime),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(errno(&path, "setting the mtime"))?;
+            rustix::fs::utimensat(CWD, &full, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(errno(&path, "setting the mtime"))?;
         }
         Ok(())
     }
 }
 
-#[cfg(test)]
+// The guest agent compiles this file too (with cfg `agent`); the tests
+// use host-only helpers.
+#[cfg(all(test, not(agent)))]
 #[path = "unpack_tests.rs"]
 mod tests;

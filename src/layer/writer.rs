@@ -17,20 +17,12 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
+        Self { inner, hasher: Sha256::new(), count: 0 }
     }
 
     /// `("sha256:<hex>", size)` and the inner writer.
     pub(crate) fn finish(self) -> (String, u64, W) {
-        (
-            digest_string(&self.hasher.finalize()),
-            self.count,
-            self.inner,
-        )
+        (digest_string(&self.hasher.finalize()), self.count, self.inner)
     }
 }
 
@@ -127,17 +119,7 @@ struct Ustar<'a> {
 }
 
 fn ustar_block(u: &Ustar<'_>) -> [u8; BLOCK] {
-    let Ustar {
-        name,
-        flag,
-        mode,
-        uid,
-        gid,
-        size,
-        mtime,
-        link,
-        dev,
-    } = *u;
+    let Ustar { name, flag, mode, uid, gid, size, mtime, link, dev } = *u;
     let mut b = [0u8; BLOCK];
     b[..name.len()].copy_from_slice(name);
     put_octal(&mut b[100..108], u64::from(mode));
@@ -161,10 +143,7 @@ fn ustar_block(u: &Ustar<'_>) -> [u8; BLOCK] {
 /// Write an entry's header (preceded by a PAX header when needed). The
 /// caller writes `size` bytes of data and then [`write_padding`].
 pub(crate) fn write_header<W: Write>(out: &mut W, h: &EntryHeader<'_>) -> Result<(), LayerError> {
-    let too_large = |field| LayerError::TooLarge {
-        path: show(h.path),
-        field,
-    };
+    let too_large = |field| LayerError::TooLarge { path: show(h.path), field };
     if u64::from(h.dev.0) > MAX_OCTAL_7 || u64::from(h.dev.1) > MAX_OCTAL_7 {
         return Err(too_large("device number"));
     }
@@ -215,17 +194,7 @@ pub(crate) fn write_header<W: Write>(out: &mut W, h: &EntryHeader<'_>) -> Result
         out.write_all(&pax).map_err(w)?;
         write_padding(out, pax.len() as u64)?;
     }
-    let hb = ustar_block(&Ustar {
-        name,
-        flag: h.flag,
-        mode: h.mode,
-        uid,
-        gid,
-        size,
-        mtime,
-        link,
-        dev: h.dev,
-    });
+    let hb = ustar_block(&Ustar { name, flag: h.flag, mode: h.mode, uid, gid, size, mtime, link, dev: h.dev });
     out.write_all(&hb).map_err(w)
 }
 
@@ -233,8 +202,7 @@ pub(crate) fn write_header<W: Write>(out: &mut W, h: &EntryHeader<'_>) -> Result
 pub(crate) fn write_padding<W: Write>(out: &mut W, size: u64) -> Result<(), LayerError> {
     let rem = usize::try_from(size % BLOCK as u64).unwrap_or(0);
     if rem != 0 {
-        out.write_all(&[0u8; BLOCK][rem..])
-            .map_err(LayerError::Write)?;
+        out.write_all(&[0u8; BLOCK][rem..]).map_err(LayerError::Write)?;
     }
     Ok(())
 }
@@ -262,11 +230,7 @@ mod tests {
         let mut v = Vec::new();
         pax_record(&mut v, b"path", &[b'a'; 91]);
         // 98 + 2 digits would be 100, which needs 3 digits: 101.
-        assert!(
-            v.starts_with(b"101 path="),
-            "{}",
-            String::from_utf8_lossy(&v)
-        );
+        assert!(v.starts_with(b"101 path="), "{}", String::from_utf8_lossy(&v));
         assert_eq!(v.len(), 101);
     }
 

@@ -9,9 +9,7 @@ use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::IoEventAddress;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,14 +67,7 @@ impl std::fmt::Debug for VmConfig {
             .field("cmdline", &self.cmdline)
             .field("mem_mib", &self.mem_mib)
             .field("timeout", &self.timeout)
-            .field(
-                "virtio",
-                &self
-                    .virtio
-                    .iter()
-                    .map(|d| d.device_type())
-                    .collect::<Vec<_>>(),
-            )
+            .field("virtio", &self.virtio.iter().map(|d| d.device_type()).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -103,10 +94,7 @@ impl RunReport {
     }
     /// Time from start to the agent's ready line.
     pub fn ready_at(&self) -> Option<Duration> {
-        self.console
-            .lock()
-            .expect("console log poisoned")
-            .ready_at()
+        self.console.lock().expect("console log poisoned").ready_at()
     }
 }
 
@@ -120,8 +108,7 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 fn kick_signal() -> libc::c_int {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        register_signal_handler(SIGRTMIN(), kick_handler)
-            .expect("registering the vCPU kick signal handler");
+        register_signal_handler(SIGRTMIN(), kick_handler).expect("registering the vCPU kick signal handler");
     });
     SIGRTMIN()
 }
@@ -130,33 +117,20 @@ fn kick_signal() -> libc::c_int {
 pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let start = Instant::now();
     if !(layout::MEM_MIN_MIB..=layout::MEM_MAX_MIB).contains(&config.mem_mib) {
-        return Err(VmmError::MemSize {
-            mib: config.mem_mib,
-            min: layout::MEM_MIN_MIB,
-            max: layout::MEM_MAX_MIB,
-        });
+        return Err(VmmError::MemSize { mib: config.mem_mib, min: layout::MEM_MIN_MIB, max: layout::MEM_MAX_MIB });
     }
     let kvm = kvm::open()?;
 
     // Guest memory is declared before the VM so that it is unmapped after it.
     let mem_bytes = usize::try_from(config.mem_mib << 20).expect("bounded by MEM_MAX_MIB");
     let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes)])
-        .map_err(|source| VmmError::Memory {
-            mib: config.mem_mib,
-            source,
-        })?;
+        .map_err(|source| VmmError::Memory { mib: config.mem_mib, source })?;
 
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(kvm_err("set TSS address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("create in-kernel irqchip"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit)
-        .map_err(kvm_err("create in-kernel PIT"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create in-kernel irqchip"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(kvm_err("create in-kernel PIT"))?;
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: u32::try_from(slot).expect("one region"),
@@ -168,8 +142,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         // SAFETY: the region is a live anonymous mapping of `memory_size`
         // bytes owned by `mem`, which outlives `vm` (declared before it), so
         // KVM never sees the host address after it is unmapped.
-        unsafe { vm.set_user_memory_region(region_desc) }
-            .map_err(kvm_err("register guest memory"))?;
+        unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("register guest memory"))?;
     }
 
     // virtio-mmio devices: one window and one IRQ each, announced on the
@@ -187,10 +160,9 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             )));
         }
         let addr = layout::mmio_device_addr(index);
-        let irq_evt = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| VmmError::Devices(format!("virtio irq eventfd: {e}")))?;
-        vm.register_irqfd(&irq_evt, irq)
-            .map_err(kvm_err("register virtio irqfd"))?;
+        let irq_evt =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Devices(format!("virtio irq eventfd: {e}")))?;
+        vm.register_irqfd(&irq_evt, irq).map_err(kvm_err("register virtio irqfd"))?;
         let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irq_evt))
             .map_err(|e| VmmError::Devices(e.to_string()))?;
         for (queue, evt) in transport.queue_evts().iter().enumerate() {
@@ -198,12 +170,8 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             vm.register_ioevent(evt, &notify, u32::try_from(queue).expect("few queues"))
                 .map_err(kvm_err("register virtio ioeventfd"))?;
         }
-        mmio.insert(
-            Arc::new(Mutex::new(transport)),
-            addr,
-            layout::MMIO_DEVICE_SIZE,
-        )
-        .map_err(|e| VmmError::Devices(e.to_string()))?;
+        mmio.insert(Arc::new(Mutex::new(transport)), addr, layout::MMIO_DEVICE_SIZE)
+            .map_err(|e| VmmError::Devices(e.to_string()))?;
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"));
     }
 
@@ -214,24 +182,16 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let reset = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let (sink, console) = ConsoleSink::new(config.echo, start);
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| VmmError::Devices(format!("serial eventfd: {e}")))?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(kvm_err("register serial irqfd"))?;
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Devices(format!("serial eventfd: {e}")))?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("register serial irqfd"))?;
     let serial = SerialDevice::new(serial_irq, sink);
     let mut pio = Bus::new();
     pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT_BASE, COM1_PORT_LEN)
         .map_err(|e| VmmError::Devices(e.to_string()))?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(reset.clone()))),
-        I8042_PORT_BASE,
-        I8042_PORT_LEN,
-    )
-    .map_err(|e| VmmError::Devices(e.to_string()))?;
+    pio.insert(Arc::new(Mutex::new(I8042::new(reset.clone()))), I8042_PORT_BASE, I8042_PORT_LEN)
+        .map_err(|e| VmmError::Devices(e.to_string()))?;
 
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("get supported CPUID"))?;
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("get supported CPUID"))?;
     let vcpu_fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
     let mut vcpu = Vcpu::new(vcpu_fd, pio, mmio, reset, stop.clone());
     vcpu.configure(&mem, cpuid, entry)?;
@@ -252,11 +212,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         .map_err(VmmError::Thread)?;
 
     // While profiling, kick the vCPU every few milliseconds; otherwise wait.
-    let tick = if profile.is_some() {
-        Duration::from_millis(5)
-    } else {
-        config.timeout
-    };
+    let tick = if profile.is_some() { Duration::from_millis(5) } else { config.timeout };
     let wait = loop {
         let remaining = config.timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(remaining.min(tick)) {
@@ -277,9 +233,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                 match rx.recv_timeout(Duration::from_millis(20)) {
                     Ok(done) => break (done, true),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        break ((GuestExit::Stopped, Vec::new()), true)
-                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break ((GuestExit::Stopped, Vec::new()), true),
                 }
             }
         }
@@ -294,14 +248,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             eprintln!("rootlayer: writing guest profile {}: {e}", path.display());
         }
     }
-    Ok(RunReport {
-        exit,
-        timed_out,
-        wall: start.elapsed(),
-        console,
-        peak_rss_kib,
-        guest_rss_kib,
-    })
+    Ok(RunReport { exit, timed_out, wall: start.elapsed(), console, peak_rss_kib, guest_rss_kib })
 }
 
 /// VmHWM of this process, in KiB.

@@ -10,9 +10,7 @@ const KVM_PATH: &str = "/dev/kvm";
 
 /// Open /dev/kvm and check the capabilities we use.
 pub fn open() -> Result<Kvm, VmmError> {
-    let kvm = Kvm::new().map_err(|e| {
-        VmmError::KvmUnavailable(explain_open_error(Path::new(KVM_PATH), e.errno()))
-    })?;
+    let kvm = Kvm::new().map_err(|e| VmmError::KvmUnavailable(explain_open_error(Path::new(KVM_PATH), e.errno())))?;
     for (cap, name) in [
         (Cap::Irqchip, "in-kernel irqchip"),
         (Cap::Pit2, "in-kernel PIT"),
@@ -22,9 +20,7 @@ pub fn open() -> Result<Kvm, VmmError> {
         (Cap::ExtCpuid, "CPUID2"),
     ] {
         if !kvm.check_extension(cap) {
-            return Err(VmmError::KvmUnavailable(format!(
-                "{KVM_PATH} lacks a capability rootlayer needs: {name}"
-            )));
+            return Err(VmmError::KvmUnavailable(format!("{KVM_PATH} lacks a capability rootlayer needs: {name}")));
         }
     }
     Ok(kvm)
@@ -33,11 +29,13 @@ pub fn open() -> Result<Kvm, VmmError> {
 /// A one-line explanation of why /dev/kvm could not be opened.
 pub fn explain_open_error(path: &Path, errno: i32) -> String {
     match errno {
-        libc::ENOENT => format!("{} does not exist: this machine has no KVM (enable virtualisation, or load the kvm module)", path.display()),
+        libc::ENOENT => format!(
+            "{} does not exist: this machine has no KVM (enable virtualisation, or load the kvm module)",
+            path.display()
+        ),
         libc::EACCES | libc::EPERM => {
-            let group = std::fs::metadata(path)
-                .ok()
-                .and_then(|m| group_name(m.gid()).or_else(|| Some(m.gid().to_string())));
+            let group =
+                std::fs::metadata(path).ok().and_then(|m| group_name(m.gid()).or_else(|| Some(m.gid().to_string())));
             match group {
                 Some(g) if g != "root" && g != "0" => format!(
                     "{} is not accessible to this user: join group '{g}' (e.g. `sudo usermod -aG {g} $USER`, then log in again)",

@@ -20,17 +20,11 @@ pub enum VmmError {
     #[error("{0}")]
     KvmUnavailable(String),
     #[error("KVM: {what}")]
-    Kvm {
-        what: &'static str,
-        source: kvm_ioctls::Error,
-    },
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
     #[error("guest memory of {mib} MiB is out of range ({min}..={max} MiB)")]
     MemSize { mib: u64, min: u64, max: u64 },
     #[error("allocating {mib} MiB of guest memory")]
-    Memory {
-        mib: u64,
-        source: vm_memory::mmap::FromRangesError,
-    },
+    Memory { mib: u64, source: vm_memory::mmap::FromRangesError },
     #[error(transparent)]
     Boot(#[from] arch::boot::BootError),
     #[error(transparent)]

@@ -31,11 +31,7 @@ pub enum GuestExit {
     /// KVM_EXIT_SYSTEM_EVENT of this type (shutdown, reset, crash).
     SystemEvent(u32),
     /// KVM could not run or emulate an instruction.
-    InternalError {
-        suberror: u32,
-        rip: u64,
-        code: Option<Vec<u8>>,
-    },
+    InternalError { suberror: u32, rip: u64, code: Option<Vec<u8>> },
     /// VM entry failed (hardware reason code).
     FailEntry(u64),
     /// The host asked the vCPU to stop (timeout or signal).
@@ -51,16 +47,8 @@ impl std::fmt::Display for GuestExit {
             GuestExit::Halted => write!(f, "guest halted"),
             GuestExit::TripleFault => write!(f, "guest triple fault"),
             GuestExit::SystemEvent(t) => write!(f, "guest system event {t}"),
-            GuestExit::InternalError {
-                suberror,
-                rip,
-                code,
-            } => {
-                let what = if *suberror == SUBERROR_EMULATION {
-                    "emulation failure"
-                } else {
-                    "internal error"
-                };
+            GuestExit::InternalError { suberror, rip, code } => {
+                let what = if *suberror == SUBERROR_EMULATION { "emulation failure" } else { "internal error" };
                 write!(f, "KVM {what} (suberror {suberror}) at rip {rip:#x}")?;
                 match code {
                     Some(bytes) => {
@@ -72,11 +60,7 @@ impl std::fmt::Display for GuestExit {
             }
             GuestExit::FailEntry(r) => write!(f, "VM entry failed (reason {r:#x})"),
             GuestExit::Stopped => write!(f, "stopped by the host"),
-            GuestExit::RunFailed(e) => write!(
-                f,
-                "KVM_RUN failed: {}",
-                std::io::Error::from_raw_os_error(*e)
-            ),
+            GuestExit::RunFailed(e) => write!(f, "KVM_RUN failed: {}", std::io::Error::from_raw_os_error(*e)),
         }
     }
 }
@@ -98,21 +82,8 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 }
 
 impl Vcpu {
-    pub fn new(
-        fd: VcpuFd,
-        pio: Bus,
-        mmio: Bus,
-        reset: Arc<AtomicBool>,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
-        Self {
-            fd,
-            pio,
-            mmio,
-            reset,
-            stop,
-            samples: None,
-        }
+    pub fn new(fd: VcpuFd, pio: Bus, mmio: Bus, reset: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Self {
+        Self { fd, pio, mmio, reset, stop, samples: None }
     }
 
     /// Record the guest's instruction pointer every time the host kicks the
@@ -127,36 +98,20 @@ impl Vcpu {
     }
 
     /// CPUID, registers, FPU and local APIC for the kernel entry point.
-    pub fn configure(
-        &self,
-        mem: &GuestMemoryMmap,
-        mut cpuid: CpuId,
-        entry: EntryPoint,
-    ) -> Result<(), VmmError> {
+    pub fn configure(&self, mem: &GuestMemoryMmap, mut cpuid: CpuId, entry: EntryPoint) -> Result<(), VmmError> {
         cpuid::filter(cpuid.as_mut_slice());
         self.fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-        let sregs = self
-            .fd
-            .get_sregs()
-            .map_err(kvm_err("get special registers"))?;
+        let sregs = self.fd.get_sregs().map_err(kvm_err("get special registers"))?;
         let sregs = regs::setup_sregs(mem, entry.mode, sregs)?;
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(kvm_err("set special registers"))?;
-        self.fd
-            .set_regs(&regs::boot_regs(entry.mode, entry.addr.0))
-            .map_err(kvm_err("set registers"))?;
-        self.fd
-            .set_fpu(&regs::boot_fpu())
-            .map_err(kvm_err("set FPU"))?;
+        self.fd.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
+        self.fd.set_regs(&regs::boot_regs(entry.mode, entry.addr.0)).map_err(kvm_err("set registers"))?;
+        self.fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))?;
         // LINT0 delivers the 8259's interrupts (ExtINT), LINT1 NMIs, as the
         // BIOS would leave them.
         let mut lapic = self.fd.get_lapic().map_err(kvm_err("get local APIC"))?;
         set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
         set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
-        self.fd
-            .set_lapic(&lapic)
-            .map_err(kvm_err("set local APIC"))?;
+        self.fd.set_lapic(&lapic).map_err(kvm_err("set local APIC"))?;
         Ok(())
     }
 
@@ -216,11 +171,7 @@ impl Vcpu {
         };
         let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
         let code = self.read_code(mem, rip);
-        GuestExit::InternalError {
-            suberror,
-            rip,
-            code,
-        }
+        GuestExit::InternalError { suberror, rip, code }
     }
 
     /// The 16 bytes at the guest's current instruction, through its page
@@ -233,8 +184,7 @@ impl Vcpu {
             return None;
         }
         let mut buf = vec![0u8; 16];
-        mem.read_slice(&mut buf, GuestAddress(tr.physical_address))
-            .ok()?;
+        mem.read_slice(&mut buf, GuestAddress(tr.physical_address)).ok()?;
         Some(buf)
     }
 }
@@ -268,11 +218,11 @@ mod tests {
 
     #[test]
     fn emulation_failure_prints_the_instruction_bytes() {
-        let e = GuestExit::InternalError {
-            suberror: 1,
-            rip: 0xffff_ffff_8100_0000,
-            code: Some(vec![0x0f, 0x01, 0xca]),
-        };
-        assert_eq!(e.to_string(), "KVM emulation failure (suberror 1) at rip 0xffffffff81000000, instruction bytes: 0f 01 ca");
+        let e =
+            GuestExit::InternalError { suberror: 1, rip: 0xffff_ffff_8100_0000, code: Some(vec![0x0f, 0x01, 0xca]) };
+        assert_eq!(
+            e.to_string(),
+            "KVM emulation failure (suberror 1) at rip 0xffffffff81000000, instruction bytes: 0f 01 ca"
+        );
     }
 }

@@ -16,10 +16,7 @@ use rootlayer::image::{BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat,
 use sha2::{Digest, Sha256};
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn diff_id(data: &[u8]) -> String {
@@ -111,10 +108,7 @@ pub fn docker_archive_files(images: &[(&[&str], &[Vec<u8>])]) -> Vec<(String, Ve
             "Config": config_name, "RepoTags": tags, "Layers": paths,
         }));
     }
-    files.push((
-        "manifest.json".into(),
-        serde_json::to_vec(&manifest).unwrap(),
-    ));
+    files.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
     files
 }
 
@@ -199,11 +193,7 @@ pub fn run(cmd: &mut Command) -> String {
 pub fn new_layer(dir: &Path, name: &str, tar: &[u8]) -> NewLayer {
     let path = dir.join(name);
     fs::write(&path, tar).unwrap();
-    NewLayer {
-        tar: path,
-        diff_id: diff_id(tar).parse().unwrap(),
-        size: tar.len() as u64,
-    }
+    NewLayer { tar: path, diff_id: diff_id(tar).parse().unwrap(), size: tar.len() as u64 }
 }
 
 pub fn meta() -> ImageMeta {
@@ -257,18 +247,12 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let md = fs::symlink_metadata(&p).unwrap();
             if md.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    format!("link {}", fs::read_link(&p).unwrap().display()),
-                );
+                out.insert(rel, format!("link {}", fs::read_link(&p).unwrap().display()));
             } else if md.is_dir() {
                 out.insert(rel, format!("dir {:o}", md.permissions().mode() & 0o7777));
                 walk(root, &p, out);
             } else {
-                out.insert(
-                    rel,
-                    format!("file {}", String::from_utf8_lossy(&fs::read(&p).unwrap())),
-                );
+                out.insert(rel, format!("file {}", String::from_utf8_lossy(&fs::read(&p).unwrap())));
             }
         }
     }
@@ -284,11 +268,7 @@ pub fn is_root() -> bool {
 
 /// `umoci unpack`s `layout:tag` into a fresh bundle and returns its rootfs.
 pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
-    run(Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:{tag}", layout.display()))
-        .arg(bundle));
+    run(Command::new("umoci").arg("unpack").arg("--image").arg(format!("{}:{tag}", layout.display())).arg(bundle));
     bundle.join("rootfs")
 }
 

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+#[allow(dead_code)]
+pub mod image;
+pub mod runas;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -16,9 +20,7 @@ pub struct Guest {
 fn cache_dir() -> PathBuf {
     std::env::var_os("ROOTLAYER_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/rootlayer")
-        })
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/rootlayer"))
 }
 
 /// The guest to boot. Returns None (after printing why) when this machine
@@ -38,10 +40,7 @@ pub fn guest(test: &str) -> Option<Guest> {
         .unwrap_or_else(|| cache_dir().join("initramfs/current.cpio"));
     for p in [&kernel, &initrd] {
         if !p.exists() {
-            let msg = format!(
-                "{} not found (run scripts/build-kernel and scripts/build-initramfs)",
-                p.display()
-            );
+            let msg = format!("{} not found (run scripts/build-kernel and scripts/build-initramfs)", p.display());
             if std::env::var_os("ROOTLAYER_REQUIRE_VM").is_some() {
                 panic!("{test}: {msg}");
             }

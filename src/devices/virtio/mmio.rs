@@ -62,11 +62,7 @@ pub enum MmioError {
 impl MmioTransport {
     /// Wrap `device`. `interrupt` is its IRQ line; the returned transport
     /// owns one notification eventfd per queue (see [`Self::queue_evts`]).
-    pub fn new(
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
-        interrupt: Interrupt,
-    ) -> Result<Self, MmioError> {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, interrupt: Interrupt) -> Result<Self, MmioError> {
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for &size in device.queue_max_sizes() {
@@ -99,8 +95,7 @@ impl MmioTransport {
     pub const NOTIFY_OFFSET: u64 = 0x50;
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues
-            .get_mut(usize::try_from(self.queue_select).ok()?)
+        self.queues.get_mut(usize::try_from(self.queue_select).ok()?)
     }
 
     fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
@@ -141,8 +136,7 @@ impl MmioTransport {
         let new = value & !self.status;
         if new & STATUS_FEATURES_OK != 0 {
             let offered = self.device.features();
-            let ok = self.acked_features & !offered == 0
-                && self.acked_features & VIRTIO_F_VERSION_1 != 0;
+            let ok = self.acked_features & !offered == 0 && self.acked_features & VIRTIO_F_VERSION_1 != 0;
             if !ok {
                 // Leave FEATURES_OK clear: the driver reads it back and fails.
                 self.status = value & !STATUS_FEATURES_OK;
@@ -157,21 +151,13 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         let needed = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-        let all_valid = self
-            .queues
-            .iter()
-            .all(|q| q.ready() && q.is_valid(&self.mem));
+        let all_valid = self.queues.iter().all(|q| q.ready() && q.is_valid(&self.mem));
         if self.status & needed != needed || !all_valid {
             self.status |= STATUS_NEEDS_RESET;
             let _ = self.interrupt.signal_config_change();
             return;
         }
-        let queue_evts = match self
-            .queue_evts
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-        {
+        let queue_evts = match self.queue_evts.iter().map(EventFd::try_clone).collect::<Result<Vec<_>, _>>() {
             Ok(e) => e,
             Err(_) => {
                 self.status |= STATUS_NEEDS_RESET;
@@ -179,12 +165,7 @@ impl MmioTransport {
             }
         };
         // The device gets its own copies of the validated queue state.
-        let queues = match self
-            .queues
-            .iter()
-            .map(|q| Queue::try_from(q.state()))
-            .collect::<Result<Vec<_>, _>>()
-        {
+        let queues = match self.queues.iter().map(|q| Queue::try_from(q.state())).collect::<Result<Vec<_>, _>>() {
             Ok(q) => q,
             Err(_) => {
                 self.status |= STATUS_NEEDS_RESET;
@@ -201,10 +182,7 @@ impl MmioTransport {
         match self.device.activate(ctx) {
             Ok(()) => self.activated = true,
             Err(e) => {
-                eprintln!(
-                    "rootlayer: virtio device {} failed to start: {e}",
-                    self.device.device_type()
-                );
+                eprintln!("rootlayer: virtio device {} failed to start: {e}", self.device.device_type());
                 self.status |= STATUS_NEEDS_RESET;
                 let _ = self.interrupt.signal_config_change();
             }
@@ -212,9 +190,7 @@ impl MmioTransport {
     }
 
     fn read_reg(&self, offset: u64) -> u32 {
-        let q = usize::try_from(self.queue_select)
-            .ok()
-            .and_then(|i| self.queues.get(i));
+        let q = usize::try_from(self.queue_select).ok().and_then(|i| self.queues.get(i));
         match offset {
             0x00 => MMIO_MAGIC_VALUE,
             0x04 => MMIO_VERSION,
@@ -358,11 +334,7 @@ mod tests {
         w(t, 0x20, features_lo);
         w(t, 0x24, 1);
         w(t, 0x20, features_hi);
-        w(
-            t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     }
 
     fn setup_queue(t: &mut MmioTransport) {
@@ -396,15 +368,8 @@ mod tests {
         negotiate(&mut t, 1, 0b100);
         assert_ne!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
         setup_queue(&mut t);
-        w(
-            &mut t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
-        assert_eq!(
-            *activated.lock().unwrap(),
-            Some((1, VIRTIO_F_VERSION_1 | 0b100))
-        );
+        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(*activated.lock().unwrap(), Some((1, VIRTIO_F_VERSION_1 | 0b100)));
         assert_eq!(r(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
     }
 
@@ -412,18 +377,10 @@ mod tests {
     fn refuses_features_not_offered_or_without_version_1() {
         let (mut t, ..) = setup();
         negotiate(&mut t, 1, 0b010);
-        assert_eq!(
-            r(&mut t, 0x70) & STATUS_FEATURES_OK,
-            0,
-            "bit 1 was not offered"
-        );
+        assert_eq!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0, "bit 1 was not offered");
         w(&mut t, 0x70, 0);
         negotiate(&mut t, 0, 0b001);
-        assert_eq!(
-            r(&mut t, 0x70) & STATUS_FEATURES_OK,
-            0,
-            "legacy driver refused"
-        );
+        assert_eq!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0, "legacy driver refused");
     }
 
     #[test]
@@ -437,11 +394,7 @@ mod tests {
         w(&mut t, 0x90, 0x2000);
         w(&mut t, 0xa0, 0x3000);
         w(&mut t, 0x44, 1);
-        w(
-            &mut t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
+        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         assert!(activated.lock().unwrap().is_none());
         assert_ne!(r(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
     }
@@ -460,16 +413,8 @@ mod tests {
         w(&mut t, 0x90, 0x2000);
         w(&mut t, 0xa0, 0x3000);
         w(&mut t, 0x44, 1);
-        w(
-            &mut t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
-        assert_eq!(
-            *activated.lock().unwrap(),
-            Some((1, VIRTIO_F_VERSION_1)),
-            "queue kept its valid size 16"
-        );
+        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(*activated.lock().unwrap(), Some((1, VIRTIO_F_VERSION_1)), "queue kept its valid size 16");
     }
 
     #[test]
@@ -477,11 +422,7 @@ mod tests {
         let (mut t, _, resets) = setup();
         negotiate(&mut t, 1, 0);
         setup_queue(&mut t);
-        w(
-            &mut t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
+        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         w(&mut t, 0x50, 0);
         assert_eq!(t.queue_evts()[0].read().unwrap(), 1);
         w(&mut t, 0x50, 9); // no such queue: ignored

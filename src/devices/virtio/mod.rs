@@ -42,10 +42,7 @@ pub struct Interrupt {
 
 impl Interrupt {
     pub fn new(evt: EventFd) -> Self {
-        Self {
-            status: Arc::new(AtomicU32::new(0)),
-            evt: Arc::new(evt),
-        }
+        Self { status: Arc::new(AtomicU32::new(0)), evt: Arc::new(evt) }
     }
 
     /// Tell the driver that used rings have new entries.

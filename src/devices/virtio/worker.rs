@@ -27,47 +27,34 @@ impl Worker {
         let stop_token = queue_evts.len() as u64;
         let epoll = Epoll::new()?;
         for (i, evt) in queue_evts.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                evt.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
+            epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))?;
         }
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, stop_token),
-        )?;
+        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, stop_token))?;
         let thread_stop = stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let _keep = thread_stop;
-                let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => return,
-                    };
-                    for ev in &events[..n] {
-                        let token = ev.data();
-                        if token == stop_token {
-                            return;
-                        }
-                        let index = usize::try_from(token).expect("queue index");
-                        // Drain the counter; several notifications are one pass.
-                        let _ = queue_evts[index].read();
-                        if !handle(index) {
-                            return;
-                        }
+        let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            let _keep = thread_stop;
+            let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
+            loop {
+                let n = match epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                for ev in &events[..n] {
+                    let token = ev.data();
+                    if token == stop_token {
+                        return;
+                    }
+                    let index = usize::try_from(token).expect("queue index");
+                    // Drain the counter; several notifications are one pass.
+                    let _ = queue_evts[index].read();
+                    if !handle(index) {
+                        return;
                     }
                 }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(Self { stop, thread: Some(thread) })
     }
 }
 
@@ -88,9 +75,7 @@ mod tests {
 
     #[test]
     fn calls_the_handler_with_the_notified_queue_and_stops_on_drop() {
-        let evts: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-            .collect();
+        let evts: Vec<EventFd> = (0..2).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect();
         let kick: Vec<EventFd> = evts.iter().map(|e| e.try_clone().unwrap()).collect();
         let (tx, rx) = mpsc::channel();
         let worker = Worker::spawn("test-worker", evts, move |q| tx.send(q).is_ok()).unwrap();
@@ -100,9 +85,6 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 0);
         drop(worker);
         kick[0].write(1).unwrap();
-        assert!(
-            rx.recv_timeout(Duration::from_millis(200)).is_err(),
-            "no calls after stop"
-        );
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "no calls after stop");
     }
 }

@@ -5,9 +5,7 @@
 use super::layout::*;
 use super::regs::EntryMode;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::elf::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{bzimage::BzImage, load_cmdline, Cmdline, KernelLoader};
 use std::fs::File;
@@ -29,24 +27,13 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("cannot open kernel {path}")]
-    OpenKernel {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} is not a kernel this VMM can boot (neither an x86_64 ELF vmlinux nor a bzImage)"
-    )]
+    OpenKernel { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a kernel this VMM can boot (neither an x86_64 ELF vmlinux nor a bzImage)")]
     NotAKernel { path: PathBuf },
     #[error("loading kernel {path}: {source}")]
-    LoadKernel {
-        path: PathBuf,
-        source: linux_loader::loader::Error,
-    },
+    LoadKernel { path: PathBuf, source: linux_loader::loader::Error },
     #[error("cannot read initramfs {path}")]
-    ReadInitrd {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadInitrd { path: PathBuf, source: std::io::Error },
     #[error("initramfs {path} ({size} bytes) does not fit in guest memory above the kernel")]
     InitrdTooBig { path: PathBuf, size: u64 },
     #[error("kernel command line: {0}")]
@@ -70,15 +57,8 @@ enum KernelFormat {
 
 fn sniff(file: &mut File, path: &Path) -> Result<KernelFormat, BootError> {
     let mut head = [0u8; 0x208];
-    let n = read_up_to(file, &mut head).map_err(|source| BootError::OpenKernel {
-        path: path.into(),
-        source,
-    })?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|source| BootError::OpenKernel {
-            path: path.into(),
-            source,
-        })?;
+    let n = read_up_to(file, &mut head).map_err(|source| BootError::OpenKernel { path: path.into(), source })?;
+    file.seek(SeekFrom::Start(0)).map_err(|source| BootError::OpenKernel { path: path.into(), source })?;
     if n >= 4 && head[..4] == *b"\x7fELF" {
         return Ok(KernelFormat::Elf);
     }
@@ -108,50 +88,29 @@ pub fn load(
     initrd: Option<&Path>,
     cmdline: &str,
 ) -> Result<EntryPoint, BootError> {
-    let mut file = File::open(kernel).map_err(|source| BootError::OpenKernel {
-        path: kernel.into(),
-        source,
-    })?;
+    let mut file = File::open(kernel).map_err(|source| BootError::OpenKernel { path: kernel.into(), source })?;
     let format = sniff(&mut file, kernel)?;
     let high = Some(GuestAddress(HIMEM_START));
-    let load_err = |source| BootError::LoadKernel {
-        path: kernel.into(),
-        source,
-    };
+    let load_err = |source| BootError::LoadKernel { path: kernel.into(), source };
     let (entry, setup_header, kernel_end) = match format {
         KernelFormat::Elf => {
             let r = Elf::load(mem, None, &mut file, high).map_err(load_err)?;
             let entry = match r.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => EntryPoint {
-                    mode: EntryMode::Pvh,
-                    addr,
-                },
-                _ => EntryPoint {
-                    mode: EntryMode::Long,
-                    addr: r.kernel_load,
-                },
+                PvhBootCapability::PvhEntryPresent(addr) => EntryPoint { mode: EntryMode::Pvh, addr },
+                _ => EntryPoint { mode: EntryMode::Long, addr: r.kernel_load },
             };
             (entry, None, r.kernel_end)
         }
         KernelFormat::BzImage => {
             let r = BzImage::load(mem, None, &mut file, high).map_err(load_err)?;
             let addr = r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET);
-            (
-                EntryPoint {
-                    mode: EntryMode::Long,
-                    addr,
-                },
-                r.setup_header,
-                r.kernel_end,
-            )
+            (EntryPoint { mode: EntryMode::Long, addr }, r.setup_header, r.kernel_end)
         }
     };
 
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    cl.insert_str(cmdline)
-        .map_err(|e| BootError::Cmdline(format!("{e} (at most {} bytes)", CMDLINE_MAX_SIZE - 1)))?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cl.insert_str(cmdline).map_err(|e| BootError::Cmdline(format!("{e} (at most {} bytes)", CMDLINE_MAX_SIZE - 1)))?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Cmdline(e.to_string()))?;
     let cmdline_size = u32::try_from(cmdline.len() + 1).expect("bounded by CMDLINE_MAX_SIZE");
 
     let ramdisk = match initrd {
@@ -169,37 +128,17 @@ pub fn load(
 
 /// Place the initramfs at the top of RAM (page aligned, below what the boot
 /// protocol can address) and return (address, size).
-fn load_initrd(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    kernel_end: u64,
-) -> Result<(u64, u64), BootError> {
-    let mut f = File::open(path).map_err(|source| BootError::ReadInitrd {
-        path: path.into(),
-        source,
-    })?;
-    let size = f
-        .metadata()
-        .map_err(|source| BootError::ReadInitrd {
-            path: path.into(),
-            source,
-        })?
-        .len();
+fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64), BootError> {
+    let mut f = File::open(path).map_err(|source| BootError::ReadInitrd { path: path.into(), source })?;
+    let size = f.metadata().map_err(|source| BootError::ReadInitrd { path: path.into(), source })?.len();
     let top = (mem.last_addr().raw_value() + 1).min(INITRD_ADDR_MAX + 1);
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
         .filter(|a| *a >= kernel_end.max(HIMEM_START))
-        .ok_or(BootError::InitrdTooBig {
-            path: path.into(),
-            size,
-        })?;
-    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig {
-        path: path.into(),
-        size,
-    })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, len)
-        .map_err(BootError::Memory)?;
+        .ok_or(BootError::InitrdTooBig { path: path.into(), size })?;
+    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig { path: path.into(), size })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, len).map_err(BootError::Memory)?;
     Ok((addr, size))
 }
 
@@ -213,22 +152,12 @@ fn e820_map(mem_end: u64) -> [(u64, u64, u32); 3] {
     ]
 }
 
-fn write_pvh_info(
-    mem: &GuestMemoryMmap,
-    mem_end: u64,
-    ramdisk: Option<(u64, u64)>,
-) -> Result<(), BootError> {
+fn write_pvh_info(mem: &GuestMemoryMmap, mem_end: u64, ramdisk: Option<(u64, u64)>) -> Result<(), BootError> {
     let map = e820_map(mem_end);
     for (i, (addr, size, type_)) in map.iter().enumerate() {
-        let e = hvm_memmap_table_entry {
-            addr: *addr,
-            size: *size,
-            type_: *type_,
-            reserved: 0,
-        };
+        let e = hvm_memmap_table_entry { addr: *addr, size: *size, type_: *type_, reserved: 0 };
         let at = PVH_MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-        mem.write_obj(e, GuestAddress(at))
-            .map_err(BootError::Memory)?;
+        mem.write_obj(e, GuestAddress(at)).map_err(BootError::Memory)?;
     }
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
@@ -239,18 +168,12 @@ fn write_pvh_info(
         ..Default::default()
     };
     if let Some((paddr, size)) = ramdisk {
-        let module = hvm_modlist_entry {
-            paddr,
-            size,
-            ..Default::default()
-        };
-        mem.write_obj(module, GuestAddress(PVH_MODLIST_START))
-            .map_err(BootError::Memory)?;
+        let module = hvm_modlist_entry { paddr, size, ..Default::default() };
+        mem.write_obj(module, GuestAddress(PVH_MODLIST_START)).map_err(BootError::Memory)?;
         info.nr_modules = 1;
         info.modlist_paddr = PVH_MODLIST_START;
     }
-    mem.write_obj(info, GuestAddress(PVH_INFO_START))
-        .map_err(BootError::Memory)
+    mem.write_obj(info, GuestAddress(PVH_INFO_START)).map_err(BootError::Memory)
 }
 
 fn write_zero_page(
@@ -276,15 +199,10 @@ fn write_zero_page(
         params.hdr.ramdisk_size = u32::try_from(size).expect("below INITRD_ADDR_MAX");
     }
     for (i, (addr, size, type_)) in e820_map(mem_end).iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry {
-            addr: *addr,
-            size: *size,
-            type_: *type_,
-        };
+        params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, type_: *type_ };
         params.e820_entries = u8::try_from(i + 1).expect("3 entries");
     }
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
-        .map_err(BootError::Memory)
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_START)).map_err(BootError::Memory)
 }
 
 #[cfg(test)]
@@ -304,17 +222,13 @@ mod tests {
         let err = load(&mem(64), &p, None, "console=ttyS0").unwrap_err();
         assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
         let missing = dir.join("missing");
-        assert!(matches!(
-            load(&mem(64), &missing, None, "").unwrap_err(),
-            BootError::OpenKernel { .. }
-        ));
+        assert!(matches!(load(&mem(64), &missing, None, "").unwrap_err(), BootError::OpenKernel { .. }));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn initrd_goes_page_aligned_to_the_top_of_ram() {
-        let dir =
-            std::env::temp_dir().join(format!("rootlayer-initrd-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("rootlayer-initrd-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("initrd");
         std::fs::write(&p, vec![0xabu8; 5000]).unwrap();
@@ -327,10 +241,7 @@ mod tests {
         let b: u8 = m.read_obj(GuestAddress(addr + 4999)).unwrap();
         assert_eq!(b, 0xab);
         // Overlapping the kernel is refused.
-        assert!(matches!(
-            load_initrd(&m, &p, 64 << 20).unwrap_err(),
-            BootError::InitrdTooBig { .. }
-        ));
+        assert!(matches!(load_initrd(&m, &p, 64 << 20).unwrap_err(), BootError::InitrdTooBig { .. }));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

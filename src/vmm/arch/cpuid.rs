@@ -51,10 +51,8 @@ const KVM_FEATURE_CLOCKSOURCE: u32 = 1 << 0;
 const KVM_FEATURE_NOP_IO_DELAY: u32 = 1 << 1;
 const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
 const KVM_FEATURE_CLOCKSOURCE_STABLE_BIT: u32 = 1 << 24;
-const KVM_FEATURES_KEPT: u32 = KVM_FEATURE_CLOCKSOURCE
-    | KVM_FEATURE_NOP_IO_DELAY
-    | KVM_FEATURE_CLOCKSOURCE2
-    | KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
+const KVM_FEATURES_KEPT: u32 =
+    KVM_FEATURE_CLOCKSOURCE | KVM_FEATURE_NOP_IO_DELAY | KVM_FEATURE_CLOCKSOURCE2 | KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
 
 /// Filter KVM's supported CPUID in place for our single-vCPU guest.
 ///
@@ -117,15 +115,7 @@ mod tests {
         ];
         filter(&mut e);
         let ecx1 = e[0].ecx;
-        for bit in [
-            ECX_CX16,
-            ECX_POPCNT,
-            ECX_XSAVE,
-            ECX_OSXSAVE,
-            ECX_AVX,
-            ECX_RDRAND,
-            ECX_PCID,
-        ] {
+        for bit in [ECX_CX16, ECX_POPCNT, ECX_XSAVE, ECX_OSXSAVE, ECX_AVX, ECX_RDRAND, ECX_PCID] {
             assert_eq!(ecx1 & bit, 0, "leaf 1 ecx bit {bit:#x} kept");
         }
         assert_ne!(ecx1 & (1 << 0), 0, "SSE3 must stay");
@@ -134,13 +124,7 @@ mod tests {
         assert_eq!((e[0].ebx >> 16) & 0xff, 1, "one logical processor");
         assert_eq!((e[0].ebx >> 8) & 0xff, 0x08, "CLFLUSH line size kept");
         for leaf in &e[1..4] {
-            assert_eq!(
-                [leaf.eax, leaf.ebx, leaf.ecx, leaf.edx],
-                [0; 4],
-                "leaf {:#x}.{}",
-                leaf.function,
-                leaf.index
-            );
+            assert_eq!([leaf.eax, leaf.ebx, leaf.ecx, leaf.edx], [0; 4], "leaf {:#x}.{}", leaf.function, leaf.index);
         }
         assert_eq!(e[4].eax, KVM_FEATURES_KEPT);
         assert_eq!(e[5].edx & EXT_EDX_RDTSCP, 0);

@@ -34,10 +34,7 @@ const MP_SPEC_REV: u8 = 4;
 pub struct MpTableError(#[source] vm_memory::GuestMemoryError);
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes
-        .iter()
-        .fold(0u8, |a, b| a.wrapping_add(*b))
-        .wrapping_neg()
+    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
 }
 
 /// The bytes of the table for one boot CPU, to be placed at `base`.
@@ -52,21 +49,12 @@ pub fn build(base: u64) -> Vec<u8> {
 
     // Processor: APIC ID 0, enabled, boot processor; signature and feature
     // flags left 0 (Linux reads them from CPUID).
-    let mut cpu = vec![
-        ENTRY_PROCESSOR,
-        0,
-        APIC_VERSION,
-        CPU_ENABLED | CPU_BOOTPROCESSOR,
-    ];
+    let mut cpu = vec![ENTRY_PROCESSOR, 0, APIC_VERSION, CPU_ENABLED | CPU_BOOTPROCESSOR];
     cpu.extend_from_slice(&[0u8; 16]);
     push(&cpu);
     push(&[ENTRY_BUS, BUS_ISA, b'I', b'S', b'A', b' ', b' ', b' ']);
     let mut ioapic = vec![ENTRY_IOAPIC, IOAPIC_ID, IOAPIC_VERSION, 1];
-    ioapic.extend_from_slice(
-        &u32::try_from(IOAPIC_ADDR)
-            .expect("below 4 GiB")
-            .to_le_bytes(),
-    );
+    ioapic.extend_from_slice(&u32::try_from(IOAPIC_ADDR).expect("below 4 GiB").to_le_bytes());
     push(&ioapic);
     // ISA IRQ n -> I/O APIC pin n, bus-default polarity and trigger.
     for pin in 0..IOAPIC_PINS {
@@ -87,11 +75,7 @@ pub fn build(base: u64) -> Vec<u8> {
     mpc.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     mpc.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     mpc.extend_from_slice(&count.to_le_bytes());
-    mpc.extend_from_slice(
-        &u32::try_from(LAPIC_ADDR)
-            .expect("below 4 GiB")
-            .to_le_bytes(),
-    );
+    mpc.extend_from_slice(&u32::try_from(LAPIC_ADDR).expect("below 4 GiB").to_le_bytes());
     mpc.extend_from_slice(&0u32.to_le_bytes()); // extended table length + checksum + reserved
     debug_assert_eq!(mpc.len(), MPC_HEADER_SIZE);
     mpc.extend_from_slice(&entries);
@@ -112,8 +96,7 @@ pub fn build(base: u64) -> Vec<u8> {
 
 /// Write the table at the start of the EBDA (reserved in the e820 map).
 pub fn write<M: GuestMemory>(mem: &M) -> Result<(), MpTableError> {
-    mem.write_slice(&build(EBDA_START), GuestAddress(EBDA_START))
-        .map_err(MpTableError)
+    mem.write_slice(&build(EBDA_START), GuestAddress(EBDA_START)).map_err(MpTableError)
 }
 
 #[cfg(test)]
@@ -157,9 +140,6 @@ mod tests {
         }
         assert_eq!(off, mpc.len());
         assert_eq!(pins, (0..IOAPIC_PINS).collect::<Vec<_>>());
-        assert!(
-            EBDA_START + t.len() as u64 <= 0xa0000,
-            "table stays inside the EBDA"
-        );
+        assert!(EBDA_START + t.len() as u64 <= 0xa0000, "table stays inside the EBDA");
     }
 }

@@ -49,8 +49,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// The KVM segment register equivalent of GDT entry `entry` at `index`.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
-    let mut limit =
-        u32::try_from((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)).expect("20-bit limit");
+    let mut limit = u32::try_from((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)).expect("20-bit limit");
     let g = ((entry >> 55) & 1) as u8;
     if g == 1 {
         limit = (limit << 12) | 0xfff;
@@ -76,36 +75,22 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
 pub fn boot_gdt(mode: EntryMode) -> [u64; 4] {
     match mode {
         // 32-bit flat code (D=1, G=1), flat data, TSS.
-        EntryMode::Pvh => [
-            0,
-            gdt_entry(0xc09b, 0, 0xfffff),
-            gdt_entry(0xc093, 0, 0xfffff),
-            gdt_entry(0x008b, 0, 0x67),
-        ],
+        EntryMode::Pvh => [0, gdt_entry(0xc09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x008b, 0, 0x67)],
         // 64-bit code (L=1), flat data, TSS.
-        EntryMode::Long => [
-            0,
-            gdt_entry(0xa09b, 0, 0xfffff),
-            gdt_entry(0xc093, 0, 0xfffff),
-            gdt_entry(0x808b, 0, 0xfffff),
-        ],
+        EntryMode::Long => {
+            [0, gdt_entry(0xa09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x808b, 0, 0xfffff)]
+        }
     }
 }
 
 /// Write the GDT and (for the 64-bit protocol) the identity page tables, and
 /// return the special registers to load.
-pub fn setup_sregs<M: GuestMemory>(
-    mem: &M,
-    mode: EntryMode,
-    mut sregs: kvm_sregs,
-) -> Result<kvm_sregs, RegsError> {
+pub fn setup_sregs<M: GuestMemory>(mem: &M, mode: EntryMode, mut sregs: kvm_sregs) -> Result<kvm_sregs, RegsError> {
     let gdt = boot_gdt(mode);
     for (i, entry) in gdt.iter().enumerate() {
-        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + (i as u64) * 8))
-            .map_err(RegsError::Gdt)?;
+        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + (i as u64) * 8)).map_err(RegsError::Gdt)?;
     }
-    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
-        .map_err(RegsError::Gdt)?;
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START)).map_err(RegsError::Gdt)?;
 
     let code = segment_from_gdt(gdt[1], 1);
     let data = segment_from_gdt(gdt[2], 2);
@@ -144,27 +129,18 @@ pub fn setup_sregs<M: GuestMemory>(
 fn write_identity_map<M: GuestMemory>(mem: &M) -> Result<(), RegsError> {
     const PRESENT_RW: u64 = 0x3;
     const PAGE_SIZE_2M: u64 = 0x80;
-    mem.write_obj(PDPTE_START | PRESENT_RW, GuestAddress(PML4_START))
-        .map_err(RegsError::PageTables)?;
-    mem.write_obj(PDE_START | PRESENT_RW, GuestAddress(PDPTE_START))
-        .map_err(RegsError::PageTables)?;
+    mem.write_obj(PDPTE_START | PRESENT_RW, GuestAddress(PML4_START)).map_err(RegsError::PageTables)?;
+    mem.write_obj(PDE_START | PRESENT_RW, GuestAddress(PDPTE_START)).map_err(RegsError::PageTables)?;
     for i in 0..512u64 {
-        mem.write_obj(
-            (i << 21) | PRESENT_RW | PAGE_SIZE_2M,
-            GuestAddress(PDE_START + i * 8),
-        )
-        .map_err(RegsError::PageTables)?;
+        mem.write_obj((i << 21) | PRESENT_RW | PAGE_SIZE_2M, GuestAddress(PDE_START + i * 8))
+            .map_err(RegsError::PageTables)?;
     }
     Ok(())
 }
 
 /// General registers at the entry point.
 pub fn boot_regs(mode: EntryMode, entry: u64) -> kvm_regs {
-    let mut regs = kvm_regs {
-        rflags: 0x2,
-        rip: entry,
-        ..Default::default()
-    };
+    let mut regs = kvm_regs { rflags: 0x2, rip: entry, ..Default::default() };
     match mode {
         EntryMode::Pvh => regs.rbx = PVH_INFO_START,
         EntryMode::Long => {
@@ -178,11 +154,7 @@ pub fn boot_regs(mode: EntryMode, entry: u64) -> kvm_regs {
 
 /// x87 and SSE control words as after FNINIT / reset.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    }
+    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -195,10 +167,7 @@ mod tests {
         let e = gdt_entry(0xa09b, 0, 0xfffff);
         assert_eq!(e, 0x00af_9b00_0000_ffff);
         let s = segment_from_gdt(e, 1);
-        assert_eq!(
-            (s.selector, s.type_, s.l, s.db, s.g, s.present, s.s),
-            (8, 0xb, 1, 0, 1, 1, 1)
-        );
+        assert_eq!((s.selector, s.type_, s.l, s.db, s.g, s.present, s.s), (8, 0xb, 1, 0, 1, 1, 1));
         assert_eq!(s.limit, 0xffff_ffff);
         let pvh_code = segment_from_gdt(gdt_entry(0xc09b, 0, 0xfffff), 1);
         assert_eq!((pvh_code.l, pvh_code.db), (0, 1));
@@ -208,8 +177,7 @@ mod tests {
 
     #[test]
     fn long_mode_writes_identity_map() {
-        let mem: GuestMemoryMmap =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let s = setup_sregs(&mem, EntryMode::Long, kvm_sregs::default()).unwrap();
         assert_eq!(s.cr3, PML4_START);
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
@@ -221,8 +189,7 @@ mod tests {
 
     #[test]
     fn pvh_starts_in_protected_mode_without_paging() {
-        let mem: GuestMemoryMmap =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let s = setup_sregs(&mem, EntryMode::Pvh, kvm_sregs::default()).unwrap();
         assert_eq!(s.cr0 & X86_CR0_PG, 0);
         assert_eq!(s.cr0 & X86_CR0_PE, 1);

@@ -12,8 +12,7 @@ use super::request::{self, DiskInfo, Op, Parsed, Segment};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, STATUS_IOERR, STATUS_OK};
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
 use std::cell::Cell;
 use std::error::Error as _;
@@ -23,8 +22,7 @@ use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
-    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX,
+    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
@@ -81,24 +79,12 @@ impl Block {
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let size = file
-            .metadata()
-            .map_err(|source| BlockError::Size {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
+            .map_err(|source| BlockError::Open { path: path.to_path_buf(), source })?;
+        let size = file.metadata().map_err(|source| BlockError::Size { path: path.to_path_buf(), source })?.len();
         let capacity_sectors = size / SECTOR_SIZE;
         Ok(Self {
             file: Arc::new(file),
-            disk: DiskInfo {
-                capacity_sectors,
-                read_only,
-            },
+            disk: DiskInfo { capacity_sectors, read_only },
             id: padded,
             config: config_space(capacity_sectors),
             worker: None,
@@ -130,18 +116,9 @@ fn config_space(capacity_sectors: u64) -> Vec<u8> {
     let mut put = |offset: usize, bytes: &[u8]| {
         config[offset..offset + bytes.len()].copy_from_slice(bytes);
     };
-    put(
-        offset_of!(virtio_blk_config, capacity),
-        &capacity_sectors.to_le_bytes(),
-    );
-    put(
-        offset_of!(virtio_blk_config, seg_max),
-        &SEG_MAX.to_le_bytes(),
-    );
-    put(
-        offset_of!(virtio_blk_config, blk_size),
-        &BLOCK_SIZE.to_le_bytes(),
-    );
+    put(offset_of!(virtio_blk_config, capacity), &capacity_sectors.to_le_bytes());
+    put(offset_of!(virtio_blk_config, seg_max), &SEG_MAX.to_le_bytes());
+    put(offset_of!(virtio_blk_config, blk_size), &BLOCK_SIZE.to_le_bytes());
     config
 }
 
@@ -151,10 +128,8 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut features = VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_BLK_F_FLUSH
-            | 1 << VIRTIO_BLK_F_SEG_MAX
-            | 1 << VIRTIO_BLK_F_BLK_SIZE;
+        let mut features =
+            VIRTIO_F_VERSION_1 | 1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE;
         if self.disk.read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
         }
@@ -170,10 +145,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let count_error = ActivateError::QueueCount {
-            expected: 1,
-            got: ctx.queues.len(),
-        };
+        let count_error = ActivateError::QueueCount { expected: 1, got: ctx.queues.len() };
         if ctx.queues.len() != 1 || ctx.queue_evts.len() != 1 {
             return Err(count_error);
         }
@@ -312,8 +284,7 @@ impl Handler {
 
     fn read(&self, offset: u64, data: &[Segment]) -> Result<u32, (ExecError, u32)> {
         let mut file = &*self.file;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| (ExecError::Seek(e), 0))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| (ExecError::Seek(e), 0))?;
         let mut written = 0u32;
         for seg in data {
             self.mem
@@ -326,12 +297,9 @@ impl Handler {
 
     fn write(&self, offset: u64, data: &[Segment]) -> Result<(), ExecError> {
         let mut file = &*self.file;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(ExecError::Seek)?;
+        file.seek(SeekFrom::Start(offset)).map_err(ExecError::Seek)?;
         for seg in data {
-            self.mem
-                .write_all_volatile_to(seg.addr, &mut file, len(seg))
-                .map_err(ExecError::Transfer)?;
+            self.mem.write_all_volatile_to(seg.addr, &mut file, len(seg)).map_err(ExecError::Transfer)?;
         }
         Ok(())
     }
@@ -341,9 +309,7 @@ impl Handler {
         let mut done = 0usize;
         for seg in data {
             let n = len(seg).min(ID_BYTES - done);
-            self.mem
-                .write_slice(&self.id[done..done + n], seg.addr)
-                .map_err(|e| (ExecError::Transfer(e), 0))?;
+            self.mem.write_slice(&self.id[done..done + n], seg.addr).map_err(|e| (ExecError::Transfer(e), 0))?;
             done += n;
             if done == ID_BYTES {
                 break;
@@ -370,12 +336,8 @@ mod tests {
     use std::io::Write as _;
     use std::time::{Duration, Instant};
     use tempfile::NamedTempFile;
-    use virtio_bindings::virtio_blk::{
-        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    };
-    use virtio_bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-    };
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -394,9 +356,7 @@ mod tests {
 
     /// One disk byte per offset, so every sector has distinct contents.
     fn pattern() -> Vec<u8> {
-        (0..DISK_BYTES)
-            .map(|i| u8::try_from((i * 7 + i / 512) % 251).unwrap())
-            .collect()
+        (0..DISK_BYTES).map(|i| u8::try_from((i * 7 + i / 512) % 251).unwrap()).collect()
     }
 
     struct Rig {
@@ -414,18 +374,12 @@ mod tests {
             disk.flush().unwrap();
             let block = Block::new(disk.path(), read_only, "rootlayer-scratch").unwrap();
             let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-            Self {
-                mem,
-                disk,
-                block,
-                irq,
-            }
+            Self { mem, disk, block, irq }
         }
 
         fn handler(&self, vq: &MockSplitQueue<'_, GuestMemoryMmap>) -> Handler {
             let queue: Queue = vq.create_queue().unwrap();
-            self.block
-                .handler(queue, self.mem.clone(), self.irq.clone())
+            self.block.handler(queue, self.mem.clone(), self.irq.clone())
         }
 
         fn file(&self) -> Vec<u8> {
@@ -458,11 +412,7 @@ mod tests {
             .enumerate()
             .map(|(i, &(addr, len, writable))| {
                 let index = at + u16::try_from(i).unwrap();
-                let mut flags = if writable {
-                    flag(VRING_DESC_F_WRITE)
-                } else {
-                    0
-                };
+                let mut flags = if writable { flag(VRING_DESC_F_WRITE) } else { 0 };
                 if i + 1 < parts.len() {
                     flags |= flag(VRING_DESC_F_NEXT);
                 }
@@ -501,21 +451,13 @@ mod tests {
     #[test]
     fn new_sizes_the_disk_in_whole_sectors_and_checks_the_id() {
         let mut f = NamedTempFile::new().unwrap();
-        f.as_file()
-            .set_len(DISK_SECTORS * SECTOR_SIZE + 100)
-            .unwrap();
+        f.as_file().set_len(DISK_SECTORS * SECTOR_SIZE + 100).unwrap();
         f.flush().unwrap();
         let b = Block::new(f.path(), false, "x").unwrap();
         assert_eq!(b.capacity_sectors(), DISK_SECTORS);
-        assert!(matches!(
-            Block::new(f.path(), false, "123456789012345678901"),
-            Err(BlockError::IdTooLong(_))
-        ));
+        assert!(matches!(Block::new(f.path(), false, "123456789012345678901"), Err(BlockError::IdTooLong(_))));
         assert!(Block::new(f.path(), false, "12345678901234567890").is_ok());
-        assert!(matches!(
-            Block::new(Path::new("/nonexistent/disk.img"), false, "x"),
-            Err(BlockError::Open { .. })
-        ));
+        assert!(matches!(Block::new(Path::new("/nonexistent/disk.img"), false, "x"), Err(BlockError::Open { .. })));
     }
 
     #[test]
@@ -551,15 +493,8 @@ mod tests {
         let rig = Rig::new(false);
         rig.header(HDR, VIRTIO_BLK_T_IN, 3);
         // Two data buffers, the second one across a page boundary.
-        let (id, len) = run(
-            &rig,
-            &[
-                (HDR, 16, false),
-                (DATA, 512, true),
-                (DATA + 0x1e00, 1024, true),
-                (STATUS, 1, true),
-            ],
-        );
+        let (id, len) =
+            run(&rig, &[(HDR, 16, false), (DATA, 512, true), (DATA + 0x1e00, 1024, true), (STATUS, 1, true)]);
         assert_eq!((id, len), (0, 512 + 1024 + 1));
         assert_eq!(rig.status(STATUS), STATUS_OK);
         let disk = pattern();
@@ -571,25 +506,12 @@ mod tests {
     #[test]
     fn write_stores_guest_memory_in_the_file_at_the_sector() {
         let rig = Rig::new(false);
-        let payload: Vec<u8> = (0..1536u32)
-            .map(|i| u8::try_from(i % 13).unwrap() + 1)
-            .collect();
-        rig.mem
-            .write_slice(&payload[..1024], GuestAddress(DATA))
-            .unwrap();
-        rig.mem
-            .write_slice(&payload[1024..], GuestAddress(DATA + 0x8000))
-            .unwrap();
+        let payload: Vec<u8> = (0..1536u32).map(|i| u8::try_from(i % 13).unwrap() + 1).collect();
+        rig.mem.write_slice(&payload[..1024], GuestAddress(DATA)).unwrap();
+        rig.mem.write_slice(&payload[1024..], GuestAddress(DATA + 0x8000)).unwrap();
         rig.header(HDR, VIRTIO_BLK_T_OUT, DISK_SECTORS - 3);
-        let (_, len) = run(
-            &rig,
-            &[
-                (HDR, 16, false),
-                (DATA, 1024, false),
-                (DATA + 0x8000, 512, false),
-                (STATUS, 1, true),
-            ],
-        );
+        let (_, len) =
+            run(&rig, &[(HDR, 16, false), (DATA, 1024, false), (DATA + 0x8000, 512, false), (STATUS, 1, true)]);
         assert_eq!(len, 1, "a write only writes the status byte to the guest");
         assert_eq!(rig.status(STATUS), STATUS_OK);
         let mut expected = pattern();
@@ -604,37 +526,18 @@ mod tests {
         let (_, len) = run(&rig, &[(HDR, 16, false), (STATUS, 1, true)]);
         assert_eq!((len, rig.status(STATUS)), (1, STATUS_OK));
 
-        rig.mem
-            .write_slice(&[0xffu8; 32], GuestAddress(DATA))
-            .unwrap();
+        rig.mem.write_slice(&[0xffu8; 32], GuestAddress(DATA)).unwrap();
         rig.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
-        let (_, len) = run(
-            &rig,
-            &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
-        );
+        let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
         assert_eq!((len, rig.status(STATUS)), (21, STATUS_OK));
         let mut id = b"rootlayer-scratch".to_vec();
         id.resize(20, 0);
         assert_eq!(rig.bytes(DATA, 20), id);
-        assert_eq!(
-            rig.bytes(DATA + 20, 12),
-            [0xff; 12],
-            "nothing past 20 bytes"
-        );
+        assert_eq!(rig.bytes(DATA + 20, 12), [0xff; 12], "nothing past 20 bytes");
 
         // Split across two buffers, with more room than needed.
-        rig.mem
-            .write_slice(&[0xffu8; 64], GuestAddress(DATA))
-            .unwrap();
-        let (_, len) = run(
-            &rig,
-            &[
-                (HDR, 16, false),
-                (DATA, 8, true),
-                (DATA + 32, 32, true),
-                (STATUS, 1, true),
-            ],
-        );
+        rig.mem.write_slice(&[0xffu8; 64], GuestAddress(DATA)).unwrap();
+        let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 8, true), (DATA + 32, 32, true), (STATUS, 1, true)]);
         assert_eq!((len, rig.status(STATUS)), (21, STATUS_OK));
         assert_eq!(rig.bytes(DATA, 8), id[..8]);
         assert_eq!(rig.bytes(DATA + 32, 12), id[8..]);
@@ -645,9 +548,7 @@ mod tests {
     /// A refused request: IOERR (or `status`) in the status byte, used
     /// length 1, guest buffers and the file untouched.
     fn assert_refused(rig: &Rig, parts: &[(u64, u32, bool)], status: u8) {
-        rig.mem
-            .write_slice(&[0x5au8; 2048], GuestAddress(DATA))
-            .unwrap();
+        rig.mem.write_slice(&[0x5au8; 2048], GuestAddress(DATA)).unwrap();
         let (_, len) = run(rig, parts);
         assert_eq!(rig.status(STATUS), status, "status for {parts:x?}");
         assert_eq!(len, 1);
@@ -659,48 +560,24 @@ mod tests {
     fn descriptors_outside_guest_memory_get_ioerr() {
         let rig = Rig::new(false);
         rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
-        assert_refused(
-            &rig,
-            &[(HDR, 16, false), (OUTSIDE, 512, false), (STATUS, 1, true)],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(HDR, 16, false), (OUTSIDE, 512, false), (STATUS, 1, true)], STATUS_IOERR);
         // Starts inside, runs past the end of guest memory.
         let end = u64::try_from(MEM_SIZE).unwrap();
-        assert_refused(
-            &rig,
-            &[
-                (HDR, 16, false),
-                (end - 512, 1024, false),
-                (STATUS, 1, true),
-            ],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(HDR, 16, false), (end - 512, 1024, false), (STATUS, 1, true)], STATUS_IOERR);
         rig.header(HDR, VIRTIO_BLK_T_IN, 0);
         assert_refused(
             &rig,
-            &[
-                (HDR, 16, false),
-                (DATA, 512, true),
-                (u64::MAX - 255, 512, true),
-                (STATUS, 1, true),
-            ],
+            &[(HDR, 16, false), (DATA, 512, true), (u64::MAX - 255, 512, true), (STATUS, 1, true)],
             STATUS_IOERR,
         );
-        assert_refused(
-            &rig,
-            &[(OUTSIDE, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(OUTSIDE, 16, false), (DATA, 512, true), (STATUS, 1, true)], STATUS_IOERR);
     }
 
     #[test]
     fn status_outside_guest_memory_drops_the_chain() {
         let rig = Rig::new(false);
         rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
-        let (id, len) = run(
-            &rig,
-            &[(HDR, 16, false), (DATA, 512, false), (OUTSIDE, 1, true)],
-        );
+        let (id, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, false), (OUTSIDE, 1, true)]);
         assert_eq!((id, len), (0, 0));
         assert_eq!(rig.file(), pattern(), "nothing is executed");
     }
@@ -716,25 +593,13 @@ mod tests {
             (DISK_SECTORS - 1, 1024),
         ] {
             rig.header(HDR, VIRTIO_BLK_T_OUT, sector);
-            assert_refused(
-                &rig,
-                &[(HDR, 16, false), (DATA, len, false), (STATUS, 1, true)],
-                STATUS_IOERR,
-            );
+            assert_refused(&rig, &[(HDR, 16, false), (DATA, len, false), (STATUS, 1, true)], STATUS_IOERR);
             rig.header(HDR, VIRTIO_BLK_T_IN, sector);
-            assert_refused(
-                &rig,
-                &[(HDR, 16, false), (DATA, len, true), (STATUS, 1, true)],
-                STATUS_IOERR,
-            );
+            assert_refused(&rig, &[(HDR, 16, false), (DATA, len, true), (STATUS, 1, true)], STATUS_IOERR);
         }
         // A partial sector.
         rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
-        assert_refused(
-            &rig,
-            &[(HDR, 16, false), (DATA, 100, false), (STATUS, 1, true)],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(HDR, 16, false), (DATA, 100, false), (STATUS, 1, true)], STATUS_IOERR);
     }
 
     #[test]
@@ -769,8 +634,7 @@ mod tests {
         let rig = Rig::new(false);
         let vq = MockSplitQueue::new(&rig.mem, QSIZE);
         rig.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
-        let descs =
-            [Descriptor::new(HDR, 16, flag(VRING_DESC_F_NEXT), QSIZE)].map(RawDescriptor::from);
+        let descs = [Descriptor::new(HDR, 16, flag(VRING_DESC_F_NEXT), QSIZE)].map(RawDescriptor::from);
         vq.add_desc_chains(&descs, 0).unwrap();
         rig.handler(&vq).process_queue();
         assert_eq!(used(&vq, 0), (0, 0));
@@ -786,11 +650,7 @@ mod tests {
         // The first available entry names descriptor 99 of 16.
         vq.avail().ring().ref_at(0).unwrap().store(99);
         rig.handler(&vq).process_queue();
-        assert_eq!(
-            used_idx(&vq),
-            1,
-            "no used slot for a head that does not exist"
-        );
+        assert_eq!(used_idx(&vq), 1, "no used slot for a head that does not exist");
         assert_eq!(used(&vq, 0), (2, 1));
         assert_eq!(rig.status(STATUS), STATUS_OK);
     }
@@ -816,9 +676,7 @@ mod tests {
         let descs = write_data(QSIZE + 1);
         for (i, d) in descs.iter().enumerate() {
             let addr = table + 16 * u64::try_from(i).unwrap();
-            rig.mem
-                .write_obj(RawDescriptor::from(*d), GuestAddress(addr))
-                .unwrap();
+            rig.mem.write_obj(RawDescriptor::from(*d), GuestAddress(addr)).unwrap();
         }
         let len = u32::try_from(16 * descs.len()).unwrap();
         let head = Descriptor::new(table, len, flag(VRING_DESC_F_INDIRECT), 0);
@@ -833,9 +691,7 @@ mod tests {
         let descs = write_data(QSIZE);
         for (i, d) in descs.iter().enumerate() {
             let addr = table + 16 * u64::try_from(i).unwrap();
-            rig.mem
-                .write_obj(RawDescriptor::from(*d), GuestAddress(addr))
-                .unwrap();
+            rig.mem.write_obj(RawDescriptor::from(*d), GuestAddress(addr)).unwrap();
         }
         let len = u32::try_from(16 * descs.len()).unwrap();
         let head = Descriptor::new(table, len, flag(VRING_DESC_F_INDIRECT), 0);
@@ -849,22 +705,14 @@ mod tests {
     #[test]
     fn writes_to_a_read_only_disk_get_ioerr_and_reads_work() {
         let rig = Rig::new(true);
-        rig.mem
-            .write_slice(&[0x11u8; 512], GuestAddress(DATA))
-            .unwrap();
+        rig.mem.write_slice(&[0x11u8; 512], GuestAddress(DATA)).unwrap();
         rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
-        let (_, len) = run(
-            &rig,
-            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
-        );
+        let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
         assert_eq!((len, rig.status(STATUS)), (1, STATUS_IOERR));
         assert_eq!(rig.file(), pattern());
 
         rig.header(HDR, VIRTIO_BLK_T_IN, 1);
-        let (_, len) = run(
-            &rig,
-            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-        );
+        let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
         assert_eq!((len, rig.status(STATUS)), (513, STATUS_OK));
         assert_eq!(rig.bytes(DATA, 512), pattern()[512..1024]);
 
@@ -877,32 +725,18 @@ mod tests {
     #[test]
     fn a_status_descriptor_that_is_not_writable_drops_the_request() {
         let rig = Rig::new(false);
-        rig.mem
-            .write_slice(&[0x22u8; 512], GuestAddress(DATA))
-            .unwrap();
+        rig.mem.write_slice(&[0x22u8; 512], GuestAddress(DATA)).unwrap();
         rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
-        let (id, len) = run(
-            &rig,
-            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, false)],
-        );
+        let (id, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, false)]);
         assert_eq!((id, len), (0, 0));
         assert_eq!(rig.status(STATUS), UNTOUCHED);
         assert_eq!(rig.file(), pattern(), "the write is not executed");
 
         rig.header(HDR, VIRTIO_BLK_T_IN, 0);
-        rig.mem
-            .write_slice(&[0x22u8; 512], GuestAddress(DATA))
-            .unwrap();
-        let (_, len) = run(
-            &rig,
-            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 0, true)],
-        );
+        rig.mem.write_slice(&[0x22u8; 512], GuestAddress(DATA)).unwrap();
+        let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 0, true)]);
         assert_eq!(len, 0);
-        assert_eq!(
-            rig.bytes(DATA, 512),
-            [0x22; 512],
-            "the read is not executed"
-        );
+        assert_eq!(rig.bytes(DATA, 512), [0x22; 512], "the read is not executed");
     }
 
     #[test]
@@ -910,47 +744,26 @@ mod tests {
         let rig = Rig::new(false);
         // A write whose data the device would have to write.
         rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
-        assert_refused(
-            &rig,
-            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)], STATUS_IOERR);
         // A read into a buffer the device may only read, after a good one.
         rig.header(HDR, VIRTIO_BLK_T_IN, 0);
         assert_refused(
             &rig,
-            &[
-                (HDR, 16, false),
-                (DATA, 512, true),
-                (DATA + 512, 512, false),
-                (STATUS, 1, true),
-            ],
+            &[(HDR, 16, false), (DATA, 512, true), (DATA + 512, 512, false), (STATUS, 1, true)],
             STATUS_IOERR,
         );
         rig.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
-        assert_refused(
-            &rig,
-            &[(HDR, 16, false), (DATA, 20, false), (STATUS, 1, true)],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(HDR, 16, false), (DATA, 20, false), (STATUS, 1, true)], STATUS_IOERR);
         // A writable header.
         rig.header(HDR, VIRTIO_BLK_T_IN, 0);
-        assert_refused(
-            &rig,
-            &[(HDR, 16, true), (DATA, 512, true), (STATUS, 1, true)],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(HDR, 16, true), (DATA, 512, true), (STATUS, 1, true)], STATUS_IOERR);
     }
 
     #[test]
     fn a_short_header_gets_ioerr() {
         let rig = Rig::new(false);
         rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
-        assert_refused(
-            &rig,
-            &[(HDR, 15, false), (DATA, 512, false), (STATUS, 1, true)],
-            STATUS_IOERR,
-        );
+        assert_refused(&rig, &[(HDR, 15, false), (DATA, 512, false), (STATUS, 1, true)], STATUS_IOERR);
         assert_refused(&rig, &[(STATUS, 1, true)], STATUS_IOERR);
     }
 
@@ -960,11 +773,7 @@ mod tests {
         // SCSI_CMD, DISCARD, WRITE_ZEROES, and junk.
         for t in [2, 11, 13, 0xdead_beef] {
             rig.header(HDR, t, 0);
-            assert_refused(
-                &rig,
-                &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
-                STATUS_UNSUPP,
-            );
+            assert_refused(&rig, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)], STATUS_UNSUPP);
         }
     }
 
@@ -980,21 +789,9 @@ mod tests {
             rig.mem.write_obj(UNTOUCHED, GuestAddress(s)).unwrap();
         }
         // In one batch: an out-of-memory write, an unwritable status, a read.
-        add(
-            &vq,
-            0,
-            &[(HDR, 16, false), (OUTSIDE, 512, false), (STATUS, 1, true)],
-        );
-        add(
-            &vq,
-            3,
-            &[(HDR, 16, false), (DATA, 512, false), (STATUS + 8, 1, false)],
-        );
-        add(
-            &vq,
-            6,
-            &[(hdr2, 16, false), (DATA, 512, true), (status2, 1, true)],
-        );
+        add(&vq, 0, &[(HDR, 16, false), (OUTSIDE, 512, false), (STATUS, 1, true)]);
+        add(&vq, 3, &[(HDR, 16, false), (DATA, 512, false), (STATUS + 8, 1, false)]);
+        add(&vq, 6, &[(hdr2, 16, false), (DATA, 512, true), (status2, 1, true)]);
         handler.process_queue();
         assert_eq!(used_idx(&vq), 3);
         assert_eq!(used(&vq, 0), (0, 1));
@@ -1003,22 +800,12 @@ mod tests {
         assert_eq!(rig.status(STATUS), STATUS_IOERR);
         assert_eq!(rig.status(status2), STATUS_OK);
         assert_eq!(rig.bytes(DATA, 512), pattern()[1024..1536]);
-        assert_eq!(
-            rig.irq.eventfd().read().unwrap(),
-            1,
-            "one interrupt per batch"
-        );
+        assert_eq!(rig.irq.eventfd().read().unwrap(), 1, "one interrupt per batch");
 
         // And in a later batch on the same queue: a good write.
         rig.header(HDR, VIRTIO_BLK_T_OUT, 5);
-        rig.mem
-            .write_slice(&[0x77u8; 512], GuestAddress(DATA))
-            .unwrap();
-        add(
-            &vq,
-            9,
-            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
-        );
+        rig.mem.write_slice(&[0x77u8; 512], GuestAddress(DATA)).unwrap();
+        add(&vq, 9, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
         handler.process_queue();
         assert_eq!(used_idx(&vq), 4);
         assert_eq!(used(&vq, 3), (9, 1));
@@ -1041,10 +828,7 @@ mod tests {
     fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         let start = Instant::now();
         while !f() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "timed out: {what}"
-            );
+            assert!(start.elapsed() < Duration::from_secs(5), "timed out: {what}");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -1064,26 +848,16 @@ mod tests {
         rig.block.activate(ctx).unwrap();
 
         rig.header(HDR, VIRTIO_BLK_T_IN, 4);
-        add(
-            &vq,
-            0,
-            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-        );
+        add(&vq, 0, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
         kick.write(1).unwrap();
         wait_for("the request is served", || used_idx(&vq) == 1);
         assert_eq!(used(&vq, 0), (0, 513));
         assert_eq!(rig.bytes(DATA, 512), pattern()[2048..2560]);
-        wait_for("the guest is interrupted", || {
-            rig.irq.eventfd().read().is_ok()
-        });
+        wait_for("the guest is interrupted", || rig.irq.eventfd().read().is_ok());
         assert_ne!(rig.irq.status() & crate::devices::virtio::INT_USED_RING, 0);
 
         rig.block.reset();
-        add(
-            &vq,
-            3,
-            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-        );
+        add(&vq, 3, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
         kick.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(used_idx(&vq), 1, "nothing is served after reset");
@@ -1099,12 +873,6 @@ mod tests {
             queue_evts: Vec::new(),
             acked_features: VIRTIO_F_VERSION_1,
         };
-        assert!(matches!(
-            rig.block.activate(ctx),
-            Err(ActivateError::QueueCount {
-                expected: 1,
-                got: 0
-            })
-        ));
+        assert!(matches!(rig.block.activate(ctx), Err(ActivateError::QueueCount { expected: 1, got: 0 })));
     }
 }

@@ -32,9 +32,7 @@ pub const STATUS_UNSUPP: u8 = 2;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_bindings::virtio_blk::{
-        VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-    };
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 
     #[test]
     fn status_and_id_constants_match_the_spec_headers() {

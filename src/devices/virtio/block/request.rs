@@ -24,9 +24,7 @@
 
 use super::{SECTOR_SIZE, STATUS_IOERR, STATUS_UNSUPP};
 use std::ops::Deref;
-use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
@@ -145,11 +143,7 @@ where
 }
 
 /// Parse the descriptors of one chain, in chain order.
-pub fn parse_descriptors<M: GuestMemory + ?Sized>(
-    mem: &M,
-    descs: &[Descriptor],
-    disk: DiskInfo,
-) -> Parsed {
+pub fn parse_descriptors<M: GuestMemory + ?Sized>(mem: &M, descs: &[Descriptor], disk: DiskInfo) -> Parsed {
     let Some((status, body)) = descs.split_last() else {
         return Parsed::Dropped(RequestError::BrokenChain);
     };
@@ -164,29 +158,18 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
         return Parsed::Dropped(RequestError::StatusOutOfBounds);
     }
     match parse_body(mem, body, disk) {
-        Ok(op) => Parsed::Valid(Request {
-            op,
-            status: status.addr(),
-        }),
-        Err(error) => Parsed::Invalid {
-            status: status.addr(),
-            error,
-        },
+        Ok(op) => Parsed::Valid(Request { op, status: status.addr() }),
+        Err(error) => Parsed::Invalid { status: status.addr(), error },
     }
 }
 
-fn parse_body<M: GuestMemory + ?Sized>(
-    mem: &M,
-    descs: &[Descriptor],
-    disk: DiskInfo,
-) -> Result<Op, RequestError> {
+fn parse_body<M: GuestMemory + ?Sized>(mem: &M, descs: &[Descriptor], disk: DiskInfo) -> Result<Op, RequestError> {
     let (header, data) = descs.split_first().ok_or(RequestError::BadHeader)?;
     if header.is_write_only() || usize::try_from(header.len()).unwrap_or(usize::MAX) < HEADER_LEN {
         return Err(RequestError::BadHeader);
     }
     let mut raw = [0u8; HEADER_LEN];
-    mem.read_slice(&mut raw, header.addr())
-        .map_err(|_| RequestError::HeaderOutOfBounds)?;
+    mem.read_slice(&mut raw, header.addr()).map_err(|_| RequestError::HeaderOutOfBounds)?;
     let (type_bytes, rest) = raw.split_at(4);
     let request_type = u32::from_le_bytes(type_bytes.try_into().expect("4 bytes"));
     let sector = u64::from_le_bytes(rest[4..].try_into().expect("8 bytes"));
@@ -243,13 +226,8 @@ fn segments<M: GuestMemory + ?Sized>(
         if !inside {
             return Err(RequestError::DataOutOfBounds);
         }
-        total = total
-            .checked_add(u64::from(d.len()))
-            .ok_or(RequestError::DataOutOfBounds)?;
-        out.push(Segment {
-            addr: d.addr(),
-            len: d.len(),
-        });
+        total = total.checked_add(u64::from(d.len())).ok_or(RequestError::DataOutOfBounds)?;
+        out.push(Segment { addr: d.addr(), len: d.len() });
     }
     Ok((out, total))
 }
@@ -263,9 +241,7 @@ fn disk_range(sector: u64, len: u64, disk: DiskInfo) -> Result<u64, RequestError
         return Err(RequestError::Unaligned(len));
     }
     let out_of_range = RequestError::OutOfRange { sector, len };
-    let offset = sector
-        .checked_mul(SECTOR_SIZE)
-        .ok_or(out_of_range.clone())?;
+    let offset = sector.checked_mul(SECTOR_SIZE).ok_or(out_of_range.clone())?;
     let end = offset.checked_add(len).ok_or(out_of_range.clone())?;
     let capacity = disk.capacity_sectors.saturating_mul(SECTOR_SIZE);
     if end > capacity {
@@ -282,10 +258,7 @@ mod tests {
     use vm_memory::GuestMemoryMmap;
 
     const MEM_SIZE: usize = 0x1_0000;
-    const DISK: DiskInfo = DiskInfo {
-        capacity_sectors: 8,
-        read_only: false,
-    };
+    const DISK: DiskInfo = DiskInfo { capacity_sectors: 8, read_only: false };
     const HDR: u64 = 0x1000;
     const DATA: u64 = 0x2000;
     const STATUS: u64 = 0x3000;
@@ -304,11 +277,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &(addr, len, writable))| {
-                let mut flags = if writable {
-                    flag(VRING_DESC_F_WRITE)
-                } else {
-                    0
-                };
+                let mut flags = if writable { flag(VRING_DESC_F_WRITE) } else { 0 };
                 if i + 1 < parts.len() {
                     flags |= flag(VRING_DESC_F_NEXT);
                 }
@@ -319,11 +288,9 @@ mod tests {
     }
 
     fn header(mem: &GuestMemoryMmap, request_type: u32, sector: u64) {
-        mem.write_obj(request_type.to_le(), GuestAddress(HDR))
-            .unwrap();
+        mem.write_obj(request_type.to_le(), GuestAddress(HDR)).unwrap();
         mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
-        mem.write_obj(sector.to_le(), GuestAddress(HDR + 8))
-            .unwrap();
+        mem.write_obj(sector.to_le(), GuestAddress(HDR + 8)).unwrap();
     }
 
     fn invalid(p: Parsed) -> RequestError {
@@ -340,26 +307,15 @@ mod tests {
     fn parses_a_read_into_checked_segments() {
         let m = mem();
         header(&m, VIRTIO_BLK_T_IN, 2);
-        let descs = chain(&[
-            (HDR, 16, false),
-            (DATA, 512, true),
-            (DATA + 0x1000, 1024, true),
-            (STATUS, 1, true),
-        ]);
+        let descs = chain(&[(HDR, 16, false), (DATA, 512, true), (DATA + 0x1000, 1024, true), (STATUS, 1, true)]);
         assert_eq!(
             parse_descriptors(&m, &descs, DISK),
             Parsed::Valid(Request {
                 op: Op::Read {
                     offset: 1024,
                     data: vec![
-                        Segment {
-                            addr: GuestAddress(DATA),
-                            len: 512
-                        },
-                        Segment {
-                            addr: GuestAddress(DATA + 0x1000),
-                            len: 1024
-                        },
+                        Segment { addr: GuestAddress(DATA), len: 512 },
+                        Segment { addr: GuestAddress(DATA + 0x1000), len: 1024 },
                     ],
                 },
                 status: GuestAddress(STATUS),
@@ -374,26 +330,14 @@ mod tests {
         let descs = chain(&[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
         assert!(matches!(
             parse_descriptors(&m, &descs, DISK),
-            Parsed::Valid(Request {
-                op: Op::Write { offset: 3584, .. },
-                ..
-            })
+            Parsed::Valid(Request { op: Op::Write { offset: 3584, .. }, .. })
         ));
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
         let descs = chain(&[(HDR, 16, false), (STATUS, 1, true)]);
-        assert!(matches!(
-            parse_descriptors(&m, &descs, DISK),
-            Parsed::Valid(Request { op: Op::Flush, .. })
-        ));
+        assert!(matches!(parse_descriptors(&m, &descs, DISK), Parsed::Valid(Request { op: Op::Flush, .. })));
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
         let descs = chain(&[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
-        assert!(matches!(
-            parse_descriptors(&m, &descs, DISK),
-            Parsed::Valid(Request {
-                op: Op::GetId { .. },
-                ..
-            })
-        ));
+        assert!(matches!(parse_descriptors(&m, &descs, DISK), Parsed::Valid(Request { op: Op::GetId { .. }, .. })));
     }
 
     #[test]
@@ -401,18 +345,9 @@ mod tests {
         let m = mem();
         header(&m, VIRTIO_BLK_T_IN, 7);
         let descs = chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
-        assert!(matches!(
-            parse_descriptors(&m, &descs, DISK),
-            Parsed::Valid(_)
-        ));
+        assert!(matches!(parse_descriptors(&m, &descs, DISK), Parsed::Valid(_)));
         header(&m, VIRTIO_BLK_T_IN, 8);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::OutOfRange {
-                sector: 8,
-                len: 512
-            }
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::OutOfRange { sector: 8, len: 512 });
     }
 
     #[test]
@@ -421,10 +356,7 @@ mod tests {
         for sector in [u64::MAX, u64::MAX / SECTOR_SIZE, u64::MAX / SECTOR_SIZE - 1] {
             header(&m, VIRTIO_BLK_T_IN, sector);
             let descs = chain(&[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)]);
-            assert!(matches!(
-                invalid(parse_descriptors(&m, &descs, DISK)),
-                RequestError::OutOfRange { .. }
-            ));
+            assert!(matches!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::OutOfRange { .. }));
         }
     }
 
@@ -433,15 +365,9 @@ mod tests {
         let m = mem();
         header(&m, VIRTIO_BLK_T_IN, 0);
         let descs = chain(&[(HDR, 16, false), (DATA, 100, true), (STATUS, 1, true)]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::Unaligned(100)
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::Unaligned(100));
         let descs = chain(&[(HDR, 16, false), (STATUS, 1, true)]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::NoData
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::NoData);
     }
 
     #[test]
@@ -449,30 +375,15 @@ mod tests {
         let m = mem();
         header(&m, VIRTIO_BLK_T_IN, 0);
         let readable = chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, false)]);
-        assert_eq!(
-            parse_descriptors(&m, &readable, DISK),
-            Parsed::Dropped(RequestError::StatusNotWritable)
-        );
+        assert_eq!(parse_descriptors(&m, &readable, DISK), Parsed::Dropped(RequestError::StatusNotWritable));
         let empty = chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 0, true)]);
-        assert_eq!(
-            parse_descriptors(&m, &empty, DISK),
-            Parsed::Dropped(RequestError::StatusOutOfBounds)
-        );
+        assert_eq!(parse_descriptors(&m, &empty, DISK), Parsed::Dropped(RequestError::StatusOutOfBounds));
         let outside = chain(&[(HDR, 16, false), (DATA, 512, true), (u64::MAX, 1, true)]);
-        assert_eq!(
-            parse_descriptors(&m, &outside, DISK),
-            Parsed::Dropped(RequestError::StatusOutOfBounds)
-        );
-        assert_eq!(
-            parse_descriptors(&m, &[], DISK),
-            Parsed::Dropped(RequestError::BrokenChain)
-        );
+        assert_eq!(parse_descriptors(&m, &outside, DISK), Parsed::Dropped(RequestError::StatusOutOfBounds));
+        assert_eq!(parse_descriptors(&m, &[], DISK), Parsed::Dropped(RequestError::BrokenChain));
         let mut cut = chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
         cut.truncate(2);
-        assert_eq!(
-            parse_descriptors(&m, &cut, DISK),
-            Parsed::Dropped(RequestError::BrokenChain)
-        );
+        assert_eq!(parse_descriptors(&m, &cut, DISK), Parsed::Dropped(RequestError::BrokenChain));
     }
 
     #[test]
@@ -481,23 +392,14 @@ mod tests {
         header(&m, VIRTIO_BLK_T_IN, 0);
         for hdr in [(HDR, 15, false), (HDR, 16, true)] {
             let descs = chain(&[hdr, (DATA, 512, true), (STATUS, 1, true)]);
-            assert_eq!(
-                invalid(parse_descriptors(&m, &descs, DISK)),
-                RequestError::BadHeader
-            );
+            assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::BadHeader);
         }
         let m_end = u64::try_from(MEM_SIZE).unwrap();
         let descs = chain(&[(m_end - 8, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::HeaderOutOfBounds
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::HeaderOutOfBounds);
         // A lone status descriptor has no header.
         let descs = chain(&[(STATUS, 1, true)]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::BadHeader
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::BadHeader);
     }
 
     #[test]
@@ -505,60 +407,30 @@ mod tests {
         let m = mem();
         let m_end = u64::try_from(MEM_SIZE).unwrap();
         header(&m, VIRTIO_BLK_T_IN, 0);
-        for data in [
-            (m_end - 256, 512, true),
-            (m_end, 0, true),
-            (u64::MAX, 512, true),
-        ] {
+        for data in [(m_end - 256, 512, true), (m_end, 0, true), (u64::MAX, 512, true)] {
             let descs = chain(&[(HDR, 16, false), data, (STATUS, 1, true)]);
-            assert_eq!(
-                invalid(parse_descriptors(&m, &descs, DISK)),
-                RequestError::DataOutOfBounds
-            );
+            assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::DataOutOfBounds);
         }
-        let descs = chain(&[
-            (HDR, 16, false),
-            (DATA, 512, true),
-            (DATA + 512, 512, false),
-            (STATUS, 1, true),
-        ]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::DataDirection
-        );
+        let descs = chain(&[(HDR, 16, false), (DATA, 512, true), (DATA + 512, 512, false), (STATUS, 1, true)]);
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::DataDirection);
         header(&m, VIRTIO_BLK_T_OUT, 0);
         let descs = chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::DataDirection
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::DataDirection);
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
         let descs = chain(&[(HDR, 16, false), (DATA, 20, false), (STATUS, 1, true)]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, DISK)),
-            RequestError::DataDirection
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, DISK)), RequestError::DataDirection);
     }
 
     #[test]
     fn writes_to_a_read_only_disk_are_refused_and_reads_are_not() {
         let m = mem();
-        let ro = DiskInfo {
-            read_only: true,
-            ..DISK
-        };
+        let ro = DiskInfo { read_only: true, ..DISK };
         header(&m, VIRTIO_BLK_T_OUT, 0);
         let descs = chain(&[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
-        assert_eq!(
-            invalid(parse_descriptors(&m, &descs, ro)),
-            RequestError::ReadOnly
-        );
+        assert_eq!(invalid(parse_descriptors(&m, &descs, ro)), RequestError::ReadOnly);
         header(&m, VIRTIO_BLK_T_IN, 0);
         let descs = chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
-        assert!(matches!(
-            parse_descriptors(&m, &descs, ro),
-            Parsed::Valid(_)
-        ));
+        assert!(matches!(parse_descriptors(&m, &descs, ro), Parsed::Valid(_)));
     }
 
     #[test]
@@ -579,13 +451,8 @@ mod tests {
     }
 
     fn any_desc() -> impl Strategy<Value = Descriptor> {
-        let addr = prop_oneof![
-            0..(2 * u64::try_from(MEM_SIZE).unwrap()),
-            any::<u64>(),
-            Just(HDR),
-            Just(DATA),
-            Just(STATUS),
-        ];
+        let addr =
+            prop_oneof![0..(2 * u64::try_from(MEM_SIZE).unwrap()), any::<u64>(), Just(HDR), Just(DATA), Just(STATUS),];
         let len = prop_oneof![0..2048u32, any::<u32>(), Just(16u32), Just(512u32)];
         (addr, len, 0u16..8, any::<u16>()).prop_map(|(a, l, f, n)| Descriptor::new(a, l, f, n))
     }

@@ -14,8 +14,7 @@ use super::read_only::ReadOnlyFs;
 use super::request::{self, OUT_HEADER_LEN, OUT_HEADER_LEN_U32};
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
 };
 use fuse_backend_rs::abi::fuse_abi::OutHeader;
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -113,11 +112,8 @@ impl Fs {
 
         // The passthrough opens its root with O_NOFOLLOW: resolve symlinks
         // in the path given on the command line here.
-        let shared_dir =
-            std::fs::canonicalize(shared_dir).map_err(|source| FsError::SharedDir {
-                path: shared_dir.to_path_buf(),
-                source,
-            })?;
+        let shared_dir = std::fs::canonicalize(shared_dir)
+            .map_err(|source| FsError::SharedDir { path: shared_dir.to_path_buf(), source })?;
         if !shared_dir.is_dir() {
             return Err(FsError::NotADirectory(shared_dir));
         }
@@ -135,14 +131,8 @@ impl Fs {
 }
 
 fn build_server(shared_dir: &Path, read_only: bool) -> Result<Arc<dyn Serve>, FsError> {
-    let root_dir = shared_dir
-        .to_str()
-        .ok_or_else(|| FsError::NotUtf8(shared_dir.to_path_buf()))?
-        .to_string();
-    let passthrough_err = |source| FsError::Passthrough {
-        path: shared_dir.to_path_buf(),
-        source,
-    };
+    let root_dir = shared_dir.to_str().ok_or_else(|| FsError::NotUtf8(shared_dir.to_path_buf()))?.to_string();
+    let passthrough_err = |source| FsError::Passthrough { path: shared_dir.to_path_buf(), source };
     let mut cfg = Config {
         root_dir,
         xattr: true,
@@ -170,11 +160,7 @@ fn build_server(shared_dir: &Path, read_only: bool) -> Result<Arc<dyn Serve>, Fs
         fs.import().map_err(passthrough_err)?;
     }
     let fs = AsHostUser::new(fs);
-    Ok(if read_only {
-        Arc::new(Server::new(ReadOnlyFs::new(fs)))
-    } else {
-        Arc::new(Server::new(fs))
-    })
+    Ok(if read_only { Arc::new(Server::new(ReadOnlyFs::new(fs))) } else { Arc::new(Server::new(fs)) })
 }
 
 impl VirtioDevice for Fs {
@@ -196,23 +182,13 @@ impl VirtioDevice for Fs {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if ctx.queues.len() != NUM_QUEUES || ctx.queue_evts.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: ctx.queues.len(),
-            });
+            return Err(ActivateError::QueueCount { expected: NUM_QUEUES, got: ctx.queues.len() });
         }
         let server = match self.server.take() {
             Some(s) => s,
-            None => build_server(&self.shared_dir, self.read_only)
-                .map_err(|e| ActivateError::Device(e.to_string()))?,
+            None => build_server(&self.shared_dir, self.read_only).map_err(|e| ActivateError::Device(e.to_string()))?,
         };
-        let ActivateContext {
-            mem,
-            interrupt,
-            mut queues,
-            queue_evts,
-            ..
-        } = ctx;
+        let ActivateContext { mem, interrupt, mut queues, queue_evts, .. } = ctx;
         let worker = Worker::spawn(&format!("virtio-fs-{}", self.tag), queue_evts, move |i| {
             if let Some(queue) = queues.get_mut(i) {
                 process_queue(server.as_ref(), &mem, queue, &interrupt);
@@ -250,17 +226,11 @@ fn process_queue(server: &dyn Serve, mem: &GuestMemoryMmap, queue: &mut Queue, i
 }
 
 /// Serve one request; returns the bytes written to its writable buffers.
-fn handle_chain(
-    server: &dyn Serve,
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> u32 {
+fn handle_chain(server: &dyn Serve, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
     let req = match request::parse(mem, chain.clone()) {
         Ok(req) => req,
         Err(e) => {
-            return e
-                .reply_to()
-                .map_or(0, |unique| reply_error(mem, chain, unique, libc::EINVAL));
+            return e.reply_to().map_or(0, |unique| reply_error(mem, chain, unique, libc::EINVAL));
         }
     };
     let unique = req.header.unique;
@@ -280,9 +250,7 @@ fn handle_chain(
     // consistency checks are debug assertions on reply sizes a guest chooses
     // (a reply buffer shorter than the reply). Keep such a request from
     // taking the device down; the file system holds no lock across them.
-    let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        server.serve(reader, Writer::from(writer))
-    }));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| server.serve(reader, Writer::from(writer))));
     match result {
         Ok(Ok(n)) => u32::try_from(n).unwrap_or(0),
         Ok(Err(e)) if wants_reply => reply_error(mem, chain, unique, errno_of(&e)),
@@ -306,17 +274,8 @@ fn errno_of(e: &fuse_backend_rs::Error) -> i32 {
 }
 
 /// Write a bare error reply at the start of the chain's writable buffers.
-fn reply_error(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    unique: u64,
-    errno: i32,
-) -> u32 {
-    let header = OutHeader {
-        len: OUT_HEADER_LEN_U32,
-        error: -errno,
-        unique,
-    };
+fn reply_error(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, unique: u64, errno: i32) -> u32 {
+    let header = OutHeader { len: OUT_HEADER_LEN_U32, error: -errno, unique };
     let Ok(mut w) = VirtioFsWriter::new(mem, chain) else {
         return 0;
     };

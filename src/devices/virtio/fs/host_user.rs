@@ -22,8 +22,8 @@
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
-    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply, SetattrValid,
+    ZeroCopyReader, ZeroCopyWriter,
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use rustix::fs::Mode;
@@ -60,10 +60,7 @@ impl UmaskGuard {
     /// guard is dropped, which is what the passthrough sets anyway).
     pub(super) fn save() -> Self {
         let lock = UMASK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-        Self {
-            saved: rustix::process::umask(Mode::empty()),
-            _lock: lock,
-        }
+        Self { saved: rustix::process::umask(Mode::empty()), _lock: lock }
     }
 }
 
@@ -140,13 +137,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         self.inner.readlink(ctx, inode)
     }
 
-    fn symlink(
-        &self,
-        ctx: &Context,
-        linkname: &CStr,
-        parent: Self::Inode,
-        name: &CStr,
-    ) -> io::Result<Entry> {
+    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
         self.inner.symlink(ctx, linkname, parent, name)
     }
 
@@ -162,14 +153,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
 
-    fn mkdir(
-        &self,
-        ctx: &Context,
-        parent: Self::Inode,
-        name: &CStr,
-        mode: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
+    fn mkdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
@@ -190,17 +174,10 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        self.inner
-            .rename(ctx, olddir, oldname, newdir, newname, flags)
+        self.inner.rename(ctx, olddir, oldname, newdir, newname, flags)
     }
 
-    fn link(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        newparent: Self::Inode,
-        newname: &CStr,
-    ) -> io::Result<Entry> {
+    fn link(&self, ctx: &Context, inode: Self::Inode, newparent: Self::Inode, newname: &CStr) -> io::Result<Entry> {
         self.inner.link(ctx, inode, newparent, newname)
     }
 
@@ -236,8 +213,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -254,37 +230,14 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.inner.write(
-            ctx,
-            inode,
-            handle,
-            r,
-            size,
-            offset,
-            lock_owner,
-            delayed_write,
-            flags,
-            fuse_flags,
-        )
+        self.inner.write(ctx, inode, handle, r, size, offset, lock_owner, delayed_write, flags, fuse_flags)
     }
 
-    fn flush(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        lock_owner: u64,
-    ) -> io::Result<()> {
+    fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 
-    fn fsync(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        datasync: bool,
-        handle: Self::Handle,
-    ) -> io::Result<()> {
+    fn fsync(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {
         self.inner.fsync(ctx, inode, datasync, handle)
     }
 
@@ -297,8 +250,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.inner
-            .fallocate(ctx, inode, handle, mode, offset, length)
+        self.inner.fallocate(ctx, inode, handle, mode, offset, length)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -312,41 +264,22 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
         self.inner.statfs(ctx, inode)
     }
 
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        name: &CStr,
-        value: &[u8],
-        flags: u32,
-    ) -> io::Result<()> {
+    fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
-    fn getxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        name: &CStr,
-        size: u32,
-    ) -> io::Result<GetxattrReply> {
+    fn getxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
         self.inner.getxattr(ctx, inode, name, size)
     }
 
-    fn listxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        size: u32,
-    ) -> io::Result<ListxattrReply> {
+    fn listxattr(&self, ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply> {
         self.inner.listxattr(ctx, inode, size)
     }
 
@@ -372,8 +305,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+        self.inner.readdir(ctx, inode, handle, size, offset, add_entry)
     }
 
     fn readdirplus(
@@ -385,27 +317,14 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+        self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry)
     }
 
-    fn fsyncdir(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        datasync: bool,
-        handle: Self::Handle,
-    ) -> io::Result<()> {
+    fn fsyncdir(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {
         self.inner.fsyncdir(ctx, inode, datasync, handle)
     }
 
-    fn releasedir(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        flags: u32,
-        handle: Self::Handle,
-    ) -> io::Result<()> {
+    fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
         self.inner.releasedir(ctx, inode, flags, handle)
     }
 
@@ -421,8 +340,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         moffset: u64,
         vu_req: &mut dyn FsCacheReqHandler,
     ) -> io::Result<()> {
-        self.inner
-            .setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
+        self.inner.setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
     }
 
     fn removemapping(
@@ -497,17 +415,10 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         data: IoctlData,
         out_size: u32,
     ) -> io::Result<IoctlData<'_>> {
-        self.inner
-            .ioctl(ctx, inode, handle, flags, cmd, data, out_size)
+        self.inner.ioctl(ctx, inode, handle, flags, cmd, data, out_size)
     }
 
-    fn bmap(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        block: u64,
-        blocksize: u32,
-    ) -> io::Result<u64> {
+    fn bmap(&self, ctx: &Context, inode: Self::Inode, block: u64, blocksize: u32) -> io::Result<u64> {
         self.inner.bmap(ctx, inode, block, blocksize)
     }
 
@@ -540,11 +451,7 @@ mod tests {
             type Handle = u64;
         }
         let fs = AsHostUser::new(Plain);
-        let mut ctx = Context {
-            uid: 1234,
-            gid: 5678,
-            pid: 42,
-        };
+        let mut ctx = Context { uid: 1234, gid: 5678, pid: 42 };
         fs.id_remap(&mut ctx).unwrap();
         assert_eq!((ctx.uid, ctx.gid, ctx.pid), (0, 0, 42));
     }

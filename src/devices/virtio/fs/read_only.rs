@@ -19,8 +19,8 @@
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
-    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply, SetattrValid,
+    ZeroCopyReader, ZeroCopyWriter,
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use std::ffi::CStr;
@@ -40,8 +40,7 @@ fn enosys() -> io::Error {
 fn open_flags_write(flags: u32) -> bool {
     // Open flags are a C int carried as u32 in FUSE; reinterpret the bits.
     let flags = flags as i32;
-    (flags & libc::O_ACCMODE) != libc::O_RDONLY
-        || flags & (libc::O_TRUNC | libc::O_CREAT | libc::O_APPEND) != 0
+    (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT | libc::O_APPEND) != 0
 }
 
 /// The read-only wrapper (see the module documentation).
@@ -129,17 +128,10 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
 
-    fn flush(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        lock_owner: u64,
-    ) -> io::Result<()> {
+    fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 
@@ -154,8 +146,7 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
@@ -164,22 +155,11 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         Ok(st)
     }
 
-    fn getxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        name: &CStr,
-        size: u32,
-    ) -> io::Result<GetxattrReply> {
+    fn getxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
         self.inner.getxattr(ctx, inode, name, size)
     }
 
-    fn listxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        size: u32,
-    ) -> io::Result<ListxattrReply> {
+    fn listxattr(&self, ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply> {
         self.inner.listxattr(ctx, inode, size)
     }
 
@@ -204,8 +184,7 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+        self.inner.readdir(ctx, inode, handle, size, offset, add_entry)
     }
 
     fn readdirplus(
@@ -217,17 +196,10 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+        self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry)
     }
 
-    fn releasedir(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        flags: u32,
-        handle: Self::Handle,
-    ) -> io::Result<()> {
+    fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
         self.inner.releasedir(ctx, inode, flags, handle)
     }
 
@@ -252,23 +224,11 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
 
     // --- Nothing to write back: successful no-ops -----------------------
 
-    fn fsync(
-        &self,
-        _ctx: &Context,
-        _inode: Self::Inode,
-        _datasync: bool,
-        _handle: Self::Handle,
-    ) -> io::Result<()> {
+    fn fsync(&self, _ctx: &Context, _inode: Self::Inode, _datasync: bool, _handle: Self::Handle) -> io::Result<()> {
         Ok(())
     }
 
-    fn fsyncdir(
-        &self,
-        _ctx: &Context,
-        _inode: Self::Inode,
-        _datasync: bool,
-        _handle: Self::Handle,
-    ) -> io::Result<()> {
+    fn fsyncdir(&self, _ctx: &Context, _inode: Self::Inode, _datasync: bool, _handle: Self::Handle) -> io::Result<()> {
         Ok(())
     }
 
@@ -285,13 +245,7 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         Err(erofs())
     }
 
-    fn symlink(
-        &self,
-        _ctx: &Context,
-        _linkname: &CStr,
-        _parent: Self::Inode,
-        _name: &CStr,
-    ) -> io::Result<Entry> {
+    fn symlink(&self, _ctx: &Context, _linkname: &CStr, _parent: Self::Inode, _name: &CStr) -> io::Result<Entry> {
         Err(erofs())
     }
 
@@ -307,14 +261,7 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         Err(erofs())
     }
 
-    fn mkdir(
-        &self,
-        _ctx: &Context,
-        _parent: Self::Inode,
-        _name: &CStr,
-        _mode: u32,
-        _umask: u32,
-    ) -> io::Result<Entry> {
+    fn mkdir(&self, _ctx: &Context, _parent: Self::Inode, _name: &CStr, _mode: u32, _umask: u32) -> io::Result<Entry> {
         Err(erofs())
     }
 
@@ -338,13 +285,7 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         Err(erofs())
     }
 
-    fn link(
-        &self,
-        _ctx: &Context,
-        _inode: Self::Inode,
-        _newparent: Self::Inode,
-        _newname: &CStr,
-    ) -> io::Result<Entry> {
+    fn link(&self, _ctx: &Context, _inode: Self::Inode, _newparent: Self::Inode, _newname: &CStr) -> io::Result<Entry> {
         Err(erofs())
     }
 
@@ -481,13 +422,7 @@ impl<F: FileSystem> FileSystem for ReadOnlyFs<F> {
         Err(enosys())
     }
 
-    fn bmap(
-        &self,
-        _ctx: &Context,
-        _inode: Self::Inode,
-        _block: u64,
-        _blocksize: u32,
-    ) -> io::Result<u64> {
+    fn bmap(&self, _ctx: &Context, _inode: Self::Inode, _block: u64, _blocksize: u32) -> io::Result<u64> {
         Err(enosys())
     }
 
@@ -516,10 +451,7 @@ mod tests {
     fn open_flags_that_write_are_recognized() {
         let f = |x: i32| u32::try_from(x).unwrap();
         assert!(!open_flags_write(f(libc::O_RDONLY)));
-        assert!(!open_flags_write(f(libc::O_RDONLY
-            | libc::O_DIRECTORY
-            | libc::O_NOFOLLOW
-            | libc::O_CLOEXEC)));
+        assert!(!open_flags_write(f(libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)));
         assert!(open_flags_write(f(libc::O_WRONLY)));
         assert!(open_flags_write(f(libc::O_RDWR)));
         assert!(open_flags_write(f(libc::O_ACCMODE)));

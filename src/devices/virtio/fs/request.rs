@@ -33,11 +33,7 @@ pub enum RequestError {
     #[error("request of {0} readable bytes is shorter than a FUSE header")]
     ShortHeader(usize),
     #[error("FUSE header declares {declared} bytes, the buffers hold {actual}")]
-    LengthMismatch {
-        declared: u32,
-        actual: usize,
-        unique: u64,
-    },
+    LengthMismatch { declared: u32, actual: usize, unique: u64 },
 }
 
 impl RequestError {
@@ -53,12 +49,7 @@ impl RequestError {
 
 /// Opcodes the guest expects no reply to (the server answers nothing).
 pub fn expects_reply(opcode: u32) -> bool {
-    ![
-        Opcode::Forget as u32,
-        Opcode::BatchForget as u32,
-        Opcode::Interrupt as u32,
-    ]
-    .contains(&opcode)
+    ![Opcode::Forget as u32, Opcode::BatchForget as u32, Opcode::Interrupt as u32].contains(&opcode)
 }
 
 /// Size of a bare error reply.
@@ -68,20 +59,14 @@ pub const OUT_HEADER_LEN_U32: u32 = 16;
 const _: () = assert!(OUT_HEADER_LEN == OUT_HEADER_LEN_U32 as usize);
 
 /// Check `chain` against `mem` and read its FUSE header.
-pub fn parse(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> Result<Request, RequestError> {
+pub fn parse(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Result<Request, RequestError> {
     let mut readable = 0usize;
     let mut writable = 0usize;
     let mut header = InHeader::default();
     let header_len = size_of::<InHeader>();
     for desc in chain {
         let len = desc.len();
-        let outside = RequestError::OutsideMemory {
-            addr: desc.addr().0,
-            len,
-        };
+        let outside = RequestError::OutsideMemory { addr: desc.addr().0, len };
         // A u32 always fits usize on the 64-bit hosts KVM runs on.
         let ulen = len as usize;
         // get_slice fails unless [addr, addr + len) lies in one region.
@@ -98,11 +83,7 @@ pub fn parse(
         // Copy what is still missing of the header from this buffer.
         if readable < header_len {
             let n = ulen.min(header_len - readable);
-            mem.read_slice(
-                &mut header.as_mut_slice()[readable..readable + n],
-                desc.addr(),
-            )
-            .map_err(|_| outside)?;
+            mem.read_slice(&mut header.as_mut_slice()[readable..readable + n], desc.addr()).map_err(|_| outside)?;
         }
         readable = readable.saturating_add(ulen);
     }
@@ -110,11 +91,7 @@ pub fn parse(
         return Err(RequestError::ShortHeader(readable));
     }
     if usize::try_from(header.len).ok() != Some(readable) {
-        return Err(RequestError::LengthMismatch {
-            declared: header.len,
-            actual: readable,
-            unique: header.unique,
-        });
+        return Err(RequestError::LengthMismatch { declared: header.len, actual: readable, unique: header.unique });
     }
     Ok(Request { header, writable })
 }

@@ -4,13 +4,10 @@
 
 use super::host_user::resting_umask;
 use super::*;
-use crate::devices::virtio::{
-    ActivateContext, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
-};
+use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
 use fuse_backend_rs::abi::fuse_abi::{
-    AccessIn, Attr, CreateIn, EntryOut, FallocateIn, ForgetIn, GetattrIn, InHeader, InitIn, LinkIn,
-    MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, Rename2In, RenameIn,
-    SetattrIn, SetxattrIn, WriteIn,
+    AccessIn, Attr, CreateIn, EntryOut, FallocateIn, ForgetIn, GetattrIn, InHeader, InitIn, LinkIn, MkdirIn, MknodIn,
+    Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, WriteIn,
 };
 use std::collections::BTreeMap;
 use std::mem::size_of;
@@ -92,9 +89,7 @@ impl Driver {
             queues.push(mock.create_queue().unwrap());
             rings[i] = [mock.desc_table_addr(), mock.avail_addr(), mock.used_addr()];
         }
-        let evts: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-            .collect();
+        let evts: Vec<EventFd> = (0..2).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect();
         let kicks = evts.iter().map(|e| e.try_clone().unwrap()).collect();
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         fs.activate(ActivateContext {
@@ -175,9 +170,7 @@ impl Driver {
         let avail_idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
         let slot = avail.unchecked_add(4 + 2 * u64::from(avail_idx % QUEUE_SIZE));
         self.mem.write_obj(first, slot).unwrap();
-        self.mem
-            .write_obj(avail_idx.wrapping_add(1), avail.unchecked_add(2))
-            .unwrap();
+        self.mem.write_obj(avail_idx.wrapping_add(1), avail.unchecked_add(2)).unwrap();
         self.kicks[queue].write(1).unwrap();
 
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,11 +212,7 @@ impl Driver {
         let unique = self.next_unique - 1;
         let used = self.submit(1, &[Buf::In(&msg), Buf::Out(65536)]);
         assert_eq!(used.header().unique, unique);
-        assert_eq!(
-            used.header().len,
-            used.len,
-            "reply length is the used length"
-        );
+        assert_eq!(used.header().len, used.len, "reply length is the used length");
         used
     }
 
@@ -245,12 +234,7 @@ impl Driver {
     }
 
     fn init(&mut self) {
-        let init = InitIn {
-            major: 7,
-            minor: 31,
-            max_readahead: 0x2_0000,
-            flags: 0,
-        };
+        let init = InitIn { major: 7, minor: 31, max_readahead: 0x2_0000, flags: 0 };
         let r = self.call(Opcode::Init as u32, 0, &[init.as_slice()]);
         assert_eq!(r.errno(), 0, "FUSE_INIT");
     }
@@ -264,10 +248,7 @@ impl Driver {
     }
 
     fn open(&mut self, nodeid: u64, flags: i32) -> Result<u64, i32> {
-        let o = OpenIn {
-            flags: u32::try_from(flags).unwrap(),
-            fuse_flags: 0,
-        };
+        let o = OpenIn { flags: u32::try_from(flags).unwrap(), fuse_flags: 0 };
         let r = self.call(Opcode::Open as u32, nodeid, &[o.as_slice()]);
         match r.errno() {
             0 => Ok(r.body::<OpenOut>().fh),
@@ -276,11 +257,7 @@ impl Driver {
     }
 
     fn read(&mut self, nodeid: u64, fh: u64, size: u32) -> Vec<u8> {
-        let rd = ReadIn {
-            fh,
-            size,
-            ..Default::default()
-        };
+        let rd = ReadIn { fh, size, ..Default::default() };
         let r = self.call(Opcode::Read as u32, nodeid, &[rd.as_slice()]);
         assert_eq!(r.errno(), 0, "FUSE_READ");
         r.data[16..].to_vec()
@@ -316,16 +293,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
                 format!("file {:?}", std::fs::read(&p).unwrap())
             };
             let key = p.strip_prefix(dir).unwrap().display().to_string();
-            out.insert(
-                key,
-                format!(
-                    "{what} {:o} {}:{} {}",
-                    m.mode(),
-                    m.uid(),
-                    m.gid(),
-                    m.mtime()
-                ),
-            );
+            out.insert(key, format!("{what} {:o} {}:{} {}", m.mode(), m.uid(), m.gid(), m.mtime()));
         }
     }
     out
@@ -367,10 +335,7 @@ fn config_space_carries_the_tag_and_one_request_queue() {
 fn tags_must_fit_the_config_space() {
     let dir = tempfile::tempdir().unwrap();
     for bad in ["", "a\0b", &"x".repeat(37)] {
-        assert!(
-            matches!(Fs::new(bad, dir.path(), true), Err(FsError::Tag(_))),
-            "{bad:?}"
-        );
+        assert!(matches!(Fs::new(bad, dir.path(), true), Err(FsError::Tag(_))), "{bad:?}");
     }
     let long = "y".repeat(36);
     let fs = Fs::new(&long, dir.path(), false).unwrap();
@@ -384,14 +349,8 @@ fn shared_dir_must_be_a_readable_directory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f");
     std::fs::write(&file, b"").unwrap();
-    assert!(matches!(
-        Fs::new("t", &file, true),
-        Err(FsError::NotADirectory(_))
-    ));
-    assert!(matches!(
-        Fs::new("t", &dir.path().join("missing"), true),
-        Err(FsError::SharedDir { .. })
-    ));
+    assert!(matches!(Fs::new("t", &file, true), Err(FsError::NotADirectory(_))));
+    assert!(matches!(Fs::new("t", &dir.path().join("missing"), true), Err(FsError::SharedDir { .. })));
 }
 
 #[test]
@@ -405,23 +364,11 @@ fn read_only_share_serves_lookup_open_read_and_readdir() {
     let fh = d.open(e.nodeid, libc::O_RDONLY).unwrap();
     assert_eq!(d.read(e.nodeid, fh, 4096), b"hello from the store\n");
     // Offsets are honoured.
-    let rd = ReadIn {
-        fh,
-        offset: 6,
-        size: 4,
-        ..Default::default()
-    };
+    let rd = ReadIn { fh, offset: 6, size: 4, ..Default::default() };
     let r = d.call(Opcode::Read as u32, e.nodeid, &[rd.as_slice()]);
     assert_eq!(&r.data[16..], b"from");
-    let rel = ReleaseIn {
-        fh,
-        ..Default::default()
-    };
-    assert_eq!(
-        d.call(Opcode::Release as u32, e.nodeid, &[rel.as_slice()])
-            .errno(),
-        0
-    );
+    let rel = ReleaseIn { fh, ..Default::default() };
+    assert_eq!(d.call(Opcode::Release as u32, e.nodeid, &[rel.as_slice()]).errno(), 0);
 
     let sub = d.lookup(ROOT, "sub").unwrap();
     assert_eq!(sub.attr.mode & libc::S_IFMT, libc::S_IFDIR);
@@ -430,24 +377,14 @@ fn read_only_share_serves_lookup_open_read_and_readdir() {
     assert_eq!(d.read(inner.nodeid, fh, 100), b"inner");
 
     // readdir of the root lists the entries.
-    let o = OpenIn {
-        flags: u32::try_from(libc::O_RDONLY | libc::O_DIRECTORY).unwrap(),
-        fuse_flags: 0,
-    };
+    let o = OpenIn { flags: u32::try_from(libc::O_RDONLY | libc::O_DIRECTORY).unwrap(), fuse_flags: 0 };
     let r = d.call(Opcode::Opendir as u32, ROOT, &[o.as_slice()]);
     let dfh = r.body::<OpenOut>().fh;
-    let rd = ReadIn {
-        fh: dfh,
-        size: 4096,
-        ..Default::default()
-    };
+    let rd = ReadIn { fh: dfh, size: 4096, ..Default::default() };
     let r = d.call(Opcode::Readdir as u32, ROOT, &[rd.as_slice()]);
     assert_eq!(r.errno(), 0);
     let listing = String::from_utf8_lossy(&r.data[16..]).to_string();
-    assert!(
-        listing.contains("hello.txt") && listing.contains("sub"),
-        "{listing:?}"
-    );
+    assert!(listing.contains("hello.txt") && listing.contains("sub"), "{listing:?}");
 
     // statfs says read-only; getattr works.
     let r = d.call(Opcode::Statfs as u32, ROOT, &[]);
@@ -476,20 +413,10 @@ fn read_only_share_refuses_every_mutation_with_erofs() {
         umask: 0o022,
         fuse_flags: 0,
     };
-    let mkdir = MkdirIn {
-        mode: 0o755,
-        umask: 0,
-    };
-    let mknod = MknodIn {
-        mode: libc::S_IFIFO | 0o644,
-        ..Default::default()
-    };
+    let mkdir = MkdirIn { mode: 0o755, umask: 0 };
+    let mknod = MknodIn { mode: libc::S_IFIFO | 0o644, ..Default::default() };
     let rename = RenameIn { newdir: ROOT };
-    let rename2 = Rename2In {
-        newdir: ROOT,
-        flags: 0,
-        padding: 0,
-    };
+    let rename2 = Rename2In { newdir: ROOT, flags: 0, padding: 0 };
     let link = LinkIn { oldnodeid: file };
     let chmod = SetattrIn {
         valid: 1, // FATTR_MODE
@@ -501,135 +428,42 @@ fn read_only_share_refuses_every_mutation_with_erofs() {
         size: 0,
         ..Default::default()
     };
-    let write = WriteIn {
-        fh,
-        size: 4,
-        ..Default::default()
-    };
-    let fallocate = FallocateIn {
-        fh,
-        length: 4096,
-        ..Default::default()
-    };
+    let write = WriteIn { fh, size: 4, ..Default::default() };
+    let fallocate = FallocateIn { fh, length: 4096, ..Default::default() };
     let value = b"v";
     let setxattr = SetxattrIn { size: 1, flags: 0 };
-    let access_w = AccessIn {
-        mask: u32::try_from(libc::W_OK).unwrap(),
-        padding: 0,
-    };
+    let access_w = AccessIn { mask: u32::try_from(libc::W_OK).unwrap(), padding: 0 };
     let rename_args: Vec<u8> = [cstr("hello.txt"), cstr("moved")].concat();
     let symlink_args: Vec<u8> = [cstr("link"), cstr("/etc/passwd")].concat();
     let cases: Vec<(&str, u32, u64, Vec<Vec<u8>>)> = vec![
-        (
-            "create",
-            Opcode::Create as u32,
-            ROOT,
-            vec![create.as_slice().to_vec(), name.clone()],
-        ),
-        (
-            "mkdir",
-            Opcode::Mkdir as u32,
-            ROOT,
-            vec![mkdir.as_slice().to_vec(), name.clone()],
-        ),
-        (
-            "mknod",
-            Opcode::Mknod as u32,
-            ROOT,
-            vec![mknod.as_slice().to_vec(), name.clone()],
-        ),
+        ("create", Opcode::Create as u32, ROOT, vec![create.as_slice().to_vec(), name.clone()]),
+        ("mkdir", Opcode::Mkdir as u32, ROOT, vec![mkdir.as_slice().to_vec(), name.clone()]),
+        ("mknod", Opcode::Mknod as u32, ROOT, vec![mknod.as_slice().to_vec(), name.clone()]),
         ("symlink", Opcode::Symlink as u32, ROOT, vec![symlink_args]),
-        (
-            "link",
-            Opcode::Link as u32,
-            sub,
-            vec![link.as_slice().to_vec(), name.clone()],
-        ),
-        (
-            "unlink",
-            Opcode::Unlink as u32,
-            ROOT,
-            vec![cstr("hello.txt")],
-        ),
+        ("link", Opcode::Link as u32, sub, vec![link.as_slice().to_vec(), name.clone()]),
+        ("unlink", Opcode::Unlink as u32, ROOT, vec![cstr("hello.txt")]),
         ("rmdir", Opcode::Rmdir as u32, ROOT, vec![cstr("sub")]),
-        (
-            "rename",
-            Opcode::Rename as u32,
-            ROOT,
-            vec![rename.as_slice().to_vec(), rename_args.clone()],
-        ),
-        (
-            "rename2",
-            Opcode::Rename2 as u32,
-            ROOT,
-            vec![rename2.as_slice().to_vec(), rename_args],
-        ),
-        (
-            "chmod",
-            Opcode::Setattr as u32,
-            file,
-            vec![chmod.as_slice().to_vec()],
-        ),
-        (
-            "truncate",
-            Opcode::Setattr as u32,
-            file,
-            vec![truncate.as_slice().to_vec()],
-        ),
-        (
-            "write",
-            Opcode::Write as u32,
-            file,
-            vec![write.as_slice().to_vec(), b"evil".to_vec()],
-        ),
-        (
-            "fallocate",
-            Opcode::Fallocate as u32,
-            file,
-            vec![fallocate.as_slice().to_vec()],
-        ),
-        (
-            "setxattr",
-            Opcode::Setxattr as u32,
-            file,
-            vec![setxattr.as_slice().to_vec(), cstr("user.x"), value.to_vec()],
-        ),
-        (
-            "removexattr",
-            Opcode::Removexattr as u32,
-            file,
-            vec![cstr("user.x")],
-        ),
-        (
-            "access W_OK",
-            Opcode::Access as u32,
-            file,
-            vec![access_w.as_slice().to_vec()],
-        ),
+        ("rename", Opcode::Rename as u32, ROOT, vec![rename.as_slice().to_vec(), rename_args.clone()]),
+        ("rename2", Opcode::Rename2 as u32, ROOT, vec![rename2.as_slice().to_vec(), rename_args]),
+        ("chmod", Opcode::Setattr as u32, file, vec![chmod.as_slice().to_vec()]),
+        ("truncate", Opcode::Setattr as u32, file, vec![truncate.as_slice().to_vec()]),
+        ("write", Opcode::Write as u32, file, vec![write.as_slice().to_vec(), b"evil".to_vec()]),
+        ("fallocate", Opcode::Fallocate as u32, file, vec![fallocate.as_slice().to_vec()]),
+        ("setxattr", Opcode::Setxattr as u32, file, vec![setxattr.as_slice().to_vec(), cstr("user.x"), value.to_vec()]),
+        ("removexattr", Opcode::Removexattr as u32, file, vec![cstr("user.x")]),
+        ("access W_OK", Opcode::Access as u32, file, vec![access_w.as_slice().to_vec()]),
     ];
     for (what, opcode, node, args) in cases {
         let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         assert_eq!(d.call(opcode, node, &args).errno(), libc::EROFS, "{what}");
     }
-    for flags in [
-        libc::O_WRONLY,
-        libc::O_RDWR,
-        libc::O_RDONLY | libc::O_TRUNC,
-        libc::O_RDONLY | libc::O_APPEND,
-    ] {
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC, libc::O_RDONLY | libc::O_APPEND] {
         assert_eq!(d.open(file, flags), Err(libc::EROFS), "open {flags:#o}");
     }
     // Reading is still fine, and nothing changed on the host.
     assert_eq!(d.read(file, fh, 100), b"hello from the store\n");
-    let access_r = AccessIn {
-        mask: u32::try_from(libc::R_OK).unwrap(),
-        padding: 0,
-    };
-    assert_eq!(
-        d.call(Opcode::Access as u32, file, &[access_r.as_slice()])
-            .errno(),
-        0
-    );
+    let access_r = AccessIn { mask: u32::try_from(libc::R_OK).unwrap(), padding: 0 };
+    assert_eq!(d.call(Opcode::Access as u32, file, &[access_r.as_slice()]).errno(), 0);
     assert_eq!(snapshot(top.path()), before);
 }
 
@@ -647,11 +481,7 @@ fn unknown_and_unsupported_opcodes_get_enosys() {
         Opcode::Setlk as u32,
         Opcode::Bmap as u32,
     ] {
-        assert_eq!(
-            d.call(opcode, file, &[&[0u8; 64]]).errno(),
-            libc::ENOSYS,
-            "opcode {opcode}"
-        );
+        assert_eq!(d.call(opcode, file, &[&[0u8; 64]]).errno(), libc::ENOSYS, "opcode {opcode}");
     }
     // DAX mappings are refused by the server itself: there is no window.
     let r = d.call(Opcode::SetupMapping as u32, file, &[&[0u8; 40]]);
@@ -690,47 +520,14 @@ fn malformed_chains_are_returned_unanswered_and_the_device_keeps_going() {
     d.init();
     let msg = d.message(Opcode::Lookup as u32, ROOT, 0, &[&cstr("hello.txt")]);
     let cases: Vec<(&str, Vec<Buf>)> = vec![
-        (
-            "readable outside memory",
-            vec![
-                Buf::Raw {
-                    addr: FAR_AWAY,
-                    len: 64,
-                    write: false,
-                },
-                Buf::Out(4096),
-            ],
-        ),
+        ("readable outside memory", vec![Buf::Raw { addr: FAR_AWAY, len: 64, write: false }, Buf::Out(4096)]),
         (
             "readable straddling the end of memory",
-            vec![
-                Buf::Raw {
-                    addr: MEM_SIZE as u64 - 8,
-                    len: 64,
-                    write: false,
-                },
-                Buf::Out(4096),
-            ],
+            vec![Buf::Raw { addr: MEM_SIZE as u64 - 8, len: 64, write: false }, Buf::Out(4096)],
         ),
-        (
-            "writable outside memory",
-            vec![
-                Buf::In(&msg),
-                Buf::Raw {
-                    addr: FAR_AWAY,
-                    len: 4096,
-                    write: true,
-                },
-            ],
-        ),
-        (
-            "readable after writable",
-            vec![Buf::Out(4096), Buf::In(&msg)],
-        ),
-        (
-            "shorter than a header",
-            vec![Buf::In(&msg[..20]), Buf::Out(4096)],
-        ),
+        ("writable outside memory", vec![Buf::In(&msg), Buf::Raw { addr: FAR_AWAY, len: 4096, write: true }]),
+        ("readable after writable", vec![Buf::Out(4096), Buf::In(&msg)]),
+        ("shorter than a header", vec![Buf::In(&msg[..20]), Buf::Out(4096)]),
         ("no room for a reply", vec![Buf::In(&msg), Buf::Out(8)]),
         ("no reply buffer", vec![Buf::In(&msg)]),
     ];
@@ -769,11 +566,7 @@ fn forget_on_the_hiprio_queue_gets_an_empty_used_entry() {
     assert_eq!(r.len, 0);
     // The inode is gone once its lookup count reached zero.
     let g = GetattrIn::default();
-    assert_eq!(
-        d.call(Opcode::Getattr as u32, file, &[g.as_slice()])
-            .errno(),
-        libc::EBADF
-    );
+    assert_eq!(d.call(Opcode::Getattr as u32, file, &[g.as_slice()]).errno(), libc::EBADF);
 }
 
 #[test]
@@ -786,21 +579,11 @@ fn dotdot_never_leaves_the_share() {
     let up = d.lookup(ROOT, "..").unwrap();
     assert_eq!(up.nodeid, ROOT);
     assert_eq!(up.attr.ino, root_ino);
-    assert_eq!(
-        d.lookup(up.nodeid, "secret.txt").map(|_| ()),
-        Err(libc::ENOENT)
-    );
-    assert_eq!(
-        d.lookup(up.nodeid, "outside").map(|_| ()),
-        Err(libc::ENOENT)
-    );
+    assert_eq!(d.lookup(up.nodeid, "secret.txt").map(|_| ()), Err(libc::ENOENT));
+    assert_eq!(d.lookup(up.nodeid, "outside").map(|_| ()), Err(libc::ENOENT));
     // Paths are not names.
     for name in ["../secret.txt", "sub/../../secret.txt", "/etc"] {
-        assert_eq!(
-            d.lookup(ROOT, name).map(|_| ()),
-            Err(libc::EINVAL),
-            "{name}"
-        );
+        assert_eq!(d.lookup(ROOT, name).map(|_| ()), Err(libc::EINVAL), "{name}");
     }
     // ".." of a subdirectory is the root again, and no further.
     let sub = d.lookup(ROOT, "sub").unwrap();
@@ -825,22 +608,12 @@ fn symlinks_never_lead_out_of_the_share() {
     assert_eq!(file_link.attr.mode & libc::S_IFMT, libc::S_IFLNK);
     // Opening the link inode does not open its target.
     assert!(d.open(file_link.nodeid, libc::O_RDONLY).is_err());
-    let o = OpenIn {
-        flags: u32::try_from(libc::O_RDONLY | libc::O_DIRECTORY).unwrap(),
-        fuse_flags: 0,
-    };
-    assert_ne!(
-        d.call(Opcode::Opendir as u32, dir_link.nodeid, &[o.as_slice()])
-            .errno(),
-        0
-    );
+    let o = OpenIn { flags: u32::try_from(libc::O_RDONLY | libc::O_DIRECTORY).unwrap(), fuse_flags: 0 };
+    assert_ne!(d.call(Opcode::Opendir as u32, dir_link.nodeid, &[o.as_slice()]).errno(), 0);
     // The target is only text for the guest to resolve in its own tree.
     let r = d.call(Opcode::Readlink as u32, file_link.nodeid, &[]);
     assert_eq!(r.errno(), 0);
-    assert_eq!(
-        &r.data[16..],
-        top.path().join("secret.txt").as_os_str().as_encoded_bytes()
-    );
+    assert_eq!(&r.data[16..], top.path().join("secret.txt").as_os_str().as_encoded_bytes());
 }
 
 #[test]
@@ -849,11 +622,7 @@ fn read_write_share_creates_files_owned_by_the_host_user() {
     let umask = resting_umask();
     let mut d = Driver::new(dir.path(), false);
     d.init();
-    assert_eq!(
-        resting_umask(),
-        umask,
-        "FUSE_INIT leaves the process umask alone"
-    );
+    assert_eq!(resting_umask(), umask, "FUSE_INIT leaves the process umask alone");
     exchange_round_trip(&mut d, dir.path());
 }
 
@@ -867,59 +636,22 @@ fn exchange_round_trip(d: &mut Driver, dir: &Path) {
         fuse_flags: 0,
     };
     for (uid, name) in [(0, "from-root.txt"), (1234, "from-user.txt")] {
-        let r = d.call_as(
-            Opcode::Create as u32,
-            ROOT,
-            uid,
-            &[create.as_slice(), &cstr(name)],
-        );
+        let r = d.call_as(Opcode::Create as u32, ROOT, uid, &[create.as_slice(), &cstr(name)]);
         assert_eq!(r.errno(), 0, "create as guest uid {uid}");
         let entry: EntryOut = r.body();
         let open: OpenOut = read_obj(&r.data[16 + size_of::<EntryOut>()..]);
-        let w = WriteIn {
-            fh: open.fh,
-            size: 5,
-            ..Default::default()
-        };
-        let r = d.call_as(
-            Opcode::Write as u32,
-            entry.nodeid,
-            uid,
-            &[w.as_slice(), b"hello"],
-        );
+        let w = WriteIn { fh: open.fh, size: 5, ..Default::default() };
+        let r = d.call_as(Opcode::Write as u32, entry.nodeid, uid, &[w.as_slice(), b"hello"]);
         assert_eq!(r.errno(), 0, "write as guest uid {uid}");
-        let rel = ReleaseIn {
-            fh: open.fh,
-            ..Default::default()
-        };
-        assert_eq!(
-            d.call_as(Opcode::Release as u32, entry.nodeid, uid, &[rel.as_slice()])
-                .errno(),
-            0
-        );
+        let rel = ReleaseIn { fh: open.fh, ..Default::default() };
+        assert_eq!(d.call_as(Opcode::Release as u32, entry.nodeid, uid, &[rel.as_slice()]).errno(), 0);
     }
-    let mkdir = MkdirIn {
-        mode: 0o755,
-        umask: 0,
-    };
-    assert_eq!(
-        d.call_as(
-            Opcode::Mkdir as u32,
-            ROOT,
-            1234,
-            &[mkdir.as_slice(), &cstr("d")]
-        )
-        .errno(),
-        0
-    );
+    let mkdir = MkdirIn { mode: 0o755, umask: 0 };
+    assert_eq!(d.call_as(Opcode::Mkdir as u32, ROOT, 1234, &[mkdir.as_slice(), &cstr("d")]).errno(), 0);
     let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
     for name in ["from-root.txt", "from-user.txt", "d"] {
         let m = std::fs::metadata(dir.join(name)).unwrap();
-        assert_eq!(
-            (m.uid(), m.gid()),
-            (uid.as_raw(), gid.as_raw()),
-            "{name} belongs to the host user"
-        );
+        assert_eq!((m.uid(), m.gid()), (uid.as_raw(), gid.as_raw()), "{name} belongs to the host user");
     }
     assert_eq!(std::fs::read(dir.join("from-user.txt")).unwrap(), b"hello");
     assert!(std::fs::metadata(dir.join("d")).unwrap().is_dir());
@@ -958,10 +690,7 @@ fn read_write_share_works_for_an_unprivileged_host_user() {
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "unprivileged run failed:\n{stdout}\n{stderr}"
-        );
+        assert!(out.status.success() && stdout.contains("1 passed"), "unprivileged run failed:\n{stdout}\n{stderr}");
         return;
     }
     // Not root: no CAP_SETUID, no CAP_CHOWN, no CAP_DAC_OVERRIDE.

@@ -1,0 +1,405 @@
+//! dockerTools' runAsRoot in the guest (nixpkgs `runWithOverlay` +
+//! `mkRootLayer`, with their whiteout bugs fixed by the layer engine):
+//! unpack the base layers into lower dirs, copy the contents into the upper
+//! dir, mount the overlay, run the script as root in a chroot in new
+//! namespaces, remove the mount points we created, run the extra commands in
+//! the upper dir, and stream the upper dir out as a faithful tar.
+
+use crate::job::{Export, JobResult, RunAsRoot, SCRATCH_MOUNT};
+use crate::layer::unpack::{unpack, UnpackOptions};
+use anyhow::{bail, Context};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{chdir, chroot, fork, ForkResult};
+use std::ffi::CString;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Time a phase into the result.
+fn phase<T>(result: &mut JobResult, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let t = Instant::now();
+    let r = f();
+    result.phases.push((name.into(), t.elapsed().as_secs_f64()));
+    r
+}
+
+/// Unpack each layer into `scratch/lower/N`; returns the lower dirs, top
+/// first as overlayfs wants them.
+fn unpack_layers(layers: &[String], scratch: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut lowers = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let dir = scratch.join(format!("lower/{i}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let f = std::fs::File::open(layer).with_context(|| format!("open base layer {layer}"))?;
+        unpack(BufReader::with_capacity(1 << 20, f), &dir, &UnpackOptions::default())
+            .with_context(|| format!("unpack base layer {i}"))?;
+        lowers.push(dir);
+    }
+    if lowers.is_empty() {
+        // overlayfs needs a lower dir; an empty one stands for "no base".
+        let empty = scratch.join("lower/empty");
+        std::fs::create_dir_all(&empty).context("mkdir empty lower")?;
+        lowers.push(empty);
+    }
+    lowers.reverse();
+    Ok(lowers)
+}
+
+fn lowerdir_option(lowers: &[PathBuf]) -> String {
+    lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+}
+
+pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
+    let scratch = Path::new(SCRATCH_MOUNT);
+    let lowers = phase(result, "unpack", || unpack_layers(&job.layers, scratch))?;
+    let upper = scratch.join("upper");
+    let work = scratch.join("work");
+    let merged = scratch.join("merged");
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
+    }
+    phase(result, "contents", || {
+        for c in &job.contents {
+            copy_tree(Path::new(c), &upper, job.keep_contents_dirlinks)
+                .with_context(|| format!("copy contents {c}"))?;
+        }
+        Ok(())
+    })?;
+
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
+        lowerdir_option(&lowers),
+        upper.display(),
+        work.display()
+    );
+    mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).context("mount overlay")?;
+
+    let mut mount_points = Vec::new();
+    for p in ["/dev", "/proc", "/sys"].iter().map(|s| s.to_string()).chain(job.store_paths.iter().cloned()) {
+        create_missing(&merged, &p, &mut mount_points)?;
+    }
+
+    let status = phase(result, "script", || run_script(&merged, job))?;
+    result.script_status = Some(status);
+    println!("rootlayer-agent: script exited with status {status}");
+
+    // Mount points we created go again, deepest first; a directory the
+    // script filled (not possible under a mount, but a parent of a store
+    // path could be) stays.
+    for p in mount_points.iter().rev() {
+        let _ = std::fs::remove_dir(p);
+    }
+    if let Some(listing) = &job.merged_listing {
+        write_listing(&merged, Path::new(listing)).context("write merged listing")?;
+    }
+    umount2(&merged, MntFlags::empty()).context("unmount overlay")?;
+    result.disk_full = disk_full(scratch);
+    if status != 0 {
+        return Ok(());
+    }
+
+    if let Some(extra) = &job.extra_commands {
+        let code = phase(result, "extra_commands", || run_extra(extra, &upper, &job.path))?;
+        if code != 0 {
+            result.script_status = Some(code);
+            println!("rootlayer-agent: extra commands exited with status {code}");
+            return Ok(());
+        }
+    }
+
+    phase(result, "upper_tar", || {
+        let out = std::fs::File::create(&job.upper_tar).with_context(|| format!("create {}", job.upper_tar))?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        crate::upper_tar::write_upper_tar(&upper, &mut w)?;
+        w.flush().context("flush upper tar")?;
+        Ok(())
+    })?;
+    result.disk_full |= disk_full(scratch);
+    Ok(())
+}
+
+/// dockerTools' exportImage: the layers merged into one tree, as a tar.
+pub fn export(job: &Export, result: &mut JobResult) -> anyhow::Result<()> {
+    let scratch = Path::new(SCRATCH_MOUNT);
+    let lowers = phase(result, "unpack", || unpack_layers(&job.layers, scratch))?;
+    let merged = scratch.join("merged");
+    std::fs::create_dir_all(&merged).context("mkdir merged")?;
+    // A read-only overlay of lower dirs only: whiteouts and opaque
+    // directories are applied by overlayfs itself.
+    let mut lowers = lowers;
+    if lowers.len() == 1 {
+        // overlayfs needs two lower dirs without an upper dir.
+        let empty = scratch.join("lower/empty-top");
+        std::fs::create_dir_all(&empty).context("mkdir empty lower")?;
+        lowers.insert(0, empty);
+    }
+    let opts = format!("lowerdir={},redirect_dir=off,index=off,metacopy=off,xino=off", lowerdir_option(&lowers));
+    mount(Some("overlay"), &merged, Some("overlay"), MsFlags::MS_RDONLY, Some(opts.as_str()))
+        .context("mount overlay")?;
+    phase(result, "tar", || {
+        let out = std::fs::File::create(&job.out_tar).with_context(|| format!("create {}", job.out_tar))?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        crate::upper_tar::write_upper_tar(&merged, &mut w)?;
+        w.flush().context("flush tar")?;
+        Ok(())
+    })?;
+    umount2(&merged, MntFlags::empty()).context("unmount overlay")?;
+    result.disk_full = disk_full(scratch);
+    Ok(())
+}
+
+fn disk_full(scratch: &Path) -> bool {
+    nix::sys::statvfs::statvfs(scratch).map(|s| s.blocks_available() == 0).unwrap_or(false)
+}
+
+/// Create `path` (absolute) under `root` where missing, recording every
+/// directory created, outermost first.
+fn create_missing(root: &Path, path: &str, created: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut cur = root.to_path_buf();
+    for comp in Path::new(path).components().skip(1) {
+        cur.push(comp);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{path} exists in the image and is not a directory: cannot mount there"),
+            Err(_) => {
+                std::fs::create_dir(&cur).with_context(|| format!("mkdir {}", cur.display()))?;
+                created.push(cur.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy the tree under `src` into `dst` as root:root, like
+/// `rsync -a{k,K} --chown=0:0 src/ dst/`.
+fn copy_tree(src: &Path, dst: &Path, keep_dirlinks: bool) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(src).with_context(|| format!("read {}", src.display()))? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let mut meta = std::fs::symlink_metadata(&from)?;
+        if meta.file_type().is_symlink() && !keep_dirlinks {
+            if let Ok(target) = std::fs::metadata(&from) {
+                if target.is_dir() {
+                    meta = target;
+                }
+            }
+        }
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            match std::fs::symlink_metadata(&to) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => std::fs::remove_file(&to)?,
+                Err(_) => std::fs::create_dir(&to).with_context(|| format!("mkdir {}", to.display()))?,
+            }
+            copy_tree(&from, &to, keep_dirlinks)?;
+        } else {
+            if std::fs::symlink_metadata(&to).is_ok() {
+                if to.is_dir() && !std::fs::symlink_metadata(&to)?.file_type().is_symlink() {
+                    std::fs::remove_dir_all(&to)?;
+                } else {
+                    std::fs::remove_file(&to)?;
+                }
+            }
+            if ft.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            } else if ft.is_file() {
+                std::fs::copy(&from, &to).with_context(|| format!("copy {}", from.display()))?;
+            } else {
+                eprintln!("rootlayer-agent: contents: skipping special file {}", from.display());
+                continue;
+            }
+        }
+        std::os::unix::fs::lchown(&to, Some(0), Some(0))?;
+        if !ft.is_symlink() {
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        }
+    }
+    Ok(())
+}
+
+/// The environment of the script and the extra commands.
+fn script_env(path: &str) -> Vec<CString> {
+    let mut env = vec![format!("PATH={path}"), "HOME=/root".into(), "TERM=dumb".into()];
+    if let Ok(t) = std::env::var("GLIBC_TUNABLES") {
+        env.push(format!("GLIBC_TUNABLES={t}"));
+    }
+    env.into_iter().map(|s| CString::new(s).expect("no NUL")).collect()
+}
+
+/// Open `file` for the child to execute through /proc/self/fd (so the script
+/// never has to be copied into the image), and say whether it has a #! line.
+fn open_script(file: &str) -> anyhow::Result<(std::fs::File, bool)> {
+    let mut f = std::fs::File::open(file).with_context(|| format!("open {file}"))?;
+    let mut head = [0u8; 2];
+    let shebang = f.read(&mut head).map(|n| n == 2 && head == *b"#!").unwrap_or(false);
+    // SAFETY: clears FD_CLOEXEC on a descriptor we own.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
+        return Err(std::io::Error::last_os_error()).context("keep the script open across exec");
+    }
+    Ok((f, shebang))
+}
+
+/// Exec the script held open as `fd`: through its #! line, or with /bin/sh.
+fn exec_script(fd: i32, shebang: bool, env: &[CString]) -> anyhow::Error {
+    let path = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+    let err = if shebang {
+        nix::unistd::execve(&path, std::slice::from_ref(&path), env).unwrap_err()
+    } else {
+        let sh = CString::new("/bin/sh").expect("no NUL");
+        nix::unistd::execve(&sh, &[sh.clone(), path], env).unwrap_err()
+    };
+    anyhow::anyhow!("exec the script: {err}")
+}
+
+fn wait_status(pid: nix::unistd::Pid) -> anyhow::Result<i32> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => bail!("waitpid: {e}"),
+        }
+    }
+}
+
+/// Run the script as root in a chroot of `merged`, in new ipc, mount, pid
+/// and uts namespaces (the guest has no network to isolate); /dev and /sys
+/// bound from the guest, a fresh /proc, the stores bound read-only. Its
+/// output goes to the console, which the host streams live.
+fn run_script(merged: &Path, job: &RunAsRoot) -> anyhow::Result<i32> {
+    let (script, shebang) = open_script(&job.script)?;
+    let env = script_env(&job.path);
+    // SAFETY: the agent is single-threaded; the child only makes system
+    // calls and execs or exits.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let code = match sandbox(merged, job, script.as_raw_fd(), shebang, &env) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("rootlayer-agent: running the script: {e:#}");
+                    127
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => wait_status(child),
+    }
+}
+
+fn sandbox(merged: &Path, job: &RunAsRoot, fd: i32, shebang: bool, env: &[CString]) -> anyhow::Result<i32> {
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID)
+        .context("unshare")?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("make mounts private")?;
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some("/dev"), &merged.join("dev"), None::<&str>, bind, None::<&str>).context("bind /dev")?;
+    mount(Some("/sys"), &merged.join("sys"), None::<&str>, bind, None::<&str>).context("bind /sys")?;
+    for store in &job.store_paths {
+        let target = merged.join(store.trim_start_matches('/'));
+        mount(Some(store.as_str()), &target, None::<&str>, bind, None::<&str>)
+            .with_context(|| format!("bind {store}"))?;
+        mount(None::<&str>, &target, None::<&str>, bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+            .with_context(|| format!("make {store} read-only"))?;
+    }
+    nix::unistd::sethostname("localhost").context("sethostname")?;
+    // SAFETY: single-threaded child; the grandchild execs or exits.
+    match unsafe { fork() }.context("fork into the pid namespace")? {
+        ForkResult::Child => {
+            let err = (|| -> anyhow::Result<anyhow::Error> {
+                let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                mount(Some("proc"), &merged.join("proc"), Some("proc"), proc_flags, None::<&str>)
+                    .context("mount /proc")?;
+                chroot(merged).context("chroot")?;
+                chdir("/").context("chdir /")?;
+                Ok(exec_script(fd, shebang, env))
+            })()
+            .unwrap_or_else(|e| e);
+            eprintln!("rootlayer-agent: {err:#}");
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => wait_status(child),
+    }
+}
+
+/// Run the extra commands in `upper`, not chrooted (mkRootLayer's
+/// extraCommands); they need a #! line naming an interpreter in a store.
+fn run_extra(file: &str, upper: &Path, path: &str) -> anyhow::Result<i32> {
+    let (f, shebang) = open_script(file)?;
+    if !shebang {
+        bail!(
+            "the extra commands need a #! line naming an interpreter in a --store (the guest has no shell of its own)"
+        );
+    }
+    let env = script_env(path);
+    // SAFETY: single-threaded agent; the child execs or exits.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let err = match chdir(upper) {
+                Ok(()) => exec_script(f.as_raw_fd(), true, &env),
+                Err(e) => anyhow::anyhow!("chdir {}: {e}", upper.display()),
+            };
+            eprintln!("rootlayer-agent: extra commands: {err:#}");
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => wait_status(child),
+    }
+}
+
+/// One line per entry of the tree under `root`, sorted: path, type, mode,
+/// uid, gid, size, link target, FNV-1a of the contents. Tests compare it
+/// with the same listing of an independent unpack of the produced layer.
+fn write_listing(root: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut lines = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let m = std::fs::symlink_metadata(&p)?;
+            let rel = p.strip_prefix(root).expect("under root");
+            let ft = m.file_type();
+            let (kind, link, hash) = if ft.is_dir() {
+                stack.push(p.clone());
+                ("d", String::new(), 0)
+            } else if ft.is_symlink() {
+                ("l", std::fs::read_link(&p)?.display().to_string(), 0)
+            } else if ft.is_file() {
+                ("f", String::new(), fnv1a_file(&p)?)
+            } else {
+                ("o", format!("{:x}", m.rdev()), 0)
+            };
+            let size = if ft.is_file() { m.len() } else { 0 };
+            lines.push(format!(
+                "{}\t{kind}\t{:o}\t{}\t{}\t{size}\t{link}\t{hash:016x}",
+                String::from_utf8_lossy(rel.as_os_str().as_bytes()),
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    lines.sort();
+    std::fs::write(out, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
+fn fnv1a_file(p: &Path) -> anyhow::Result<u64> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h);
+        }
+        for b in &buf[..n] {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! `rootlayer run-as-root` and `rootlayer export`: the host side of
+//! dockerTools' runAsRoot (mkRootLayer) and exportImage.
+//!
+//! Read the base image, hand its layers and the script to the guest through
+//! the exchange share, boot, and turn the upper-dir tar the agent streams
+//! back into the OCI layer, written atomically in the asked-for format.
+
+use crate::exit::Exit;
+use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
+use crate::job::{Export, JobResult, RunAsRoot, Task, XCHG_MOUNT};
+use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
+use crate::runner::{run_job, GuestSpec, JobOutcome, RunError, Workdir};
+use crate::vmm::{GuestExit, VmmError};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// PATH inside the chroot, as a Debian-like image expects; a Nix-built
+/// script sets its own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What `run-as-root` was asked to do (the CLI fills it in).
+#[derive(Debug, Clone)]
+pub struct RunAsRootRequest {
+    pub script: PathBuf,
+    pub from_image: Option<PathBuf>,
+    pub selector: Selector,
+    pub contents: Vec<PathBuf>,
+    pub keep_contents_dirlinks: bool,
+    pub extra_commands: Option<PathBuf>,
+    pub source_date_epoch: Option<u64>,
+    pub format: OutputFormat,
+    pub out: PathBuf,
+    pub meta: ImageMeta,
+    /// Write the agent's listing of the merged tree here (tests).
+    pub merged_listing: Option<PathBuf>,
+}
+
+/// Why a job failed, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunAsRootError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("the script failed with exit status {0}; nothing written")]
+    ScriptFailed(i32),
+    #[error("the guest kernel panicked: {0}")]
+    GuestPanic(String),
+    #[error("the guest ran out of memory (raise --mem-size)")]
+    GuestOutOfMemory,
+    #[error("the scratch disk is full (raise --disk-size)")]
+    DiskFull,
+    #[error("timeout: the job did not finish within {0}s")]
+    Timeout(u64),
+    #[error("the guest failed: {0}")]
+    Guest(String),
+    #[error("converting the upper directory into a layer: {0}")]
+    Layer(#[from] LayerError),
+}
+
+impl RunAsRootError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            RunAsRootError::BadInput(_) => Exit::BadInput,
+            RunAsRootError::Image(ImageError::OutputExists(_)) => Exit::BadInput,
+            RunAsRootError::Image(ImageError::Io { .. }) => Exit::Internal,
+            RunAsRootError::Image(_) => Exit::BadInput,
+            RunAsRootError::Run(RunError::Vmm(VmmError::KvmUnavailable(_))) => Exit::KvmUnavailable,
+            RunAsRootError::Run(RunError::Vmm(
+                VmmError::MemSize { .. } | VmmError::Boot(_) | VmmError::MissingFile { .. },
+            )) => Exit::BadInput,
+            RunAsRootError::Run(RunError::Store { .. }) => Exit::BadInput,
+            RunAsRootError::Run(_) => Exit::Internal,
+            RunAsRootError::ScriptFailed(_) => Exit::ScriptFailed,
+            RunAsRootError::GuestPanic(_) => Exit::GuestPanic,
+            RunAsRootError::GuestOutOfMemory => Exit::GuestOutOfMemory,
+            RunAsRootError::DiskFull => Exit::DiskFull,
+            RunAsRootError::Timeout(_) => Exit::Timeout,
+            RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
+        }
+    }
+}
+
+/// What a successful job produced.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub diff_id: String,
+    pub size: u64,
+    pub out: PathBuf,
+    pub format: OutputFormat,
+    /// (phase, seconds): host phases and the agent's.
+    pub phases: Vec<(String, f64)>,
+    pub script_status: i32,
+}
+
+fn guest_path(name: &str) -> String {
+    format!("{XCHG_MOUNT}/{name}")
+}
+
+/// Write each base layer, uncompressed, into the exchange dir.
+fn stage_layers(base: &BaseImage, xchg: &Path) -> Result<Vec<String>, RunAsRootError> {
+    std::fs::create_dir(xchg.join("layers")).map_err(|e| RunAsRootError::Run(RunError::Xchg(e)))?;
+    let mut paths = Vec::new();
+    for i in 0..base.layers().len() {
+        let name = format!("layers/{i}.tar");
+        let mut out = std::fs::File::create(xchg.join(&name)).map_err(|e| RunAsRootError::Run(RunError::Xchg(e)))?;
+        let mut layer = base.open_layer(i)?;
+        std::io::copy(&mut layer, &mut out).map_err(|e| ImageError::from_io(e, base.path()))?;
+        paths.push(guest_path(&name));
+    }
+    Ok(paths)
+}
+
+fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, RunAsRootError> {
+    std::fs::copy(src, xchg.join(name))
+        .map_err(|e| RunAsRootError::BadInput(format!("cannot read {}: {e}", src.display())))?;
+    Ok(guest_path(name))
+}
+
+/// Judge the VM's end and the agent's result.
+fn check_outcome(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError> {
+    let report = &outcome.report;
+    let log = report.console.lock().expect("console log poisoned");
+    if report.timed_out {
+        return Err(RunAsRootError::Timeout(timeout));
+    }
+    if let Some(line) = log.panic_line() {
+        return Err(RunAsRootError::GuestPanic(line.to_string()));
+    }
+    if log.oom_seen() {
+        return Err(RunAsRootError::GuestOutOfMemory);
+    }
+    drop(log);
+    let Some(result) = outcome.result.clone() else {
+        return Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.exit)));
+    };
+    if result.disk_full {
+        return Err(RunAsRootError::DiskFull);
+    }
+    if let Some(err) = &result.error {
+        if err.contains("No space left on device") {
+            return Err(RunAsRootError::DiskFull);
+        }
+        return Err(RunAsRootError::Guest(err.clone()));
+    }
+    if report.exit != GuestExit::Reset {
+        return Err(RunAsRootError::Guest(report.exit.to_string()));
+    }
+    Ok(result)
+}
+
+/// Run `req` in a guest described by `spec`.
+pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, RunAsRootError> {
+    let start = Instant::now();
+    if req.out.symlink_metadata().is_ok() {
+        return Err(RunAsRootError::BadInput(format!("output {} already exists", req.out.display())));
+    }
+    let workdir = Workdir::new()?;
+    let xchg = workdir.xchg();
+    let base = match &req.from_image {
+        Some(p) => {
+            let img = BaseImage::open(p, &req.selector)?;
+            if let Some(m) = img.selected().message() {
+                eprintln!("rootlayer: {m}");
+            }
+            Some(img)
+        }
+        None => None,
+    };
+    let layers = match &base {
+        Some(b) => stage_layers(b, &xchg)?,
+        None => Vec::new(),
+    };
+    let script = copy_in(&req.script, &xchg, "script")?;
+    let extra_commands = match &req.extra_commands {
+        Some(p) => Some(copy_in(p, &xchg, "extra-commands")?),
+        None => None,
+    };
+    let mut spec = spec.clone();
+    let mut contents = Vec::new();
+    for (i, dir) in req.contents.iter().enumerate() {
+        if !dir.is_dir() {
+            return Err(RunAsRootError::BadInput(format!("--contents {} is not a directory", dir.display())));
+        }
+        let guest = format!("/run/rootlayer/contents/{i}");
+        spec.shares.push((dir.clone(), guest.clone()));
+        contents.push(guest);
+    }
+    let store_paths = spec
+        .stores
+        .iter()
+        .map(|s| std::fs::canonicalize(&s.dir).map(|p| p.to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RunAsRootError::BadInput(format!("--store: {e}")))?;
+    let task = Task::RunAsRoot(RunAsRoot {
+        layers,
+        contents,
+        keep_contents_dirlinks: req.keep_contents_dirlinks,
+        script,
+        extra_commands,
+        store_paths,
+        path: DEFAULT_PATH.into(),
+        upper_tar: guest_path("upper.tar"),
+        merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
+    });
+    let prepared = start.elapsed().as_secs_f64();
+    let outcome = run_job(&spec, workdir, task)?;
+    let result = check_outcome(&outcome, spec.timeout.as_secs())?;
+    let script_status = result.script_status.unwrap_or(-1);
+    if script_status != 0 {
+        return Err(RunAsRootError::ScriptFailed(script_status));
+    }
+    if let Some(dest) = &req.merged_listing {
+        std::fs::copy(outcome.xchg().join("merged.list"), dest)
+            .map_err(|e| RunAsRootError::Guest(format!("merged listing: {e}")))?;
+    }
+
+    let t = Instant::now();
+    let layer_tar = outcome.workdir.path().join("layer.tar");
+    let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
+    let info = convert_file_to_path(&outcome.xchg().join("upper.tar"), &layer_tar, &opts)?;
+    let convert = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let diff_id: Sha256Digest = info
+        .diff_id
+        .parse()
+        .map_err(|_| RunAsRootError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
+    let new_layer = NewLayer { tar: layer_tar, diff_id, size: info.size };
+    write_output(req.format, &req.out, base.as_ref(), &new_layer, &req.meta)?;
+    let write = t.elapsed().as_secs_f64();
+
+    let boot = outcome.report.ready_at().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let mut phases = vec![("prepare".to_string(), prepared), ("boot".to_string(), boot)];
+    phases.extend(result.phases.iter().filter(|(n, _)| n != "task").cloned());
+    phases.push(("guest_total".into(), outcome.report.wall.as_secs_f64()));
+    phases.push(("convert".into(), convert));
+    phases.push(("write".into(), write));
+    phases.push(("total".into(), start.elapsed().as_secs_f64()));
+    Ok(Summary {
+        diff_id: info.diff_id,
+        size: info.size,
+        out: req.out.clone(),
+        format: req.format,
+        phases,
+        script_status,
+    })
+}
+
+/// `rootlayer export`: flatten `image` to one root-filesystem tar at `out`
+/// (dockerTools' exportImage), through the guest's overlayfs.
+pub fn export(spec: &GuestSpec, image: &Path, selector: &Selector, out: &Path) -> Result<Summary, RunAsRootError> {
+    let start = Instant::now();
+    if out.symlink_metadata().is_ok() {
+        return Err(RunAsRootError::BadInput(format!("output {} already exists", out.display())));
+    }
+    let workdir = Workdir::new()?;
+    let base = BaseImage::open(image, selector)?;
+    if let Some(m) = base.selected().message() {
+        eprintln!("rootlayer: {m}");
+    }
+    let layers = stage_layers(&base, &workdir.xchg())?;
+    let task = Task::Export(Export { layers, out_tar: guest_path("rootfs.tar") });
+    let outcome = run_job(spec, workdir, task)?;
+    let result = check_outcome(&outcome, spec.timeout.as_secs())?;
+    // Same deterministic writer as the layers (no whiteouts in a merged tree).
+    let info = convert_file_to_path(&outcome.xchg().join("rootfs.tar"), out, &ConvertOptions::default())?;
+    let mut phases = result.phases.clone();
+    phases.push(("total".into(), start.elapsed().as_secs_f64()));
+    Ok(Summary {
+        diff_id: info.diff_id,
+        size: info.size,
+        out: out.to_path_buf(),
+        format: OutputFormat::Layer,
+        phases,
+        script_status: 0,
+    })
+}

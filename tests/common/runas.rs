@@ -1,0 +1,214 @@
+//! Fixtures for the run-as-root e2e tests: a store holding a static busybox
+//! (and a tiny static setcap helper), a two-layer busybox base image as a
+//! docker-archive, and a reader for the produced layer.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A store directory (shared read-only into the guest at its own path):
+/// `bb/bin/{busybox,sh}` and `tools/bin/setcap-raw`.
+pub fn make_store(root: &Path) -> PathBuf {
+    let store = root.join("store");
+    let bin = store.join("bb/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", bin.join("sh")).unwrap();
+    let tools = store.join("tools/bin");
+    std::fs::create_dir_all(&tools).unwrap();
+    // A static helper that sets security.capability (cap_net_bind_service,
+    // permitted + effective), as `setcap cap_net_bind_service+ep` would.
+    let src = root.join("setcap-raw.c");
+    std::fs::write(
+        &src,
+        r#"#include <sys/xattr.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    /* vfs_cap_data revision 2: magic_etc = 0x02000001 (effective), permitted[0] = 1 << 10 */
+    unsigned char v[20] = {0x01,0x00,0x00,0x02, 0x00,0x04,0x00,0x00, 0,0,0,0, 0,0,0,0, 0,0,0,0};
+    if (argc != 2) return 2;
+    if (setxattr(argv[1], "security.capability", v, sizeof v, 0) != 0) { perror("setxattr"); return 1; }
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let st =
+        Command::new("gcc").args(["-static", "-O2", "-o"]).arg(tools.join("setcap-raw")).arg(&src).status().unwrap();
+    assert!(st.success(), "building the static setcap helper");
+    std::fs::canonicalize(&store).unwrap()
+}
+
+/// A busybox root filesystem (layer 1) and a small second layer, as a
+/// docker-archive named `base:latest`. Returns the archive path.
+pub fn make_base_image(root: &Path) -> PathBuf {
+    let l1 = root.join("l1");
+    for d in ["bin", "etc", "data", "old", "d/sub", "keep", "usr/local/bin", "home"] {
+        std::fs::create_dir_all(l1.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, l1.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ls", "cat", "echo", "mkdir", "rm", "chown", "chmod", "ln", "mknod", "cp", "touch", "mv"] {
+        std::os::unix::fs::symlink("busybox", l1.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(l1.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(l1.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(l1.join("data/owned"), "owned by app after the script\n").unwrap();
+    std::fs::write(l1.join("data/target"), "symlink target\n").unwrap();
+    std::fs::write(l1.join("old/file"), "deleted by the script\n").unwrap();
+    std::fs::write(l1.join("old/stays"), "kept\n").unwrap();
+    std::fs::write(l1.join("d/base-file"), "gone after rm -rf d\n").unwrap();
+    std::fs::write(l1.join("d/sub/deep"), "gone too\n").unwrap();
+    std::fs::write(l1.join("keep/opaque-base"), "under an opaque dir in layer 2\n").unwrap();
+    let l2 = root.join("l2");
+    std::fs::create_dir_all(l2.join("etc")).unwrap();
+    std::fs::write(l2.join("etc/motd"), "layer two\n").unwrap();
+    let t1 = root.join("l1.tar");
+    let t2 = root.join("l2.tar");
+    for (dir, tar) in [(&l1, &t1), (&l2, &t2)] {
+        let st = Command::new("tar")
+            .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@1000", "-C"])
+            .arg(dir)
+            .args(["-cf"])
+            .arg(tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let layers = vec![std::fs::read(&t1).unwrap(), std::fs::read(&t2).unwrap()];
+    let archive = root.join("base.tar");
+    super::image::docker_archive(&archive, &[(&["base:latest"], &layers)], false);
+    archive
+}
+
+pub fn write_script(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// One entry of a produced layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    pub kind: char,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub link: Option<String>,
+    pub dev: Option<(u32, u32)>,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    pub data: Vec<u8>,
+}
+
+/// Entries of a layer tar in order, by path.
+pub fn read_layer(tar_bytes: &[u8]) -> Vec<(String, LayerEntry)> {
+    let mut ar = tar::Archive::new(tar_bytes);
+    let mut out = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let h = e.header().clone();
+        let mut xattrs = BTreeMap::new();
+        if let Some(ext) = e.pax_extensions().unwrap() {
+            for x in ext {
+                let x = x.unwrap();
+                if let Some(name) = x.key().unwrap().strip_prefix("SCHILY.xattr.") {
+                    xattrs.insert(name.to_string(), x.value_bytes().to_vec());
+                }
+            }
+        }
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular => 'f',
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            tar::EntryType::Link => 'h',
+            tar::EntryType::Char => 'c',
+            tar::EntryType::Block => 'b',
+            tar::EntryType::Fifo => 'p',
+            other => panic!("unexpected entry type {other:?} at {path}"),
+        };
+        let link = e.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
+        let dev =
+            matches!(kind, 'c' | 'b').then(|| (h.device_major().unwrap().unwrap(), h.device_minor().unwrap().unwrap()));
+        out.push((
+            path,
+            LayerEntry {
+                kind,
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                link,
+                dev,
+                xattrs,
+                data,
+            },
+        ));
+    }
+    out
+}
+
+/// Run the rootlayer binary with the built guest; returns (exit code, stdout, stderr).
+pub fn rootlayer(g: &super::Guest, args: &[&str]) -> (i32, String, String) {
+    let out = super::rootlayer()
+        .args(args)
+        .arg("--kernel")
+        .arg(&g.kernel)
+        .arg("--initrd")
+        .arg(&g.initrd)
+        .output()
+        .expect("running rootlayer");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("--- rootlayer stderr ---\n{stderr}--- end ---");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+fn fnv1a_file(p: &Path) -> u64 {
+    std::fs::read(p)
+        .unwrap()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The same listing the agent writes of the merged tree (guest/src/run_as_root.rs
+/// `write_listing`): path, type, mode, uid, gid, size, link, FNV-1a.
+pub fn listing(root: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut lines = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap();
+            let ft = m.file_type();
+            let (kind, link, hash) = if ft.is_dir() {
+                stack.push(p.clone());
+                ("d", String::new(), 0)
+            } else if ft.is_symlink() {
+                ("l", std::fs::read_link(&p).unwrap().display().to_string(), 0)
+            } else if ft.is_file() {
+                ("f", String::new(), fnv1a_file(&p))
+            } else {
+                ("o", format!("{:x}", m.rdev()), 0)
+            };
+            let size = if ft.is_file() { m.len() } else { 0 };
+            lines.push(format!(
+                "{}\t{kind}\t{:o}\t{}\t{}\t{size}\t{link}\t{hash:016x}",
+                String::from_utf8_lossy(rel.as_os_str().as_bytes()),
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    lines.sort();
+    lines.join("\n") + "\n"
+}
