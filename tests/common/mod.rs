@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-#[allow(dead_code)]
 pub mod image;
 pub mod runas;
 
