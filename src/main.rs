@@ -25,7 +25,7 @@ enum Command {
     Boot(BootArgs),
     /// dockerTools' runAsRoot: run SCRIPT as root in a chroot of the base
     /// image with an overlay on top, and write the changes as a new layer.
-    RunAsRoot(RunAsRootArgs),
+    RunAsRoot(Box<RunAsRootArgs>),
     /// dockerTools' exportImage: flatten an image into one root-filesystem tar.
     Export(ExportArgs),
 }
@@ -181,7 +181,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Boot(args) => boot(args).into(),
-        Command::RunAsRoot(args) => run_as_root(args).into(),
+        Command::RunAsRoot(args) => run_as_root(*args).into(),
         Command::Export(args) => export(args).into(),
     }
 }
