@@ -179,6 +179,7 @@ fn default_file(given: Option<PathBuf>, rel: &str, script: &str) -> Result<PathB
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    vmm::install_interrupt_handlers();
     match cli.command {
         Command::Boot(args) => boot(args).into(),
         Command::RunAsRoot(args) => run_as_root(*args).into(),
@@ -358,6 +359,10 @@ fn boot_outcome(report: &RunReport, timeout: u64) -> Exit {
     let status = log.agent_status();
     drop(log);
     let wall = report.wall.as_secs_f64();
+    if report.interrupted {
+        eprintln!("rootlayer: interrupted: the guest was stopped");
+        return Exit::Interrupted;
+    }
     if report.timed_out {
         let stage = if ready.is_some() { "after the agent started" } else { "before the agent's ready line" };
         eprintln!("rootlayer: timeout: the guest did not finish within {timeout}s ({stage})");

@@ -54,6 +54,8 @@ pub enum RunAsRootError {
     DiskFull,
     #[error("timeout: the job did not finish within {0}s")]
     Timeout(u64),
+    #[error("interrupted: the guest was stopped and temporary files removed")]
+    Interrupted,
     #[error("the guest failed: {0}")]
     Guest(String),
     #[error("converting the upper directory into a layer: {0}")]
@@ -78,6 +80,7 @@ impl RunAsRootError {
             RunAsRootError::GuestOutOfMemory => Exit::GuestOutOfMemory,
             RunAsRootError::DiskFull => Exit::DiskFull,
             RunAsRootError::Timeout(_) => Exit::Timeout,
+            RunAsRootError::Interrupted => Exit::Interrupted,
             RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
         }
     }
@@ -123,6 +126,9 @@ fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, RunAsRootError
 fn check_outcome(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError> {
     let report = &outcome.report;
     let log = report.console.lock().expect("console log poisoned");
+    if report.interrupted {
+        return Err(RunAsRootError::Interrupted);
+    }
     if report.timed_out {
         return Err(RunAsRootError::Timeout(timeout));
     }

@@ -78,6 +78,8 @@ pub struct RunReport {
     pub exit: GuestExit,
     /// True when the wall-clock timeout stopped the guest.
     pub timed_out: bool,
+    /// True when SIGINT or SIGTERM stopped the guest.
+    pub interrupted: bool,
     /// Time from the start of [`run`] to the end of the guest.
     pub wall: Duration,
     pub console: Arc<Mutex<ConsoleLog>>,
@@ -212,12 +214,21 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         .map_err(VmmError::Thread)?;
 
     // While profiling, kick the vCPU every few milliseconds; otherwise wait.
-    let tick = if profile.is_some() { Duration::from_millis(5) } else { config.timeout };
+    // Wait for the guest, waking every 100 ms to notice SIGINT/SIGTERM
+    // (every 5 ms while profiling, to sample the vCPU).
+    let tick = if profile.is_some() { Duration::from_millis(5) } else { Duration::from_millis(100) };
+    let mut interrupted = false;
     let wait = loop {
         let remaining = config.timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(remaining.min(tick)) {
-            Err(mpsc::RecvTimeoutError::Timeout) if !remaining.is_zero() && profile.is_some() => {
-                let _ = thread.kill(signal);
+            Err(mpsc::RecvTimeoutError::Timeout) if !remaining.is_zero() => {
+                if super::interrupted() {
+                    interrupted = true;
+                    break Err(mpsc::RecvTimeoutError::Timeout);
+                }
+                if profile.is_some() {
+                    let _ = thread.kill(signal);
+                }
             }
             other => break other,
         }
@@ -231,9 +242,11 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             loop {
                 let _ = thread.kill(signal);
                 match rx.recv_timeout(Duration::from_millis(20)) {
-                    Ok(done) => break (done, true),
+                    Ok(done) => break (done, !interrupted),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break ((GuestExit::Stopped, Vec::new()), true),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break ((GuestExit::Stopped, Vec::new()), !interrupted)
+                    }
                 }
             }
         }
@@ -248,7 +261,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             eprintln!("rootlayer: writing guest profile {}: {e}", path.display());
         }
     }
-    Ok(RunReport { exit, timed_out, wall: start.elapsed(), console, peak_rss_kib, guest_rss_kib })
+    Ok(RunReport { exit, timed_out, interrupted, wall: start.elapsed(), console, peak_rss_kib, guest_rss_kib })
 }
 
 /// VmHWM of this process, in KiB.
