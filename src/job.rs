@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// Environment variable (set on the kernel command line, handed to PID 1 by
 /// the kernel) naming the virtio-fs tag of the exchange share.
 pub const XCHG_TAG_ENV: &str = "ROOTLAYER_XCHG";
+/// Set to `9p` when the exchange share is 9p (the QEMU comparison in the
+/// benchmarks); virtio-fs otherwise.
+pub const XCHG_FS_ENV: &str = "ROOTLAYER_XCHG_FS";
 /// Where the agent mounts the exchange share.
 pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
 /// Where the agent mounts the scratch disk (ext4 made by the host).
@@ -39,6 +42,8 @@ pub struct Mount {
 pub enum MountSource {
     /// A virtio-fs share, by tag.
     VirtioFs { tag: String },
+    /// A 9p share over virtio, by tag (only the QEMU comparison uses it).
+    NineP { tag: String },
     /// A virtio-blk disk, by device node (e.g. `/dev/vda`), with its file
     /// system type.
     Disk { device: String, fstype: String },

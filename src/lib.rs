@@ -12,6 +12,7 @@ pub mod exit;
 pub mod image;
 pub mod job;
 pub mod layer;
+pub mod qemu;
 pub mod runas;
 pub mod runner;
 pub mod vmm;

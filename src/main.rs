@@ -5,7 +5,7 @@ use rootlayer::devices::console::Echo;
 use rootlayer::exit::Exit;
 use rootlayer::image::{ImageMeta, OutputFormat, Selector};
 use rootlayer::runas::{self, RunAsRootError, RunAsRootRequest, Summary};
-use rootlayer::runner::{GuestSpec, Store};
+use rootlayer::runner::{Backend, GuestSpec, Store};
 use rootlayer::vmm::{self, GuestExit, RunReport, VmConfig, VmmError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,9 @@ struct GuestArgs {
     /// Extra kernel command-line parameters.
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// Run the job with QEMU and 9p instead (benchmarks only).
+    #[arg(long, hide = true, default_value = "rootlayer", value_parser = ["rootlayer", "qemu-9p"])]
+    backend: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,6 +208,10 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, (Exit, String)> {
         disk_mib: Some(g.disk_size),
         stores: g.stores.iter().map(|d| Store { dir: d.clone() }).collect(),
         shares: Vec::new(),
+        backend: match g.backend.as_str() {
+            "qemu-9p" => Backend::Qemu9p,
+            _ => Backend::Rootlayer,
+        },
     })
 }
 

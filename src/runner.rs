@@ -7,7 +7,9 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::VirtioDevice;
 use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_TAG_ENV};
+use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
+use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -61,6 +63,19 @@ pub struct GuestSpec {
     pub stores: Vec<Store>,
     /// Further read-only shares: (host directory, guest mount point).
     pub shares: Vec<(PathBuf, String)>,
+    /// Who runs the guest: our VMM, or QEMU with 9p for the benchmarks.
+    pub backend: Backend,
+}
+
+/// The VMM that runs a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// rootlayer's own VMM with virtio-fs (the product).
+    #[default]
+    Rootlayer,
+    /// qemu-system-x86_64 -M microvm with 9p shares and virtio-blk, the way
+    /// nixpkgs' vmTools runs it: the benchmarks' comparison.
+    Qemu9p,
 }
 
 /// The job's private directory on the host: `xchg/` (shared with the guest)
@@ -134,62 +149,94 @@ pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
 pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutcome, RunError> {
     let xchg = workdir.xchg();
 
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    let mut mounts = Vec::new();
-    if let Some(mib) = spec.disk_mib {
-        let disk = workdir.disk();
-        make_scratch_disk(&disk, mib)?;
-        let block = Block::new(&disk, false, "rootlayer-scratch")
-            .map_err(|e| RunError::Device { what: "scratch disk".into(), reason: e.to_string() })?;
-        devices.push(Box::new(block));
-        mounts.push(Mount {
-            source: MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into() },
-            target: SCRATCH_MOUNT.into(),
-            read_only: false,
-        });
-    }
-    let fs = Fs::new(XCHG_TAG, &xchg, false)
-        .map_err(|e| RunError::Device { what: "exchange share".into(), reason: e.to_string() })?;
-    devices.push(Box::new(fs));
+    // Shares: (tag, host dir, guest mount point or None for the exchange).
+    let mut shares: Vec<(String, PathBuf, Option<String>)> = vec![(XCHG_TAG.into(), xchg.clone(), None)];
     for (i, store) in spec.stores.iter().enumerate() {
         let dir = std::fs::canonicalize(&store.dir)
             .map_err(|e| RunError::Store { path: store.dir.clone(), reason: e.to_string() })?;
         if !dir.is_dir() {
             return Err(RunError::Store { path: dir, reason: "not a directory".into() });
         }
-        let tag = format!("store{i}");
-        let fs = Fs::new(&tag, &dir, true)
-            .map_err(|e| RunError::Device { what: format!("store share {}", dir.display()), reason: e.to_string() })?;
-        devices.push(Box::new(fs));
-        mounts.push(Mount {
-            source: MountSource::VirtioFs { tag },
-            target: dir.to_string_lossy().into_owned(),
-            read_only: true,
-        });
+        let guest = dir.to_string_lossy().into_owned();
+        shares.push((format!("store{i}"), dir, Some(guest)));
+    }
+    for (i, (host, guest)) in spec.shares.iter().enumerate() {
+        shares.push((format!("share{i}"), host.clone(), Some(guest.clone())));
     }
 
-    for (i, (host, guest)) in spec.shares.iter().enumerate() {
-        let tag = format!("share{i}");
-        let fs = Fs::new(&tag, host, true)
-            .map_err(|e| RunError::Device { what: format!("share {}", host.display()), reason: e.to_string() })?;
-        devices.push(Box::new(fs));
-        mounts.push(Mount { source: MountSource::VirtioFs { tag }, target: guest.clone(), read_only: true });
+    let mut mounts = Vec::new();
+    if let Some(mib) = spec.disk_mib {
+        make_scratch_disk(&workdir.disk(), mib)?;
+        mounts.push(Mount {
+            source: MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into() },
+            target: SCRATCH_MOUNT.into(),
+            read_only: false,
+        });
+    }
+    for (tag, _, guest) in &shares {
+        if let Some(target) = guest {
+            let source = match spec.backend {
+                Backend::Rootlayer => MountSource::VirtioFs { tag: tag.clone() },
+                Backend::Qemu9p => MountSource::NineP { tag: tag.clone() },
+            };
+            mounts.push(Mount { source, target: target.clone(), read_only: true });
+        }
     }
 
     let job = Job { mounts, task };
     let text = serde_json::to_vec_pretty(&job).map_err(|e| RunError::WriteJob(e.into()))?;
     std::fs::write(xchg.join(JOB_FILE), text).map_err(RunError::WriteJob)?;
+    let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
 
-    let config = VmConfig {
-        kernel: spec.kernel.clone(),
-        initrd: Some(spec.initrd.clone()),
-        cmdline: format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string(),
-        mem_mib: spec.mem_mib,
-        timeout: spec.timeout,
-        echo: spec.echo,
-        virtio: devices,
+    let report = match spec.backend {
+        Backend::Rootlayer => {
+            let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+            if spec.disk_mib.is_some() {
+                let block = Block::new(&workdir.disk(), false, "rootlayer-scratch")
+                    .map_err(|e| RunError::Device { what: "scratch disk".into(), reason: e.to_string() })?;
+                devices.push(Box::new(block));
+            }
+            for (tag, host, guest) in &shares {
+                let fs = Fs::new(tag, host, guest.is_some()).map_err(|e| RunError::Device {
+                    what: format!("share {}", host.display()),
+                    reason: e.to_string(),
+                })?;
+                devices.push(Box::new(fs));
+            }
+            let config = VmConfig {
+                kernel: spec.kernel.clone(),
+                initrd: Some(spec.initrd.clone()),
+                cmdline,
+                mem_mib: spec.mem_mib,
+                timeout: spec.timeout,
+                echo: spec.echo,
+                virtio: devices,
+            };
+            vmm::run(config)?
+        }
+        Backend::Qemu9p => {
+            let shares: Vec<qemu::Share> = shares
+                .iter()
+                .map(|(tag, host, guest)| qemu::Share {
+                    tag: tag.clone(),
+                    host: host.clone(),
+                    read_only: guest.is_some(),
+                })
+                .collect();
+            let disk = spec.disk_mib.map(|_| workdir.disk());
+            qemu::run(
+                &spec.kernel,
+                &spec.initrd,
+                &cmdline,
+                spec.mem_mib,
+                disk.as_deref(),
+                &shares,
+                spec.timeout,
+                spec.echo,
+            )
+            .map_err(|e| RunError::Device { what: "qemu".into(), reason: format!("{e}: {:?}", e.source()) })?
+        }
     };
-    let report = vmm::run(config)?;
     let result = match std::fs::read(xchg.join(RESULT_FILE)) {
         Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| RunError::BadResult(e.to_string()))?),
         Err(_) => None,

@@ -61,6 +61,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         disk_mib: Some(64),
         stores: vec![Store { dir: store_dir.clone() }],
         shares: Vec::new(),
+        backend: Default::default(),
     };
     let read_file = store_dir.join("pkg/data.bin").display().to_string();
     let task = Task::DeviceCheck(DeviceCheck {

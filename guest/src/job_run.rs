@@ -2,7 +2,13 @@
 //! line, read job.json, mount what it lists, run its task, write
 //! result.json next to it.
 
-use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_MOUNT, XCHG_TAG_ENV};
+use crate::job::{
+    Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_FS_ENV, XCHG_MOUNT, XCHG_TAG_ENV,
+};
+
+/// 9p mount options as nixpkgs' vmTools used them (trans=virtio, 9p2000.L,
+/// a large msize).
+const NINEP_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=131072,cache=loose";
 use crate::mounts::mount_fs;
 use anyhow::Context;
 use nix::mount::MsFlags;
@@ -15,7 +21,11 @@ pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
     let Ok(tag) = std::env::var(XCHG_TAG_ENV) else {
         return Ok(None);
     };
-    mount_fs(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
+    if std::env::var(XCHG_FS_ENV).as_deref() == Ok("9p") {
+        mount_fs(&tag, XCHG_MOUNT, "9p", MsFlags::empty(), Some(NINEP_OPTIONS))?;
+    } else {
+        mount_fs(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
+    }
     let xchg = Path::new(XCHG_MOUNT);
     let text = std::fs::read_to_string(xchg.join(JOB_FILE)).context("read job.json")?;
     let job: Job = serde_json::from_str(&text).context("parse job.json")?;
@@ -53,6 +63,7 @@ fn mount(m: &Mount) -> anyhow::Result<()> {
     let flags = if m.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     match &m.source {
         MountSource::VirtioFs { tag } => mount_fs(tag, &m.target, "virtiofs", flags, None),
+        MountSource::NineP { tag } => mount_fs(tag, &m.target, "9p", flags, Some(NINEP_OPTIONS)),
         MountSource::Disk { device, fstype } => mount_fs(device, &m.target, fstype, flags, None),
     }
 }
