@@ -62,6 +62,17 @@ pub enum Task {
     RunAsRoot(RunAsRoot),
     /// dockerTools' exportImage: the base layers flattened to one tree.
     Export(Export),
+    /// Device throughput for the benchmarks: read a file sequentially,
+    /// write and fsync a file sequentially; seconds as observations.
+    IoBench(IoBench),
+}
+
+/// Inputs of [`Task::IoBench`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IoBench {
+    pub read_file: String,
+    pub write_file: String,
+    pub write_mib: u64,
 }
 
 /// Inputs of [`Task::RunAsRoot`]. Paths are guest paths; files the host

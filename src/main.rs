@@ -28,6 +28,21 @@ enum Command {
     RunAsRoot(Box<RunAsRootArgs>),
     /// dockerTools' exportImage: flatten an image into one root-filesystem tar.
     Export(ExportArgs),
+    /// Device throughput inside the guest (scripts/bench-devices).
+    #[command(hide = true)]
+    BenchIo(BenchIoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchIoArgs {
+    /// A file inside one of the --store directories, read sequentially.
+    #[arg(long)]
+    read_file: PathBuf,
+    /// MiB written sequentially (and fsynced) to the scratch disk.
+    #[arg(long, default_value_t = 64)]
+    write_mib: u64,
+    #[command(flatten)]
+    guest: GuestArgs,
 }
 
 /// The guest: kernel, initramfs, memory, time.
@@ -187,6 +202,54 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot(args).into(),
         Command::RunAsRoot(args) => run_as_root(*args).into(),
         Command::Export(args) => export(args).into(),
+        Command::BenchIo(args) => bench_io(args).into(),
+    }
+}
+
+fn bench_io(args: BenchIoArgs) -> Exit {
+    let spec = match guest_spec(&args.guest) {
+        Ok(s) => s,
+        Err((exit, msg)) => {
+            eprintln!("rootlayer: {msg}");
+            return exit;
+        }
+    };
+    let read_file = match std::fs::canonicalize(&args.read_file) {
+        Ok(p) => p.display().to_string(),
+        Err(e) => {
+            eprintln!("rootlayer: --read-file {}: {e}", args.read_file.display());
+            return Exit::BadInput;
+        }
+    };
+    let task = rootlayer::job::Task::IoBench(rootlayer::job::IoBench {
+        read_file,
+        write_file: format!("{}/bench.dat", rootlayer::job::SCRATCH_MOUNT),
+        write_mib: args.write_mib,
+    });
+    let workdir = match rootlayer::runner::Workdir::new() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("rootlayer: {e}");
+            return Exit::Internal;
+        }
+    };
+    match rootlayer::runner::run_job(&spec, workdir, task) {
+        Ok(outcome) => match outcome.result {
+            Some(r) if r.status == 0 => {
+                let obs: serde_json::Map<String, serde_json::Value> =
+                    r.observations.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+                println!("{}", serde_json::Value::Object(obs));
+                Exit::Ok
+            }
+            other => {
+                eprintln!("rootlayer: benchmark failed: {:?}", other.and_then(|r| r.error));
+                Exit::Internal
+            }
+        },
+        Err(e) => {
+            eprintln!("rootlayer: {e}");
+            Exit::Internal
+        }
     }
 }
 
