@@ -32,6 +32,9 @@ busybox rm /old/file
 busybox rm -rf /d
 busybox mkdir /d
 echo fresh > /d/new
+echo added > /keep/added
+test ! -e /keep/opaque-base
+test -e /opt/contents/from-contents
 echo "script ran as uid $(busybox id -u) in $(busybox hostname)"
 "#,
         store = store.display()
@@ -54,6 +57,18 @@ fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
     let out1 = tmp.path().join("out-layer");
     let out2 = tmp.path().join("out-oci");
     let listing = tmp.path().join("merged.list");
+    // --contents: a file, and a symlink to a directory (followed: rsync -k).
+    let contents = tmp.path().join("contents");
+    std::fs::create_dir_all(contents.join("opt/contents")).unwrap();
+    std::fs::write(contents.join("opt/contents/from-contents"), "copied in\n").unwrap();
+    // As with Nix store paths, the link points into a --store, which the
+    // guest sees at the same path.
+    std::fs::create_dir_all(store.join("pkg/share")).unwrap();
+    std::fs::write(store.join("pkg/share/inside"), "through the link\n").unwrap();
+    std::os::unix::fs::symlink(store.join("pkg/share"), contents.join("linked-dir")).unwrap();
+    // --extra-commands: run in the layer directory, not chrooted.
+    let extra = tmp.path().join("extra.sh");
+    write_script(&extra, &format!("#!{}/bb/bin/sh\necho from-extra-commands > ./extra-file\n", store.display()));
 
     let common_args = |out: &Path, format: &str| -> Vec<String> {
         vec![
@@ -72,6 +87,10 @@ fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
             "600".into(),
             "--source-date-epoch".into(),
             "1700000000".into(),
+            "--contents".into(),
+            contents.display().to_string(),
+            "--extra-commands".into(),
+            extra.display().to_string(),
             "--format".into(),
             format.into(),
             "--json".into(),
@@ -115,6 +134,15 @@ fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
     assert_eq!(e["d"].kind, 'd');
     assert!(e.contains_key("d/.wh..wh..opq"), "replaced base dir is opaque");
     assert_eq!(e["d/new"].data, b"fresh\n");
+    assert_eq!(e["keep/added"].data, b"added\n", "a file under a base layer's opaque dir");
+    assert!(!e.contains_key("keep/opaque-base"));
+    assert_eq!(
+        (e["opt/contents/from-contents"].uid, e["opt/contents/from-contents"].data.as_slice()),
+        (0, &b"copied in\n"[..])
+    );
+    assert_eq!(e["linked-dir"].kind, 'd', "a symlink to a directory in --contents is followed");
+    assert_eq!(e["linked-dir/inside"].data, b"through the link\n");
+    assert_eq!(e["extra-file"].data, b"from-extra-commands\n", "--extra-commands ran in the layer");
     for p in names.iter() {
         assert!(!p.starts_with("dev") && !p.starts_with("proc") && !p.starts_with("sys"), "mount point leaked: {p}");
         assert!(!p.starts_with(store.strip_prefix("/").unwrap().to_str().unwrap()), "store mount point leaked: {p}");
@@ -146,7 +174,9 @@ fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
     let ours = std::fs::read_to_string(&listing).unwrap();
     let theirs = common::runas::listing(&rootfs);
     let ours: Vec<&str> = ours.lines().collect();
-    let theirs: Vec<&str> = theirs.lines().collect();
+    // The guest lists the merged tree right after the script; the extra
+    // commands run later, in the layer directory.
+    let theirs: Vec<&str> = theirs.lines().filter(|l| !l.starts_with("extra-file\t")).collect();
     let only_ours: Vec<_> = ours.iter().filter(|l| !theirs.contains(l)).collect();
     let only_theirs: Vec<_> = theirs.iter().filter(|l| !ours.contains(l)).collect();
     assert!(only_ours.is_empty() && only_theirs.is_empty(), "guest: {only_ours:#?}\numoci: {only_theirs:#?}");

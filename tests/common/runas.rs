@@ -68,6 +68,10 @@ pub fn make_base_image(root: &Path) -> PathBuf {
     let l2 = root.join("l2");
     std::fs::create_dir_all(l2.join("etc")).unwrap();
     std::fs::write(l2.join("etc/motd"), "layer two\n").unwrap();
+    // keep/ is opaque in layer 2: layer 1's keep/opaque-base is hidden.
+    std::fs::create_dir_all(l2.join("keep")).unwrap();
+    std::fs::write(l2.join("keep/.wh..wh..opq"), "").unwrap();
+    std::fs::write(l2.join("keep/from-layer-2"), "visible\n").unwrap();
     let t1 = root.join("l1.tar");
     let t2 = root.join("l2.tar");
     for (dir, tar) in [(&l1, &t1), (&l2, &t2)] {
@@ -211,4 +215,139 @@ pub fn listing(root: &Path) -> String {
     }
     lines.sort();
     lines.join("\n") + "\n"
+}
+
+/// The first lines of a test script: the store's busybox shell, `set -e`,
+/// and a PATH of the store's busybox.
+pub fn script_header(store: &Path) -> String {
+    format!("#!{store}/bb/bin/sh\nset -e\nexport PATH={store}/bb/bin\n", store = store.display())
+}
+
+/// Names of the entries of `dir` (for "nothing left behind" messages).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// A run-as-root job that is meant to fail: its own directory with a store,
+/// the busybox base image and the script, an `--out` path inside an
+/// otherwise empty directory, and a private TMPDIR for rootlayer, so the test
+/// can check that nothing is left behind in either.
+#[derive(Debug)]
+pub struct FailingJob {
+    pub tmp: tempfile::TempDir,
+    pub store: PathBuf,
+    pub base: PathBuf,
+    pub script: PathBuf,
+    pub out_dir: PathBuf,
+    pub out: PathBuf,
+    /// rootlayer's TMPDIR.
+    pub rootlayer_tmp: PathBuf,
+}
+
+/// How a rootlayer run ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+impl Finished {
+    /// The `--json` result on stdout.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("--json result {:?}: {e}", self.stdout))
+    }
+    /// The last line rootlayer itself printed (`rootlayer: ...`).
+    pub fn message(&self) -> &str {
+        self.stderr.lines().rev().find(|l| l.starts_with("rootlayer: ")).unwrap_or("")
+    }
+}
+
+impl FailingJob {
+    /// Fixtures for a job whose script is `script_header(store)` + `body`.
+    pub fn new(body: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = make_store(tmp.path());
+        let base = make_base_image(tmp.path());
+        let script = tmp.path().join("script.sh");
+        write_script(&script, &(script_header(&store) + body));
+        let out_dir = tmp.path().join("out-dir");
+        let rootlayer_tmp = tmp.path().join("rootlayer-tmp");
+        for d in [&out_dir, &rootlayer_tmp] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let out = out_dir.join("out");
+        Self { tmp, store, base, script, out_dir, out, rootlayer_tmp }
+    }
+
+    /// Run the job (with `--json`, the given guest sizes and any `extra`
+    /// arguments), rootlayer's TMPDIR set to [`FailingJob::rootlayer_tmp`].
+    pub fn run(&self, g: &super::Guest, mem_mib: u64, disk_mib: u64, timeout: u64, extra: &[&str]) -> Finished {
+        let started = std::time::Instant::now();
+        let out = super::rootlayer()
+            .arg("run-as-root")
+            .arg("--script")
+            .arg(&self.script)
+            .arg("--from-image")
+            .arg(&self.base)
+            .arg("--store")
+            .arg(&self.store)
+            .args(["--mem-size", &mem_mib.to_string(), "--disk-size", &disk_mib.to_string()])
+            .args(["--timeout", &timeout.to_string(), "--json"])
+            .args(extra)
+            .arg("--out")
+            .arg(&self.out)
+            .arg("--kernel")
+            .arg(&g.kernel)
+            .arg("--initrd")
+            .arg(&g.initrd)
+            .env("TMPDIR", &self.rootlayer_tmp)
+            .output()
+            .expect("running rootlayer");
+        let elapsed = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("--- rootlayer stderr ({elapsed:?}) ---\n{stderr}--- end ---");
+        Finished {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+            elapsed,
+        }
+    }
+
+    /// Nothing at `--out` (nor staged next to it), and rootlayer's TMPDIR empty.
+    pub fn assert_nothing_left(&self) {
+        assert!(self.out.symlink_metadata().is_err(), "{} exists after a failed job", self.out.display());
+        assert_eq!(dir_entries(&self.out_dir), Vec::<String>::new(), "left next to --out");
+        assert_eq!(dir_entries(&self.rootlayer_tmp), Vec::<String>::new(), "left in rootlayer's TMPDIR");
+    }
+
+    /// Common checks of a failed job's result: the exit code, the `--json`
+    /// error with the same code, and nothing left behind. Returns the JSON.
+    pub fn assert_failed(&self, f: &Finished, code: i32) -> serde_json::Value {
+        assert_eq!(f.code, code, "exit code; message: {}", f.message());
+        let json = f.json();
+        assert_eq!(json["status"], "error", "{json}");
+        assert_eq!(json["exit_code"], code, "{json}");
+        self.assert_nothing_left();
+        json
+    }
+}
+
+/// [`listing`] with each entry's mtime (ns) and inode change time added: a
+/// tree that lists the same before and after was not touched.
+pub fn listing_with_times(root: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    listing(root)
+        .lines()
+        .map(|l| {
+            let rel = l.split('\t').next().unwrap();
+            let m = std::fs::symlink_metadata(root.join(rel)).unwrap();
+            format!("{l}\t{}.{:09}\t{}.{:09}\n", m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+        })
+        .collect()
 }

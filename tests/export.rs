@@ -1,0 +1,44 @@
+//! e2e: `rootlayer export` (dockerTools' exportImage) flattens the two-layer
+//! busybox base image, whose second layer makes a directory opaque, into
+//! one root filesystem; it must equal what skopeo + umoci unpack.
+
+mod common;
+
+use common::runas::{listing, make_base_image, rootlayer};
+use std::process::Command;
+
+#[test]
+fn export_flattens_the_image_like_umoci() {
+    let Some(g) = common::guest("export_flattens_the_image_like_umoci") else { return };
+    if !common::image::is_root() {
+        eprintln!("SKIP export_flattens_the_image_like_umoci: unpacking with owners and devices needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = make_base_image(tmp.path());
+    let out = tmp.path().join("rootfs.tar");
+    let (code, _, _) = rootlayer(
+        &g,
+        &["export", "--from-image", base.to_str().unwrap(), "--mem-size", "256", "--disk-size", "64", "--out"]
+            .into_iter()
+            .chain([out.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "export failed");
+    let ours = tmp.path().join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    let st = Command::new("tar").args(["--same-owner", "-xpf"]).arg(&out).arg("-C").arg(&ours).status().unwrap();
+    assert!(st.success());
+
+    let layout = tmp.path().join("layout");
+    common::image::skopeo(&[
+        "copy",
+        &format!("docker-archive:{}", base.display()),
+        &format!("oci:{}:latest", layout.display()),
+    ]);
+    let rootfs = common::image::umoci_unpack(&layout, "latest", &tmp.path().join("bundle"));
+    let (a, b) = (listing(&ours), listing(&rootfs));
+    assert!(a.contains("keep/from-layer-2\t"), "{a}");
+    assert!(!a.contains("keep/opaque-base"), "the opaque directory hides layer 1's file");
+    assert_eq!(a, b, "exported tree differs from umoci's");
+}
