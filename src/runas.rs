@@ -5,6 +5,7 @@
 //! the exchange share, boot, and turn the upper-dir tar the agent streams
 //! back into the OCI layer, written atomically in the asked-for format.
 
+use crate::devices::console::Echo;
 use crate::exit::Exit;
 use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
 use crate::job::{Export, JobResult, RunAsRoot, Task, XCHG_MOUNT};
@@ -123,7 +124,20 @@ fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, RunAsRootError
 }
 
 /// Judge the VM's end and the agent's result.
-fn check_outcome(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError> {
+fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobResult, RunAsRootError> {
+    let result = judge(outcome, timeout);
+    // When the console was not echoed live (--quiet), show the guest's last
+    // lines with any failure of the guest itself.
+    if echo == Echo::Off && matches!(&result, Err(e) if !matches!(e, RunAsRootError::ScriptFailed(_))) {
+        eprintln!("rootlayer: last guest console lines:");
+        for line in outcome.report.console_tail().iter().rev().take(15).rev() {
+            eprintln!("  | {line}");
+        }
+    }
+    result
+}
+
+fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError> {
     let report = &outcome.report;
     let log = report.console.lock().expect("console log poisoned");
     if report.interrupted {
@@ -142,7 +156,10 @@ fn check_outcome(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsR
     let Some(result) = outcome.result.clone() else {
         return Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.exit)));
     };
-    if result.disk_full {
+    // A full disk explains a failure; a job that succeeded with (nearly) no
+    // room left is still a success.
+    let failed = result.error.is_some() || result.script_status.is_some_and(|s| s != 0);
+    if result.disk_full && failed {
         return Err(RunAsRootError::DiskFull);
     }
     if let Some(err) = &result.error {
@@ -213,7 +230,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     });
     let prepared = start.elapsed().as_secs_f64();
     let outcome = run_job(&spec, workdir, task)?;
-    let result = check_outcome(&outcome, spec.timeout.as_secs())?;
+    let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
     let script_status = result.script_status.unwrap_or(-1);
     if script_status != 0 {
         return Err(RunAsRootError::ScriptFailed(script_status));
@@ -269,7 +286,7 @@ pub fn export(spec: &GuestSpec, image: &Path, selector: &Selector, out: &Path) -
     let layers = stage_layers(&base, &workdir.xchg())?;
     let task = Task::Export(Export { layers, out_tar: guest_path("rootfs.tar") });
     let outcome = run_job(spec, workdir, task)?;
-    let result = check_outcome(&outcome, spec.timeout.as_secs())?;
+    let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
     // Same deterministic writer as the layers (no whiteouts in a merged tree).
     let info = convert_file_to_path(&outcome.xchg().join("rootfs.tar"), out, &ConvertOptions::default())?;
     let mut phases = result.phases.clone();

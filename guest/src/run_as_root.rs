@@ -153,8 +153,16 @@ pub fn export(job: &Export, result: &mut JobResult) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the scratch disk is (as good as) full: out of inodes, or less
+/// than 1 MiB left. ext4 answers ENOSPC with a few blocks still available
+/// (kept for extent metadata), so "no block left" is never seen.
 fn disk_full(scratch: &Path) -> bool {
-    nix::sys::statvfs::statvfs(scratch).map(|s| s.blocks_available() == 0).unwrap_or(false)
+    nix::sys::statvfs::statvfs(scratch)
+        .map(|s| {
+            let left = s.blocks_available().saturating_mul(s.fragment_size());
+            left < (1 << 20) || s.files_available() == 0
+        })
+        .unwrap_or(false)
 }
 
 /// Create `path` (absolute) under `root` where missing, recording every
