@@ -5,12 +5,17 @@ use super::arch::boot::EntryPoint;
 use super::arch::{cpuid, regs};
 use super::VmmError;
 use crate::devices::Bus;
-use kvm_bindings::{CpuId, KVM_EXIT_INTERNAL_ERROR};
+use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MTRR_ENABLE: u64 = 1 << 11;
+const MTRR_TYPE_WRBACK: u64 = 6;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
@@ -106,6 +111,17 @@ impl Vcpu {
         self.fd.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
         self.fd.set_regs(&regs::boot_regs(entry.mode, entry.addr.0)).map_err(kvm_err("set registers"))?;
         self.fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))?;
+        // What firmware would leave: MTRRs enabled with write-back as the
+        // default memory type, fast string operations on.
+        let msrs = Msrs::from_entries(&[
+            kvm_msr_entry { index: MSR_MTRR_DEF_TYPE, data: MTRR_ENABLE | MTRR_TYPE_WRBACK, ..Default::default() },
+            kvm_msr_entry { index: MSR_IA32_MISC_ENABLE, data: MISC_ENABLE_FAST_STRING, ..Default::default() },
+        ])
+        .expect("two entries fit");
+        let set = self.fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+        if set != 2 {
+            return Err(VmmError::Kvm { what: "set MSRs", source: kvm_ioctls::Error::new(libc::EINVAL) });
+        }
         // LINT0 delivers the 8259's interrupts (ExtINT), LINT1 NMIs, as the
         // BIOS would leave them.
         let mut lapic = self.fd.get_lapic().map_err(kvm_err("get local APIC"))?;
