@@ -209,10 +209,7 @@ fn main() -> ExitCode {
 fn bench_io(args: BenchIoArgs) -> Exit {
     let spec = match guest_spec(&args.guest) {
         Ok(s) => s,
-        Err((exit, msg)) => {
-            eprintln!("rootlayer: {msg}");
-            return exit;
-        }
+        Err(exit) => return exit,
     };
     let read_file = match std::fs::canonicalize(&args.read_file) {
         Ok(p) => p.display().to_string(),
@@ -253,14 +250,20 @@ fn bench_io(args: BenchIoArgs) -> Exit {
     }
 }
 
-fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, (Exit, String)> {
+/// The guest described by the common arguments; a problem is printed and
+/// turned into its exit code.
+fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
+    let bad = |msg: String| {
+        eprintln!("rootlayer: {msg}");
+        Exit::BadInput
+    };
     if g.cpus != 1 {
-        return Err((Exit::BadInput, format!("--cpus {}: the guest kernel is uniprocessor; use 1", g.cpus)));
+        return Err(bad(format!("--cpus {}: the guest kernel is uniprocessor; use 1", g.cpus)));
     }
-    let kernel = default_file(g.kernel.clone(), "kernel/current/vmlinux", "build-kernel")
-        .map_err(|e| (Exit::BadInput, e.to_string()))?;
-    let initrd = default_file(g.initrd.clone(), "initramfs/current.cpio", "build-initramfs")
-        .map_err(|e| (Exit::BadInput, e.to_string()))?;
+    let kernel =
+        default_file(g.kernel.clone(), "kernel/current/vmlinux", "build-kernel").map_err(|e| bad(e.to_string()))?;
+    let initrd =
+        default_file(g.initrd.clone(), "initramfs/current.cpio", "build-initramfs").map_err(|e| bad(e.to_string()))?;
     Ok(GuestSpec {
         kernel,
         initrd,
@@ -328,10 +331,7 @@ fn report(result: Result<Summary, RunAsRootError>, json: bool, what: &str) -> Ex
 fn run_as_root(args: RunAsRootArgs) -> Exit {
     let spec = match guest_spec(&args.guest) {
         Ok(s) => s,
-        Err((exit, msg)) => {
-            eprintln!("rootlayer: {msg}");
-            return exit;
-        }
+        Err(exit) => return exit,
     };
     let format: OutputFormat = match args.format.parse() {
         Ok(f) => f,
@@ -366,10 +366,7 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
 fn export(args: ExportArgs) -> Exit {
     let spec = match guest_spec(&args.guest) {
         Ok(s) => s,
-        Err((exit, msg)) => {
-            eprintln!("rootlayer: {msg}");
-            return exit;
-        }
+        Err(exit) => return exit,
     };
     let selector = Selector { name: args.from_image_name, tag: args.from_image_tag };
     report(runas::export(&spec, &args.from_image, &selector, &args.out), args.json, "root filesystem")
