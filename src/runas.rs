@@ -117,9 +117,14 @@ fn stage_layers(base: &BaseImage, xchg: &Path) -> Result<Vec<String>, RunAsRootE
     Ok(paths)
 }
 
+/// Stage a script in the exchange dir, executable: the agent runs it
+/// through its `#!` line whatever mode the builder's file had.
 fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, RunAsRootError> {
-    std::fs::copy(src, xchg.join(name))
-        .map_err(|e| RunAsRootError::BadInput(format!("cannot read {}: {e}", src.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    let dest = xchg.join(name);
+    std::fs::copy(src, &dest).map_err(|e| RunAsRootError::BadInput(format!("cannot read {}: {e}", src.display())))?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| RunAsRootError::Run(RunError::Xchg(e)))?;
     Ok(guest_path(name))
 }
 
