@@ -21,10 +21,10 @@ pub struct Share {
 /// Errors starting QEMU.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    #[error("starting qemu-system-x86_64 (install qemu-system-x86)")]
-    Spawn(#[source] std::io::Error),
-    #[error("waiting for qemu")]
-    Wait(#[source] std::io::Error),
+    #[error("starting qemu-system-x86_64 (install qemu-system-x86): {0}")]
+    Spawn(std::io::Error),
+    #[error("waiting for qemu: {0}")]
+    Wait(std::io::Error),
 }
 
 /// Run QEMU with the given kernel, initramfs and command line until it

@@ -9,7 +9,6 @@ use crate::devices::virtio::VirtioDevice;
 use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_TAG_ENV};
 use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
-use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -234,7 +233,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 spec.timeout,
                 spec.echo,
             )
-            .map_err(|e| RunError::Device { what: "qemu".into(), reason: format!("{e}: {:?}", e.source()) })?
+            .map_err(|e| RunError::Device { what: "qemu".into(), reason: e.to_string() })?
         }
     };
     let result = match std::fs::read(xchg.join(RESULT_FILE)) {
