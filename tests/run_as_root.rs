@@ -147,6 +147,11 @@ fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
         assert!(!p.starts_with("dev") && !p.starts_with("proc") && !p.starts_with("sys"), "mount point leaked: {p}");
         assert!(!p.starts_with(store.strip_prefix("/").unwrap().to_str().unwrap()), "store mount point leaked: {p}");
     }
+    if store.starts_with("/tmp/") {
+        // The store's mount point was made under the image's /tmp, which
+        // copied /tmp up; unchanged, it must not be in the layer.
+        assert!(!e.contains_key("tmp"), "an untouched base directory leaked into the layer");
+    }
     let overlay_xattrs = entries.iter().flat_map(|(_, e)| e.xattrs.keys()).filter(|k| k.contains("overlay")).count();
     assert_eq!(overlay_xattrs, 0, "no overlay xattrs leak into the layer");
     for (p, e) in &entries {

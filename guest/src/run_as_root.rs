@@ -98,6 +98,12 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         write_listing(&merged, Path::new(listing)).context("write merged listing")?;
     }
     umount2(&merged, MntFlags::empty()).context("unmount overlay")?;
+    // Creating a mount point under a directory of the image copied that
+    // directory (and its ancestors) up; where nothing else changed it,
+    // drop the copy so it does not show up in the layer.
+    for p in ["/dev", "/proc", "/sys"].iter().copied().chain(job.store_paths.iter().map(String::as_str)) {
+        drop_unchanged_copy_ups(&upper, &lowers, p);
+    }
     result.disk_full = disk_full(scratch);
     if status != 0 {
         return Ok(());
@@ -163,6 +169,38 @@ fn disk_full(scratch: &Path) -> bool {
             left < (1 << 20) || s.files_available() == 0
         })
         .unwrap_or(false)
+}
+
+/// For each ancestor of `path` (deepest first), remove its copy in `upper`
+/// when that copy is an empty directory with the owner, mode and xattrs
+/// (other than overlayfs' own) of the topmost lower directory it shadows.
+fn drop_unchanged_copy_ups(upper: &Path, lowers: &[PathBuf], path: &str) {
+    let mut ancestors: Vec<&Path> = Path::new(path).ancestors().skip(1).collect();
+    ancestors.pop(); // "/" itself
+    for anc in ancestors {
+        let rel = anc.strip_prefix("/").unwrap_or(anc);
+        let up = upper.join(rel);
+        let Ok(um) = std::fs::symlink_metadata(&up) else { continue };
+        let empty = std::fs::read_dir(&up).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let lower = lowers.iter().map(|l| l.join(rel)).find(|l| std::fs::symlink_metadata(l).is_ok());
+        let Some(lm) = lower.as_ref().and_then(|l| std::fs::symlink_metadata(l).ok()) else { return };
+        let same = um.is_dir()
+            && lm.is_dir()
+            && empty
+            && um.mode() == lm.mode()
+            && um.uid() == lm.uid()
+            && um.gid() == lm.gid()
+            && user_xattrs(&up) == user_xattrs(lower.as_deref().expect("found"));
+        if !same || std::fs::remove_dir(&up).is_err() {
+            return;
+        }
+    }
+}
+
+/// Xattrs of `p` except overlayfs' bookkeeping, sorted.
+fn user_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let all = crate::upper_tar::xattrs(p).unwrap_or_default();
+    all.into_iter().filter(|(n, _)| !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay.")).collect()
 }
 
 /// Create `path` (absolute) under `root` where missing, recording every

@@ -369,7 +369,7 @@ fn pax_record(pax: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 }
 
 /// Every xattr of `path` (not following a symlink), sorted by name.
-fn xattrs(path: &Path) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn xattrs(path: &Path) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let list = match read_sized(|buf| match buf {
         None => rustix::fs::llistxattr_query(path),
         Some(b) => rustix::fs::llistxattr(path, b),

@@ -49,9 +49,10 @@ int main(int argc, char **argv) {
 /// docker-archive named `base:latest`. Returns the archive path.
 pub fn make_base_image(root: &Path) -> PathBuf {
     let l1 = root.join("l1");
-    for d in ["bin", "etc", "data", "old", "d/sub", "keep", "usr/local/bin", "home"] {
+    for d in ["bin", "etc", "data", "old", "d/sub", "keep", "usr/local/bin", "home", "tmp"] {
         std::fs::create_dir_all(l1.join(d)).unwrap();
     }
+    std::fs::set_permissions(l1.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::fs::copy(BUSYBOX, l1.join("bin/busybox")).unwrap();
     for applet in ["sh", "ls", "cat", "echo", "mkdir", "rm", "chown", "chmod", "ln", "mknod", "cp", "touch", "mv"] {
         std::os::unix::fs::symlink("busybox", l1.join("bin").join(applet)).unwrap();
