@@ -31,6 +31,8 @@ use anyhow::{bail, Context};
 use rustix::io::Errno;
 use tar::{EntryType, Header};
 
+use crate::layer::rules::pax_record;
+
 /// What [`write_upper_tar`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpperStats {
@@ -346,26 +348,6 @@ fn set_field(h: &mut Header, field: Field, value: &[u8], pax: &mut Vec<u8>, key:
     let n = value.len().min(USTAR_NAME);
     dst.fill(0);
     dst[..n].copy_from_slice(&value[..n]);
-}
-
-/// Append one PAX record, `"<len> <key>=<value>\n"`, where len counts the
-/// whole record including its own digits.
-fn pax_record(pax: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = rest + 1;
-    loop {
-        let next = rest + len.to_string().len();
-        if next == len {
-            break;
-        }
-        len = next;
-    }
-    pax.extend_from_slice(len.to_string().as_bytes());
-    pax.push(b' ');
-    pax.extend_from_slice(key);
-    pax.push(b'=');
-    pax.extend_from_slice(value);
-    pax.push(b'\n');
 }
 
 /// Every xattr of `path` (not following a symlink), sorted by name.

@@ -195,6 +195,21 @@ pub fn pax_info<R: std::io::Read>(entry: &mut tar::Entry<'_, R>, path: &[u8]) ->
     Ok(info)
 }
 
+/// One PAX record: "<len> <key>=<value>\n", len counting itself.
+pub fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
 #[cfg(all(test, not(agent)))]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use sha2::{Digest, Sha256};
 
+use super::rules::pax_record;
 use super::{show, LayerError};
 
 /// Counts and sha256-hashes every byte written through it.
@@ -88,21 +89,6 @@ fn put_octal(field: &mut [u8], value: u64) {
     let s = format!("{value:0digits$o}");
     field[..digits].copy_from_slice(s.as_bytes());
     field[digits] = 0;
-}
-
-/// One PAX record: "<len> <key>=<value>\n", len counting itself.
-fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let rest = key.len() + value.len() + 3;
-    let mut len = rest + 1;
-    while len != rest + len.to_string().len() {
-        len = rest + len.to_string().len();
-    }
-    out.extend_from_slice(len.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
 }
 
 /// The fields of one ustar header block.
