@@ -2,7 +2,8 @@
 //! from a read-only store share, gets EROFS for every mutation there, writes
 //! a file to the exchange share that the host reads, and writes and syncs a
 //! file on the ext4 scratch disk that the host then finds in the disk image
-//! with debugfs. The store on the host is unchanged.
+//! with debugfs. The store on the host is unchanged. Under scripts/test the
+//! test runs as the unprivileged test user (tests/common/mod.rs).
 
 mod common;
 
@@ -40,9 +41,12 @@ fn listing(root: &Path) -> BTreeMap<String, (u32, u64, u64)> {
 
 #[test]
 fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
-    let Some(g) = common::guest("shares_and_scratch_disk_work_and_the_store_stays_read_only") else {
+    let test = "shares_and_scratch_disk_work_and_the_store_stays_read_only";
+    let Some(g) = common::guest(test) else { return };
+    // The VMM runs in this process: run the whole test as the test user.
+    if common::rerun_as_test_user(test) {
         return;
-    };
+    }
     let store = tempfile::Builder::new().prefix("rootlayer-store-").tempdir().unwrap();
     let data: Vec<u8> = (0..300_000u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1]).collect();
     std::fs::create_dir(store.path().join("pkg")).unwrap();

@@ -14,7 +14,7 @@ fn export_flattens_the_image_like_umoci() {
         eprintln!("SKIP export_flattens_the_image_like_umoci: unpacking with owners and devices needs root");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let base = make_base_image(tmp.path());
     let out = tmp.path().join("rootfs.tar");
     let (code, _, _) = rootlayer(

@@ -49,7 +49,7 @@ fn by_path(entries: &[(String, LayerEntry)]) -> BTreeMap<String, LayerEntry> {
 #[test]
 fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
     let Some(g) = common::guest("run_as_root_changes_are_exact_deterministic_and_match_umoci") else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let store = make_store(tmp.path());
     let base = make_base_image(tmp.path());
     let script_path = tmp.path().join("script.sh");
@@ -110,6 +110,11 @@ fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
     assert_eq!(std::fs::read_to_string(out1.join("VERSION")).unwrap().trim(), "1.0");
     assert_eq!(std::fs::read_to_string(out1.join("layer.sha256")).unwrap().trim(), diff_id);
     let layer = std::fs::read(out1.join("layer.tar")).unwrap();
+    if let Some(user) = common::test_user() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(out1.join("layer.tar")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "written by the unprivileged test user");
+    }
     assert_eq!(format!("sha256:{}", common::image::sha256_hex(&layer)), diff_id);
     let entries = read_layer(&layer);
     let names: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();

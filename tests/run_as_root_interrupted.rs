@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 #[test]
 fn sigterm_stops_the_job_and_cleans_up() {
     let Some(g) = common::guest("sigterm_stops_the_job_and_cleans_up") else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let private_tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
+    let private_tmp = common::tempdir();
     let store = make_store(tmp.path());
     let script = tmp.path().join("script.sh");
     write_script(

@@ -271,7 +271,7 @@ impl Finished {
 impl FailingJob {
     /// Fixtures for a job whose script is `script_header(store)` + `body`.
     pub fn new(body: &str) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = super::tempdir();
         let store = make_store(tmp.path());
         let base = make_base_image(tmp.path());
         let script = tmp.path().join("script.sh");
@@ -280,6 +280,7 @@ impl FailingJob {
         let rootlayer_tmp = tmp.path().join("rootlayer-tmp");
         for d in [&out_dir, &rootlayer_tmp] {
             std::fs::create_dir(d).unwrap();
+            super::give_to_test_user(d);
         }
         let out = out_dir.join("out");
         Self { tmp, store, base, script, out_dir, out, rootlayer_tmp }
