@@ -1,5 +1,6 @@
 //! e2e (one boot): the virtio devices under KVM. The agent reads a known file
-//! from a read-only store share, gets EROFS for every mutation there, writes
+//! from a read-only store share, remounts it read-write as a hostile guest
+//! would, and still gets EROFS (from the host) for every mutation there, writes
 //! a file to the exchange share that the host reads, and writes and syncs a
 //! file on the ext4 scratch disk that the host then finds in the disk image
 //! with debugfs. The store on the host is unchanged. Under scripts/test the
@@ -85,7 +86,21 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
 
     assert_eq!(obs["read_len"], data.len().to_string());
     assert_eq!(obs["read_fnv1a"], format!("{:016x}", fnv1a(&data)));
-    for op in ["ro_create", "ro_write", "ro_chmod", "ro_unlink", "ro_rename", "ro_mkdir"] {
+    // The guest made its mount writable, so each refusal is the host's.
+    assert_eq!(obs["ro_remount_rw"], "ok");
+    for op in [
+        "ro_create",
+        "ro_write",
+        "ro_chmod",
+        "ro_unlink",
+        "ro_rename",
+        "ro_mkdir",
+        "ro_link",
+        "ro_symlink",
+        "ro_truncate",
+        "ro_mknod",
+        "ro_setxattr",
+    ] {
         assert_eq!(obs[op], "EROFS", "{op} in the read-only store");
     }
 

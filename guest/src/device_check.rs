@@ -30,12 +30,21 @@ pub fn run(c: &DeviceCheck, result: &mut JobResult) -> anyhow::Result<()> {
     obs("read_fnv1a", format!("{:016x}", fnv1a(&data)));
 
     let dir = Path::new(&c.read_only_dir);
+    // A hostile guest would first make the mount writable: do the same, so
+    // that every refusal below comes from the host's device, not from this
+    // kernel's read-only mount flag.
+    obs("ro_remount_rw", outcome(remount_rw(dir)));
     obs("ro_create", outcome(std::fs::File::create(dir.join("new-file"))));
     obs("ro_write", outcome(std::fs::OpenOptions::new().write(true).open(&c.read_file)));
     obs("ro_chmod", outcome(std::fs::set_permissions(&c.read_file, std::fs::Permissions::from_mode(0o777))));
     obs("ro_unlink", outcome(std::fs::remove_file(&c.read_file)));
     obs("ro_rename", outcome(std::fs::rename(&c.read_file, dir.join("renamed"))));
     obs("ro_mkdir", outcome(std::fs::create_dir(dir.join("new-dir"))));
+    obs("ro_link", outcome(std::fs::hard_link(&c.read_file, dir.join("hardlink"))));
+    obs("ro_symlink", outcome(std::os::unix::fs::symlink("/etc/passwd", dir.join("symlink"))));
+    obs("ro_truncate", outcome(nix::unistd::truncate(Path::new(&c.read_file), 0).map_err(std::io::Error::from)));
+    obs("ro_mknod", outcome(mkfifo(&dir.join("fifo"))));
+    obs("ro_setxattr", outcome(setxattr(Path::new(&c.read_file), "user.rootlayer", b"x")));
 
     let xchg = Path::new(XCHG_MOUNT).join(&c.xchg_file);
     std::fs::write(&xchg, &c.xchg_contents).with_context(|| format!("write {}", xchg.display()))?;
@@ -47,6 +56,38 @@ pub fn run(c: &DeviceCheck, result: &mut JobResult) -> anyhow::Result<()> {
     nix::unistd::sync();
     obs("disk_write", "ok".into());
     Ok(())
+}
+
+/// Remount the file system that holds `path` read-write (MS_REMOUNT without
+/// MS_RDONLY on its mount point, the longest mount path that is a prefix).
+fn remount_rw(path: &Path) -> std::io::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let target = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.len())
+        .ok_or_else(|| std::io::Error::other("no mount point"))?;
+    nix::mount::mount(None::<&str>, target, None::<&str>, nix::mount::MsFlags::MS_REMOUNT, None::<&str>)
+        .map_err(std::io::Error::from)
+}
+
+fn mkfifo(path: &Path) -> std::io::Result<()> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).map_err(std::io::Error::from)
+}
+
+fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: both strings are NUL-terminated and live across the call;
+    // `value` is a valid buffer of the given length.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// FNV-1a 64: enough to compare contents without a crypto crate in the agent.
