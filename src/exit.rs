@@ -18,6 +18,8 @@ pub enum Exit {
     GuestOutOfMemory,
     /// The scratch disk filled up.
     DiskFull,
+    /// The guest wrote more than --max-output back to the host.
+    OutputTooLarge,
     /// The wall-clock timeout expired.
     Timeout,
     /// SIGINT or SIGTERM: the guest was stopped and temporary files removed.
@@ -28,7 +30,7 @@ pub enum Exit {
 
 impl Exit {
     /// All variants, in README order.
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Ok,
         Exit::ScriptFailed,
         Exit::BadInput,
@@ -36,6 +38,7 @@ impl Exit {
         Exit::GuestPanic,
         Exit::GuestOutOfMemory,
         Exit::DiskFull,
+        Exit::OutputTooLarge,
         Exit::Timeout,
         Exit::Interrupted,
         Exit::Internal,
@@ -50,6 +53,7 @@ impl Exit {
             Exit::GuestPanic => 4,
             Exit::GuestOutOfMemory => 5,
             Exit::DiskFull => 6,
+            Exit::OutputTooLarge => 7,
             Exit::Timeout => 124,
             Exit::Interrupted => 130,
             Exit::Internal => 70,
@@ -65,6 +69,7 @@ impl Exit {
             Exit::GuestPanic => "the guest kernel panicked",
             Exit::GuestOutOfMemory => "the guest ran out of memory (raise --mem-size)",
             Exit::DiskFull => "the scratch disk is full (raise --disk-size)",
+            Exit::OutputTooLarge => "the guest wrote more than --max-output back to the host (raise it)",
             Exit::Timeout => "--timeout expired; the last guest lines are printed",
             Exit::Interrupted => "interrupted by SIGINT/SIGTERM; guest stopped, temporary files removed",
             Exit::Internal => "internal error (a bug, or an emulation failure of the guest CPU)",

@@ -1,7 +1,7 @@
 //! rootlayer command line: parse, run, map the outcome to an exit code.
 
 use clap::{Parser, Subcommand};
-use rootlayer::devices::console::Echo;
+use rootlayer::devices::console::{Echo, EchoLimit};
 use rootlayer::exit::Exit;
 use rootlayer::image::{ImageMeta, OutputFormat, Selector};
 use rootlayer::runas::{self, RunAsRootError, RunAsRootRequest, Summary};
@@ -66,6 +66,14 @@ struct GuestArgs {
     /// Wall-clock limit for the whole job, in seconds.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Most the guest may write back to the host (the new layer, before
+    /// conversion), in MiB; beyond it the job fails with exit code 7.
+    #[arg(long, default_value_t = 4096)]
+    max_output: u64,
+    /// Most guest output echoed on stderr, in KiB/s after a 16 s burst
+    /// (lines beyond it are dropped and counted); 0 for no limit.
+    #[arg(long, default_value_t = 64)]
+    max_log_rate: u64,
     /// Share this directory read-only at the same path in the guest
     /// (repeatable; e.g. /nix/store).
     #[arg(long = "store")]
@@ -274,6 +282,8 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         disk_mib: Some(g.disk_size),
         stores: g.stores.iter().map(|d| Store { dir: d.clone() }).collect(),
         shares: Vec::new(),
+        max_output: Some(g.max_output.saturating_mul(1 << 20)),
+        echo_limit: (g.max_log_rate > 0).then(|| EchoLimit { bytes_per_sec: g.max_log_rate.saturating_mul(1 << 10) }),
         backend: match g.backend.as_str() {
             "qemu-9p" => Backend::Qemu9p,
             _ => Backend::Rootlayer,
@@ -386,6 +396,7 @@ fn boot(args: BootArgs) -> Exit {
             mem_mib: args.mem_size,
             timeout: Duration::from_secs(args.timeout),
             echo: if args.quiet { Echo::Off } else { Echo::Stderr },
+            echo_limit: Some(EchoLimit::DEFAULT),
             virtio: Vec::new(),
         };
         vmm::run(config)

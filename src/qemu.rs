@@ -3,7 +3,7 @@
 //! directories (9p over virtio, `-virtfs`-style fsdevs) with a virtio-blk
 //! scratch disk. Not used by the product; `--backend qemu-9p` selects it.
 
-use crate::devices::console::{ConsoleSink, Echo};
+use crate::devices::console::{ConsoleSink, Echo, EchoLimit};
 use crate::vmm::{GuestExit, RunReport};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ pub fn run(
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().map_err(QemuError::Spawn)?;
-    let (mut sink, console) = ConsoleSink::new(echo, start);
+    let (mut sink, console) = ConsoleSink::new(echo, Some(EchoLimit::DEFAULT), start);
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];

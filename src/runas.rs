@@ -53,6 +53,8 @@ pub enum RunAsRootError {
     GuestOutOfMemory,
     #[error("the scratch disk is full (raise --disk-size)")]
     DiskFull,
+    #[error("the guest wrote more than --max-output ({} MiB) back to the host (raise it); nothing written", .0 >> 20)]
+    OutputTooLarge(u64),
     #[error("timeout: the job did not finish within {0}s")]
     Timeout(u64),
     #[error("interrupted: the guest was stopped and temporary files removed")]
@@ -80,6 +82,7 @@ impl RunAsRootError {
             RunAsRootError::GuestPanic(_) => Exit::GuestPanic,
             RunAsRootError::GuestOutOfMemory => Exit::GuestOutOfMemory,
             RunAsRootError::DiskFull => Exit::DiskFull,
+            RunAsRootError::OutputTooLarge(_) => Exit::OutputTooLarge,
             RunAsRootError::Timeout(_) => Exit::Timeout,
             RunAsRootError::Interrupted => Exit::Interrupted,
             RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
@@ -158,6 +161,9 @@ fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError
         return Err(RunAsRootError::GuestOutOfMemory);
     }
     drop(log);
+    if let Some(limit) = outcome.output_exceeded() {
+        return Err(RunAsRootError::OutputTooLarge(limit));
+    }
     let Some(result) = outcome.result.clone() else {
         return Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.exit)));
     };

@@ -2,15 +2,17 @@
 //! disk, describe the job, boot the guest with its devices, collect the
 //! result.
 
-use crate::devices::console::Echo;
+use crate::devices::console::{Echo, EchoLimit};
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::fs::{Fs, FsError, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
 use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_TAG_ENV};
 use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// virtio-fs tag of the exchange share.
@@ -62,6 +64,11 @@ pub struct GuestSpec {
     pub stores: Vec<Store>,
     /// Further read-only shares: (host directory, guest mount point).
     pub shares: Vec<(PathBuf, String)>,
+    /// Most bytes the guest may add to the exchange share (its results:
+    /// the layer tar); None for no bound. Only our VMM enforces it.
+    pub max_output: Option<u64>,
+    /// Rate limit of the console echo.
+    pub echo_limit: Option<EchoLimit>,
     /// Who runs the guest: our VMM, or QEMU with 9p for the benchmarks.
     pub backend: Backend,
 }
@@ -111,6 +118,8 @@ pub struct JobOutcome {
     pub report: RunReport,
     pub result: Option<JobResult>,
     pub workdir: Workdir,
+    /// The exchange share's budget, when it had one.
+    pub output: Option<Arc<OutputLimit>>,
 }
 
 impl JobOutcome {
@@ -121,6 +130,10 @@ impl JobOutcome {
     /// The scratch disk image.
     pub fn disk(&self) -> PathBuf {
         self.workdir.disk()
+    }
+    /// The limit the guest ran into writing the exchange share, if it did.
+    pub fn output_exceeded(&self) -> Option<u64> {
+        self.output.as_ref().filter(|l| l.exceeded()).map(|l| l.limit())
     }
 }
 
@@ -187,6 +200,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     std::fs::write(xchg.join(JOB_FILE), text).map_err(RunError::WriteJob)?;
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
 
+    let output = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
     let report = match spec.backend {
         Backend::Rootlayer => {
             let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -196,10 +210,12 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 devices.push(Box::new(block));
             }
             for (tag, host, guest) in &shares {
-                let fs = Fs::new(tag, host, guest.is_some()).map_err(|e| RunError::Device {
-                    what: format!("share {}", host.display()),
-                    reason: e.to_string(),
-                })?;
+                let device_err =
+                    |e: FsError| RunError::Device { what: format!("share {}", host.display()), reason: e.to_string() };
+                let mut fs = Fs::new(tag, host, guest.is_some()).map_err(device_err)?;
+                if let (None, Some(limit)) = (guest, &output) {
+                    fs = fs.with_output_limit(limit.clone()).map_err(device_err)?;
+                }
                 devices.push(Box::new(fs));
             }
             let config = VmConfig {
@@ -209,6 +225,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 mem_mib: spec.mem_mib,
                 timeout: spec.timeout,
                 echo: spec.echo,
+                echo_limit: spec.echo_limit,
                 virtio: devices,
             };
             vmm::run(config)?
@@ -236,9 +253,49 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             .map_err(|e| RunError::Device { what: "qemu".into(), reason: e.to_string() })?
         }
     };
-    let result = match std::fs::read(xchg.join(RESULT_FILE)) {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| RunError::BadResult(e.to_string()))?),
-        Err(_) => None,
-    };
-    Ok(JobOutcome { report, result, workdir })
+    let result = read_result(&xchg.join(RESULT_FILE))?;
+    Ok(JobOutcome { report, result, workdir, output })
+}
+
+/// Most bytes of result.json the host reads: the guest writes it, and a few
+/// KiB is what the agent's results take.
+pub const MAX_RESULT_BYTES: u64 = 1 << 20;
+
+/// The agent's result.json, None when there is none. The guest wrote it:
+/// its size is bounded before it is read, and it must parse.
+fn read_result(path: &Path) -> Result<Option<JobResult>, RunError> {
+    let Ok(file) = std::fs::File::open(path) else { return Ok(None) };
+    let mut bytes = Vec::new();
+    file.take(MAX_RESULT_BYTES + 1).read_to_end(&mut bytes).map_err(|e| RunError::BadResult(e.to_string()))?;
+    if bytes.len() as u64 > MAX_RESULT_BYTES {
+        return Err(RunError::BadResult(format!("larger than {MAX_RESULT_BYTES} bytes")));
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| RunError::BadResult(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_json_from_the_guest_is_bounded_and_must_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESULT_FILE);
+        assert!(read_result(&path).unwrap().is_none(), "no result.json: no result");
+
+        let ok = JobResult { status: 0, ..Default::default() };
+        std::fs::write(&path, serde_json::to_vec(&ok).unwrap()).unwrap();
+        assert_eq!(read_result(&path).unwrap(), Some(ok));
+
+        std::fs::write(&path, b"{\"status\": ").unwrap();
+        assert!(matches!(read_result(&path), Err(RunError::BadResult(_))));
+
+        // Valid JSON padded with whitespace past the bound is still refused
+        // before it is parsed.
+        let mut big = b"{\"status\": 0}".to_vec();
+        big.resize(usize::try_from(MAX_RESULT_BYTES).unwrap() + 1, b' ');
+        std::fs::write(&path, big).unwrap();
+        let err = read_result(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+    }
 }

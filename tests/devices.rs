@@ -66,6 +66,8 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         disk_mib: Some(64),
         stores: vec![Store { dir: store_dir.clone() }],
         shares: Vec::new(),
+        max_output: Some(1 << 20),
+        echo_limit: None,
         backend: Default::default(),
     };
     let read_file = store_dir.join("pkg/data.bin").display().to_string();

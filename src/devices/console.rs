@@ -1,6 +1,11 @@
 //! What the guest prints on its serial console: echoed live to the host's
 //! stderr line by line, the last lines kept for error reports, and the few
 //! lines the VMM acts on (the agent's ready line, a kernel panic) noted.
+//!
+//! The echo is rate-limited ([`EchoLimit`]): a script that prints forever
+//! must not fill the disk that holds the builder's log. Lines over the rate
+//! are dropped from the echo (not from the record), and stderr says so once
+//! when dropping starts and again, with counts, when it ends.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -25,6 +30,66 @@ pub enum Echo {
     Stderr,
     /// Keep lines only (tests, `--quiet`).
     Off,
+}
+
+/// The echo's rate limit: a steady rate in bytes per second, after a burst
+/// of [`EchoLimit::BURST_SECONDS`] at that rate (a token bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoLimit {
+    pub bytes_per_sec: u64,
+}
+
+impl EchoLimit {
+    pub const BURST_SECONDS: u64 = 16;
+    /// 64 KiB/s after a 1 MiB burst: far more than a build log needs, and at
+    /// most about 225 MiB over the default one-hour timeout.
+    pub const DEFAULT: EchoLimit = EchoLimit { bytes_per_sec: 64 << 10 };
+
+    fn burst(self) -> u64 {
+        self.bytes_per_sec.saturating_mul(Self::BURST_SECONDS).max(2 * MAX_LINE as u64)
+    }
+}
+
+/// What the rate limit says of one line.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Echo it; `resumed` counts the lines and bytes dropped just before.
+    Echo { resumed: Option<(u64, u64)> },
+    /// Drop it; `first` when dropping starts with this line.
+    Drop { first: bool },
+}
+
+/// Token bucket of the echo. Once it drops a line it keeps dropping until
+/// the bucket is half full again, so a steady flood costs one pair of notes
+/// per half burst, not one per line.
+#[derive(Debug)]
+struct Throttle {
+    limit: EchoLimit,
+    tokens: f64,
+    last: Instant,
+    dropped: Option<(u64, u64)>,
+}
+
+impl Throttle {
+    fn new(limit: EchoLimit, now: Instant) -> Self {
+        Self { limit, tokens: limit.burst() as f64, last: now, dropped: None }
+    }
+
+    fn admit(&mut self, now: Instant, bytes: u64) -> Verdict {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.limit.bytes_per_sec as f64).min(self.limit.burst() as f64);
+        let needed = if self.dropped.is_some() { bytes.max(self.limit.burst() / 2) } else { bytes };
+        if self.tokens >= needed as f64 {
+            self.tokens -= bytes as f64;
+            return Verdict::Echo { resumed: self.dropped.take() };
+        }
+        let first = self.dropped.is_none();
+        let (lines, total) = self.dropped.get_or_insert((0, 0));
+        *lines += 1;
+        *total += bytes;
+        Verdict::Drop { first }
+    }
 }
 
 /// Shared record of the console.
@@ -108,27 +173,54 @@ impl ConsoleLog {
 pub struct ConsoleSink {
     log: Arc<Mutex<ConsoleLog>>,
     echo: Echo,
+    throttle: Option<Throttle>,
     line: Vec<u8>,
 }
 
 impl ConsoleSink {
     /// A sink and the shared log it fills. `start` is the VMM's start time,
-    /// against which the ready line is timed.
-    pub fn new(echo: Echo, start: Instant) -> (Self, Arc<Mutex<ConsoleLog>>) {
+    /// against which the ready line is timed; `limit` bounds the echo (None:
+    /// no bound).
+    pub fn new(echo: Echo, limit: Option<EchoLimit>, start: Instant) -> (Self, Arc<Mutex<ConsoleLog>>) {
         let log = Arc::new(Mutex::new(ConsoleLog::new(start)));
-        (Self { log: log.clone(), echo, line: Vec::new() }, log)
+        let throttle = limit.map(|l| Throttle::new(l, start));
+        (Self { log: log.clone(), echo, throttle, line: Vec::new() }, log)
     }
 
     fn finish_line(&mut self) {
         let text = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
         self.line.clear();
         if self.echo == Echo::Stderr {
+            let verdict = match &mut self.throttle {
+                Some(t) => t.admit(Instant::now(), text.len() as u64 + 1),
+                None => Verdict::Echo { resumed: None },
+            };
             // The builder's log is the user interface here; a failed write to
             // stderr must not stop the guest.
-            let _ = writeln!(io::stderr().lock(), "{text}");
+            let mut err = io::stderr().lock();
+            match verdict {
+                Verdict::Echo { resumed } => {
+                    if let Some(dropped) = resumed {
+                        let _ = writeln!(err, "{}", dropped_note(dropped));
+                    }
+                    let _ = writeln!(err, "{text}");
+                }
+                Verdict::Drop { first: true } => {
+                    let rate = self.throttle.as_ref().map_or(0, |t| t.limit.bytes_per_sec >> 10);
+                    let _ = writeln!(
+                        err,
+                        "rootlayer: guest output over {rate} KiB/s: dropping lines until it slows down (--max-log-rate)"
+                    );
+                }
+                Verdict::Drop { first: false } => {}
+            }
         }
         self.log.lock().expect("console log poisoned").take_line(text);
     }
+}
+
+fn dropped_note((lines, bytes): (u64, u64)) -> String {
+    format!("rootlayer: dropped {lines} lines ({bytes} bytes) of guest output")
 }
 
 impl Write for ConsoleSink {
@@ -154,16 +246,22 @@ impl Drop for ConsoleSink {
         if !self.line.is_empty() {
             self.finish_line();
         }
+        if let Some(dropped) = self.throttle.as_mut().and_then(|t| t.dropped.take()) {
+            if self.echo == Echo::Stderr {
+                let _ = writeln!(io::stderr().lock(), "{}", dropped_note(dropped));
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn splits_lines_and_notes_ready_and_panic() {
-        let (mut sink, log) = ConsoleSink::new(Echo::Off, Instant::now());
+        let (mut sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
         sink.write_all(b"[    0.1] booting\r\nrootlayer-agent 0.1.0 ready (uptime 1.2s)\r\n").unwrap();
         sink.write_all(b"Kernel panic - not syncing: Attempted to kill init!\n").unwrap();
         let log = log.lock().unwrap();
@@ -178,14 +276,14 @@ mod tests {
 
     #[test]
     fn notes_the_agent_status() {
-        let (mut sink, log) = ConsoleSink::new(Echo::Off, Instant::now());
+        let (mut sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
         writeln!(sink, "rootlayer-agent: exit status 70\r").unwrap();
         assert_eq!(log.lock().unwrap().agent_status(), Some(70));
     }
 
     #[test]
     fn keeps_only_the_tail_and_bounds_line_length() {
-        let (mut sink, log) = ConsoleSink::new(Echo::Off, Instant::now());
+        let (mut sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
         for i in 0..(TAIL_LINES + 5) {
             writeln!(sink, "line {i}").unwrap();
         }
@@ -200,8 +298,70 @@ mod tests {
 
     #[test]
     fn a_line_merely_mentioning_the_agent_is_not_ready() {
-        let (mut sink, log) = ConsoleSink::new(Echo::Off, Instant::now());
+        let (mut sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
         writeln!(sink, "rootlayer-agent: error: mount /proc").unwrap();
         assert!(log.lock().unwrap().ready_line().is_none());
+    }
+
+    #[test]
+    fn the_echo_gets_a_burst_then_the_steady_rate() {
+        let t0 = Instant::now();
+        let limit = EchoLimit { bytes_per_sec: 1000 };
+        let mut t = Throttle::new(limit, t0);
+        let burst = limit.burst();
+        assert_eq!(burst, 16_000);
+        assert_eq!(EchoLimit { bytes_per_sec: 1 }.burst(), 2 * MAX_LINE as u64, "a burst holds two whole lines");
+        // The burst goes at once, then the next line is dropped.
+        assert_eq!(t.admit(t0, burst), Verdict::Echo { resumed: None });
+        assert_eq!(t.admit(t0, 10), Verdict::Drop { first: true });
+        assert_eq!(t.admit(t0, 20), Verdict::Drop { first: false });
+        // Dropping goes on until the bucket is half full again (8 s at this
+        // rate); then a line passes and reports what was dropped before it.
+        let t1 = t0 + Duration::from_millis(7900);
+        assert_eq!(t.admit(t1, 100), Verdict::Drop { first: false });
+        let t1 = t0 + Duration::from_millis(8000);
+        assert_eq!(t.admit(t1, 100), Verdict::Echo { resumed: Some((3, 130)) });
+        assert_eq!(t.admit(t1, 7900), Verdict::Echo { resumed: None });
+        assert_eq!(t.admit(t1, 1), Verdict::Drop { first: true });
+        // A long pause refills only up to the burst.
+        let t2 = t1 + Duration::from_secs(3600);
+        assert_eq!(t.admit(t2, burst), Verdict::Echo { resumed: Some((1, 1)) });
+        assert_eq!(t.admit(t2, 1), Verdict::Drop { first: true });
+        let t3 = t2 + Duration::from_secs(1);
+        assert_eq!(t.admit(t3, 1), Verdict::Drop { first: false }, "not yet half full");
+    }
+
+    #[test]
+    fn over_a_long_flood_the_echo_stays_within_burst_plus_rate() {
+        let t0 = Instant::now();
+        let limit = EchoLimit::DEFAULT;
+        let mut t = Throttle::new(limit, t0);
+        let (mut echoed, mut offered) = (0u64, 0u64);
+        // 100 s of 81-byte lines at 10 MB/s.
+        for i in 0..12_345_679u64 {
+            let now = t0 + Duration::from_nanos(i * 8_100);
+            offered += 81;
+            if let Verdict::Echo { .. } = t.admit(now, 81) {
+                echoed += 81;
+            }
+        }
+        let bound = limit.burst() + 100 * limit.bytes_per_sec;
+        assert!(echoed <= bound, "echoed {echoed} > {bound}");
+        // At most the half burst that ends a drop episode is left unused.
+        let slack = limit.burst() / 2 + 2 * 81;
+        assert!(echoed >= bound - slack, "the limit is not stricter than it says: {echoed} of {bound}");
+        assert!(offered > 10 * echoed);
+    }
+
+    #[test]
+    fn the_record_keeps_every_line_even_when_the_echo_drops_it() {
+        let (mut sink, log) = ConsoleSink::new(Echo::Stderr, Some(EchoLimit { bytes_per_sec: 1 }), Instant::now());
+        for i in 0..100 {
+            writeln!(sink, "line {i}").unwrap();
+        }
+        writeln!(sink, "Kernel panic - not syncing: late").unwrap();
+        let log = log.lock().unwrap();
+        assert_eq!(log.tail().last().unwrap(), "Kernel panic - not syncing: late");
+        assert!(log.panic_line().is_some());
     }
 }

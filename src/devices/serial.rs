@@ -65,7 +65,7 @@ mod tests {
     #[test]
     fn guest_bytes_reach_the_console_and_raise_thre() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let (sink, log) = ConsoleSink::new(Echo::Off, Instant::now());
+        let (sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
         let mut dev = SerialDevice::new(irq.try_clone().unwrap(), sink);
         dev.write(1, &[0x02]); // IER: THR empty interrupt
         for b in b"hi\n" {

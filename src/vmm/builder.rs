@@ -4,7 +4,7 @@
 use super::arch::{boot, layout, mptable};
 use super::vcpu::{GuestExit, Vcpu};
 use super::{kvm, VmmError};
-use crate::devices::console::{ConsoleLog, ConsoleSink, Echo};
+use crate::devices::console::{ConsoleLog, ConsoleSink, Echo, EchoLimit};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
@@ -54,6 +54,8 @@ pub struct VmConfig {
     /// Wall-clock limit from the start of [`run`].
     pub timeout: Duration,
     pub echo: Echo,
+    /// Rate limit of the echo (None: none).
+    pub echo_limit: Option<EchoLimit>,
     /// virtio devices, in the order the guest enumerates them (the first
     /// block device is /dev/vda).
     pub virtio: Vec<Box<dyn VirtioDevice>>,
@@ -194,7 +196,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // Devices on the port bus: COM1 and the i8042 reset line.
     let reset = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let (sink, console) = ConsoleSink::new(config.echo, start);
+    let (sink, console) = ConsoleSink::new(config.echo, config.echo_limit, start);
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Devices(format!("serial eventfd: {e}")))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("register serial irqfd"))?;
     let serial = SerialDevice::new(serial_irq, sink);

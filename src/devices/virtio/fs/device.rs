@@ -10,6 +10,7 @@
 //! entry); it never stops the device.
 
 use super::host_user::{AsHostUser, UmaskGuard};
+use super::limit::OutputLimit;
 use super::read_only::ReadOnlyFs;
 use super::request::{self, OUT_HEADER_LEN, OUT_HEADER_LEN_U32};
 use crate::devices::virtio::worker::Worker;
@@ -80,6 +81,8 @@ pub struct Fs {
     tag: String,
     shared_dir: PathBuf,
     read_only: bool,
+    /// What the guest may add to a read-write share.
+    limit: Option<Arc<OutputLimit>>,
     config: Vec<u8>,
     queue_sizes: [u16; NUM_QUEUES],
     /// Built by `new` (so a bad directory fails early) or, after a reset,
@@ -117,11 +120,12 @@ impl Fs {
         if !shared_dir.is_dir() {
             return Err(FsError::NotADirectory(shared_dir));
         }
-        let server = build_server(&shared_dir, read_only)?;
+        let server = build_server(&shared_dir, read_only, None)?;
         Ok(Self {
             tag: tag.to_string(),
             shared_dir,
             read_only,
+            limit: None,
             config,
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             server: Some(server),
@@ -130,7 +134,21 @@ impl Fs {
     }
 }
 
-fn build_server(shared_dir: &Path, read_only: bool) -> Result<Arc<dyn Serve>, FsError> {
+impl Fs {
+    /// Bound what the guest may add to this (read-write) share: see
+    /// [`OutputLimit`].
+    pub fn with_output_limit(mut self, limit: Arc<OutputLimit>) -> Result<Self, FsError> {
+        self.server = Some(build_server(&self.shared_dir, self.read_only, Some(limit.clone()))?);
+        self.limit = Some(limit);
+        Ok(self)
+    }
+}
+
+fn build_server(
+    shared_dir: &Path,
+    read_only: bool,
+    limit: Option<Arc<OutputLimit>>,
+) -> Result<Arc<dyn Serve>, FsError> {
     let root_dir = shared_dir.to_str().ok_or_else(|| FsError::NotUtf8(shared_dir.to_path_buf()))?.to_string();
     let passthrough_err = |source| FsError::Passthrough { path: shared_dir.to_path_buf(), source };
     let mut cfg = Config {
@@ -159,7 +177,7 @@ fn build_server(shared_dir: &Path, read_only: bool) -> Result<Arc<dyn Serve>, Fs
         let _umask = UmaskGuard::save();
         fs.import().map_err(passthrough_err)?;
     }
-    let fs = AsHostUser::new(fs);
+    let fs = AsHostUser::new(fs, limit);
     Ok(if read_only { Arc::new(Server::new(ReadOnlyFs::new(fs))) } else { Arc::new(Server::new(fs)) })
 }
 
@@ -186,7 +204,8 @@ impl VirtioDevice for Fs {
         }
         let server = match self.server.take() {
             Some(s) => s,
-            None => build_server(&self.shared_dir, self.read_only).map_err(|e| ActivateError::Device(e.to_string()))?,
+            None => build_server(&self.shared_dir, self.read_only, self.limit.clone())
+                .map_err(|e| ActivateError::Device(e.to_string()))?,
         };
         let ActivateContext { mem, interrupt, mut queues, queue_evts, .. } = ctx;
         let worker = Worker::spawn(&format!("virtio-fs-{}", self.tag), queue_evts, move |i| {

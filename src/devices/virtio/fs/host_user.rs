@@ -18,7 +18,12 @@
 //! writes later (the output layer) world-writable. The wrapper restores the
 //! previous umask after those calls, so guest-created files get at most the
 //! permissions the invoking user's umask allows.
+//!
+//! Being the host's side of every request, the wrapper also enforces the
+//! share's [`OutputLimit`] when it has one: what a request may add on the
+//! host's disk is charged before the request runs.
 
+use super::limit::{OutputLimit, NODE_COST};
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::api::filesystem::{
@@ -29,7 +34,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use rustix::fs::Mode;
 use std::ffi::CStr;
 use std::io;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// A [`FileSystem`] that runs every request of `F` as the host process's
@@ -37,11 +42,27 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct AsHostUser<F> {
     inner: F,
+    limit: Option<Arc<OutputLimit>>,
 }
 
 impl<F> AsHostUser<F> {
-    pub fn new(inner: F) -> Self {
-        Self { inner }
+    /// `inner` as the host user; with `limit`, what the guest may add to
+    /// the share is bounded.
+    pub fn new(inner: F, limit: Option<Arc<OutputLimit>>) -> Self {
+        Self { inner, limit }
+    }
+
+    /// Run `op` after charging `bytes` (refunding what it reports unused).
+    fn charged<T>(&self, bytes: u64, op: impl FnOnce() -> io::Result<T>, used: impl Fn(&T) -> u64) -> io::Result<T> {
+        match &self.limit {
+            Some(limit) => limit.charged(bytes, op, used),
+            None => op(),
+        }
+    }
+
+    /// Run `op`, which adds one directory entry (plus `extra` bytes).
+    fn new_node<T>(&self, extra: usize, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.charged(NODE_COST + extra as u64, op, |_| NODE_COST + extra as u64)
     }
 }
 
@@ -130,7 +151,11 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         handle: Option<Self::Handle>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        self.inner.setattr(ctx, inode, attr, handle, valid)
+        // Growing a file by truncate is charged its whole new size (the old
+        // one is not looked up: shrinking or a same-size truncate is what the
+        // guest's writers do).
+        let bytes = if valid.contains(SetattrValid::SIZE) { u64::try_from(attr.st_size).unwrap_or(0) } else { 0 };
+        self.charged(bytes, || self.inner.setattr(ctx, inode, attr, handle, valid), |_| bytes)
     }
 
     fn readlink(&self, ctx: &Context, inode: Self::Inode) -> io::Result<Vec<u8>> {
@@ -138,7 +163,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
     }
 
     fn symlink(&self, ctx: &Context, linkname: &CStr, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.symlink(ctx, linkname, parent, name)
+        self.new_node(linkname.to_bytes().len(), || self.inner.symlink(ctx, linkname, parent, name))
     }
 
     fn mknod(
@@ -150,11 +175,11 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+        self.new_node(0, || self.inner.mknod(ctx, inode, name, mode, rdev, umask))
     }
 
     fn mkdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        self.new_node(0, || self.inner.mkdir(ctx, parent, name, mode, umask))
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -178,7 +203,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
     }
 
     fn link(&self, ctx: &Context, inode: Self::Inode, newparent: Self::Inode, newname: &CStr) -> io::Result<Entry> {
-        self.inner.link(ctx, inode, newparent, newname)
+        self.new_node(0, || self.inner.link(ctx, inode, newparent, newname))
     }
 
     fn open(
@@ -198,7 +223,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        self.inner.create(ctx, parent, name, args)
+        self.new_node(0, || self.inner.create(ctx, parent, name, args))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -230,7 +255,11 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.inner.write(ctx, inode, handle, r, size, offset, lock_owner, delayed_write, flags, fuse_flags)
+        self.charged(
+            u64::from(size),
+            || self.inner.write(ctx, inode, handle, r, size, offset, lock_owner, delayed_write, flags, fuse_flags),
+            |&n| n as u64,
+        )
     }
 
     fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
@@ -250,7 +279,7 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.inner.fallocate(ctx, inode, handle, mode, offset, length)
+        self.charged(length, || self.inner.fallocate(ctx, inode, handle, mode, offset, length), |_| length)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -272,7 +301,8 @@ impl<F: FileSystem> FileSystem for AsHostUser<F> {
     }
 
     fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
-        self.inner.setxattr(ctx, inode, name, value, flags)
+        let bytes = (name.to_bytes().len() + value.len()) as u64;
+        self.charged(bytes, || self.inner.setxattr(ctx, inode, name, value, flags), |_| bytes)
     }
 
     fn getxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
@@ -450,7 +480,7 @@ mod tests {
             type Inode = u64;
             type Handle = u64;
         }
-        let fs = AsHostUser::new(Plain);
+        let fs = AsHostUser::new(Plain, None);
         let mut ctx = Context { uid: 1234, gid: 5678, pid: 42 };
         fs.id_remap(&mut ctx).unwrap();
         assert_eq!((ctx.uid, ctx.gid, ctx.pid), (0, 0, 42));

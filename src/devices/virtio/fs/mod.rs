@@ -8,13 +8,17 @@
 //! - [`read_only`]: the wrapper that makes a share read-only (EROFS for every
 //!   mutating request, ENOSYS for anything unknown).
 //! - [`host_user`]: every request runs as the host process's user, so the
-//!   device works unprivileged and guest-created files belong to that user.
+//!   device works unprivileged and guest-created files belong to that user;
+//!   it also charges what the guest adds to a read-write share against the
+//!   share's [`limit`].
 
 mod device;
 mod host_user;
+pub mod limit;
 mod read_only;
 mod request;
 #[cfg(test)]
 mod tests;
 
 pub use device::{Fs, FsError, QUEUE_SIZE, TAG_LEN};
+pub use limit::OutputLimit;

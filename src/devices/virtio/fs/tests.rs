@@ -719,3 +719,40 @@ fn reset_and_reactivation_serve_a_fresh_session() {
     d2.init();
     assert!(d2.lookup(ROOT, "sub").is_ok());
 }
+
+#[test]
+fn output_limit_bounds_what_the_guest_adds_to_a_read_write_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = std::sync::Arc::new(OutputLimit::new(2 * limit::NODE_COST + 10));
+    let mut d =
+        Driver::activate(Fs::new("share", dir.path(), false).unwrap().with_output_limit(limit.clone()).unwrap());
+    d.init();
+    let create = CreateIn {
+        flags: u32::try_from(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).unwrap(),
+        mode: 0o644 | libc::S_IFREG,
+        umask: 0o022,
+        fuse_flags: 0,
+    };
+    let r = d.call(Opcode::Create as u32, ROOT, &[create.as_slice(), &cstr("out.tar")]);
+    assert_eq!(r.errno(), 0);
+    let entry: EntryOut = r.body();
+    let open: OpenOut = read_obj(&r.data[16 + size_of::<EntryOut>()..]);
+    let write = |d: &mut Driver, offset: u64, data: &[u8]| {
+        let w = WriteIn { fh: open.fh, offset, size: u32::try_from(data.len()).unwrap(), ..Default::default() };
+        d.call(Opcode::Write as u32, entry.nodeid, &[w.as_slice(), data]).errno()
+    };
+    let mkdir = MkdirIn { mode: 0o755, umask: 0 };
+    assert_eq!(d.call(Opcode::Mkdir as u32, ROOT, &[mkdir.as_slice(), &cstr("d")]).errno(), 0);
+    assert_eq!(write(&mut d, 0, b"0123456789"), 0, "within the bound");
+    assert!(!limit.exceeded());
+    assert_eq!(write(&mut d, 10, b"x"), libc::EFBIG, "one byte over");
+    assert!(limit.exceeded());
+    // Growing by truncate or fallocate, and new nodes, are charged too.
+    let grow = SetattrIn { valid: 1 << 3, size: 1 << 30, ..Default::default() };
+    assert_eq!(d.call(Opcode::Setattr as u32, entry.nodeid, &[grow.as_slice()]).errno(), libc::EFBIG);
+    let fallocate = FallocateIn { fh: open.fh, length: 1 << 30, ..Default::default() };
+    assert_eq!(d.call(Opcode::Fallocate as u32, entry.nodeid, &[fallocate.as_slice()]).errno(), libc::EFBIG);
+    assert_eq!(d.call(Opcode::Mkdir as u32, ROOT, &[mkdir.as_slice(), &cstr("e")]).errno(), libc::EFBIG);
+    assert_eq!(std::fs::metadata(dir.path().join("out.tar")).unwrap().len(), 10, "the file holds what was allowed");
+    assert!(!dir.path().join("e").exists());
+}
