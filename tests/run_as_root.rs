@@ -1,7 +1,8 @@
 //! e2e: the product. A runAsRoot script on a two-layer busybox base image
 //! adds a user and a group, chowns a file, makes a setuid binary, a device
 //! node, a symlink, a hardlink pair and a file capability, deletes a base
-//! file and replaces a base directory. Every change must be exact in the
+//! file and replaces a base directory (and checks it ignores no signals, as
+//! a shell's child would not). Every change must be exact in the
 //! layer; the same job twice gives the same bytes; umoci applying base +
 //! new layer gives the tree the guest saw after the script.
 
@@ -35,6 +36,7 @@ echo fresh > /d/new
 echo added > /keep/added
 test ! -e /keep/opaque-base
 test -e /opt/contents/from-contents
+busybox grep -q '^SigIgn:[[:space:]]*0*$' /proc/self/status
 echo "script ran as uid $(busybox id -u) in $(busybox hostname)"
 "#,
         store = store.display()

@@ -293,6 +293,11 @@ fn open_script(file: &str) -> anyhow::Result<(std::fs::File, bool)> {
 
 /// Exec the script held open as `fd`: through its #! line, or with /bin/sh.
 fn exec_script(fd: i32, shebang: bool, env: &[CString]) -> anyhow::Error {
+    // Rust's runtime starts the agent with SIGPIPE ignored, and an ignored
+    // signal stays ignored across exec: give the script the default a shell
+    // expects (`yes | head` ends by SIGPIPE).
+    // SAFETY: signal(2) with SIG_DFL, in a single-threaded child about to exec.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let path = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
     let err = if shebang {
         nix::unistd::execve(&path, std::slice::from_ref(&path), env).unwrap_err()
