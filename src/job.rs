@@ -124,6 +124,11 @@ pub struct DeviceCheck {
     /// A file to write and sync on the mounted disk.
     pub disk_file: String,
     pub disk_contents: String,
+    /// Paths in a read-only share that would lead out of it on the host
+    /// (`..`, absolute and relative symlinks): each is read, and what
+    /// happened is reported as `escape:<path>`.
+    #[serde(default)]
+    pub escapes: Vec<String>,
 }
 
 /// What the agent reports.
@@ -162,6 +167,7 @@ mod tests {
                 xchg_contents: "x".into(),
                 disk_file: "/mnt/f".into(),
                 disk_contents: "y".into(),
+                escapes: vec!["/nix/store/../etc".into()],
             }),
         };
         let text = serde_json::to_string(&job).unwrap();

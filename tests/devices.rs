@@ -3,7 +3,8 @@
 //! would, and still gets EROFS (from the host) for every mutation there, writes
 //! a file to the exchange share that the host reads, and writes and syncs a
 //! file on the ext4 scratch disk that the host then finds in the disk image
-//! with debugfs. The store on the host is unchanged. Under scripts/test the
+//! with debugfs. `..` and symlinks (absolute or relative) never lead to the
+//! host file beside the store. The store on the host is unchanged. Under scripts/test the
 //! test runs as the unprivileged test user (tests/common/mod.rs).
 
 mod common;
@@ -48,13 +49,23 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
     if common::rerun_as_test_user(test) {
         return;
     }
-    let store = tempfile::Builder::new().prefix("rootlayer-store-").tempdir().unwrap();
+    // The store, and beside it on the host a file the guest must not reach.
+    let top = tempfile::Builder::new().prefix("rootlayer-store-").tempdir().unwrap();
+    let top_dir = std::fs::canonicalize(top.path()).unwrap();
+    std::fs::write(top_dir.join("secret"), "host secret\n").unwrap();
+    let store_dir = top_dir.join("store");
+    std::fs::create_dir(&store_dir).unwrap();
     let data: Vec<u8> = (0..300_000u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1]).collect();
-    std::fs::create_dir(store.path().join("pkg")).unwrap();
-    std::fs::write(store.path().join("pkg/data.bin"), &data).unwrap();
-    std::os::unix::fs::symlink("pkg/data.bin", store.path().join("link")).unwrap();
-    let before = listing(store.path());
-    let store_dir = std::fs::canonicalize(store.path()).unwrap();
+    std::fs::create_dir(store_dir.join("pkg")).unwrap();
+    std::fs::write(store_dir.join("pkg/data.bin"), &data).unwrap();
+    std::os::unix::fs::symlink("pkg/data.bin", store_dir.join("link")).unwrap();
+    std::os::unix::fs::symlink(top_dir.join("secret"), store_dir.join("abs-escape")).unwrap();
+    std::os::unix::fs::symlink("../secret", store_dir.join("rel-escape")).unwrap();
+    let before = listing(top.path());
+    let escapes: Vec<String> = ["../secret", "abs-escape", "rel-escape", "pkg/../../secret"]
+        .iter()
+        .map(|p| format!("{}/{p}", store_dir.display()))
+        .collect();
 
     let spec = GuestSpec {
         kernel: g.kernel,
@@ -78,6 +89,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         xchg_contents: "written by the guest\n".into(),
         disk_file: format!("{SCRATCH_MOUNT}/on-disk.txt"),
         disk_contents: "synced to the scratch disk\n".into(),
+        escapes: escapes.clone(),
     });
     let outcome = run_job(&spec, Workdir::new().unwrap(), task).expect("job runs");
     assert_eq!(outcome.report.exit, GuestExit::Reset, "clean guest exit; console: {:?}", outcome.report.console_tail());
@@ -121,5 +133,11 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    assert_eq!(listing(store.path()), before, "the store on the host is unchanged");
+    // `..` and symlinks resolve in the guest's own tree, where the host's
+    // file beside the store does not exist.
+    for path in &escapes {
+        let got = &obs[&format!("escape:{path}")];
+        assert!(got.starts_with("errno 2:"), "{path} must not lead out of the share: {got}");
+    }
+    assert_eq!(listing(top.path()), before, "the store (and what is beside it) on the host is unchanged");
 }

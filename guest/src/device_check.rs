@@ -45,6 +45,9 @@ pub fn run(c: &DeviceCheck, result: &mut JobResult) -> anyhow::Result<()> {
     obs("ro_truncate", outcome(nix::unistd::truncate(Path::new(&c.read_file), 0).map_err(std::io::Error::from)));
     obs("ro_mknod", outcome(mkfifo(&dir.join("fifo"))));
     obs("ro_setxattr", outcome(setxattr(Path::new(&c.read_file), "user.rootlayer", b"x")));
+    for path in &c.escapes {
+        obs(&format!("escape:{path}"), outcome(std::fs::read(path)));
+    }
 
     let xchg = Path::new(XCHG_MOUNT).join(&c.xchg_file);
     std::fs::write(&xchg, &c.xchg_contents).with_context(|| format!("write {}", xchg.display()))?;
