@@ -76,6 +76,9 @@ struct GuestArgs {
     /// Extra kernel command-line parameters.
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// Do not filter the VMM's vCPU and device threads with seccomp (debugging).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Run the job with QEMU and 9p instead (benchmarks only).
     #[arg(long, hide = true, default_value = "rootlayer", value_parser = ["rootlayer", "qemu-9p"])]
     backend: String,
@@ -168,6 +171,9 @@ struct BootArgs {
     /// Do not echo the guest console on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Do not filter the VMM's vCPU thread with seccomp (debugging).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Print the full kernel command line and exit (for booting the same
     /// guest elsewhere, e.g. under QEMU in scripts/bench-boot).
     #[arg(long)]
@@ -274,6 +280,7 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         disk_mib: Some(g.disk_size),
         stores: g.stores.iter().map(|d| Store { dir: d.clone() }).collect(),
         shares: Vec::new(),
+        seccomp: !g.no_seccomp,
         backend: match g.backend.as_str() {
             "qemu-9p" => Backend::Qemu9p,
             _ => Backend::Rootlayer,
@@ -387,6 +394,7 @@ fn boot(args: BootArgs) -> Exit {
             timeout: Duration::from_secs(args.timeout),
             echo: if args.quiet { Echo::Off } else { Echo::Stderr },
             virtio: Vec::new(),
+            seccomp: !args.no_seccomp,
         };
         vmm::run(config)
     })();

@@ -64,6 +64,9 @@ pub struct GuestSpec {
     pub shares: Vec<(PathBuf, String)>,
     /// Who runs the guest: our VMM, or QEMU with 9p for the benchmarks.
     pub backend: Backend,
+    /// seccomp filters on the VMM's vCPU and device threads (off:
+    /// `--no-seccomp`).
+    pub seccomp: bool,
 }
 
 /// The VMM that runs a job.
@@ -210,6 +213,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 timeout: spec.timeout,
                 echo: spec.echo,
                 virtio: devices,
+                seccomp: spec.seccomp,
             };
             vmm::run(config)?
         }

@@ -62,6 +62,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         stores: vec![Store { dir: store_dir.clone() }],
         shares: Vec::new(),
         backend: Default::default(),
+        seccomp: true,
     };
     let read_file = store_dir.join("pkg/data.bin").display().to_string();
     let task = Task::DeviceCheck(DeviceCheck {
