@@ -263,8 +263,10 @@ fn common() -> Built<Rules> {
         any(libc::SYS_sched_yield),
         // Messages to stderr (and the SIGSYS handler's), eventfd signals.
         any(libc::SYS_write),
-        // Dropping descriptors.
+        // Dropping descriptors; std's check (debug builds) that a dropped
+        // descriptor is open.
         any(libc::SYS_close),
+        one_of(libc::SYS_fcntl, 1, &[u64::from(libc::F_GETFD.unsigned_abs())])?,
         // Signal handlers return (the vCPU kick, SIGINT/SIGTERM, which may
         // land on any thread); thread exit and panics mask signals and
         // unregister the alternate signal stack.
@@ -385,8 +387,7 @@ fn fs() -> Built<Rules> {
     rules.push(one_of(
         libc::SYS_fcntl,
         1,
-        &[libc::F_GETFL, libc::F_SETFL, libc::F_GETFD, libc::F_SETFD, libc::F_DUPFD_CLOEXEC]
-            .map(|c| u64::from(c.unsigned_abs())),
+        &[libc::F_GETFL, libc::F_SETFL, libc::F_SETFD, libc::F_DUPFD_CLOEXEC].map(|c| u64::from(c.unsigned_abs())),
     )?);
     Ok(rules)
 }
