@@ -15,4 +15,5 @@ pub mod layer;
 pub mod qemu;
 pub mod runas;
 pub mod runner;
+pub mod seccomp;
 pub mod vmm;

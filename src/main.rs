@@ -84,6 +84,9 @@ struct GuestArgs {
     /// Extra kernel command-line parameters.
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// Do not filter the VMM's vCPU and device threads with seccomp (debugging).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Run the job with QEMU and 9p instead (benchmarks only).
     #[arg(long, hide = true, default_value = "rootlayer", value_parser = ["rootlayer", "qemu-9p"])]
     backend: String,
@@ -176,6 +179,9 @@ struct BootArgs {
     /// Do not echo the guest console on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Do not filter the VMM's vCPU thread with seccomp (debugging).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Print the full kernel command line and exit (for booting the same
     /// guest elsewhere, e.g. under QEMU in scripts/bench-boot).
     #[arg(long)]
@@ -284,6 +290,7 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         shares: Vec::new(),
         max_output: Some(g.max_output.saturating_mul(1 << 20)),
         echo_limit: (g.max_log_rate > 0).then(|| EchoLimit { bytes_per_sec: g.max_log_rate.saturating_mul(1 << 10) }),
+        seccomp: !g.no_seccomp,
         backend: match g.backend.as_str() {
             "qemu-9p" => Backend::Qemu9p,
             _ => Backend::Rootlayer,
@@ -398,6 +405,7 @@ fn boot(args: BootArgs) -> Exit {
             echo: if args.quiet { Echo::Off } else { Echo::Stderr },
             echo_limit: Some(EchoLimit::DEFAULT),
             virtio: Vec::new(),
+            seccomp: !args.no_seccomp,
         };
         vmm::run(config)
     })();

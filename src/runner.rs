@@ -71,6 +71,9 @@ pub struct GuestSpec {
     pub echo_limit: Option<EchoLimit>,
     /// Who runs the guest: our VMM, or QEMU with 9p for the benchmarks.
     pub backend: Backend,
+    /// seccomp filters on the VMM's vCPU and device threads (off:
+    /// `--no-seccomp`).
+    pub seccomp: bool,
 }
 
 /// The VMM that runs a job.
@@ -227,6 +230,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 echo: spec.echo,
                 echo_limit: spec.echo_limit,
                 virtio: devices,
+                seccomp: spec.seccomp,
             };
             vmm::run(config)?
         }

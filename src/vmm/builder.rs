@@ -9,6 +9,7 @@ use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
+use crate::seccomp::{Policy, ThreadKind};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::IoEventAddress;
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub struct VmConfig {
     /// virtio devices, in the order the guest enumerates them (the first
     /// block device is /dev/vda).
     pub virtio: Vec<Box<dyn VirtioDevice>>,
+    /// Filter the vCPU and device threads ([`crate::seccomp`]); false for
+    /// `--no-seccomp`.
+    pub seccomp: bool,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -70,6 +74,7 @@ impl std::fmt::Debug for VmConfig {
             .field("mem_mib", &self.mem_mib)
             .field("timeout", &self.timeout)
             .field("virtio", &self.virtio.iter().map(|d| d.device_type()).collect::<Vec<_>>())
+            .field("seccomp", &self.seccomp)
             .finish()
     }
 }
@@ -124,6 +129,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         return Err(VmmError::MemSize { mib: config.mem_mib, min: layout::MEM_MIN_MIB, max: layout::MEM_MAX_MIB });
     }
     let kvm = kvm::open()?;
+    let seccomp = Policy::new(config.seccomp);
 
     // Guest memory is declared before the VM so that it is unmapped after it.
     let mem_bytes = usize::try_from(config.mem_mib << 20).expect("bounded by MEM_MAX_MIB");
@@ -165,7 +171,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // (ioeventfd) and interrupts straight into the irqchip (irqfd).
     let mut mmio = Bus::new();
     let mut cmdline = config.cmdline.clone();
-    for (index, device) in config.virtio.drain(..).enumerate() {
+    for (index, mut device) in config.virtio.drain(..).enumerate() {
         let index = u32::try_from(index).expect("few devices");
         let irq = layout::VIRTIO_FIRST_IRQ + index;
         if irq > layout::VIRTIO_LAST_IRQ {
@@ -175,6 +181,8 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             )));
         }
         let addr = layout::mmio_device_addr(index);
+        // Its worker thread starts now, filtered, before any vCPU runs.
+        device.start(&seccomp).map_err(|e| VmmError::Devices(format!("starting device worker: {e}")))?;
         let irq_evt =
             EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Devices(format!("virtio irq eventfd: {e}")))?;
         vm.register_irqfd(&irq_evt, irq).map_err(kvm_err("register virtio irqfd"))?;
@@ -216,15 +224,31 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     }
 
     let signal = kick_signal();
+    let filter = seccomp.thread(ThreadKind::Vcpu)?;
     let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
     let vcpu_mem = mem.clone();
     let thread = std::thread::Builder::new()
         .name("vcpu0".into())
         .spawn(move || {
-            let exit = vcpu.run(&vcpu_mem);
-            let _ = tx.send((exit, vcpu.take_samples()));
+            // First thing: the filter; the guest has not run yet.
+            let installed = filter.install("vcpu0");
+            let ok = installed.is_ok();
+            let _ = ready_tx.send(installed);
+            if ok {
+                let exit = vcpu.run(&vcpu_mem, &filter);
+                let _ = tx.send((exit, vcpu.take_samples()));
+            }
         })
         .map_err(VmmError::Thread)?;
+    let started = match ready_rx.recv() {
+        Ok(installed) => installed.map_err(VmmError::from),
+        Err(_) => Err(VmmError::Thread(std::io::Error::other("the vCPU thread ended at start"))),
+    };
+    if let Err(e) = started {
+        let _ = thread.join();
+        return Err(e);
+    }
 
     // While profiling, kick the vCPU every few milliseconds; otherwise wait.
     // Wait for the guest, waking every 100 ms to notice SIGINT/SIGTERM

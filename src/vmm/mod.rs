@@ -63,6 +63,8 @@ pub enum VmmError {
     Devices(String),
     #[error("starting the vCPU thread")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("file {path} not found: {hint}")]
     MissingFile { path: PathBuf, hint: String },
 }

@@ -5,6 +5,7 @@ use super::arch::boot::EntryPoint;
 use super::arch::{cpuid, regs};
 use super::VmmError;
 use crate::devices::Bus;
+use crate::seccomp::ThreadFilter;
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,12 +133,19 @@ impl Vcpu {
     }
 
     /// Run until the guest stops; device exits are handled on this thread.
-    pub fn run(&mut self, mem: &GuestMemoryMmap) -> GuestExit {
+    /// `filter` is the thread's seccomp filter, installed by the caller; its
+    /// test probe runs where the first exit is handled.
+    pub fn run(&mut self, mem: &GuestMemoryMmap, filter: &ThreadFilter) -> GuestExit {
+        let mut first = true;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return GuestExit::Stopped;
             }
-            match self.fd.run() {
+            let exit = self.fd.run();
+            if std::mem::take(&mut first) {
+                filter.probe();
+            }
+            match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.pio.read(u64::from(port), data);
                 }

@@ -14,6 +14,7 @@ pub mod worker;
 
 pub use mmio::MmioTransport;
 
+use crate::seccomp::Policy;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -80,6 +81,8 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
     #[error("starting the device worker")]
     Worker(#[source] io::Error),
+    #[error("the device was activated before the VMM started it")]
+    NotStarted,
     #[error("{0}")]
     Device(String),
 }
@@ -112,7 +115,14 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Write to the configuration space; read-only by default.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Start serving the queues.
+    /// Set up before the guest runs (on the VMM's setup thread): a device
+    /// with a worker thread starts it here, filtered as `seccomp` says, so
+    /// that activation (on the vCPU thread) creates no thread.
+    fn start(&mut self, _seccomp: &Policy) -> Result<(), ActivateError> {
+        Ok(())
+    }
+    /// Start serving the queues (the driver set DRIVER_OK; runs on the vCPU
+    /// thread).
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stop serving (driver reset). The transport resets its own state.
     fn reset(&mut self) {}

@@ -1,65 +1,165 @@
-//! The thread that serves a device's queues: waits on the queue
-//! notification eventfds (bound to the guest's QueueNotify writes with
-//! ioeventfd) and on a stop eventfd, and calls the device's handler with the
-//! index of each queue that was notified.
+//! The thread that serves a device's queues.
+//!
+//! It is started when the VMM sets the device up, before any vCPU runs, and
+//! installs its seccomp filter first thing ([`crate::seccomp`]); it then
+//! waits for activations. An activation (the driver's DRIVER_OK, handled on
+//! the vCPU thread) hands it the queue notification eventfds (bound to the
+//! guest's QueueNotify writes with ioeventfd) and a function that builds the
+//! queue handler, which runs on this thread; it then waits on those eventfds
+//! and a stop eventfd and calls the handler with the index of each queue
+//! that was notified, until the device is reset or dropped. So the vCPU
+//! thread never creates a thread, and no thread inherits another's filter.
 
+use crate::devices::virtio::ActivateError;
+use crate::seccomp::ThreadFilter;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-/// A running worker; dropping it stops the thread and waits for it.
+/// Serves one notified queue; returns false to stop serving.
+pub type Handler = Box<dyn FnMut(usize) -> bool + Send>;
+/// Builds the handler on the worker thread (an error is the activation's).
+pub type MakeHandler = Box<dyn FnOnce() -> Result<Handler, String> + Send>;
+
+struct Activation {
+    queue_evts: Vec<EventFd>,
+    make: MakeHandler,
+}
+
+/// A device's worker thread; dropping it stops the thread and waits for it.
 #[derive(Debug)]
 pub struct Worker {
+    activations: Option<mpsc::Sender<Activation>>,
+    /// The thread's answer to each activation.
+    started: mpsc::Receiver<Result<(), String>>,
+    /// Sent by the thread each time it stops serving.
+    idle: mpsc::Receiver<()>,
     stop: EventFd,
+    active: bool,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Start a thread named `name` that calls `handle(queue_index)` each time
-    /// one of `queue_evts` is signalled. The handler returns false to stop.
-    pub fn spawn<F>(name: &str, queue_evts: Vec<EventFd>, mut handle: F) -> io::Result<Self>
-    where
-        F: FnMut(usize) -> bool + Send + 'static,
-    {
+    /// Start the thread `name`; it installs `filter`, then waits for
+    /// [`Self::activate`]. Returns once the filter is in place.
+    pub fn spawn(name: &str, filter: ThreadFilter) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let stop_token = queue_evts.len() as u64;
-        let epoll = Epoll::new()?;
-        for (i, evt) in queue_evts.iter().enumerate() {
-            epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))?;
-        }
-        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, stop_token))?;
         let thread_stop = stop.try_clone()?;
+        let (activations, requests) = mpsc::channel::<Activation>();
+        let (started_tx, started) = mpsc::channel();
+        let (idle_tx, idle) = mpsc::channel();
+        let (ready_tx, ready) = mpsc::channel();
+        let thread_name = name.to_string();
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
-            let _keep = thread_stop;
-            let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
-            loop {
-                let n = match epoll.wait(-1, &mut events) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return,
+            let installed = filter.install(&thread_name);
+            let ok = installed.is_ok();
+            let _ = ready_tx.send(installed);
+            if !ok {
+                return;
+            }
+            while let Ok(activation) = requests.recv() {
+                // A stop written while idle is stale.
+                let _ = thread_stop.read();
+                let handler = match (activation.make)() {
+                    Ok(h) => {
+                        let _ = started_tx.send(Ok(()));
+                        h
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        continue;
+                    }
                 };
-                for ev in &events[..n] {
-                    let token = ev.data();
-                    if token == stop_token {
-                        return;
-                    }
-                    let index = usize::try_from(token).expect("queue index");
-                    // Drain the counter; several notifications are one pass.
-                    let _ = queue_evts[index].read();
-                    if !handle(index) {
-                        return;
-                    }
-                }
+                serve(&filter, &thread_stop, &activation.queue_evts, handler);
+                let _ = idle_tx.send(());
             }
         })?;
-        Ok(Self { stop, thread: Some(thread) })
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(io::Error::other(e));
+            }
+            Err(_) => return Err(io::Error::other(format!("worker thread {name} ended at start"))),
+        }
+        Ok(Self { activations: Some(activations), started, idle, stop, active: false, thread: Some(thread) })
+    }
+
+    /// Start serving `queue_evts` with the handler `make` builds (on the
+    /// worker thread); any previous activation is stopped first.
+    pub fn activate(&mut self, queue_evts: Vec<EventFd>, make: MakeHandler) -> Result<(), ActivateError> {
+        self.deactivate();
+        let gone = || ActivateError::Worker(io::Error::other("the device worker thread is gone"));
+        let sender = self.activations.as_ref().ok_or_else(gone)?;
+        sender.send(Activation { queue_evts, make }).map_err(|_| gone())?;
+        match self.started.recv() {
+            Ok(Ok(())) => {
+                self.active = true;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ActivateError::Device(e)),
+            Err(_) => Err(gone()),
+        }
+    }
+
+    /// Stop serving (device reset) and wait until the thread is idle.
+    pub fn deactivate(&mut self) {
+        if !std::mem::take(&mut self.active) {
+            return;
+        }
+        let _ = self.stop.write(1);
+        let _ = self.idle.recv();
+    }
+}
+
+/// Wait on the queue and stop eventfds; call `handle` for each notified
+/// queue until stopped.
+fn serve(filter: &ThreadFilter, stop: &EventFd, queue_evts: &[EventFd], mut handle: Handler) {
+    let stop_token = queue_evts.len() as u64;
+    let Ok(epoll) = Epoll::new() else {
+        return;
+    };
+    for (i, evt) in queue_evts.iter().enumerate() {
+        if epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64)).is_err() {
+            return;
+        }
+    }
+    if epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, stop_token)).is_err() {
+        return;
+    }
+    let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
+    let mut first = true;
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token == stop_token {
+                return;
+            }
+            let index = usize::try_from(token).expect("queue index");
+            // Drain the counter; several notifications are one pass.
+            let _ = queue_evts[index].read();
+            if std::mem::take(&mut first) {
+                filter.probe();
+            }
+            if !handle(index) {
+                return;
+            }
+        }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
+        // Closing the channel ends the thread once it is idle.
+        self.activations = None;
         let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -70,21 +170,55 @@ impl Drop for Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
+    use crate::seccomp::{Policy, ThreadKind};
     use std::time::Duration;
 
-    #[test]
-    fn calls_the_handler_with_the_notified_queue_and_stops_on_drop() {
+    fn eventfds() -> (Vec<EventFd>, Vec<EventFd>) {
         let evts: Vec<EventFd> = (0..2).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect();
-        let kick: Vec<EventFd> = evts.iter().map(|e| e.try_clone().unwrap()).collect();
+        let kick = evts.iter().map(|e| e.try_clone().unwrap()).collect();
+        (evts, kick)
+    }
+
+    fn worker() -> Worker {
+        Worker::spawn("test-worker", Policy::disabled().thread(ThreadKind::Block).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn calls_the_handler_with_the_notified_queue_and_stops_on_reset_and_drop() {
+        let mut worker = worker();
         let (tx, rx) = mpsc::channel();
-        let worker = Worker::spawn("test-worker", evts, move |q| tx.send(q).is_ok()).unwrap();
+        let (evts, kick) = eventfds();
+        let make_tx = tx.clone();
+        worker
+            .activate(evts, Box::new(move || Ok(Box::new(move |q: usize| make_tx.send(q).is_ok()) as Handler)))
+            .unwrap();
         kick[1].write(1).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
         kick[0].write(3).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 0);
+        worker.deactivate();
+        kick[0].write(1).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "no calls after reset");
+
+        // Activated again, on the same thread.
+        let (evts, kick) = eventfds();
+        worker
+            .activate(evts, Box::new(move || Ok(Box::new(move |q: usize| tx.send(q + 10).is_ok()) as Handler)))
+            .unwrap();
+        kick[0].write(1).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 10);
         drop(worker);
         kick[0].write(1).unwrap();
-        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "no calls after stop");
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "no calls after drop");
+    }
+
+    #[test]
+    fn a_handler_that_cannot_be_built_fails_the_activation() {
+        let mut worker = worker();
+        let (evts, _kick) = eventfds();
+        let err = worker.activate(evts, Box::new(|| Err("no root directory".to_string()))).unwrap_err();
+        assert!(matches!(err, ActivateError::Device(ref m) if m == "no root directory"), "{err:?}");
+        // Idle, not stuck: it can be dropped.
+        drop(worker);
     }
 }

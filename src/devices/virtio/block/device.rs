@@ -10,10 +10,11 @@
 
 use super::request::{self, DiskInfo, Op, Parsed, Segment};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, STATUS_IOERR, STATUS_OK};
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::worker::{Handler as WorkerHandler, Worker};
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
+use crate::seccomp::{Policy, ThreadKind};
 use std::cell::Cell;
 use std::error::Error as _;
 use std::fs::{File, OpenOptions};
@@ -154,21 +155,31 @@ impl VirtioDevice for Block {
         };
         // EVENT_IDX is never offered, whatever the driver acked.
         queue.set_event_idx(false);
-        // A second activation without reset replaces the old worker.
-        self.worker = None;
+        // A second activation without reset replaces the old handler.
         let mut handler = self.handler(queue, ctx.mem, ctx.interrupt);
-        let worker = Worker::spawn("virtio-blk", ctx.queue_evts, move |_| {
-            handler.process_queue();
-            true
-        })
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
+        let worker = self.worker.as_mut().ok_or(ActivateError::NotStarted)?;
+        worker.activate(
+            ctx.queue_evts,
+            Box::new(move || {
+                Ok(Box::new(move |_| {
+                    handler.process_queue();
+                    true
+                }) as WorkerHandler)
+            }),
+        )
+    }
+
+    fn start(&mut self, seccomp: &Policy) -> Result<(), ActivateError> {
+        let filter = seccomp.thread(ThreadKind::Block).map_err(|e| ActivateError::Worker(io::Error::other(e)))?;
+        self.worker = Some(Worker::spawn("virtio-blk", filter).map_err(ActivateError::Worker)?);
         Ok(())
     }
 
     fn reset(&mut self) {
-        // Dropping the worker stops its thread and waits for it.
-        self.worker = None;
+        // Stops serving and waits until the worker is idle.
+        if let Some(w) = self.worker.as_mut() {
+            w.deactivate();
+        }
     }
 }
 
@@ -845,6 +856,7 @@ mod tests {
             queue_evts: vec![kick.try_clone().unwrap()],
             acked_features: rig.block.features(),
         };
+        rig.block.start(&crate::seccomp::Policy::disabled()).unwrap();
         rig.block.activate(ctx).unwrap();
 
         rig.header(HDR, VIRTIO_BLK_T_IN, 4);

@@ -13,10 +13,11 @@ use super::host_user::{AsHostUser, UmaskGuard};
 use super::limit::OutputLimit;
 use super::read_only::ReadOnlyFs;
 use super::request::{self, OUT_HEADER_LEN, OUT_HEADER_LEN_U32};
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::worker::{Handler, Worker};
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
 };
+use crate::seccomp::{Policy, ThreadKind};
 use fuse_backend_rs::abi::fuse_abi::OutHeader;
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
@@ -97,7 +98,7 @@ impl std::fmt::Debug for Fs {
             .field("tag", &self.tag)
             .field("shared_dir", &self.shared_dir)
             .field("read_only", &self.read_only)
-            .field("active", &self.worker.is_some())
+            .field("started", &self.worker.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -202,27 +203,40 @@ impl VirtioDevice for Fs {
         if ctx.queues.len() != NUM_QUEUES || ctx.queue_evts.len() != NUM_QUEUES {
             return Err(ActivateError::QueueCount { expected: NUM_QUEUES, got: ctx.queues.len() });
         }
-        let server = match self.server.take() {
-            Some(s) => s,
-            None => build_server(&self.shared_dir, self.read_only, self.limit.clone())
-                .map_err(|e| ActivateError::Device(e.to_string()))?,
-        };
+        let worker = self.worker.as_mut().ok_or(ActivateError::NotStarted)?;
+        // The file system is built (after a reset: afresh) on the worker
+        // thread, under its filter.
+        let server = self.server.take();
+        let (shared_dir, read_only, limit) = (self.shared_dir.clone(), self.read_only, self.limit.clone());
         let ActivateContext { mem, interrupt, mut queues, queue_evts, .. } = ctx;
-        let worker = Worker::spawn(&format!("virtio-fs-{}", self.tag), queue_evts, move |i| {
-            if let Some(queue) = queues.get_mut(i) {
-                process_queue(server.as_ref(), &mem, queue, &interrupt);
-            }
-            true
-        })
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
+        let make = move || {
+            let server = match server {
+                Some(s) => s,
+                None => build_server(&shared_dir, read_only, limit).map_err(|e| e.to_string())?,
+            };
+            Ok(Box::new(move |i: usize| {
+                if let Some(queue) = queues.get_mut(i) {
+                    process_queue(server.as_ref(), &mem, queue, &interrupt);
+                }
+                true
+            }) as Handler)
+        };
+        worker.activate(queue_evts, Box::new(make))
+    }
+
+    fn start(&mut self, seccomp: &Policy) -> Result<(), ActivateError> {
+        let filter = seccomp.thread(ThreadKind::Fs).map_err(|e| ActivateError::Worker(io::Error::other(e)))?;
+        self.worker = Some(Worker::spawn(&format!("virtio-fs-{}", self.tag), filter).map_err(ActivateError::Worker)?);
         Ok(())
     }
 
     fn reset(&mut self) {
-        // Stops and joins the thread; the next activation starts from a
-        // fresh file system, as the driver will send FUSE_INIT again.
-        self.worker = None;
+        // Stops serving (the handler and its file system are dropped on the
+        // worker thread); the next activation starts from a fresh file
+        // system, as the driver will send FUSE_INIT again.
+        if let Some(w) = self.worker.as_mut() {
+            w.deactivate();
+        }
     }
 }
 

@@ -76,7 +76,8 @@ impl Used {
 
 impl Driver {
     fn new(dir: &Path, read_only: bool) -> Self {
-        let fs = Fs::new("share", dir, read_only).unwrap();
+        let mut fs = Fs::new("share", dir, read_only).unwrap();
+        fs.start(&crate::seccomp::Policy::disabled()).unwrap();
         Self::activate(fs)
     }
 
