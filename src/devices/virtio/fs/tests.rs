@@ -725,8 +725,9 @@ fn reset_and_reactivation_serve_a_fresh_session() {
 fn output_limit_bounds_what_the_guest_adds_to_a_read_write_share() {
     let dir = tempfile::tempdir().unwrap();
     let limit = std::sync::Arc::new(OutputLimit::new(2 * limit::NODE_COST + 10));
-    let mut d =
-        Driver::activate(Fs::new("share", dir.path(), false).unwrap().with_output_limit(limit.clone()).unwrap());
+    let mut fs = Fs::new("share", dir.path(), false).unwrap().with_output_limit(limit.clone()).unwrap();
+    fs.start(&crate::seccomp::Policy::disabled()).unwrap();
+    let mut d = Driver::activate(fs);
     d.init();
     let create = CreateIn {
         flags: u32::try_from(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).unwrap(),
