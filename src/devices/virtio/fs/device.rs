@@ -130,6 +130,15 @@ impl Fs {
     }
 }
 
+#[cfg(any(test, feature = "fuzz"))]
+impl Fs {
+    /// Serve one chain as the worker does (for the fuzz targets, which need
+    /// no thread). Returns the used length; `None` after a reset.
+    pub(crate) fn serve_chain(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Option<u32> {
+        Some(handle_chain(self.server.as_deref()?, mem, chain))
+    }
+}
+
 fn build_server(shared_dir: &Path, read_only: bool) -> Result<Arc<dyn Serve>, FsError> {
     let root_dir = shared_dir.to_str().ok_or_else(|| FsError::NotUtf8(shared_dir.to_path_buf()))?.to_string();
     let passthrough_err = |source| FsError::Passthrough { path: shared_dir.to_path_buf(), source };
