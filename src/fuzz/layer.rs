@@ -10,7 +10,8 @@
 //!
 //! `layer_unpack`: input = an OCI layer (from a base image: the user's
 //! input, and unpacked by the agent as root), unpacked as root where
-//! possible into an empty directory. Invariants: no panic; nothing beside
+//! possible into an empty directory; as root, in a sandbox (see
+//! [`sandbox`]) where nothing else on the host is writable. Invariants: no panic; nothing beside
 //! the target directory is created, removed or changed, whatever symlinks,
 //! hardlinks, `..` or whiteouts the layer holds.
 
@@ -71,19 +72,22 @@ fn check_layer(layer: &[u8]) {
 }
 
 /// Where layers are unpacked: a directory holding the target and a
-/// neighbour to stay out of. As root, a private tmpfs mounted `nodev`, so
-/// that a device node a layer creates can never reach a host device even
-/// if the unpacker were fooled into opening one.
+/// neighbour to stay out of.
 struct Scratch {
     dir: tempfile::TempDir,
-    mounted: bool,
+    sandboxed: bool,
 }
 
 impl Scratch {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mounted = private_tmpfs(dir.path());
-        let s = Scratch { dir, mounted };
+        let sandboxed = rustix::process::geteuid().is_root();
+        if sandboxed {
+            if let Err(e) = sandbox(dir.path()) {
+                panic!("layer_unpack runs as root only in its sandbox: {e}");
+            }
+        }
+        let s = Scratch { dir, sandboxed };
         let canary = s.dir.path().join("canary");
         std::fs::create_dir_all(canary.join("sub")).expect("mkdir");
         std::fs::write(canary.join("file"), b"outside the layer").expect("write");
@@ -94,7 +98,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.mounted {
+        if self.sandboxed {
             let path = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).expect("path");
             // SAFETY: umount2 reads a NUL-terminated path we own.
             unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
@@ -102,38 +106,77 @@ impl Drop for Scratch {
     }
 }
 
-/// Make this thread's mount namespace private and mount a small `nodev`,
-/// `nosuid` tmpfs on `dir`; false if that is not allowed (not root).
-fn private_tmpfs(dir: &Path) -> bool {
-    if !rustix::process::geteuid().is_root() {
-        return false;
+fn cstring(p: &Path) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)
+}
+
+fn check(rc: libc::c_int, what: &str) -> std::io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = std::io::Error::last_os_error();
+        Err(std::io::Error::new(e.kind(), format!("{what}: {e}")))
     }
-    let c = |s: &[u8]| std::ffi::CString::new(s).expect("no NUL");
-    let (none, root, tmpfs, target, opts) =
-        (c(b"none"), c(b"/"), c(b"tmpfs"), c(dir.as_os_str().as_encoded_bytes()), c(b"size=64m,mode=0755"));
-    // SAFETY: unshare takes no pointers; CLONE_NEWNS only affects this thread
-    // (its fs struct is unshared with it).
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return false;
+}
+
+/// Set (`set`) or clear the read-only attribute of the mount at `path`, and
+/// of every mount below it if `recursive`.
+fn mount_read_only(path: &Path, set: bool, recursive: bool) -> std::io::Result<()> {
+    let p = cstring(path)?;
+    let mut attr: libc::mount_attr = libc::mount_attr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    if set {
+        attr.attr_set = libc::MOUNT_ATTR_RDONLY;
+    } else {
+        attr.attr_clr = libc::MOUNT_ATTR_RDONLY;
     }
-    // SAFETY: mount reads NUL-terminated strings we own, data is one too.
-    let private = unsafe {
-        libc::mount(none.as_ptr(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
-    };
-    if private != 0 {
-        return false;
-    }
-    // SAFETY: as above.
-    let mounted = unsafe {
-        libc::mount(
-            tmpfs.as_ptr(),
-            target.as_ptr(),
-            tmpfs.as_ptr(),
-            libc::MS_NODEV | libc::MS_NOSUID,
-            opts.as_ptr().cast(),
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: mount_setattr reads a NUL-terminated path and `size` bytes of
+    // `attr`, both ours and alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
         )
     };
-    mounted == 0
+    check(if rc == 0 { 0 } else { -1 }, "mount_setattr")
+}
+
+/// As root, an unpacker that went wrong could overwrite any host file or
+/// open a host device through a node it made. So this thread gets its own
+/// mount namespace, private, in which every mount is read-only except a
+/// `nodev`, `nosuid` tmpfs on `dir` and the directories listed in
+/// `ROOTLAYER_FUZZ_WRITABLE` (colon-separated: libFuzzer's corpus and
+/// artifacts, set by scripts/fuzz).
+fn sandbox(dir: &Path) -> std::io::Result<()> {
+    let none = c"none";
+    let tmpfs = c"tmpfs";
+    let opts = c"size=64m,mode=0755";
+    // SAFETY: unshare takes no pointers; it detaches this thread's mount
+    // namespace and file system attributes only.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare")?;
+    let flags = libc::MS_REC | libc::MS_PRIVATE;
+    // SAFETY: mount reads NUL-terminated strings that outlive the call.
+    let rc = unsafe { libc::mount(none.as_ptr(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+    check(rc, "making mounts private")?;
+    mount_read_only(Path::new("/"), true, true)?;
+    let target = cstring(dir)?;
+    let flags = libc::MS_NODEV | libc::MS_NOSUID;
+    // SAFETY: as above; `opts` is the NUL-terminated data string.
+    let rc = unsafe { libc::mount(tmpfs.as_ptr(), target.as_ptr(), tmpfs.as_ptr(), flags, opts.as_ptr().cast()) };
+    check(rc, "mounting the scratch tmpfs")?;
+    let writable = std::env::var_os("ROOTLAYER_FUZZ_WRITABLE").unwrap_or_default();
+    for path in std::env::split_paths(&writable).filter(|p| p.is_dir()) {
+        let p = cstring(&path)?;
+        // SAFETY: as above.
+        let rc = unsafe { libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+        check(rc, "binding a writable directory")?;
+        mount_read_only(&path, false, false)?;
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -182,4 +225,44 @@ fn remove_tree(path: &Path) {
     }
     open_up(path);
     std::fs::remove_dir_all(path).expect("remove the unpacked layer");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As root, the unpacking thread can write its scratch tmpfs and
+    /// nothing else, and no device node there opens.
+    #[test]
+    fn unpacking_as_root_is_sandboxed() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("not root: layer_unpack runs unsandboxed and cannot make devices");
+            return;
+        }
+        let outside = tempfile::tempdir().unwrap();
+        let probe = outside.path().join("probe");
+        std::thread::spawn(move || {
+            SCRATCH.with(|(s, _)| {
+                std::fs::write(s.dir.path().join("inside"), b"x").expect("scratch is writable");
+                let err = std::fs::write(&probe, b"x").expect_err("the rest is read-only");
+                assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+                let null = s.dir.path().join("null");
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &null,
+                    rustix::fs::FileType::CharacterDevice,
+                    0o666.into(),
+                    rustix::fs::makedev(1, 3),
+                )
+                .unwrap();
+                let err = std::fs::OpenOptions::new().write(true).open(&null).expect_err("nodev");
+                assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+                std::fs::remove_file(null).unwrap();
+                std::fs::remove_file(s.dir.path().join("inside")).unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+        assert!(std::fs::write(outside.path().join("probe"), b"x").is_ok(), "other threads are not sandboxed");
+    }
 }
