@@ -422,3 +422,23 @@ fn seekable_input_may_start_mid_stream() {
     convert_seekable(cur, &mut out, &ConvertOptions::default()).unwrap();
     assert_eq!(out, want);
 }
+
+#[test]
+fn an_archive_cut_inside_an_entry_fails_in_both_modes() {
+    // Found by the layer_convert fuzz target: the seekable reader skipped
+    // entry data by seeking past the end of the input and took the cut
+    // archive for a whole one.
+    let whole = tar_of(&[E::dir("a/"), E::file("a/f", &[7u8; 2000]), E::file("b", b"b")]);
+    for cut in [512 * 3, 512 * 3 + 100, 512 * 6 + 10] {
+        let input = &whole[..cut];
+        assert!(convert(input, Vec::new(), &ConvertOptions::default()).is_err(), "streaming, cut at {cut}");
+        let seekable = convert_seekable(Cursor::new(input), Vec::new(), &ConvertOptions::default());
+        assert!(seekable.is_err(), "seekable, cut at {cut}: {seekable:?}");
+    }
+    let regression = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions/layer_convert/truncated-entry-seekable-accepted"),
+    )
+    .unwrap();
+    assert!(convert_seekable(Cursor::new(&regression), Vec::new(), &ConvertOptions::default()).is_err());
+}
