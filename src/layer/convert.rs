@@ -233,8 +233,21 @@ impl<R: Read + Seek> Seek for SeekBuf<R> {
 /// Convert the tar file `input` into the layer file `output`, atomically:
 /// the layer is written to a temporary file beside `output` and renamed over
 /// it only on success, so a failed conversion leaves nothing at `output`.
+///
+/// `input` is written by the guest (the upper tar in the exchange share): a
+/// symlink there is not followed (it could name any host file the user can
+/// read), and anything but a regular file, a FIFO say, is refused without
+/// waiting on it.
 pub fn convert_file_to_path(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<LayerInfo, LayerError> {
-    let file = File::open(input).map_err(LayerError::Read)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(input)
+        .map_err(LayerError::Read)?;
+    if !file.metadata().map_err(LayerError::Read)?.is_file() {
+        return Err(LayerError::Read(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+    }
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -330,6 +330,23 @@ fn failed_conversion_leaves_nothing_at_the_output_path() {
 }
 
 #[test]
+fn an_upper_tar_that_is_a_symlink_or_fifo_is_refused() {
+    // The guest writes the exchange share: upper.tar could name a host file
+    // or block the host on a FIFO.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.tar");
+    std::fs::write(&secret, tar_of(&[E::file("host-secret", b"s")])).unwrap();
+    let input = dir.path().join("upper.tar");
+    let output = dir.path().join("layer.tar");
+    std::os::unix::fs::symlink(&secret, &input).unwrap();
+    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default()).is_err(), "symlink followed");
+    std::fs::remove_file(&input).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, &input, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
+    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default()).is_err(), "FIFO read");
+    assert!(!output.exists());
+}
+
+#[test]
 fn truncated_input_is_an_error() {
     let input = tar_of(&[E::file("f", &vec![1u8; 5000])]);
     let mut out = Vec::new();
