@@ -9,6 +9,8 @@
 
 pub mod devices;
 pub mod exit;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod image;
 pub mod job;
 pub mod layer;

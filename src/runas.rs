@@ -167,6 +167,12 @@ fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError
     let Some(result) = outcome.result.clone() else {
         return Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.exit)));
     };
+    judge_result(result, &report.exit)
+}
+
+/// Judge the agent's result (the guest's word) once the VM ended cleanly
+/// enough to have one; `exit` is how the VM ended.
+pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobResult, RunAsRootError> {
     // A full disk explains a failure; a job that succeeded with (nearly) no
     // room left is still a success.
     let failed = result.error.is_some() || result.script_status.is_some_and(|s| s != 0);
@@ -179,8 +185,8 @@ fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError
         }
         return Err(RunAsRootError::Guest(err.clone()));
     }
-    if report.exit != GuestExit::Reset {
-        return Err(RunAsRootError::Guest(report.exit.to_string()));
+    if *exit != GuestExit::Reset {
+        return Err(RunAsRootError::Guest(exit.to_string()));
     }
     Ok(result)
 }

@@ -9,7 +9,6 @@ use crate::devices::virtio::VirtioDevice;
 use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_TAG_ENV};
 use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -261,20 +260,41 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     Ok(JobOutcome { report, result, workdir, output })
 }
 
-/// Most bytes of result.json the host reads: the guest writes it, and a few
-/// KiB is what the agent's results take.
+/// Largest result.json the host reads: the agent's is a few hundred bytes.
 pub const MAX_RESULT_BYTES: u64 = 1 << 20;
 
-/// The agent's result.json, None when there is none. The guest wrote it:
-/// its size is bounded before it is read, and it must parse.
-fn read_result(path: &Path) -> Result<Option<JobResult>, RunError> {
-    let Ok(file) = std::fs::File::open(path) else { return Ok(None) };
-    let mut bytes = Vec::new();
-    file.take(MAX_RESULT_BYTES + 1).read_to_end(&mut bytes).map_err(|e| RunError::BadResult(e.to_string()))?;
-    if bytes.len() as u64 > MAX_RESULT_BYTES {
-        return Err(RunError::BadResult(format!("larger than {MAX_RESULT_BYTES} bytes")));
+/// Read the agent's result.json, `None` if the guest wrote none. The guest
+/// controls the exchange directory: a symlink (to a host file, or
+/// `/dev/zero`), a FIFO or a huge file is refused, never followed, waited
+/// on or read whole.
+pub fn read_result(path: &Path) -> Result<Option<JobResult>, RunError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |e: String| RunError::BadResult(e);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
     }
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| RunError::BadResult(e.to_string()))
+    let mut bytes = Vec::new();
+    file.take(MAX_RESULT_BYTES + 1).read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > MAX_RESULT_BYTES {
+        return Err(bad(format!("larger than {MAX_RESULT_BYTES} bytes")));
+    }
+    parse_result(&bytes).map(Some)
+}
+
+/// Parse result.json as the guest wrote it.
+pub fn parse_result(bytes: &[u8]) -> Result<JobResult, RunError> {
+    serde_json::from_slice(bytes).map_err(|e| RunError::BadResult(e.to_string()))
 }
 
 #[cfg(test)]
@@ -282,24 +302,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn result_json_from_the_guest_is_bounded_and_must_parse() {
+    fn result_json_is_read_only_from_a_small_regular_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(RESULT_FILE);
-        assert!(read_result(&path).unwrap().is_none(), "no result.json: no result");
+        let p = dir.path().join(RESULT_FILE);
+        assert!(read_result(&p).unwrap().is_none(), "no result.json: no result");
+        std::fs::write(
+            &p,
+            br#"{"status":0,"error":null,"phases":[],"observations":[],"script_status":0,"disk_full":false}"#,
+        )
+        .unwrap();
+        assert_eq!(read_result(&p).unwrap().unwrap().script_status, Some(0));
 
-        let ok = JobResult { status: 0, ..Default::default() };
-        std::fs::write(&path, serde_json::to_vec(&ok).unwrap()).unwrap();
-        assert_eq!(read_result(&path).unwrap(), Some(ok));
-
-        std::fs::write(&path, b"{\"status\": ").unwrap();
-        assert!(matches!(read_result(&path), Err(RunError::BadResult(_))));
-
-        // Valid JSON padded with whitespace past the bound is still refused
-        // before it is parsed.
-        let mut big = b"{\"status\": 0}".to_vec();
-        big.resize(usize::try_from(MAX_RESULT_BYTES).unwrap() + 1, b' ');
-        std::fs::write(&path, big).unwrap();
-        let err = read_result(&path).unwrap_err().to_string();
-        assert!(err.contains("larger than"), "{err}");
+        // What a hostile guest could leave in the exchange share instead.
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        assert!(matches!(read_result(&p), Err(RunError::BadResult(_))), "symlink followed");
+        std::fs::remove_file(&p).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
+        assert!(matches!(read_result(&p), Err(RunError::BadResult(_))), "FIFO waited on");
+        std::fs::remove_file(&p).unwrap();
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(MAX_RESULT_BYTES + 1).unwrap();
+        assert!(matches!(read_result(&p), Err(RunError::BadResult(e)) if e.contains("larger")));
     }
 }

@@ -124,7 +124,7 @@ pub fn convert_seekable<R: Read + Seek, W: Write>(
 ) -> Result<LayerInfo, LayerError> {
     let base = input.stream_position().map_err(LayerError::Read)?;
     let mut spool = Spool::default();
-    let mut archive = tar::Archive::new(SeekBuf::new(input, base));
+    let mut archive = tar::Archive::new(SeekBuf::new(input, base).map_err(LayerError::Read)?);
     let entries = archive.entries_with_seek().map_err(LayerError::Read)?;
     let nodes = index(entries, true, &mut spool)?;
     let nodes = plan(nodes)?;
@@ -148,13 +148,20 @@ struct SeekBuf<R> {
     /// Logical position, and the inner reader's position when known.
     pos: u64,
     inner_pos: Option<u64>,
+    /// The archive's length: a seek past it is an error, as reading past
+    /// it is when streaming. (The `tar` crate skips entry data by seeking;
+    /// a seek past the end would make a truncated archive look whole.)
+    end: u64,
 }
 
 impl<R: Read + Seek> SeekBuf<R> {
     /// `inner` is positioned at `base`, which becomes position 0: the `tar`
     /// crate takes the positions a seek returns for archive offsets.
-    fn new(inner: R, base: u64) -> Self {
-        Self { inner, buf: vec![0u8; 256 << 10].into_boxed_slice(), base, start: 0, len: 0, pos: 0, inner_pos: Some(0) }
+    fn new(mut inner: R, base: u64) -> io::Result<Self> {
+        let end = inner.seek(SeekFrom::End(0))?.saturating_sub(base);
+        inner.seek(SeekFrom::Start(base))?;
+        let buf = vec![0u8; 256 << 10].into_boxed_slice();
+        Ok(Self { inner, buf, base, start: 0, len: 0, pos: 0, inner_pos: Some(0), end })
     }
 
     fn sync_inner(&mut self) -> io::Result<()> {
@@ -199,7 +206,7 @@ impl<R: Read + Seek> Read for SeekBuf<R> {
 
 impl<R: Read + Seek> Seek for SeekBuf<R> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = match to {
+        let pos = match to {
             SeekFrom::Start(p) => p,
             SeekFrom::Current(d) => self
                 .pos
@@ -215,6 +222,10 @@ impl<R: Read + Seek> Seek for SeekBuf<R> {
                 p
             }
         };
+        if pos > self.end {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "archive ends inside an entry"));
+        }
+        self.pos = pos;
         Ok(self.pos)
     }
 }
@@ -222,8 +233,21 @@ impl<R: Read + Seek> Seek for SeekBuf<R> {
 /// Convert the tar file `input` into the layer file `output`, atomically:
 /// the layer is written to a temporary file beside `output` and renamed over
 /// it only on success, so a failed conversion leaves nothing at `output`.
+///
+/// `input` is written by the guest (the upper tar in the exchange share): a
+/// symlink there is not followed (it could name any host file the user can
+/// read), and anything but a regular file, a FIFO say, is refused without
+/// waiting on it.
 pub fn convert_file_to_path(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<LayerInfo, LayerError> {
-    let file = File::open(input).map_err(LayerError::Read)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(input)
+        .map_err(LayerError::Read)?;
+    if !file.metadata().map_err(LayerError::Read)?.is_file() {
+        return Err(LayerError::Read(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+    }
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

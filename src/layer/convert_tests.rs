@@ -330,6 +330,23 @@ fn failed_conversion_leaves_nothing_at_the_output_path() {
 }
 
 #[test]
+fn an_upper_tar_that_is_a_symlink_or_fifo_is_refused() {
+    // The guest writes the exchange share: upper.tar could name a host file
+    // or block the host on a FIFO.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.tar");
+    std::fs::write(&secret, tar_of(&[E::file("host-secret", b"s")])).unwrap();
+    let input = dir.path().join("upper.tar");
+    let output = dir.path().join("layer.tar");
+    std::os::unix::fs::symlink(&secret, &input).unwrap();
+    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default()).is_err(), "symlink followed");
+    std::fs::remove_file(&input).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, &input, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
+    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default()).is_err(), "FIFO read");
+    assert!(!output.exists());
+}
+
+#[test]
 fn truncated_input_is_an_error() {
     let input = tar_of(&[E::file("f", &vec![1u8; 5000])]);
     let mut out = Vec::new();
@@ -421,4 +438,24 @@ fn seekable_input_may_start_mid_stream() {
     let mut out = Vec::new();
     convert_seekable(cur, &mut out, &ConvertOptions::default()).unwrap();
     assert_eq!(out, want);
+}
+
+#[test]
+fn an_archive_cut_inside_an_entry_fails_in_both_modes() {
+    // Found by the layer_convert fuzz target: the seekable reader skipped
+    // entry data by seeking past the end of the input and took the cut
+    // archive for a whole one.
+    let whole = tar_of(&[E::dir("a/"), E::file("a/f", &[7u8; 2000]), E::file("b", b"b")]);
+    for cut in [512 * 3, 512 * 3 + 100, 512 * 6 + 10] {
+        let input = &whole[..cut];
+        assert!(convert(input, Vec::new(), &ConvertOptions::default()).is_err(), "streaming, cut at {cut}");
+        let seekable = convert_seekable(Cursor::new(input), Vec::new(), &ConvertOptions::default());
+        assert!(seekable.is_err(), "seekable, cut at {cut}: {seekable:?}");
+    }
+    let regression = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions/layer_convert/truncated-entry-seekable-accepted"),
+    )
+    .unwrap();
+    assert!(convert_seekable(Cursor::new(&regression), Vec::new(), &ConvertOptions::default()).is_err());
 }

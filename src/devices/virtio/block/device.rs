@@ -111,6 +111,15 @@ impl Block {
     }
 }
 
+#[cfg(any(test, feature = "fuzz"))]
+impl Block {
+    /// Serve what `queue` holds, as the worker does on a notification (for
+    /// the fuzz targets, which need no thread).
+    pub(crate) fn process_queue_once(&self, queue: Queue, mem: GuestMemoryMmap, interrupt: Interrupt) {
+        self.handler(queue, mem, interrupt).process_queue();
+    }
+}
+
 /// `struct virtio_blk_config`, little endian, with the fields we offer set.
 fn config_space(capacity_sectors: u64) -> Vec<u8> {
     let mut config = vec![0u8; size_of::<virtio_blk_config>()];

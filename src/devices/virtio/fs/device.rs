@@ -145,6 +145,15 @@ impl Fs {
     }
 }
 
+#[cfg(any(test, feature = "fuzz"))]
+impl Fs {
+    /// Serve one chain as the worker does (for the fuzz targets, which need
+    /// no thread). Returns the used length; `None` after a reset.
+    pub(crate) fn serve_chain(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Option<u32> {
+        Some(handle_chain(self.server.as_deref()?, mem, chain))
+    }
+}
+
 fn build_server(
     shared_dir: &Path,
     read_only: bool,

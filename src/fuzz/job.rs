@@ -1,0 +1,41 @@
+//! `job`: the host/agent messages. The host parses and judges the
+//! `result.json` an untrusted guest wrote; the agent parses `job.json`.
+//!
+//! Input: the bytes of either file (both parsers see every input).
+//!
+//! Invariants: no panic; a judged success carries no agent error; what
+//! parses serializes and parses back to the same message.
+
+use crate::job::{Job, JobResult};
+use crate::runas::judge_result;
+use crate::runner::parse_result;
+use crate::vmm::GuestExit;
+
+/// The result without its float timings, which serde_json parses back to
+/// the nearest float only up to the last bit.
+fn exact(r: &JobResult) -> JobResult {
+    JobResult { phases: r.phases.iter().map(|(n, _)| (n.clone(), 0.0)).collect(), ..r.clone() }
+}
+
+pub fn job(data: &[u8]) {
+    if let Ok(result) = parse_result(data) {
+        let text = serde_json::to_vec(&result).expect("serialize a result");
+        let again = parse_result(&text).expect("a serialized result parses");
+        assert_eq!(exact(&again), exact(&result), "result round trip");
+        for exit in [GuestExit::Reset, GuestExit::Halted] {
+            match judge_result(result.clone(), &exit) {
+                Ok(r) => {
+                    assert!(r.error.is_none() && exit == GuestExit::Reset, "success judged from {result:?}");
+                }
+                Err(e) => {
+                    let _ = e.to_string();
+                }
+            }
+        }
+    }
+    if let Ok(job) = serde_json::from_slice::<Job>(data) {
+        let text = serde_json::to_vec(&job).expect("serialize a job");
+        let again: Job = serde_json::from_slice(&text).expect("a serialized job parses");
+        assert_eq!(again, job, "job round trip");
+    }
+}
