@@ -13,7 +13,7 @@
 
 use super::{take_u16, take_u32, take_u8};
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::{Interrupt, MmioTransport, TYPE_BLOCK};
+use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice, TYPE_BLOCK};
 use crate::devices::BusDevice;
 use std::sync::OnceLock;
 use tempfile::NamedTempFile;
@@ -41,7 +41,9 @@ fn read_u32(t: &mut MmioTransport, offset: u64) -> u32 {
 
 pub fn mmio(mut data: &[u8]) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
-    let block = Block::new(disk().path(), false, "fuzz").expect("block device");
+    let mut block = Block::new(disk().path(), false, "fuzz").expect("block device");
+    // As the VMM does before the guest runs: the worker waits for activation.
+    block.start(&crate::seccomp::Policy::disabled()).expect("block worker");
     let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
     let mut t = MmioTransport::new(Box::new(block), mem, irq).expect("transport");
     let mut ops = 0;
