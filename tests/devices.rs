@@ -18,10 +18,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// Path -> (mode, size, fnv1a) for every entry under `root`.
 fn listing(root: &Path) -> BTreeMap<String, (u32, u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -31,7 +27,7 @@ fn listing(root: &Path) -> BTreeMap<String, (u32, u64, u64)> {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             let m = std::fs::symlink_metadata(&p).unwrap();
-            let h = if m.is_file() { fnv1a(&std::fs::read(&p).unwrap()) } else { 0 };
+            let h = if m.is_file() { common::fnv1a(&std::fs::read(&p).unwrap()) } else { 0 };
             if m.is_dir() {
                 stack.push(p.clone());
             }
@@ -100,7 +96,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
     eprintln!("observations: {obs:?}");
 
     assert_eq!(obs["read_len"], data.len().to_string());
-    assert_eq!(obs["read_fnv1a"], format!("{:016x}", fnv1a(&data)));
+    assert_eq!(obs["read_fnv1a"], format!("{:016x}", common::fnv1a(&data)));
     // The guest made its mount writable, so each refusal is the host's.
     assert_eq!(obs["ro_remount_rw"], "ok");
     for op in [

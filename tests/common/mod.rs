@@ -171,7 +171,9 @@ pub fn rerun_as_test_user(test: &str) -> bool {
     true
 }
 
-fn fnv1a(data: &[u8]) -> u64 {
+/// FNV-1a 64, as the agent's listings use it (contents compared without a
+/// crypto crate in the guest).
+pub fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 

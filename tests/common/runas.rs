@@ -175,10 +175,7 @@ pub fn rootlayer(g: &super::Guest, args: &[&str]) -> (i32, String, String) {
 }
 
 fn fnv1a_file(p: &Path) -> u64 {
-    std::fs::read(p)
-        .unwrap()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    super::fnv1a(&std::fs::read(p).unwrap())
 }
 
 /// The same listing the agent writes of the merged tree (guest/src/run_as_root.rs
