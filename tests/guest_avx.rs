@@ -1,34 +1,62 @@
-//! e2e: the AVX hazard of software-emulated KVM, measured in the guest by
-//! two processes (guest/src/selftest.rs). Guest user code must see
-//! OSXSAVE=0 (so glibc and other CPUID-respecting code stay off AVX), and
-//! two processes running glibc's string functions under the agent's
-//! environment must not corrupt each other. The raw YMM corruption figure
-//! is printed for the record.
+//! e2e: guest processes never corrupt each other's vector state, whatever
+//! the host (guest/src/selftest.rs, guest/src/vector_guard.rs).
+//!
+//! 1. The `avx` self-test: two processes holding YMM values (and ZMM,
+//!    ZMM16-31 and opmask values where user CPUID shows AVX-512) across
+//!    preemptions find them intact, or the instructions fault; two processes
+//!    running glibc's string functions as glibc picks them on this host (no
+//!    tunables) see no mismatch. The test prints which case the guest saw.
+//! 2. Fail closed: where the VMM keeps the extended state (emulated KVM),
+//!    booting with that switched off (`rootlayer_xstate.port=0`) makes the
+//!    agent refuse to go on: exit 70 and the refusal, never a finished run.
 
 mod common;
+
+fn boot(g: &common::Guest, cmdline: &str) -> (i32, String) {
+    common::run(
+        common::rootlayer()
+            .args(["boot", "--timeout", "300", "--mem-size", "128", "--cmdline", cmdline, "--kernel"])
+            .arg(&g.kernel)
+            .arg("--initrd")
+            .arg(&g.initrd),
+    )
+}
 
 #[test]
 fn guest_processes_do_not_corrupt_each_others_vector_state() {
     let Some(g) = common::guest("guest_processes_do_not_corrupt_each_others_vector_state") else {
         return;
     };
-    let (code, stderr) = common::run(
-        common::rootlayer()
-            .args(["boot", "--timeout", "300", "--mem-size", "128", "--cmdline", "ROOTLAYER_SELFTEST=avx", "--kernel"])
-            .arg(&g.kernel)
-            .arg("--initrd")
-            .arg(&g.initrd),
-    );
-    assert_eq!(code, 0, "self-test boot failed");
+    let (code, stderr) = boot(&g, "ROOTLAYER_SELFTEST=avx");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("selftest avx:")).collect();
+    let case = lines.iter().find(|l| l.contains("case: vector state:")).expect("case line");
     let cpuid = lines.iter().find(|l| l.contains("user CPUID")).expect("CPUID line");
-    assert!(cpuid.contains("osxsave=0"), "guest user code must not be told AVX state is enabled: {cpuid}");
+    eprintln!("guest_avx: {cpuid}\nguest_avx: {case}");
+    assert_eq!(code, 0, "self-test boot failed: {lines:#?}");
+    let raw: Vec<&&str> = lines.iter().filter(|l| l.contains(": raw ")).collect();
+    assert_eq!(raw.len(), 2, "both raw probes report: {lines:#?}");
+    for l in &raw {
+        assert!(
+            l.contains("corrupted in 0 of") || l.contains("(SIGILL): no hazard") || l.contains("not probed"),
+            "vector state lost between guest processes: {l}"
+        );
+    }
+    let ymm = raw[0];
+    assert!(ymm.contains("YMM") && !ymm.contains("not probed"), "the YMM probe always runs: {ymm}");
     assert!(
-        lines.iter().any(|l| l.contains("raw YMM upper halves corrupted in") || l.contains("fault in guest user mode")),
-        "raw probe result missing: {lines:?}"
+        lines.iter().any(|l| l.ends_with("glibc string functions: 0 mismatches")),
+        "glibc workload corrupted: {lines:#?}"
     );
-    assert!(
-        lines.iter().any(|l| l.ends_with("glibc string functions with GLIBC_TUNABLES: 0 mismatches")),
-        "glibc workload corrupted: {lines:?}"
-    );
+
+    if !case.contains("kept by the VMM") {
+        eprintln!("guest_avx: the VMM keeps no extended state on this host; nothing to switch off");
+        return;
+    }
+    let (code, stderr) = boot(&g, "rootlayer_xstate.port=0");
+    let refusal = stderr.lines().find(|l| l.contains("refusing to run")).map(str::to_owned);
+    eprintln!("guest_avx: with the VMM's keeping off: exit {code}, {refusal:?}");
+    assert_eq!(code, 70, "the agent must refuse where extended state is unsaved:\n{stderr}");
+    let refusal = refusal.expect("the agent's refusal on the console");
+    assert!(refusal.contains("neither the guest kernel nor the VMM saves"), "{refusal}");
+    assert!(!stderr.contains("guest exited cleanly"), "{stderr}");
 }

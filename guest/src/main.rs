@@ -14,6 +14,7 @@ mod power;
 mod run_as_root;
 mod selftest;
 mod upper_tar;
+mod vector_guard;
 
 /// Printed once the agent runs; the host looks for this prefix on the serial
 /// console (see `rootlayer::vmm::console::READY_PREFIX`).
@@ -48,6 +49,10 @@ fn run() -> anyhow::Result<()> {
     if let Ok(name) = std::env::var("ROOTLAYER_SELFTEST") {
         selftest::run(&name)?;
     }
+    // Every boot: no job where user code could lose vector state.
+    let vectors = vector_guard::check()?;
+    println!("rootlayer-agent: {}", vectors.line());
+    vector_guard::require_safe(&vectors)?;
     // The task's own status travels in result.json; the agent's exit
     // status only says whether the agent itself worked.
     if let Some(status) = job_run::run_if_requested()? {

@@ -271,10 +271,7 @@ fn copy_tree(src: &Path, dst: &Path, keep_dirlinks: bool) -> anyhow::Result<()> 
 
 /// The environment of the script and the extra commands.
 fn script_env(path: &str) -> Vec<CString> {
-    let mut env = vec![format!("PATH={path}"), "HOME=/root".into(), "TERM=dumb".into()];
-    if let Ok(t) = std::env::var("GLIBC_TUNABLES") {
-        env.push(format!("GLIBC_TUNABLES={t}"));
-    }
+    let env = [format!("PATH={path}"), "HOME=/root".into(), "TERM=dumb".into()];
     env.into_iter().map(|s| CString::new(s).expect("no NUL")).collect()
 }
 

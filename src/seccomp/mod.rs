@@ -287,8 +287,11 @@ fn common() -> Built<Rules> {
 
 /// The KVM ioctls the vCPU thread makes after setup.
 mod kvm_ioctls_nr {
-    use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation, KVMIO};
+    use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation, kvm_xsave, KVMIO};
     vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
     vmm_sys_util::ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
@@ -299,8 +302,23 @@ fn vcpu() -> Built<Rules> {
     Ok(vec![
         // KVM_RUN; KVM_GET_REGS for the profiler's samples and an internal
         // error's rip; KVM_GET_SREGS and KVM_TRANSLATE to read the failing
-        // instruction's bytes. No other ioctl, on any fd.
-        one_of(libc::SYS_ioctl, 1, &[KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_TRANSLATE()].map(u64::from))?,
+        // instruction's bytes; KVM_GET_XSAVE and KVM_SET_XSAVE for the
+        // guest tasks' extended register state (vmm/xstate.rs). No other
+        // ioctl, on any fd.
+        one_of(
+            libc::SYS_ioctl,
+            1,
+            &[
+                KVM_RUN(),
+                KVM_GET_REGS(),
+                KVM_GET_SREGS(),
+                KVM_TRANSLATE(),
+                KVM_GET_XSAVE(),
+                KVM_GET_XSAVE2(),
+                KVM_SET_XSAVE(),
+            ]
+            .map(u64::from),
+        )?,
         // Activation: the device's copies of the queue eventfds
         // (File::try_clone).
         one_of(libc::SYS_fcntl, 1, &[u64::from(libc::F_DUPFD_CLOEXEC.unsigned_abs())])?,
@@ -434,6 +452,9 @@ mod tests {
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
         assert_eq!(KVM_TRANSLATE(), 0xc018_ae85);
+        assert_eq!(KVM_GET_XSAVE(), 0x9000_aea4);
+        assert_eq!(KVM_SET_XSAVE(), 0x5000_aea5);
+        assert_eq!(KVM_GET_XSAVE2(), 0x9000_aecf);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! KVM -> VM -> memory -> kernel -> devices -> vCPU -> run loop.
 
 use super::arch::{boot, layout, mptable};
+use super::kvm::{self, KvmKind};
 use super::vcpu::{GuestExit, Vcpu};
-use super::{kvm, VmmError};
+use super::xstate::{self, Keeper, Layout};
+use super::VmmError;
 use crate::devices::console::{ConsoleLog, ConsoleSink, Echo, EchoLimit};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
@@ -36,14 +38,21 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// - `rodata=off`: no read-only remapping of kernel text and no poisoning of
 ///   the freed gaps (about 4 s of emulated page-table and memset work; the
 ///   isolation boundary is the VM, not the guest kernel's W^X);
-/// - `tsc=reliable`: no clocksource watchdog on a single-vCPU guest;
-/// - `GLIBC_TUNABLES=...`: passed by the kernel to PID 1's environment, it
-///   keeps glibc off AVX/AVX-512 in guest user space, whose upper register
-///   halves a software-emulated KVM does not preserve across context
-///   switches (kernel-config/README.md).
-pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 no_timer_check tsc=reliable rodata=off \
-    noxsave clearcpuid=cx16,popcnt,smap,fsgsbase,pcid,invpcid,pku,rdtscp,rdpid,avx,avx2,rdrand,rdseed,erms,fsrm,clflushopt,clwb,umip \
-    GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX_VNNI,-AVX512VL,-AVX512BW,-AVX512DQ,-ERMS,-FSRM,-XSAVE,-XSAVEC";
+/// - `tsc=reliable`: no clocksource watchdog on a single-vCPU guest.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 no_timer_check tsc=reliable rodata=off";
+
+/// What the VMM adds on a software-emulated KVM ([`KvmKind::Emulated`]):
+/// keep the guest kernel off the instructions the emulator lacks (XSAVE,
+/// CLAC, ...: kernel-config/README.md), and switch on the VMM-kept extended
+/// register state ([`xstate`]), since guest user code there reaches the
+/// host's AVX state whatever the kernel does.
+pub fn emulated_cmdline() -> String {
+    format!(
+        "noxsave clearcpuid=cx16,popcnt,smap,fsgsbase,pcid,invpcid,pku,rdtscp,rdpid,avx,avx2,rdrand,rdseed,erms,fsrm,clflushopt,clwb,umip \
+         rootlayer_xstate.port={:#x}",
+        xstate::PORT_BASE
+    )
+}
 
 /// What to boot and how.
 pub struct VmConfig {
@@ -129,6 +138,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         return Err(VmmError::MemSize { mib: config.mem_mib, min: layout::MEM_MIN_MIB, max: layout::MEM_MAX_MIB });
     }
     let kvm = kvm::open()?;
+    let kind = kvm::kind();
     let seccomp = Policy::new(config.seccomp);
 
     // Guest memory is declared before the VM so that it is unmapped after it.
@@ -170,7 +180,12 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // command line; QueueNotify writes go straight to the queue eventfds
     // (ioeventfd) and interrupts straight into the irqchip (irqfd).
     let mut mmio = Bus::new();
-    let mut cmdline = config.cmdline.clone();
+    // The emulated-KVM parameters go first, so that a caller's own (e.g.
+    // `rootlayer_xstate.port=0`, to see the agent refuse) win.
+    let mut cmdline = match kind {
+        KvmKind::Emulated => format!("{} {}", emulated_cmdline(), config.cmdline),
+        KvmKind::Hardware => config.cmdline.clone(),
+    };
     for (index, mut device) in config.virtio.drain(..).enumerate() {
         let index = u32::try_from(index).expect("few devices");
         let irq = layout::VIRTIO_FIRST_IRQ + index;
@@ -214,10 +229,20 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     pio.insert(Arc::new(Mutex::new(I8042::new(reset.clone()))), I8042_PORT_BASE, I8042_PORT_LEN)
         .map_err(|e| VmmError::Devices(e.to_string()))?;
 
+    // The extended register state the guest may use. On emulated KVM guest
+    // user code reaches the host's XCR0, AMX tile data included where the
+    // host has it, so the VMM asks for AMX (KVM then reports it and sizes
+    // KVM_GET_XSAVE2 for it) and keeps all of it per guest task; on
+    // hardware the guest kernel's XSAVE keeps what its CPUID offers (no AMX).
+    let amx = kind == KvmKind::Emulated && request_amx_for_guests();
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("get supported CPUID"))?;
+    let xsave2_bytes = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
+    let area_max = if amx { xsave2_bytes.max(xstate::XSAVE_BYTES) } else { xstate::XSAVE_BYTES };
+    let kept = Layout::from_supported_cpuid(cpuid.as_slice(), area_max, amx);
+    let keeper = (kind == KvmKind::Emulated).then(|| Keeper::new(kept.clone()));
     let vcpu_fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
-    let mut vcpu = Vcpu::new(vcpu_fd, pio, mmio, reset, stop.clone());
-    vcpu.configure(&mem, cpuid, entry)?;
+    let mut vcpu = Vcpu::new(vcpu_fd, pio, mmio, reset, stop.clone(), keeper, area_max);
+    vcpu.configure(&mem, cpuid, entry, kind, &kept)?;
     let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(PathBuf::from);
     if profile.is_some() {
         vcpu.enable_profiling();
@@ -299,6 +324,17 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         }
     }
     Ok(RunReport { exit, timed_out, interrupted, wall: start.elapsed(), console, peak_rss_kib, guest_rss_kib })
+}
+
+/// Ask the host kernel to let this process's guests use AMX tile data
+/// (`ARCH_REQ_XCOMP_GUEST_PERM`); true if granted. Fails harmlessly where
+/// the CPU has no AMX.
+fn request_amx_for_guests() -> bool {
+    const ARCH_REQ_XCOMP_GUEST_PERM: libc::c_long = 0x1025;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this code only changes the process's XSTATE
+    // permissions; no memory is passed.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_GUEST_PERM, XFEATURE_XTILEDATA) == 0 }
 }
 
 /// VmHWM of this process, in KiB.

@@ -48,6 +48,43 @@ pub fn explain_open_error(path: &Path, errno: i32) -> String {
     }
 }
 
+/// How guest kernel code runs under this host's KVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmKind {
+    /// Hardware virtualisation (VMX or SVM): the guest kernel uses XSAVE
+    /// and every instruction the CPU has.
+    Hardware,
+    /// A software KVM (e.g. PVM, `kvm_pvm`): guest user code runs natively
+    /// with the host's XCR0, guest kernel code is emulated, and the
+    /// emulator lacks XSAVE and other instructions (kernel-config/README.md).
+    Emulated,
+}
+
+/// The kind of this host's KVM. Hardware only where the CPU has VMX or
+/// SVM, a hardware KVM module is loaded and no software one is: a wrong
+/// "emulated" costs only speed on hardware (the guest runs noxsave, its
+/// user code cannot reach AVX state at all), a wrong "hardware" would stop
+/// the guest at its first XSAVE.
+pub fn kind() -> KvmKind {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let loaded: Vec<&str> =
+        ["kvm_intel", "kvm_amd", "kvm_pvm"].into_iter().filter(|m| Path::new("/sys/module").join(m).exists()).collect();
+    kind_from(&cpuinfo, &loaded)
+}
+
+/// [`kind`] from /proc/cpuinfo's text and the KVM modules loaded.
+pub fn kind_from(cpuinfo: &str, loaded_modules: &[&str]) -> KvmKind {
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).and_then(|l| l.split_once(':')).map_or("", |(_, f)| f);
+    let hw_cpu = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    let hw_module = loaded_modules.iter().any(|m| *m == "kvm_intel" || *m == "kvm_amd");
+    let software = loaded_modules.contains(&"kvm_pvm");
+    if hw_cpu && hw_module && !software {
+        KvmKind::Hardware
+    } else {
+        KvmKind::Emulated
+    }
+}
+
 /// Group name from /etc/group (no NSS: a static lookup is all we need).
 fn group_name(gid: u32) -> Option<String> {
     let groups = std::fs::read_to_string("/etc/group").ok()?;
@@ -62,6 +99,20 @@ fn group_name(gid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kvm_kind_is_hardware_only_with_vmx_or_svm_and_a_hardware_module() {
+        let intel = "processor\t: 0\nflags\t\t: fpu vme vmx avx xsave\n";
+        let amd = "flags\t\t: fpu svm avx2\n";
+        let pvm_host = "flags\t\t: fpu avx xsave hypervisor cpuid_fault\n";
+        assert_eq!(kind_from(intel, &["kvm_intel"]), KvmKind::Hardware);
+        assert_eq!(kind_from(amd, &["kvm_amd"]), KvmKind::Hardware);
+        assert_eq!(kind_from(pvm_host, &["kvm_pvm"]), KvmKind::Emulated);
+        assert_eq!(kind_from(intel, &["kvm_intel", "kvm_pvm"]), KvmKind::Emulated, "PVM may serve /dev/kvm");
+        assert_eq!(kind_from(intel, &[]), KvmKind::Emulated, "no hardware module: assume emulated");
+        assert_eq!(kind_from("", &["kvm_amd"]), KvmKind::Emulated);
+        assert_eq!(kind_from("flags: fpu vmxx\n", &["kvm_intel"]), KvmKind::Emulated, "whole flags only");
+    }
 
     #[test]
     fn missing_device_says_there_is_no_kvm() {

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod builder;
 pub mod kvm;
 pub mod vcpu;
+pub mod xstate;
 
 pub use builder::{run, RunReport, VmConfig};
 pub use vcpu::GuestExit;

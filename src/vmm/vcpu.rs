@@ -3,10 +3,12 @@
 
 use super::arch::boot::EntryPoint;
 use super::arch::{cpuid, regs};
+use super::kvm::KvmKind;
+use super::xstate::{self, Action, Keeper, Layout, XstateError};
 use super::VmmError;
 use crate::devices::Bus;
 use crate::seccomp::ThreadFilter;
-use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR};
+use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,6 +46,16 @@ pub enum GuestExit {
     Stopped,
     /// KVM_RUN failed with this errno.
     RunFailed(i32),
+    /// Keeping the guest's extended register state failed: a vCPU ioctl
+    /// (errno) or the keeper's bounds.
+    Xstate(XstateFailure),
+}
+
+/// Why the VMM could not keep a guest task's extended register state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XstateFailure {
+    Ioctl { what: &'static str, errno: i32 },
+    Keeper(XstateError),
 }
 
 impl std::fmt::Display for GuestExit {
@@ -67,6 +79,14 @@ impl std::fmt::Display for GuestExit {
             GuestExit::FailEntry(r) => write!(f, "VM entry failed (reason {r:#x})"),
             GuestExit::Stopped => write!(f, "stopped by the host"),
             GuestExit::RunFailed(e) => write!(f, "KVM_RUN failed: {}", std::io::Error::from_raw_os_error(*e)),
+            GuestExit::Xstate(XstateFailure::Ioctl { what, errno }) => write!(
+                f,
+                "keeping the guest's extended register state: {what}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            GuestExit::Xstate(XstateFailure::Keeper(e)) => {
+                write!(f, "keeping the guest's extended register state: {e}")
+            }
         }
     }
 }
@@ -81,6 +101,10 @@ pub struct Vcpu {
     stop: Arc<AtomicBool>,
     /// Guest RIPs sampled at each kick (`ROOTLAYER_GUEST_PROFILE`).
     samples: Option<Vec<u64>>,
+    /// The guest tasks' extended register state, on emulated KVM.
+    xstate: Option<Keeper>,
+    /// The KVM_GET_XSAVE2 buffer where the kept state passes 4 KiB (AMX).
+    xsave2: Option<Xsave>,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -88,8 +112,29 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 }
 
 impl Vcpu {
-    pub fn new(fd: VcpuFd, pio: Bus, mmio: Bus, reset: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Self {
-        Self { fd, pio, mmio, reset, stop, samples: None }
+    pub fn new(
+        fd: VcpuFd,
+        pio: Bus,
+        mmio: Bus,
+        reset: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+        xstate: Option<Keeper>,
+        xsave_bytes: usize,
+    ) -> Self {
+        // The buffer is what KVM_CAP_XSAVE2 said (KVM copies that much),
+        // never less than the kept layout.
+        let area = xstate.as_ref().map_or(0, |k| k.layout().area_size().max(xsave_bytes));
+        let xsave2 = (area > xstate::XSAVE_BYTES).then(|| {
+            let words = (area - xstate::XSAVE_BYTES).div_ceil(4);
+            Xsave::new(words).expect("an XSAVE area fits a FAM wrapper")
+        });
+        Self { fd, pio, mmio, reset, stop, samples: None, xstate, xsave2 }
+    }
+
+    /// How many extended-state operations reached the vCPU (None: no
+    /// keeper).
+    pub fn xstate_switches(&self) -> Option<u64> {
+        self.xstate.as_ref().map(|k| k.switches)
     }
 
     /// Record the guest's instruction pointer every time the host kicks the
@@ -104,8 +149,15 @@ impl Vcpu {
     }
 
     /// CPUID, registers, FPU and local APIC for the kernel entry point.
-    pub fn configure(&self, mem: &GuestMemoryMmap, mut cpuid: CpuId, entry: EntryPoint) -> Result<(), VmmError> {
-        cpuid::filter(cpuid.as_mut_slice());
+    pub fn configure(
+        &self,
+        mem: &GuestMemoryMmap,
+        mut cpuid: CpuId,
+        entry: EntryPoint,
+        kind: KvmKind,
+        kept: &Layout,
+    ) -> Result<(), VmmError> {
+        cpuid::filter(cpuid.as_mut_slice(), kind, kept);
         self.fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
         let sregs = self.fd.get_sregs().map_err(kvm_err("get special registers"))?;
         let sregs = regs::setup_sregs(mem, entry.mode, sregs)?;
@@ -146,6 +198,16 @@ impl Vcpu {
                 filter.probe();
             }
             match exit {
+                Ok(VcpuExit::IoIn(port, data)) if Keeper::claims(port) => match &self.xstate {
+                    Some(keeper) => keeper.read(port, data),
+                    None => data.fill(0xff),
+                },
+                Ok(VcpuExit::IoOut(port, data)) if Keeper::claims(port) => {
+                    let action = self.xstate.as_mut().map_or(Action::None, |k| k.write(port, data));
+                    if let Err(failure) = self.xstate_action(action) {
+                        return GuestExit::Xstate(failure);
+                    }
+                }
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.pio.read(u64::from(port), data);
                 }
@@ -182,6 +244,48 @@ impl Vcpu {
                 Err(e) => return GuestExit::RunFailed(e.errno()),
             }
         }
+    }
+
+    /// Carry out what the keeper asked for on the vCPU's XSAVE state.
+    fn xstate_action(&mut self, action: Action) -> Result<(), XstateFailure> {
+        let Some(keeper) = self.xstate.as_mut() else { return Ok(()) };
+        if action == Action::None {
+            return Ok(());
+        }
+        let ioctl = |what| move |e: kvm_ioctls::Error| XstateFailure::Ioctl { what, errno: e.errno() };
+        match self.xsave2.as_mut() {
+            None => {
+                let mut state = self.fd.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
+                let mut bytes = xstate::words_to_bytes(&state.region);
+                if keeper.apply(action, &mut bytes).map_err(XstateFailure::Keeper)? {
+                    xstate::bytes_to_words(&bytes, &mut state.region);
+                    // SAFETY: `state` is a whole `kvm_xsave` that
+                    // KVM_GET_XSAVE just filled; no dynamic (AMX) feature is
+                    // enabled for this vCPU when this buffer is used (the
+                    // kept area fits 4 KiB), so KVM reads no more than that.
+                    unsafe { self.fd.set_xsave(&state) }.map_err(ioctl("KVM_SET_XSAVE"))?;
+                }
+            }
+            Some(area) => {
+                // SAFETY: `area` holds the KVM_CAP_XSAVE2 size the kept
+                // layout was built from, queried after the AMX permission
+                // request and never enlarged since.
+                unsafe { self.fd.get_xsave2(area) }.map_err(ioctl("KVM_GET_XSAVE2"))?;
+                let mut words = area.as_fam_struct_ref().xsave.region.to_vec();
+                words.extend_from_slice(area.as_slice());
+                let mut bytes = xstate::words_to_bytes(&words);
+                if keeper.apply(action, &mut bytes).map_err(XstateFailure::Keeper)? {
+                    xstate::bytes_to_words(&bytes, &mut words);
+                    // SAFETY: the FAM struct's own region, then its entries.
+                    unsafe { area.as_mut_fam_struct() }.xsave.region.copy_from_slice(&words[..xstate::XSAVE_BYTES / 4]);
+                    area.as_mut_slice().copy_from_slice(&words[xstate::XSAVE_BYTES / 4..]);
+                    // SAFETY: as for KVM_GET_XSAVE2 above: the buffer is
+                    // the full size KVM uses for this vCPU.
+                    unsafe { self.fd.set_xsave2(area) }.map_err(ioctl("KVM_SET_XSAVE"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn internal_error(&mut self, mem: &GuestMemoryMmap) -> GuestExit {

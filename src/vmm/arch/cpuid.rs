@@ -1,15 +1,23 @@
 //! The CPUID the guest kernel sees.
 //!
-//! Starts from what KVM supports and removes every feature whose instructions
-//! the guest kernel would otherwise use and that a software-emulated KVM
-//! cannot execute in guest kernel mode (found by booting Debian's 6.1 there:
-//! see kernel-config/README.md). Each removed feature has a plain fallback in
-//! the kernel, so the same filter is harmless on hardware KVM, where it only
-//! gives up speed-ups that a short build job does not need.
+//! On a software-emulated KVM ([`KvmKind::Emulated`]) it starts from what KVM
+//! supports and removes every feature whose instructions the guest kernel
+//! would otherwise use and that the emulator cannot execute in guest kernel
+//! mode (found by booting Debian's 6.1 there: see kernel-config/README.md).
+//! Leaf 0xd (XSAVE state) stays, cut to the components the VMM keeps for
+//! the guest's tasks ([`crate::vmm::xstate`]): KVM sizes the state that
+//! KVM_GET_XSAVE returns from it.
 //!
-//! Guest *user* code on software KVM executes CPUID natively and is kept off
-//! AVX by the agent's GLIBC_TUNABLES, not by this filter.
+//! On hardware KVM ([`KvmKind::Hardware`]) the guest gets what KVM supports
+//! with XSAVE and AVX intact, so that its kernel saves the extended state
+//! itself; only what a one-vCPU build guest must not see goes (VMX/SVM,
+//! MONITOR, AMX, whose state needs a permission request the VMM does not
+//! make).
 
+use super::super::kvm::KvmKind;
+#[cfg(test)]
+use super::super::xstate::XSAVE_BYTES;
+use super::super::xstate::{Layout, XFEATURE_MASK_FPSSE};
 use kvm_bindings::kvm_cpuid_entry2;
 
 // Leaf 1 ECX.
@@ -54,37 +62,76 @@ const KVM_FEATURE_CLOCKSOURCE_STABLE_BIT: u32 = 1 << 24;
 const KVM_FEATURES_KEPT: u32 =
     KVM_FEATURE_CLOCKSOURCE | KVM_FEATURE_NOP_IO_DELAY | KVM_FEATURE_CLOCKSOURCE2 | KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
 
+// Leaf 7 EDX: AMX.
+const EDX7_AMX_BF16: u32 = 1 << 22;
+const EDX7_AMX_TILE: u32 = 1 << 24;
+const EDX7_AMX_INT8: u32 = 1 << 25;
+
 /// Filter KVM's supported CPUID in place for our single-vCPU guest.
 ///
-/// - leaf 1: no CX16, POPCNT, XSAVE/OSXSAVE, AVX, F16C, FMA, RDRAND, PCID,
-///   MONITOR, VMX; APIC ID 0, one logical processor;
-/// - leaf 6 (power management), leaf 7 (all structured extended features:
-///   FSGSBASE, SMAP, SMEP, ERMS, FSRM, INVPCID, PKU, UMIP, RDSEED, RDPID,
-///   CLFLUSHOPT, CLWB, AVX2, AVX-512, ...) and leaf 0xd (XSAVE state): empty;
-/// - leaf 0x8000_0001: no RDTSCP, ABM/LZCNT, PREFETCHW, SVM;
-/// - KVM leaf 0x4000_0001: clock sources and NOP_IO_DELAY only.
-pub fn filter(entries: &mut [kvm_cpuid_entry2]) {
+/// Both kinds:
+/// - leaf 1: no MONITOR, VMX; APIC ID 0, one logical processor;
+/// - leaf 6 (power management): empty;
+/// - leaf 0xd: only FP, SSE and the components in `kept`;
+/// - KVM leaf 0x4000_0001: clock sources and NOP_IO_DELAY only;
+/// - leaf 0x8000_0001: no SVM.
+///
+/// Emulated, also:
+/// - leaf 1: no CX16, POPCNT, XSAVE/OSXSAVE, AVX, F16C, FMA, RDRAND, PCID;
+/// - leaf 7 (all structured extended features: FSGSBASE, SMAP, SMEP, ERMS,
+///   FSRM, INVPCID, PKU, UMIP, RDSEED, RDPID, CLFLUSHOPT, CLWB, AVX2,
+///   AVX-512, ...): empty;
+/// - leaf 0x8000_0001: no RDTSCP, ABM/LZCNT, PREFETCHW.
+///
+/// Hardware, also: leaf 7 without AMX.
+pub fn filter(entries: &mut [kvm_cpuid_entry2], kind: KvmKind, kept: &Layout) {
+    let emulated = kind == KvmKind::Emulated;
+    let xcr0 = XFEATURE_MASK_FPSSE | kept.mask();
     for e in entries.iter_mut() {
         match e.function {
             0x1 => {
-                e.ecx &= !LEAF1_ECX_REMOVED;
+                e.ecx &= if emulated { !LEAF1_ECX_REMOVED } else { !(ECX_MONITOR | ECX_VMX) };
                 // Initial APIC ID 0, one logical processor, keep CLFLUSH size.
                 e.ebx = (e.ebx & 0x0000_ffff) | (1 << 16);
             }
-            0x6 | 0x7 | 0xd => {
-                e.eax = 0;
-                e.ebx = 0;
-                e.ecx = 0;
-                e.edx = 0;
-            }
+            0x6 => clear(e),
+            0x7 if emulated => clear(e),
+            0x7 if e.index == 0 => e.edx &= !(EDX7_AMX_BF16 | EDX7_AMX_TILE | EDX7_AMX_INT8),
+            0xd => match e.index {
+                0 => {
+                    e.eax = u32::try_from(xcr0 & 0xffff_ffff).expect("masked");
+                    e.edx = u32::try_from(xcr0 >> 32).expect("shifted");
+                    let size = u32::try_from(kept.area_size()).expect("an XSAVE area size");
+                    e.ebx = size;
+                    e.ecx = size;
+                }
+                // XSAVEOPT/XSAVEC/XSAVES and supervisor states: the
+                // emulated kernel runs noxsave; hardware keeps them.
+                1 if emulated => clear(e),
+                1 => {}
+                i if kept.mask() & (1u64 << i.min(63)) != 0 && i < 64 => {}
+                _ => clear(e),
+            },
+            0x1d | 0x1e => clear(e),
             0x4000_0001 => e.eax &= KVM_FEATURES_KEPT,
             0x8000_0001 => {
-                e.ecx &= !EXT_ECX_REMOVED;
-                e.edx &= !EXT_EDX_RDTSCP;
+                if emulated {
+                    e.ecx &= !EXT_ECX_REMOVED;
+                    e.edx &= !EXT_EDX_RDTSCP;
+                } else {
+                    e.ecx &= !EXT_ECX_SVM;
+                }
             }
             _ => {}
         }
     }
+}
+
+fn clear(e: &mut kvm_cpuid_entry2) {
+    e.eax = 0;
+    e.ebx = 0;
+    e.ecx = 0;
+    e.edx = 0;
 }
 
 #[cfg(test)]
@@ -103,17 +150,84 @@ mod tests {
         }
     }
 
+    /// Leaf 0xd of an AVX-512 host with AMX (sizes as KVM reports them).
+    fn xsave_leaves() -> Vec<kvm_cpuid_entry2> {
+        vec![
+            entry(0xd, 0, [0x6_02e7, 0x2b00, 0x2b00, 0]),
+            entry(0xd, 1, [0xf, 0x2b00, 0x1900, 0]),
+            entry(0xd, 2, [256, 576, 0, 0]),
+            entry(0xd, 5, [64, 1088, 0, 0]),
+            entry(0xd, 6, [512, 1152, 0, 0]),
+            entry(0xd, 7, [1024, 1664, 0, 0]),
+            entry(0xd, 9, [8, 2688, 0, 0]),
+            entry(0xd, 17, [64, 2752, 2, 0]),
+            entry(0xd, 18, [8192, 2816, 6, 0]),
+        ]
+    }
+
+    fn host() -> Vec<kvm_cpuid_entry2> {
+        let mut e = vec![
+            entry(1, 0, [0x806f8, 0x0a40_0800, 0xfffa_3223, 0x178b_fbff]),
+            entry(7, 0, [2, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]),
+            entry(7, 1, [0xffff_ffff, 0, 0, 0]),
+            entry(0x4000_0001, 0, [0x01ff_ffff, 0, 0, 0]),
+            entry(0x8000_0001, 0, [0, 0, 0xffff_ffff, 0xffff_ffff]),
+        ];
+        e.extend(xsave_leaves());
+        e
+    }
+
+    fn find(e: &[kvm_cpuid_entry2], function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *e.iter().find(|x| x.function == function && x.index == index).expect("leaf present")
+    }
+
+    #[test]
+    fn leaf_0xd_offers_exactly_the_components_the_vmm_keeps() {
+        let kept = Layout::from_supported_cpuid(&xsave_leaves(), XSAVE_BYTES, false);
+        for kind in [KvmKind::Emulated, KvmKind::Hardware] {
+            let mut e = host();
+            filter(&mut e, kind, &kept);
+            let l0 = find(&e, 0xd, 0);
+            assert_eq!(u64::from(l0.eax) | (u64::from(l0.edx) << 32), 0x2e7, "{kind:?}: XCR0 without AMX");
+            assert_eq!((l0.ebx, l0.ecx), (2696, 2696));
+            for i in [2, 5, 6, 7, 9] {
+                assert_ne!(find(&e, 0xd, i).eax, 0, "{kind:?}: component {i} kept");
+            }
+            for i in [17, 18] {
+                assert_eq!(find(&e, 0xd, i).eax, 0, "{kind:?}: AMX component {i} removed");
+            }
+            assert_eq!(find(&e, 0xd, 1).eax == 0, kind == KvmKind::Emulated);
+        }
+    }
+
+    #[test]
+    fn hardware_keeps_xsave_and_avx_but_not_amx() {
+        let kept = Layout::from_supported_cpuid(&xsave_leaves(), XSAVE_BYTES, false);
+        let mut e = host();
+        filter(&mut e, KvmKind::Hardware, &kept);
+        let l1 = find(&e, 1, 0);
+        for bit in [ECX_XSAVE, ECX_AVX, ECX_FMA, ECX_POPCNT] {
+            assert_ne!(l1.ecx & bit, 0, "leaf 1 ecx bit {bit:#x} removed");
+        }
+        assert_eq!(l1.ecx & (ECX_VMX | ECX_MONITOR), 0);
+        let l7 = find(&e, 7, 0);
+        assert_eq!(l7.ebx, 0xffff_ffff, "AVX2, AVX-512 kept");
+        assert_eq!(l7.edx & (EDX7_AMX_TILE | EDX7_AMX_INT8 | EDX7_AMX_BF16), 0);
+        assert_eq!(find(&e, 0x8000_0001, 0).ecx & EXT_ECX_SVM, 0);
+        assert_ne!(find(&e, 0x8000_0001, 0).edx & EXT_EDX_RDTSCP, 0);
+    }
+
     #[test]
     fn removes_what_the_emulator_cannot_run() {
         let mut e = vec![
             entry(1, 0, [0x806f8, 0x0a40_0800, 0xfffa_3223, 0x178b_fbff]),
             entry(7, 0, [2, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]),
             entry(7, 1, [0xffff_ffff, 0, 0, 0]),
-            entry(0xd, 0, [7, 0x340, 0x340, 0]),
+            entry(0xd, 1, [0xf, 0x340, 0x340, 0]),
             entry(0x4000_0001, 0, [0x01ff_ffff, 0, 0, 0]),
             entry(0x8000_0001, 0, [0, 0, 0xffff_ffff, 0xffff_ffff]),
         ];
-        filter(&mut e);
+        filter(&mut e, KvmKind::Emulated, &Layout::from_supported_cpuid(&[], XSAVE_BYTES, false));
         let ecx1 = e[0].ecx;
         for bit in [ECX_CX16, ECX_POPCNT, ECX_XSAVE, ECX_OSXSAVE, ECX_AVX, ECX_RDRAND, ECX_PCID] {
             assert_eq!(ecx1 & bit, 0, "leaf 1 ecx bit {bit:#x} kept");

@@ -1,0 +1,516 @@
+//! Extended register state kept by the VMM for the guest kernel's tasks.
+//!
+//! On a software-emulated KVM, guest user code runs natively with the host's
+//! XCR0 (AVX, AVX-512 reachable whatever the guest's CPUID says), while the
+//! guest kernel runs `noxsave` (the emulator cannot execute XSAVE/XRSTOR in
+//! kernel mode) and saves only the x87/SSE part of a task's registers. So
+//! without help one guest process's YMM/ZMM upper halves and opmask
+//! registers leak into, and are clobbered by, another's.
+//!
+//! The guest kernel (patch 0004, `kernel/fpu/pv_xstate.c`) tells the VMM
+//! through I/O ports whenever the FPU registers change hands, and the VMM
+//! swaps the *extended* part of the vCPU's XSAVE state (every component
+//! above SSE) with `KVM_GET_XSAVE`/`KVM_SET_XSAVE`, leaving the legacy part
+//! as the kernel just loaded it:
+//!
+//! | port            | access    | meaning                                           |
+//! |-----------------|-----------|---------------------------------------------------|
+//! | `PORT_BASE + 0` | read 32   | [`MAGIC`]                                         |
+//! | `PORT_BASE + 4` | read 32   | the XCR0 features the VMM keeps ([`Layout::mask`])|
+//! | `PORT_BASE + 0` | write 32  | ACTIVATE(id): the registers become `id`'s         |
+//! | `PORT_BASE + 4` | write 32  | COPY(id): fork; the owner's state becomes `id`'s  |
+//! | `PORT_BASE + 8` | write 32  | DROP(id): exit or exec; forget `id`               |
+//!
+//! [`Keeper`] is the pure bookkeeping (unit-tested here); the vCPU loop
+//! (`vcpu.rs`) does the two ioctls around it. The guest is untrusted: ids
+//! are arbitrary numbers to the keeper, and the memory it holds for them is
+//! bounded ([`MAX_CONTEXTS`], [`MAX_BYTES`]).
+
+use kvm_bindings::kvm_cpuid_entry2;
+use std::collections::HashMap;
+
+/// First of the three 32-bit ports (away from every legacy ISA device).
+pub const PORT_BASE: u16 = 0x7e00;
+pub const PORT_LEN: u16 = 12;
+/// "RLXS", read at `PORT_BASE`; the kernel enables itself only on it.
+pub const MAGIC: u32 = 0x5358_4c52;
+const REG_ACTIVATE: u16 = 0;
+const REG_COPY: u16 = 4;
+const REG_DROP: u16 = 8;
+const REG_MASK: u16 = 4;
+
+/// Size of `struct kvm_xsave` (the legacy, non-XSAVE2 ioctls); larger
+/// areas (AMX tile data) come through KVM_GET_XSAVE2.
+pub const XSAVE_BYTES: usize = 4096;
+/// The XSAVE header: XSTATE_BV at 512, XCOMP_BV at 520.
+const XSTATE_BV_OFFSET: usize = 512;
+const XSAVE_EXT_START: usize = 576;
+/// XTILECFG and XTILEDATA.
+const AMX_BITS: [u32; 2] = [17, 18];
+/// x87 and SSE: the legacy area the guest kernel saves itself.
+pub const XFEATURE_MASK_FPSSE: u64 = 0b11;
+
+/// Contexts the keeper holds at most (the guest's live tasks that used
+/// extended state); a guest past it is stopped.
+pub const MAX_CONTEXTS: usize = 32 * 1024;
+/// Bytes of saved state the keeper holds at most (64 MiB).
+pub const MAX_BYTES: usize = 64 << 20;
+
+/// One XSAVE component in the standard (non-compacted) format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Component {
+    pub bit: u32,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// Which components the VMM keeps and where they lie in `kvm_xsave`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    components: Vec<Component>,
+}
+
+impl Layout {
+    /// The user-state components KVM supports (CPUID leaf 0xd) that fit an
+    /// XSAVE area of `area_max` bytes (4096, or what KVM_CAP_XSAVE2 says):
+    /// AVX, the AVX-512 opmask and ZMM parts, PKRU, and AMX tile state
+    /// where the process holds the permission for it (KVM reports AMX only
+    /// then). Supervisor components are left out, and those the host guards
+    /// with XFD unless `xfd_allowed`: the agent then refuses to run where
+    /// user code can reach them.
+    pub fn from_supported_cpuid(entries: &[kvm_cpuid_entry2], area_max: usize, xfd_allowed: bool) -> Layout {
+        let leaf0 = entries.iter().find(|e| e.function == 0xd && e.index == 0);
+        let supported = leaf0.map_or(0, |e| u64::from(e.eax) | (u64::from(e.edx) << 32));
+        let mut components = Vec::new();
+        for bit in 2..64u32 {
+            if supported & (1 << bit) == 0 {
+                continue;
+            }
+            let Some(e) = entries.iter().find(|e| e.function == 0xd && e.index == bit) else { continue };
+            let (size, offset) = (e.eax as usize, e.ebx as usize);
+            let supervisor = e.ecx & 1 != 0;
+            let xfd = e.ecx & (1 << 2) != 0;
+            let fits = offset >= XSAVE_EXT_START && size > 0 && offset + size <= area_max;
+            if !supervisor && (xfd_allowed || !xfd) && fits && offset % 4 == 0 && size % 4 == 0 {
+                components.push(Component { bit, offset, size });
+            }
+        }
+        // XTILECFG and XTILEDATA only make sense together (and only
+        // XTILEDATA carries the XFD flag): both or neither.
+        let amx: Vec<u32> = components.iter().map(|c| c.bit).filter(|b| AMX_BITS.contains(b)).collect();
+        if amx.len() != AMX_BITS.len() {
+            components.retain(|c| !AMX_BITS.contains(&c.bit));
+        }
+        Layout { components }
+    }
+
+    /// The XCR0 bits kept (above FP and SSE).
+    pub fn mask(&self) -> u64 {
+        self.components.iter().fold(0, |m, c| m | (1 << c.bit))
+    }
+
+    /// End of the last kept component (the XSAVE area size for the kept
+    /// features, at least the legacy area and header).
+    pub fn area_size(&self) -> usize {
+        self.components.iter().map(|c| c.offset + c.size).max().unwrap_or(XSAVE_EXT_START)
+    }
+
+    pub fn components(&self) -> &[Component] {
+        &self.components
+    }
+}
+
+/// One context's extended state: the XSTATE_BV bits of the kept components
+/// that are not in their init state, and those components' bytes in bit
+/// order. A context that never used AVX costs a few bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Saved {
+    bv: u64,
+    data: Vec<u8>,
+}
+
+/// What the vCPU loop must do after a port write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing touches the vCPU.
+    None,
+    /// Read the vCPU's XSAVE state, call [`Keeper::switch`], write it back.
+    Switch(u32),
+    /// Read the vCPU's XSAVE state and call [`Keeper::copy`].
+    Copy(u32),
+}
+
+/// Why the keeper stopped the guest.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum XstateError {
+    #[error("the guest kept extended register state for more than {MAX_CONTEXTS} tasks")]
+    TooManyContexts,
+    #[error("the guest's saved extended register state passed {MAX_BYTES} bytes")]
+    TooManyBytes,
+}
+
+/// Per-task extended state for one vCPU.
+#[derive(Debug)]
+pub struct Keeper {
+    layout: Layout,
+    /// The context whose extended state is in the vCPU's registers.
+    owner: Option<u32>,
+    saved: HashMap<u32, Saved>,
+    bytes: usize,
+    /// Port operations that reached the vCPU (for the closing figures).
+    pub switches: u64,
+}
+
+impl Keeper {
+    pub fn new(layout: Layout) -> Keeper {
+        Keeper { layout, owner: None, saved: HashMap::new(), bytes: 0, switches: 0 }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether `port` is one of ours.
+    pub fn claims(port: u16) -> bool {
+        (PORT_BASE..PORT_BASE + PORT_LEN).contains(&port)
+    }
+
+    /// A port read: the magic, the mask, or all ones.
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        let value = match (port.wrapping_sub(PORT_BASE), data.len()) {
+            (0, 4) => MAGIC,
+            (REG_MASK, 4) => u32::try_from(self.layout.mask() & 0xffff_ffff).expect("masked"),
+            _ => u32::MAX,
+        };
+        for (d, v) in data.iter_mut().zip(value.to_le_bytes().iter().cycle()) {
+            *d = *v;
+        }
+    }
+
+    /// A port write: DROP is done here; ACTIVATE and COPY need the vCPU's
+    /// state (the returned [`Action`]). Writes of another width or to an
+    /// unknown register are ignored.
+    pub fn write(&mut self, port: u16, data: &[u8]) -> Action {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else { return Action::None };
+        let id = u32::from_le_bytes(bytes);
+        match port.wrapping_sub(PORT_BASE) {
+            REG_ACTIVATE if self.owner == Some(id) => Action::None,
+            REG_ACTIVATE => Action::Switch(id),
+            REG_COPY => Action::Copy(id),
+            REG_DROP => {
+                self.forget(id);
+                if self.owner == Some(id) {
+                    self.owner = None;
+                }
+                Action::None
+            }
+            _ => Action::None,
+        }
+    }
+
+    /// ACTIVATE(id) on the vCPU's XSAVE area: keep the extended part as the
+    /// owner's, put `id`'s in its place (init for an unknown id).
+    ///
+    /// `xsave` is the vCPU's whole area, at least [`Layout::area_size`]
+    /// bytes (the caller sizes it from the same CPUID).
+    pub fn switch(&mut self, id: u32, xsave: &mut [u8]) -> Result<(), XstateError> {
+        self.switches += 1;
+        if self.owner == Some(id) {
+            return Ok(());
+        }
+        if let Some(owner) = self.owner.take() {
+            let state = self.extract(xsave);
+            self.store(owner, state)?;
+        }
+        let incoming = self.forget(id).unwrap_or_default();
+        self.insert(&incoming, xsave);
+        self.owner = Some(id);
+        Ok(())
+    }
+
+    /// Carry out `action` on the vCPU's XSAVE area; true if the area changed
+    /// and must be written back.
+    pub fn apply(&mut self, action: Action, xsave: &mut [u8]) -> Result<bool, XstateError> {
+        match action {
+            Action::None => Ok(false),
+            Action::Switch(id) => self.switch(id, xsave).map(|()| true),
+            Action::Copy(id) => self.copy(id, xsave).map(|()| false),
+        }
+    }
+
+    /// COPY(id): the owner's live extended state (in `xsave`) becomes `id`'s.
+    /// Without an owner the child starts from the init state.
+    pub fn copy(&mut self, id: u32, xsave: &[u8]) -> Result<(), XstateError> {
+        self.switches += 1;
+        let state = if self.owner.is_some() { self.extract(xsave) } else { Saved::default() };
+        self.store(id, state)
+    }
+
+    /// Contexts held (not counting the owner's live state).
+    pub fn contexts(&self) -> usize {
+        self.saved.len()
+    }
+
+    fn forget(&mut self, id: u32) -> Option<Saved> {
+        let old = self.saved.remove(&id)?;
+        self.bytes -= old.data.len();
+        Some(old)
+    }
+
+    fn store(&mut self, id: u32, state: Saved) -> Result<(), XstateError> {
+        self.forget(id);
+        if self.saved.len() >= MAX_CONTEXTS {
+            return Err(XstateError::TooManyContexts);
+        }
+        if self.bytes + state.data.len() > MAX_BYTES {
+            return Err(XstateError::TooManyBytes);
+        }
+        self.bytes += state.data.len();
+        self.saved.insert(id, state);
+        Ok(())
+    }
+
+    fn extract(&self, xsave: &[u8]) -> Saved {
+        let bv = xstate_bv(xsave) & self.layout.mask();
+        let mut data = Vec::new();
+        for c in &self.layout.components {
+            if bv & (1 << c.bit) != 0 {
+                data.extend_from_slice(&xsave[c.offset..c.offset + c.size]);
+            }
+        }
+        Saved { bv, data }
+    }
+
+    /// Write `state`'s components into `xsave`, zero the kept ones it does
+    /// not have and set their XSTATE_BV bits accordingly (clear: the init
+    /// state). The legacy area and any component not kept stay as they are.
+    fn insert(&self, state: &Saved, xsave: &mut [u8]) {
+        let mut at = 0;
+        for c in &self.layout.components {
+            let area = &mut xsave[c.offset..c.offset + c.size];
+            if state.bv & (1 << c.bit) != 0 {
+                area.copy_from_slice(&state.data[at..at + c.size]);
+                at += c.size;
+            } else {
+                area.fill(0);
+            }
+        }
+        let bv = (xstate_bv(xsave) & !self.layout.mask()) | state.bv;
+        xsave[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&bv.to_le_bytes());
+    }
+}
+
+fn xstate_bv(xsave: &[u8]) -> u64 {
+    u64::from_le_bytes(xsave[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].try_into().expect("8 bytes"))
+}
+
+/// An XSAVE area's 32-bit words (`kvm_xsave` and its XSAVE2 extension) as
+/// bytes and back (little-endian).
+pub fn words_to_bytes(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+pub fn bytes_to_words(bytes: &[u8], words: &mut [u32]) {
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+        *word = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 { function: 0xd, index, eax, ebx, ecx, edx, ..Default::default() }
+    }
+
+    /// Leaf 0xd as KVM reports it on an AVX-512 + AMX host.
+    fn avx512_amx_host() -> Vec<kvm_cpuid_entry2> {
+        vec![
+            leaf(0, 0x6_02e7, 0x2b00, 0x2b00, 0),
+            leaf(1, 0xf, 0, 0, 0),
+            leaf(2, 256, 576, 0, 0),
+            leaf(5, 64, 1088, 0, 0),
+            leaf(6, 512, 1152, 0, 0),
+            leaf(7, 1024, 1664, 0, 0),
+            leaf(9, 8, 2688, 0, 0),
+            leaf(17, 64, 2752, 2, 0),
+            leaf(18, 8192, 2816, 6, 0),
+        ]
+    }
+
+    fn layout() -> Layout {
+        Layout::from_supported_cpuid(&avx512_amx_host(), XSAVE_BYTES, false)
+    }
+
+    fn area(fill: u8, bv: u64) -> Vec<u8> {
+        let mut a = vec![fill; XSAVE_BYTES];
+        a[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&bv.to_le_bytes());
+        a
+    }
+
+    #[test]
+    fn layout_keeps_user_components_that_fit_and_drops_amx() {
+        let l = layout();
+        assert_eq!(l.mask(), (1 << 2) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 9));
+        assert_eq!(l.area_size(), 2696);
+        assert_eq!(Layout::from_supported_cpuid(&[], XSAVE_BYTES, true).mask(), 0, "no leaf 0xd: nothing kept");
+    }
+
+    #[test]
+    fn layout_keeps_amx_with_an_xsave2_area_and_the_permission() {
+        let l = Layout::from_supported_cpuid(&avx512_amx_host(), 11008, true);
+        assert_eq!(l.mask(), 0x6_02e4);
+        assert_eq!(l.area_size(), 11008);
+        assert_eq!(Layout::from_supported_cpuid(&avx512_amx_host(), 11008, false).mask(), 0x2e4, "no permission");
+        assert_eq!(Layout::from_supported_cpuid(&avx512_amx_host(), XSAVE_BYTES, true).mask(), 0x2e4, "no room for tile data: no AMX at all");
+    }
+
+    #[test]
+    fn amx_tile_data_is_kept_like_any_other_component() {
+        let l = Layout::from_supported_cpuid(&avx512_amx_host(), 11008, true);
+        let mut k = Keeper::new(l);
+        let mut regs = vec![0u8; 11008];
+        regs[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&0x3u64.to_le_bytes());
+        k.switch(1, &mut regs).unwrap();
+        regs[2816..11008].fill(0x99);
+        regs[2752..2816].fill(0x01);
+        regs[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&0x6_0003u64.to_le_bytes());
+        k.switch(2, &mut regs).unwrap();
+        assert!(regs[2752..11008].iter().all(|b| *b == 0) && xstate_bv(&regs) == 0x3);
+        k.switch(1, &mut regs).unwrap();
+        assert!(regs[2816..11008].iter().all(|b| *b == 0x99) && xstate_bv(&regs) == 0x6_0003);
+    }
+
+    #[test]
+    fn layout_skips_supervisor_and_oversized_components() {
+        let l = Layout::from_supported_cpuid(
+            &[leaf(0, 0x7 | (1 << 8), 0, 0, 0), leaf(2, 256, 576, 0, 0), leaf(8, 16, 0, 1, 0)],
+            XSAVE_BYTES,
+            true,
+        );
+        assert_eq!(l.mask(), 1 << 2);
+        let l = Layout::from_supported_cpuid(&[leaf(0, 0x7, 0, 0, 0), leaf(2, 256, 4000, 0, 0)], XSAVE_BYTES, true);
+        assert_eq!(l.mask(), 0, "a component past the 4 KiB area is not kept");
+    }
+
+    #[test]
+    fn ports_answer_magic_and_mask() {
+        let k = Keeper::new(layout());
+        let mut d = [0u8; 4];
+        k.read(PORT_BASE, &mut d);
+        assert_eq!(u32::from_le_bytes(d), MAGIC);
+        k.read(PORT_BASE + 4, &mut d);
+        assert_eq!(u64::from(u32::from_le_bytes(d)), layout().mask());
+        let mut b = [0u8; 1];
+        k.read(PORT_BASE, &mut b);
+        assert_eq!(b, [0xff], "a byte read is not the magic");
+        assert!(Keeper::claims(PORT_BASE + 11) && !Keeper::claims(PORT_BASE + 12) && !Keeper::claims(PORT_BASE - 1));
+    }
+
+    #[test]
+    fn two_tasks_keep_their_own_extended_state_and_the_legacy_area_is_untouched() {
+        let mut k = Keeper::new(layout());
+        let all = 0x2e7;
+        // Task 1 runs and fills its registers with 0x11.
+        assert_eq!(k.write(PORT_BASE, &1u32.to_le_bytes()), Action::Switch(1));
+        let mut regs = area(0, 0x3);
+        k.switch(1, &mut regs).unwrap();
+        regs = area(0x11, all);
+        // Task 2: starts from the init state; its legacy area is what the
+        // kernel loaded.
+        regs[..512].fill(0x22);
+        k.switch(2, &mut regs).unwrap();
+        assert!(regs[..512].iter().all(|b| *b == 0x22), "legacy area changed");
+        assert_eq!(xstate_bv(&regs), 0x3, "task 2's extended state is init");
+        for c in layout().components() {
+            assert!(regs[c.offset..c.offset + c.size].iter().all(|b| *b == 0), "component {} not init", c.bit);
+        }
+        // Task 2 uses AVX only; back to task 1, whose state returns whole.
+        regs[576..576 + 256].fill(0x33);
+        regs[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&0x7u64.to_le_bytes());
+        k.switch(1, &mut regs).unwrap();
+        assert_eq!(xstate_bv(&regs), all);
+        for c in layout().components() {
+            assert!(regs[c.offset..c.offset + c.size].iter().all(|b| *b == 0x11), "component {}", c.bit);
+        }
+        k.switch(2, &mut regs).unwrap();
+        assert_eq!(xstate_bv(&regs), 0x7);
+        assert!(regs[576..576 + 256].iter().all(|b| *b == 0x33));
+        assert!(regs[1088..2696].iter().all(|b| *b == 0), "task 2 never had AVX-512 state");
+    }
+
+    #[test]
+    fn components_not_kept_are_left_alone() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0x44, 0x3 | (1 << 17));
+        k.switch(1, &mut regs).unwrap();
+        k.switch(2, &mut regs).unwrap();
+        assert_eq!(xstate_bv(&regs) & (1 << 17), 1 << 17, "AMX bit is not ours to change");
+        assert!(regs[2752..2816].iter().all(|b| *b == 0x44));
+    }
+
+    #[test]
+    fn activate_of_the_owner_needs_no_vcpu_access() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0, 0x3);
+        k.switch(5, &mut regs).unwrap();
+        assert_eq!(k.write(PORT_BASE, &5u32.to_le_bytes()), Action::None);
+        assert_eq!(k.write(PORT_BASE, &[5, 0]), Action::None, "a 16-bit write is ignored");
+    }
+
+    #[test]
+    fn fork_copies_the_owners_state_and_exec_or_exit_forgets() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0, 0x3);
+        k.switch(1, &mut regs).unwrap();
+        regs[576..576 + 256].fill(0x55);
+        regs[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&0x7u64.to_le_bytes());
+        assert_eq!(k.write(PORT_BASE + 4, &2u32.to_le_bytes()), Action::Copy(2));
+        k.copy(2, &regs).unwrap();
+        // The parent goes on and changes its registers; the child gets the
+        // state of the fork.
+        regs[576..576 + 256].fill(0x66);
+        k.switch(2, &mut regs).unwrap();
+        assert!(regs[576..576 + 256].iter().all(|b| *b == 0x55));
+        // The child execs: dropped while owner, it restarts from init.
+        assert_eq!(k.write(PORT_BASE + 8, &2u32.to_le_bytes()), Action::None);
+        assert_eq!(k.write(PORT_BASE, &3u32.to_le_bytes()), Action::Switch(3));
+        k.switch(3, &mut regs).unwrap();
+        assert_eq!(xstate_bv(&regs), 0x3);
+        // The parent exits while not the owner: its saved state goes.
+        assert_eq!(k.contexts(), 1);
+        k.write(PORT_BASE + 8, &1u32.to_le_bytes());
+        assert_eq!(k.contexts(), 0);
+        assert_eq!(k.bytes, 0);
+    }
+
+    #[test]
+    fn a_guest_cannot_make_the_keeper_grow_without_bound() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0x77, 0x2e7);
+        k.switch(1, &mut regs).unwrap();
+        let mut result = Ok(());
+        for id in 2..=u32::try_from(MAX_CONTEXTS + 2).expect("small") {
+            result = k.copy(id, &regs);
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = result.unwrap_err();
+        assert!(matches!(err, XstateError::TooManyBytes | XstateError::TooManyContexts), "{err}");
+        assert!(k.bytes <= MAX_BYTES && k.contexts() <= MAX_CONTEXTS);
+    }
+
+    #[test]
+    fn words_round_trip() {
+        let mut words = vec![0u32; 2752];
+        words[128] = 0x7;
+        words[2000] = 0xdead_beef;
+        let bytes = words_to_bytes(&words);
+        assert_eq!(xstate_bv(&bytes), 7);
+        let mut back = vec![0u32; 2752];
+        bytes_to_words(&bytes, &mut back);
+        assert_eq!(back, words);
+    }
+}
