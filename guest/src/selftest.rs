@@ -79,6 +79,20 @@ fn avx() -> anyhow::Result<()> {
             ),
         }
     }
+    match signal_probe(40)? {
+        Some((bad, rounds, signals)) => {
+            bad_total += bad;
+            println!(
+                "rootlayer-agent: selftest avx: raw YMM across {signals} signal handlers that use YMM: corrupted in {bad} of {rounds} rounds"
+            );
+            if signals == 0 {
+                bail!("no signal arrived during the signal probe");
+            }
+        }
+        None => println!(
+            "rootlayer-agent: selftest avx: raw YMM across signal handlers: instructions fault in guest user mode (SIGILL): no hazard"
+        ),
+    }
     let glibc = glibc_pair()?;
     println!("rootlayer-agent: selftest avx: glibc string functions: {glibc} mismatches");
     if bad_total != 0 || glibc != 0 {
@@ -107,10 +121,10 @@ fn pair(probe: Probe, rounds: u32) -> anyhow::Result<Option<(u32, u32)>> {
             ForkResult::Child => {
                 let mut bad = 0;
                 for _ in 0..rounds {
-                    // SAFETY: a deliberate probe: where the CPU cannot run
-                    // AVX the first VEX instruction raises SIGILL and this
-                    // child dies, which the parent reports.
                     let intact = match probe {
+                        // SAFETY: a deliberate probe: where the CPU cannot
+                        // run AVX the first VEX instruction raises SIGILL
+                        // and this child dies, which the parent reports.
                         Probe::Ymm => unsafe { hold_ymm(seed) },
                         // SAFETY: as above, for AVX-512.
                         Probe::Zmm => unsafe { hold_zmm(seed) },
@@ -156,6 +170,69 @@ unsafe fn hold_ymm(seed: u8) -> bool {
         );
     }
     out == pattern
+}
+
+static SIGNALS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A SIGALRM handler that uses YMM0 (caller-saved, so any compiled code in
+/// a handler may) as glibc's memcpy in a handler would.
+extern "C" fn clobber_ymm0(_: libc::c_int) {
+    SIGNALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let junk = [0x5au8; 32];
+    // SAFETY: reads the local array into YMM0, declared clobbered.
+    unsafe { std::arch::asm!("vmovdqu ymm0, [{p}]", p = in(reg) junk.as_ptr(), out("ymm0") _) };
+}
+
+/// One forked process holds YMM0 across busy loops while a 3 ms interval
+/// timer delivers signals whose handler overwrites YMM0; returns
+/// (corrupted rounds, rounds, signals), or None where AVX faults.
+fn signal_probe(rounds: u32) -> anyhow::Result<Option<(u32, u32, u32)>> {
+    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: the agent is single-threaded here, so the child may run
+    // arbitrary code after fork.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            drop(rd);
+            // SAFETY: installs a handler that only touches an atomic and
+            // YMM0, and a process-private interval timer.
+            unsafe {
+                libc::signal(libc::SIGALRM, clobber_ymm0 as extern "C" fn(libc::c_int) as libc::sighandler_t);
+                let tick = libc::timeval { tv_sec: 0, tv_usec: 3000 };
+                let timer = libc::itimerval { it_interval: tick, it_value: tick };
+                libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+            }
+            let mut bad = 0u32;
+            for _ in 0..rounds {
+                // SAFETY: as in `pair`: SIGILL ends the child where AVX
+                // cannot run.
+                if !unsafe { hold_ymm(0x3c) } {
+                    bad += 1;
+                }
+            }
+            let signals = SIGNALS.load(std::sync::atomic::Ordering::Relaxed);
+            let mut report = Vec::new();
+            report.extend_from_slice(&bad.to_le_bytes());
+            report.extend_from_slice(&signals.to_le_bytes());
+            let _ = nix::unistd::write(&wr, &report);
+            // SAFETY: leaving the forked child without the parent's exit
+            // handlers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut buf = [0u8; 8];
+            let n = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rd), &mut buf).unwrap_or(0);
+            match waitpid(child, None).context("waitpid")? {
+                WaitStatus::Exited(_, 0) if n == 8 => {
+                    let bad = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+                    let signals = u32::from_le_bytes(buf[4..].try_into().expect("4 bytes"));
+                    Ok(Some((bad, rounds, signals)))
+                }
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGILL, _) => Ok(None),
+                other => bail!("signal probe child ended unexpectedly: {other:?}"),
+            }
+        }
+    }
 }
 
 /// Load a pattern into ZMM0, ZMM16 and k1, spin for ~30 ms, read them

@@ -20,6 +20,15 @@
 //! | `PORT_BASE + 0` | write 32  | ACTIVATE(id): the registers become `id`'s         |
 //! | `PORT_BASE + 4` | write 32  | COPY(id): fork; the owner's state becomes `id`'s  |
 //! | `PORT_BASE + 8` | write 32  | DROP(id): exit or exec; forget `id`               |
+//! | `PORT_BASE + 12`| write 32  | SIGPUSH(f): signal frame f written for the owner  |
+//! | `PORT_BASE + 16`| write 32  | SIGPOP(f): the owner returns from frame f         |
+//!
+//! A signal frame holds only what the guest kernel saves (FXSAVE), so the
+//! VMM keeps the interrupted code's extended state per frame (keyed by the
+//! low 32 bits of the frame's user address) and starts the handler from the
+//! init state, as an XSAVE frame would; sigreturn puts it back. Frames
+//! whose handlers left by longjmp are forgotten when an older frame
+//! returns, and at most [`MAX_FRAMES`] are kept per task.
 //!
 //! [`Keeper`] is the pure bookkeeping (unit-tested here); the vCPU loop
 //! (`vcpu.rs`) does the two ioctls around it. The guest is untrusted: ids
@@ -31,12 +40,14 @@ use std::collections::HashMap;
 
 /// First of the three 32-bit ports (away from every legacy ISA device).
 pub const PORT_BASE: u16 = 0x7e00;
-pub const PORT_LEN: u16 = 12;
+pub const PORT_LEN: u16 = 20;
 /// "RLXS", read at `PORT_BASE`; the kernel enables itself only on it.
 pub const MAGIC: u32 = 0x5358_4c52;
 const REG_ACTIVATE: u16 = 0;
 const REG_COPY: u16 = 4;
 const REG_DROP: u16 = 8;
+const REG_SIGPUSH: u16 = 12;
+const REG_SIGPOP: u16 = 16;
 const REG_MASK: u16 = 4;
 
 /// Size of `struct kvm_xsave` (the legacy, non-XSAVE2 ioctls); larger
@@ -55,6 +66,8 @@ pub const XFEATURE_MASK_FPSSE: u64 = 0b11;
 pub const MAX_CONTEXTS: usize = 32 * 1024;
 /// Bytes of saved state the keeper holds at most (64 MiB).
 pub const MAX_BYTES: usize = 64 << 20;
+/// Signal frames kept per task (nested handlers; the oldest go first).
+pub const MAX_FRAMES: usize = 64;
 
 /// One XSAVE component in the standard (non-compacted) format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +151,12 @@ pub enum Action {
     Switch(u32),
     /// Read the vCPU's XSAVE state and call [`Keeper::copy`].
     Copy(u32),
+    /// Read the vCPU's XSAVE state, keep it for signal frame `f`, start the
+    /// handler from init; write it back.
+    SigPush(u32),
+    /// Read the vCPU's XSAVE state, put back what frame `f` kept; write it
+    /// back.
+    SigPop(u32),
 }
 
 /// Why the keeper stopped the guest.
@@ -156,6 +175,8 @@ pub struct Keeper {
     /// The context whose extended state is in the vCPU's registers.
     owner: Option<u32>,
     saved: HashMap<u32, Saved>,
+    /// Per context, the extended state of each signal frame, oldest first.
+    frames: HashMap<u32, Vec<(u32, Saved)>>,
     bytes: usize,
     /// Port operations that reached the vCPU (for the closing figures).
     pub switches: u64,
@@ -163,7 +184,7 @@ pub struct Keeper {
 
 impl Keeper {
     pub fn new(layout: Layout) -> Keeper {
-        Keeper { layout, owner: None, saved: HashMap::new(), bytes: 0, switches: 0 }
+        Keeper { layout, owner: None, saved: HashMap::new(), frames: HashMap::new(), bytes: 0, switches: 0 }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -197,8 +218,11 @@ impl Keeper {
             REG_ACTIVATE if self.owner == Some(id) => Action::None,
             REG_ACTIVATE => Action::Switch(id),
             REG_COPY => Action::Copy(id),
+            REG_SIGPUSH => Action::SigPush(id),
+            REG_SIGPOP => Action::SigPop(id),
             REG_DROP => {
                 self.forget(id);
+                self.forget_frames(id);
                 if self.owner == Some(id) {
                     self.owner = None;
                 }
@@ -235,15 +259,67 @@ impl Keeper {
             Action::None => Ok(false),
             Action::Switch(id) => self.switch(id, xsave).map(|()| true),
             Action::Copy(id) => self.copy(id, xsave).map(|()| false),
+            Action::SigPush(frame) => self.sig_push(frame, xsave).map(|()| true),
+            Action::SigPop(frame) => Ok(self.sig_pop(frame, xsave)),
         }
+    }
+
+    /// SIGPUSH(frame): keep the owner's live extended state for `frame` and
+    /// put the init state in its place. Without an owner nothing is live
+    /// to keep.
+    pub fn sig_push(&mut self, frame: u32, xsave: &mut [u8]) -> Result<(), XstateError> {
+        self.switches += 1;
+        let Some(owner) = self.owner else { return Ok(()) };
+        let state = self.extract(xsave);
+        if self.bytes + state.data.len() > MAX_BYTES {
+            return Err(XstateError::TooManyBytes);
+        }
+        let stack = self.frames.entry(owner).or_default();
+        if stack.len() >= MAX_FRAMES {
+            let (_, oldest) = stack.remove(0);
+            self.bytes -= oldest.data.len();
+        }
+        self.bytes += state.data.len();
+        stack.push((frame, state));
+        self.insert(&Saved::default(), xsave);
+        Ok(())
+    }
+
+    /// SIGPOP(frame): put back what `frame` kept (true: `xsave` changed),
+    /// forgetting the frames pushed after it. A frame the keeper does not
+    /// know (pushed before the oldest kept one, or never) leaves the state
+    /// as the handler left it.
+    pub fn sig_pop(&mut self, frame: u32, xsave: &mut [u8]) -> bool {
+        self.switches += 1;
+        let Some(owner) = self.owner else { return false };
+        let Some(stack) = self.frames.get_mut(&owner) else { return false };
+        let Some(at) = stack.iter().rposition(|(f, _)| *f == frame) else { return false };
+        let mut popped: Vec<(u32, Saved)> = stack.drain(at..).collect();
+        self.bytes -= popped.iter().map(|(_, s)| s.data.len()).sum::<usize>();
+        let (_, state) = popped.swap_remove(0);
+        self.insert(&state, xsave);
+        true
     }
 
     /// COPY(id): the owner's live extended state (in `xsave`) becomes `id`'s.
     /// Without an owner the child starts from the init state.
+    /// The signal frames the owner is inside are the child's too (a fork
+    /// in a handler returns through the same frames).
     pub fn copy(&mut self, id: u32, xsave: &[u8]) -> Result<(), XstateError> {
         self.switches += 1;
         let state = if self.owner.is_some() { self.extract(xsave) } else { Saved::default() };
-        self.store(id, state)
+        self.store(id, state)?;
+        self.forget_frames(id);
+        let frames = self.owner.and_then(|o| self.frames.get(&o)).cloned().unwrap_or_default();
+        let bytes: usize = frames.iter().map(|(_, s)| s.data.len()).sum();
+        if self.bytes + bytes > MAX_BYTES {
+            return Err(XstateError::TooManyBytes);
+        }
+        if !frames.is_empty() {
+            self.bytes += bytes;
+            self.frames.insert(id, frames);
+        }
+        Ok(())
     }
 
     /// Contexts held (not counting the owner's live state).
@@ -255,6 +331,12 @@ impl Keeper {
         let old = self.saved.remove(&id)?;
         self.bytes -= old.data.len();
         Some(old)
+    }
+
+    fn forget_frames(&mut self, id: u32) {
+        if let Some(stack) = self.frames.remove(&id) {
+            self.bytes -= stack.iter().map(|(_, s)| s.data.len()).sum::<usize>();
+        }
     }
 
     fn store(&mut self, id: u32, state: Saved) -> Result<(), XstateError> {
@@ -363,7 +445,11 @@ mod tests {
         assert_eq!(l.mask(), 0x6_02e4);
         assert_eq!(l.area_size(), 11008);
         assert_eq!(Layout::from_supported_cpuid(&avx512_amx_host(), 11008, false).mask(), 0x2e4, "no permission");
-        assert_eq!(Layout::from_supported_cpuid(&avx512_amx_host(), XSAVE_BYTES, true).mask(), 0x2e4, "no room for tile data: no AMX at all");
+        assert_eq!(
+            Layout::from_supported_cpuid(&avx512_amx_host(), XSAVE_BYTES, true).mask(),
+            0x2e4,
+            "no room for tile data: no AMX at all"
+        );
     }
 
     #[test]
@@ -405,7 +491,7 @@ mod tests {
         let mut b = [0u8; 1];
         k.read(PORT_BASE, &mut b);
         assert_eq!(b, [0xff], "a byte read is not the magic");
-        assert!(Keeper::claims(PORT_BASE + 11) && !Keeper::claims(PORT_BASE + 12) && !Keeper::claims(PORT_BASE - 1));
+        assert!(Keeper::claims(PORT_BASE + 19) && !Keeper::claims(PORT_BASE + 20) && !Keeper::claims(PORT_BASE - 1));
     }
 
     #[test]
@@ -482,6 +568,75 @@ mod tests {
         assert_eq!(k.contexts(), 1);
         k.write(PORT_BASE + 8, &1u32.to_le_bytes());
         assert_eq!(k.contexts(), 0);
+        assert_eq!(k.bytes, 0);
+    }
+
+    fn set_ymm(regs: &mut [u8], fill: u8) {
+        regs[576..576 + 256].fill(fill);
+        let bv = xstate_bv(regs) | 0x4;
+        regs[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&bv.to_le_bytes());
+    }
+
+    fn ymm_is(regs: &[u8], fill: u8) -> bool {
+        regs[576..576 + 256].iter().all(|b| *b == fill) && (xstate_bv(regs) & 0x4 != 0) == (fill != 0)
+    }
+
+    #[test]
+    fn a_signal_handler_starts_from_init_and_sigreturn_restores_the_interrupted_state() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0, 0x3);
+        k.switch(1, &mut regs).unwrap();
+        set_ymm(&mut regs, 0x11);
+        assert_eq!(k.write(PORT_BASE + 12, &0x1000u32.to_le_bytes()), Action::SigPush(0x1000));
+        assert!(k.apply(Action::SigPush(0x1000), &mut regs).unwrap());
+        assert!(ymm_is(&regs, 0), "the handler starts from init");
+        // The handler uses AVX, is preempted by task 2, comes back.
+        set_ymm(&mut regs, 0x22);
+        k.switch(2, &mut regs).unwrap();
+        set_ymm(&mut regs, 0x33);
+        k.switch(1, &mut regs).unwrap();
+        assert!(ymm_is(&regs, 0x22));
+        // A nested signal, left by longjmp; then the outer frame returns.
+        k.sig_push(0x800, &mut regs).unwrap();
+        set_ymm(&mut regs, 0x44);
+        assert_eq!(k.write(PORT_BASE + 16, &0x1000u32.to_le_bytes()), Action::SigPop(0x1000));
+        assert!(k.apply(Action::SigPop(0x1000), &mut regs).unwrap());
+        assert!(ymm_is(&regs, 0x11), "sigreturn restores what the signal interrupted");
+        assert!(!k.sig_pop(0x800, &mut regs), "the abandoned inner frame went with the outer one");
+        assert!(ymm_is(&regs, 0x11));
+        assert!(!k.sig_pop(0x1234, &mut regs), "an unknown frame changes nothing");
+    }
+
+    #[test]
+    fn fork_in_a_handler_gives_the_child_the_frames_and_exit_frees_them() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0, 0x3);
+        k.switch(1, &mut regs).unwrap();
+        set_ymm(&mut regs, 0x55);
+        k.sig_push(0x2000, &mut regs).unwrap();
+        k.copy(2, &regs).unwrap();
+        k.switch(2, &mut regs).unwrap();
+        assert!(k.sig_pop(0x2000, &mut regs));
+        assert!(ymm_is(&regs, 0x55), "the child returns through the parent's frame");
+        k.write(PORT_BASE + 8, &2u32.to_le_bytes());
+        k.write(PORT_BASE + 8, &1u32.to_le_bytes());
+        assert_eq!((k.contexts(), k.bytes), (0, 0));
+        assert!(k.frames.is_empty());
+    }
+
+    #[test]
+    fn frames_per_task_are_bounded() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0, 0x3);
+        k.switch(1, &mut regs).unwrap();
+        let max = u32::try_from(MAX_FRAMES).expect("small");
+        for f in 0..max * 2 {
+            set_ymm(&mut regs, 0x66);
+            k.sig_push(f, &mut regs).unwrap();
+        }
+        assert_eq!(k.frames[&1].len(), MAX_FRAMES);
+        assert!(!k.sig_pop(0, &mut regs), "the oldest frames were dropped");
+        assert!(k.sig_pop(max, &mut regs));
         assert_eq!(k.bytes, 0);
     }
 
