@@ -392,7 +392,7 @@ fn export(args: ExportArgs) -> Exit {
 fn boot(args: BootArgs) -> Exit {
     let cmdline = format!("{} {}", vmm::builder::BASE_CMDLINE, args.cmdline).trim().to_string();
     if args.print_cmdline {
-        println!("{cmdline}");
+        println!("{}", vmm::builder::kernel_cmdline(vmm::kvm::kind(), &cmdline));
         return Exit::Ok;
     }
     let result = (|| {
@@ -467,6 +467,13 @@ fn boot_outcome(report: &RunReport, timeout: u64) -> Exit {
                 eprintln!(
                     "rootlayer: peak RSS {peak} KiB, of which guest RAM {guest} KiB: VMM overhead {} KiB",
                     peak.saturating_sub(guest)
+                );
+            }
+            if let Some(x) = report.xstate {
+                let each = if x.ops == 0 { 0.0 } else { x.time.as_secs_f64() * 1e6 / x.ops as f64 };
+                eprintln!(
+                    "rootlayer: guest vector state kept by the VMM: {} operations, {each:.1} us each on the host",
+                    x.ops
                 );
             }
             Exit::Ok

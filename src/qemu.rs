@@ -99,5 +99,6 @@ pub fn run(
         console,
         peak_rss_kib: None,
         guest_rss_kib: None,
+        xstate: None,
     })
 }

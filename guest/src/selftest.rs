@@ -4,6 +4,10 @@
 //!
 //! `hang`: never finish (the host's timeout test).
 //!
+//! `switch`: what a context switch between two user processes costs: they
+//! ping-pong a byte over two pipes (`scripts/bench-xstate` boots it with and
+//! without the VMM keeping extended state).
+//!
 //! `avx`: the vector-state hazard of software-emulated KVM. Guest user code
 //! runs natively there with the host's XCR0, whatever CPUID says, while the
 //! guest kernel (running `noxsave`) saves only the legacy FPU/SSE state on a
@@ -24,6 +28,7 @@ const CHILD_ENV: &str = "ROOTLAYER_SELFTEST_CHILD";
 pub fn run(name: &str) -> anyhow::Result<()> {
     match name {
         "avx" => avx(),
+        "switch" => switch(),
         "hang" => {
             // For the host's timeout test: a guest that never finishes.
             println!("rootlayer-agent: selftest hang: sleeping forever");
@@ -99,6 +104,46 @@ fn avx() -> anyhow::Result<()> {
         bail!("guest user processes corrupt each other's vector state");
     }
     crate::vector_guard::require_safe(&guard)
+}
+
+/// Two processes pass a byte back and forth 500 times: every pass is a
+/// switch from one user process to the other.
+fn switch() -> anyhow::Result<()> {
+    const ROUNDS: u32 = 500;
+    let (to_child_rd, to_child_wr) = nix::unistd::pipe().context("pipe")?;
+    let (to_parent_rd, to_parent_wr) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: the agent is single-threaded here, so the child may run
+    // arbitrary code after fork.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let mut b = [0u8; 1];
+            for _ in 0..ROUNDS {
+                if nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&to_child_rd), &mut b).unwrap_or(0) != 1 {
+                    break;
+                }
+                let _ = nix::unistd::write(&to_parent_wr, &b);
+            }
+            // SAFETY: leaving the forked child without the parent's exit
+            // handlers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            let mut b = [0u8; 1];
+            let start = Instant::now();
+            for _ in 0..ROUNDS {
+                nix::unistd::write(&to_child_wr, &b).context("write")?;
+                nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&to_parent_rd), &mut b).context("read")?;
+            }
+            let elapsed = start.elapsed();
+            waitpid(child, None).context("waitpid")?;
+            println!(
+                "rootlayer-agent: selftest switch: {} switches between two processes, {:.1} us per switch",
+                2 * ROUNDS,
+                elapsed.as_secs_f64() * 1e6 / f64::from(2 * ROUNDS)
+            );
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

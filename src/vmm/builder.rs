@@ -3,7 +3,7 @@
 
 use super::arch::{boot, layout, mptable};
 use super::kvm::{self, KvmKind};
-use super::vcpu::{GuestExit, Vcpu};
+use super::vcpu::{GuestExit, Vcpu, XstateStats};
 use super::xstate::{self, Keeper, Layout};
 use super::VmmError;
 use crate::devices::console::{ConsoleLog, ConsoleSink, Echo, EchoLimit};
@@ -52,6 +52,16 @@ pub fn emulated_cmdline() -> String {
          rootlayer_xstate.port={:#x}",
         xstate::PORT_BASE
     )
+}
+
+/// The command line the guest gets on this kind of host: `cmdline` (from
+/// [`BASE_CMDLINE`]) after the emulated-KVM parameters, so that a caller's
+/// own (e.g. `rootlayer_xstate.port=0`, to see the agent refuse) win.
+pub fn kernel_cmdline(kind: KvmKind, cmdline: &str) -> String {
+    match kind {
+        KvmKind::Emulated => format!("{} {cmdline}", emulated_cmdline()),
+        KvmKind::Hardware => cmdline.to_string(),
+    }
 }
 
 /// What to boot and how.
@@ -103,6 +113,9 @@ pub struct RunReport {
     /// RAM the guest touched, both in KiB (None where /proc cannot tell).
     pub peak_rss_kib: Option<u64>,
     pub guest_rss_kib: Option<u64>,
+    /// What keeping the guest's extended register state cost (None on
+    /// hardware KVM, where the guest kernel saves it).
+    pub xstate: Option<XstateStats>,
 }
 
 impl RunReport {
@@ -180,12 +193,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // command line; QueueNotify writes go straight to the queue eventfds
     // (ioeventfd) and interrupts straight into the irqchip (irqfd).
     let mut mmio = Bus::new();
-    // The emulated-KVM parameters go first, so that a caller's own (e.g.
-    // `rootlayer_xstate.port=0`, to see the agent refuse) win.
-    let mut cmdline = match kind {
-        KvmKind::Emulated => format!("{} {}", emulated_cmdline(), config.cmdline),
-        KvmKind::Hardware => config.cmdline.clone(),
-    };
+    let mut cmdline = kernel_cmdline(kind, &config.cmdline);
     for (index, mut device) in config.virtio.drain(..).enumerate() {
         let index = u32::try_from(index).expect("few devices");
         let irq = layout::VIRTIO_FIRST_IRQ + index;
@@ -262,7 +270,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             let _ = ready_tx.send(installed);
             if ok {
                 let exit = vcpu.run(&vcpu_mem, &filter);
-                let _ = tx.send((exit, vcpu.take_samples()));
+                let _ = tx.send((exit, vcpu.take_samples(), vcpu.xstate_stats()));
             }
         })
         .map_err(VmmError::Thread)?;
@@ -295,7 +303,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             other => break other,
         }
     };
-    let ((exit, samples), timed_out) = match wait {
+    let ((exit, samples, xstate), timed_out) = match wait {
         Ok(done) => (done, false),
         Err(_) => {
             // Ask the vCPU to stop and kick it out of KVM_RUN until it does;
@@ -307,7 +315,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                     Ok(done) => break (done, !interrupted),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        break ((GuestExit::Stopped, Vec::new()), !interrupted)
+                        break ((GuestExit::Stopped, Vec::new(), None), !interrupted)
                     }
                 }
             }
@@ -323,7 +331,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             eprintln!("rootlayer: writing guest profile {}: {e}", path.display());
         }
     }
-    Ok(RunReport { exit, timed_out, interrupted, wall: start.elapsed(), console, peak_rss_kib, guest_rss_kib })
+    Ok(RunReport { exit, timed_out, interrupted, wall: start.elapsed(), console, peak_rss_kib, guest_rss_kib, xstate })
 }
 
 /// Ask the host kernel to let this process's guests use AMX tile data

@@ -105,6 +105,17 @@ pub struct Vcpu {
     xstate: Option<Keeper>,
     /// The KVM_GET_XSAVE2 buffer where the kept state passes 4 KiB (AMX).
     xsave2: Option<Xsave>,
+    /// Host time spent keeping extended state.
+    xstate_time: std::time::Duration,
+}
+
+/// What keeping the guest tasks' extended state cost (emulated KVM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XstateStats {
+    /// Operations that read (and most wrote) the vCPU's XSAVE state.
+    pub ops: u64,
+    /// Host time spent on them, port exit handling included.
+    pub time: std::time::Duration,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -128,13 +139,12 @@ impl Vcpu {
             let words = (area - xstate::XSAVE_BYTES).div_ceil(4);
             Xsave::new(words).expect("an XSAVE area fits a FAM wrapper")
         });
-        Self { fd, pio, mmio, reset, stop, samples: None, xstate, xsave2 }
+        Self { fd, pio, mmio, reset, stop, samples: None, xstate, xsave2, xstate_time: std::time::Duration::ZERO }
     }
 
-    /// How many extended-state operations reached the vCPU (None: no
-    /// keeper).
-    pub fn xstate_switches(&self) -> Option<u64> {
-        self.xstate.as_ref().map(|k| k.switches)
+    /// What keeping extended state cost so far (None: no keeper).
+    pub fn xstate_stats(&self) -> Option<XstateStats> {
+        self.xstate.as_ref().map(|k| XstateStats { ops: k.switches, time: self.xstate_time })
     }
 
     /// Record the guest's instruction pointer every time the host kicks the
@@ -203,8 +213,11 @@ impl Vcpu {
                     None => data.fill(0xff),
                 },
                 Ok(VcpuExit::IoOut(port, data)) if Keeper::claims(port) => {
+                    let started = std::time::Instant::now();
                     let action = self.xstate.as_mut().map_or(Action::None, |k| k.write(port, data));
-                    if let Err(failure) = self.xstate_action(action) {
+                    let done = self.xstate_action(action);
+                    self.xstate_time += started.elapsed();
+                    if let Err(failure) = done {
                         return GuestExit::Xstate(failure);
                     }
                 }
