@@ -19,6 +19,7 @@ mod mmio;
 #[cfg(test)]
 mod seeds;
 mod snapshot;
+mod xstate;
 
 pub use blk::blk;
 pub use fs::fs;
@@ -26,6 +27,7 @@ pub use image::{image, image_json};
 pub use job::job;
 pub use layer::{layer_convert, layer_unpack};
 pub use mmio::mmio;
+pub use xstate::xstate;
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -40,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("layer_unpack", layer_unpack),
     ("image", image),
     ("image_json", image_json),
+    ("xstate", xstate),
 ];
 
 /// Cut `data` into the next `n` bytes (fewer at the end).

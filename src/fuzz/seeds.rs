@@ -311,6 +311,17 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// xstate: what patch 0004's kernel writes for a fork, an exec, a signal
+/// and switches between two tasks (op byte: port index, 0x80 = the task
+/// wrote its AVX registers first).
+fn xstate_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let step = |op: u8, v: u32| [vec![op], u32le(v)].concat();
+    let fork_exec = [step(0, 1), step(0x81, 2), step(0, 2), step(2, 2), step(0, 3), step(0x90, 1), step(2, 1)].concat();
+    let switches = [step(0, 1), step(0x80 | 0x11, 2), step(0x80 | 0x22, 1), step(0, 2), step(0x80 | 0x33, 1)].concat();
+    let signal = [step(0, 1), step(0x83, 0x7ffe_1000), step(0x80, 2), step(0, 1), step(4, 0x7ffe_1000)].concat();
+    vec![("fork-exec", fork_exec), ("switches", switches), ("signal-frame", signal)]
+}
+
 fn seeds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-seeds")
 }
@@ -331,6 +342,9 @@ fn generated() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     for (k, doc) in super::image::default_documents() {
         out.push(("image_json", format!("fixed-image-document-{k}"), [vec![k], doc].concat()));
+    }
+    for (name, bytes) in xstate_seeds() {
+        out.push(("xstate", name.to_string(), bytes));
     }
     // Our own layer writer's output for the real overlay upper dir: the
     // layers rootlayer itself produces, as a base for the next step.

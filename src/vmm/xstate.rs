@@ -327,6 +327,21 @@ impl Keeper {
         self.saved.len()
     }
 
+    /// Panics unless the byte count matches what is held and stays in
+    /// bounds (for the fuzz target and the tests).
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn check_invariants(&self) {
+        let saved: usize = self.saved.values().map(|s| s.data.len()).sum();
+        let frames: usize = self.frames.values().flatten().map(|(_, s)| s.data.len()).sum();
+        assert_eq!(self.bytes, saved + frames, "byte count");
+        assert!(self.bytes <= MAX_BYTES && self.saved.len() <= MAX_CONTEXTS);
+        assert!(self.frames.values().all(|f| f.len() <= MAX_FRAMES));
+        for s in self.saved.values().chain(self.frames.values().flatten().map(|(_, s)| s)) {
+            let want: usize = self.layout.components.iter().filter(|c| s.bv & (1 << c.bit) != 0).map(|c| c.size).sum();
+            assert_eq!(s.data.len(), want, "saved bytes match their XSTATE_BV");
+        }
+    }
+
     fn forget(&mut self, id: u32) -> Option<Saved> {
         let old = self.saved.remove(&id)?;
         self.bytes -= old.data.len();
