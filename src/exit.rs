@@ -20,6 +20,9 @@ pub enum Exit {
     DiskFull,
     /// The guest wrote more than --max-output back to the host.
     OutputTooLarge,
+    /// The script left something an OCI layer cannot hold (a file named
+    /// `.wh.*`, a socket, ...); the message names the path.
+    Unrepresentable,
     /// The wall-clock timeout expired.
     Timeout,
     /// SIGINT or SIGTERM: the guest was stopped and temporary files removed.
@@ -30,7 +33,7 @@ pub enum Exit {
 
 impl Exit {
     /// All variants, in README order.
-    pub const ALL: [Exit; 11] = [
+    pub const ALL: [Exit; 12] = [
         Exit::Ok,
         Exit::ScriptFailed,
         Exit::BadInput,
@@ -39,6 +42,7 @@ impl Exit {
         Exit::GuestOutOfMemory,
         Exit::DiskFull,
         Exit::OutputTooLarge,
+        Exit::Unrepresentable,
         Exit::Timeout,
         Exit::Interrupted,
         Exit::Internal,
@@ -54,6 +58,7 @@ impl Exit {
             Exit::GuestOutOfMemory => 5,
             Exit::DiskFull => 6,
             Exit::OutputTooLarge => 7,
+            Exit::Unrepresentable => 8,
             Exit::Timeout => 124,
             Exit::Interrupted => 130,
             Exit::Internal => 70,
@@ -70,11 +75,28 @@ impl Exit {
             Exit::GuestOutOfMemory => "the guest ran out of memory (raise --mem-size)",
             Exit::DiskFull => "the scratch disk is full (raise --disk-size)",
             Exit::OutputTooLarge => "the guest wrote more than --max-output back to the host (raise it)",
+            Exit::Unrepresentable => "the script left a file an OCI layer cannot hold (the path is named)",
             Exit::Timeout => "--timeout expired; the last guest lines are printed",
             Exit::Interrupted => "interrupted by SIGINT/SIGTERM; guest stopped, temporary files removed",
             Exit::Internal => "internal error (a bug, or an emulation failure of the guest CPU)",
         }
     }
+}
+
+/// An error and every cause under it, on one line: each `source()` is
+/// appended (after ": ") unless the message above already says it.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -86,6 +108,21 @@ impl From<Exit> for std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("creating the exchange directory")]
+        Plain(#[source] std::io::Error),
+        #[error("reading it: {0}")]
+        Said(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn error_line_keeps_every_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        assert_eq!(error_line(&Outer::Plain(io())), "creating the exchange directory: permission denied");
+        assert_eq!(error_line(&Outer::Said(io())), "reading it: permission denied");
+    }
 
     #[test]
     fn codes_are_distinct() {

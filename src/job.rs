@@ -7,6 +7,21 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The version of this protocol (job.json, result.json and the console
+/// lines below). Each side refuses the other's files of another version:
+/// an initramfs built by another rootlayer says so instead of failing to
+/// parse. Bump it with any change to the types in this file.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
+pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
+pub const AGENT_READY_WORD: &str = " ready";
+/// The agent's last line: `rootlayer-agent: exit status N`.
+pub const AGENT_STATUS_PREFIX: &str = "rootlayer-agent: exit status ";
+/// The agent's status for a failure of its own (not of a job's script).
+pub const STATUS_INTERNAL: i32 = 70;
+/// The agent's status when job.json is of another protocol version.
+pub const STATUS_PROTOCOL: i32 = 71;
+
 /// Environment variable (set on the kernel command line, handed to PID 1 by
 /// the kernel) naming the virtio-fs tag of the exchange share.
 pub const XCHG_TAG_ENV: &str = "ROOTLAYER_XCHG";
@@ -23,6 +38,8 @@ pub const RESULT_FILE: &str = "result.json";
 /// One job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
+    /// [`PROTOCOL_VERSION`] of the host that wrote it.
+    pub protocol: u32,
     /// Mounted in order before the task runs.
     pub mounts: Vec<Mount>,
     pub task: Task,
@@ -134,6 +151,10 @@ pub struct DeviceCheck {
 /// What the agent reports.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct JobResult {
+    /// [`PROTOCOL_VERSION`] of the agent that wrote it (0: an agent from
+    /// before versioning).
+    #[serde(default)]
+    pub protocol: u32,
     /// 0 when the task succeeded.
     pub status: i32,
     /// The agent's own error, when it failed.
@@ -146,6 +167,10 @@ pub struct JobResult {
     pub script_status: Option<i32>,
     /// Set when the scratch disk ran full.
     pub disk_full: bool,
+    /// Processes the guest kernel's OOM killer killed during the task, as
+    /// the agent read them from the kernel's own log records.
+    #[serde(default)]
+    pub oom_kills: u32,
 }
 
 #[cfg(test)]
@@ -155,6 +180,7 @@ mod tests {
     #[test]
     fn job_round_trips_through_json() {
         let job = Job {
+            protocol: PROTOCOL_VERSION,
             mounts: vec![Mount {
                 source: MountSource::VirtioFs { tag: "store0".into() },
                 target: "/nix/store".into(),

@@ -113,7 +113,7 @@ struct RunAsRootArgs {
     /// Run this (with a #! line) in the new layer's directory after the script, not chrooted.
     #[arg(long)]
     extra_commands: Option<PathBuf>,
-    /// Creation time for the image config and history (RFC 3339).
+    /// Creation time for the image config and history: RFC 3339, or "now" (as dockerTools allows).
     #[arg(long, default_value = "1970-01-01T00:00:01Z")]
     created: String,
     /// Clamp every mtime in the layer to this (seconds since the epoch).
@@ -240,7 +240,7 @@ fn bench_io(args: BenchIoArgs) -> Exit {
     let workdir = match rootlayer::runner::Workdir::new() {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("rootlayer: {e}");
+            eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
             return Exit::Internal;
         }
     };
@@ -258,7 +258,7 @@ fn bench_io(args: BenchIoArgs) -> Exit {
             }
         },
         Err(e) => {
-            eprintln!("rootlayer: {e}");
+            eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
             Exit::Internal
         }
     }
@@ -326,7 +326,7 @@ fn report(result: Result<Summary, RunAsRootError>, json: bool, what: &str) -> Ex
         }
         Err(e) => {
             let exit = e.exit();
-            eprintln!("rootlayer: {e}");
+            eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
             if json {
                 let script_status = match &e {
                     RunAsRootError::ScriptFailed(c) => Some(*c),
@@ -335,7 +335,7 @@ fn report(result: Result<Summary, RunAsRootError>, json: bool, what: &str) -> Ex
                 let v = serde_json::json!({
                     "status": "error",
                     "exit_code": exit.code(),
-                    "error": e.to_string(),
+                    "error": rootlayer::exit::error_line(&e),
                     "script_status": script_status,
                 });
                 println!("{v}");
@@ -353,7 +353,14 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
     let format: OutputFormat = match args.format.parse() {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("rootlayer: {e}");
+            eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
+            return Exit::BadInput;
+        }
+    };
+    let created = match rootlayer::image::created::created(&args.created, std::time::SystemTime::now()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rootlayer: --created {e}");
             return Exit::BadInput;
         }
     };
@@ -370,7 +377,7 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         meta: ImageMeta {
             name: args.name,
             tag: args.tag,
-            created: args.created,
+            created,
             created_by: Some("rootlayer run-as-root".into()),
             comment: None,
             base_json: None,
@@ -412,20 +419,9 @@ fn boot(args: BootArgs) -> Exit {
     match result {
         Ok(report) => boot_outcome(&report, args.timeout),
         Err(e) => {
-            eprintln!("rootlayer: {e}");
-            vmm_error_exit(&e)
+            eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
+            e.exit()
         }
-    }
-}
-
-fn vmm_error_exit(e: &VmmError) -> Exit {
-    use rootlayer::vmm::arch::boot::BootError;
-    match e {
-        VmmError::KvmUnavailable(_) => Exit::KvmUnavailable,
-        VmmError::MemSize { .. } | VmmError::MissingFile { .. } => Exit::BadInput,
-        VmmError::Boot(BootError::Memory(_)) => Exit::Internal,
-        VmmError::Boot(_) => Exit::BadInput,
-        _ => Exit::Internal,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, Out
 use crate::job::{Export, JobResult, RunAsRoot, Task, XCHG_MOUNT};
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
 use crate::runner::{run_job, GuestSpec, JobOutcome, RunError, Workdir};
-use crate::vmm::{GuestExit, VmmError};
+use crate::vmm::GuestExit;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -63,6 +63,9 @@ pub enum RunAsRootError {
     Guest(String),
     #[error("converting the upper directory into a layer: {0}")]
     Layer(#[from] LayerError),
+    /// What the script left that a layer cannot hold: its doing, not ours.
+    #[error("the script's changes cannot be written as an OCI layer: {0}; nothing written")]
+    Unrepresentable(#[source] LayerError),
 }
 
 impl RunAsRootError {
@@ -72,11 +75,10 @@ impl RunAsRootError {
             RunAsRootError::Image(ImageError::OutputExists(_)) => Exit::BadInput,
             RunAsRootError::Image(ImageError::Io { .. }) => Exit::Internal,
             RunAsRootError::Image(_) => Exit::BadInput,
-            RunAsRootError::Run(RunError::Vmm(VmmError::KvmUnavailable(_))) => Exit::KvmUnavailable,
-            RunAsRootError::Run(RunError::Vmm(
-                VmmError::MemSize { .. } | VmmError::Boot(_) | VmmError::MissingFile { .. },
-            )) => Exit::BadInput,
-            RunAsRootError::Run(RunError::Store { .. }) => Exit::BadInput,
+            RunAsRootError::Run(RunError::Vmm(e)) => e.exit(),
+            RunAsRootError::Run(RunError::Store { .. } | RunError::Protocol { .. } | RunError::AgentProtocol(_)) => {
+                Exit::BadInput
+            }
             RunAsRootError::Run(_) => Exit::Internal,
             RunAsRootError::ScriptFailed(_) => Exit::ScriptFailed,
             RunAsRootError::GuestPanic(_) => Exit::GuestPanic,
@@ -85,6 +87,7 @@ impl RunAsRootError {
             RunAsRootError::OutputTooLarge(_) => Exit::OutputTooLarge,
             RunAsRootError::Timeout(_) => Exit::Timeout,
             RunAsRootError::Interrupted => Exit::Interrupted,
+            RunAsRootError::Unrepresentable(_) => Exit::Unrepresentable,
             RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
         }
     }
@@ -145,37 +148,50 @@ fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobRe
     result
 }
 
+///
+/// What the host saw itself comes first (interrupt, timeout, the output
+/// bound), then the agent's result: the console carries the script's
+/// output, which can say anything, so its text (a panic or OOM line) counts
+/// only when the agent could not report at all.
 fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError> {
     let report = &outcome.report;
-    let log = report.console.lock().expect("console log poisoned");
     if report.interrupted {
         return Err(RunAsRootError::Interrupted);
     }
     if report.timed_out {
         return Err(RunAsRootError::Timeout(timeout));
     }
+    if let Some(limit) = outcome.output_exceeded() {
+        return Err(RunAsRootError::OutputTooLarge(limit));
+    }
+    if let Some(result) = outcome.result.clone() {
+        return judge_result(result, &report.exit);
+    }
+    let log = report.console.lock().expect("console log poisoned");
     if let Some(line) = log.panic_line() {
         return Err(RunAsRootError::GuestPanic(line.to_string()));
     }
     if log.oom_seen() {
         return Err(RunAsRootError::GuestOutOfMemory);
     }
-    drop(log);
-    if let Some(limit) = outcome.output_exceeded() {
-        return Err(RunAsRootError::OutputTooLarge(limit));
-    }
-    let Some(result) = outcome.result.clone() else {
-        return Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.exit)));
-    };
-    judge_result(result, &report.exit)
+    Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.exit)))
 }
 
 /// Judge the agent's result (the guest's word) once the VM ended cleanly
 /// enough to have one; `exit` is how the VM ended.
 pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobResult, RunAsRootError> {
+    // An agent that cannot read this host's job.json.
+    if result.status == crate::job::STATUS_PROTOCOL {
+        return Err(RunAsRootError::Run(RunError::AgentProtocol(result.error.unwrap_or_default())));
+    }
     // A full disk explains a failure; a job that succeeded with (nearly) no
     // room left is still a success.
     let failed = result.error.is_some() || result.script_status.is_some_and(|s| s != 0);
+    // The OOM killer explains a failure (the agent counted the kernel's own
+    // log records); a script that survived it succeeded.
+    if result.oom_kills > 0 && failed {
+        return Err(RunAsRootError::GuestOutOfMemory);
+    }
     if result.disk_full && failed {
         return Err(RunAsRootError::DiskFull);
     }
@@ -191,12 +207,78 @@ pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobRes
     Ok(result)
 }
 
+/// The smallest scratch disk a job can use (mkfs.ext4's journal and
+/// metadata, the overlay's work dir).
+pub const MIN_DISK_MIB: u64 = 8;
+
+/// `--out`: free, in an existing directory this process may write to.
+fn check_out(out: &Path) -> Result<(), RunAsRootError> {
+    let bad = |m: String| Err(RunAsRootError::BadInput(m));
+    if out.symlink_metadata().is_ok() {
+        return bad(format!("output {} already exists", out.display()));
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return bad(format!("--out {}: {} is not a directory", out.display(), parent.display())),
+        Err(e) => return bad(format!("--out {}: directory {}: {e}", out.display(), parent.display())),
+    }
+    if rustix::fs::access(parent, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_err() {
+        return bad(format!("--out {}: directory {} is not writable", out.display(), parent.display()));
+    }
+    Ok(())
+}
+
+/// Everything about the inputs that can be checked before the guest boots,
+/// each a one-line bad-input error.
+fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), RunAsRootError> {
+    let bad = |m: String| Err(RunAsRootError::BadInput(m));
+    check_out(&req.out)?;
+    for (flag, file) in [("--script", Some(&req.script)), ("--extra-commands", req.extra_commands.as_ref())] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                return bad(format!("{flag} {}: not a readable file", f.display()));
+            }
+        }
+    }
+    for dir in &req.contents {
+        if !dir.is_dir() {
+            return bad(format!("--contents {} is not a directory", dir.display()));
+        }
+    }
+    for store in &spec.stores {
+        if !store.dir.is_dir() {
+            return bad(format!("--store {} is not a directory", store.dir.display()));
+        }
+    }
+    if let Some(mib) = spec.disk_mib {
+        if mib < MIN_DISK_MIB {
+            return bad(format!("--disk-size {mib} MiB is too small: at least {MIN_DISK_MIB} MiB"));
+        }
+    }
+    Ok(())
+}
+
+/// The base layers are unpacked onto the scratch disk: one smaller than
+/// their tars cannot hold them.
+fn check_disk_fits(spec: &GuestSpec, xchg: &Path, layers: usize) -> Result<(), RunAsRootError> {
+    let Some(mib) = spec.disk_mib else { return Ok(()) };
+    let bytes: u64 =
+        (0..layers).filter_map(|i| std::fs::metadata(xchg.join(format!("layers/{i}.tar"))).ok()).map(|m| m.len()).sum();
+    let need = bytes.div_ceil(1 << 20) + MIN_DISK_MIB;
+    if mib < need {
+        return Err(RunAsRootError::BadInput(format!(
+            "--disk-size {mib} MiB cannot hold the base image's layers ({} MiB unpacked): use at least {need}",
+            bytes.div_ceil(1 << 20)
+        )));
+    }
+    Ok(())
+}
+
 /// Run `req` in a guest described by `spec`.
 pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, RunAsRootError> {
     let start = Instant::now();
-    if req.out.symlink_metadata().is_ok() {
-        return Err(RunAsRootError::BadInput(format!("output {} already exists", req.out.display())));
-    }
+    preflight(spec, req)?;
     let workdir = Workdir::new()?;
     let xchg = workdir.xchg();
     let base = match &req.from_image {
@@ -213,6 +295,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         Some(b) => stage_layers(b, &xchg)?,
         None => Vec::new(),
     };
+    check_disk_fits(spec, &xchg, layers.len())?;
     let script = copy_in(&req.script, &xchg, "script")?;
     let extra_commands = match &req.extra_commands {
         Some(p) => Some(copy_in(p, &xchg, "extra-commands")?),
@@ -221,9 +304,6 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let mut spec = spec.clone();
     let mut contents = Vec::new();
     for (i, dir) in req.contents.iter().enumerate() {
-        if !dir.is_dir() {
-            return Err(RunAsRootError::BadInput(format!("--contents {} is not a directory", dir.display())));
-        }
         let guest = format!("/run/rootlayer/contents/{i}");
         spec.shares.push((dir.clone(), guest.clone()));
         contents.push(guest);
@@ -260,7 +340,12 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
     let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
-    let info = convert_file_to_path(&outcome.xchg().join("upper.tar"), &layer_tar, &opts)?;
+    let info = convert_file_to_path(&outcome.xchg().join("upper.tar"), &layer_tar, &opts).map_err(|e| match e {
+        LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
+            RunAsRootError::Unrepresentable(e)
+        }
+        other => RunAsRootError::Layer(other),
+    })?;
     let convert = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let diff_id: Sha256Digest = info
@@ -292,15 +377,14 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
 /// (dockerTools' exportImage), through the guest's overlayfs.
 pub fn export(spec: &GuestSpec, image: &Path, selector: &Selector, out: &Path) -> Result<Summary, RunAsRootError> {
     let start = Instant::now();
-    if out.symlink_metadata().is_ok() {
-        return Err(RunAsRootError::BadInput(format!("output {} already exists", out.display())));
-    }
+    check_out(out)?;
     let workdir = Workdir::new()?;
     let base = BaseImage::open(image, selector)?;
     if let Some(m) = base.selected().message() {
         eprintln!("rootlayer: {m}");
     }
     let layers = stage_layers(&base, &workdir.xchg())?;
+    check_disk_fits(spec, &workdir.xchg(), layers.len())?;
     let task = Task::Export(Export { layers, out_tar: guest_path("rootfs.tar") });
     let outcome = run_job(spec, workdir, task)?;
     let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;

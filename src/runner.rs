@@ -6,7 +6,7 @@ use crate::devices::console::{Echo, EchoLimit};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::{Fs, FsError, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
-use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_TAG_ENV};
+use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, XCHG_TAG_ENV};
 use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
 use std::path::{Path, PathBuf};
@@ -35,8 +35,19 @@ pub enum RunError {
     WriteJob(#[source] std::io::Error),
     #[error("result.json from the guest is unreadable: {0}")]
     BadResult(String),
-    #[error("setting up {what}: {reason}")]
-    Device { what: String, reason: String },
+    #[error(
+        "the initramfs speaks job protocol {guest}, this rootlayer {ours}: rebuild it for this version (scripts/build-initramfs)",
+        ours = PROTOCOL_VERSION
+    )]
+    Protocol { guest: u32 },
+    #[error("{0}: rebuild it for this version (scripts/build-initramfs)")]
+    AgentProtocol(String),
+    #[error("setting up {what}")]
+    Device {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Vmm(#[from] VmmError),
 }
@@ -197,7 +208,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
         }
     }
 
-    let job = Job { mounts, task };
+    let job = Job { protocol: PROTOCOL_VERSION, mounts, task };
     let text = serde_json::to_vec_pretty(&job).map_err(|e| RunError::WriteJob(e.into()))?;
     std::fs::write(xchg.join(JOB_FILE), text).map_err(RunError::WriteJob)?;
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
@@ -208,12 +219,12 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
             if spec.disk_mib.is_some() {
                 let block = Block::new(&workdir.disk(), false, "rootlayer-scratch")
-                    .map_err(|e| RunError::Device { what: "scratch disk".into(), reason: e.to_string() })?;
+                    .map_err(|e| RunError::Device { what: "the scratch disk".into(), source: Box::new(e) })?;
                 devices.push(Box::new(block));
             }
             for (tag, host, guest) in &shares {
                 let device_err =
-                    |e: FsError| RunError::Device { what: format!("share {}", host.display()), reason: e.to_string() };
+                    |e: FsError| RunError::Device { what: format!("share {}", host.display()), source: Box::new(e) };
                 let mut fs = Fs::new(tag, host, guest.is_some()).map_err(device_err)?;
                 if let (None, Some(limit)) = (guest, &output) {
                     fs = fs.with_output_limit(limit.clone()).map_err(device_err)?;
@@ -253,7 +264,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 spec.timeout,
                 spec.echo,
             )
-            .map_err(|e| RunError::Device { what: "qemu".into(), reason: e.to_string() })?
+            .map_err(|e| RunError::Device { what: "qemu".into(), source: Box::new(e) })?
         }
     };
     let result = read_result(&xchg.join(RESULT_FILE))?;
@@ -292,8 +303,19 @@ pub fn read_result(path: &Path) -> Result<Option<JobResult>, RunError> {
     parse_result(&bytes).map(Some)
 }
 
-/// Parse result.json as the guest wrote it.
+/// Parse result.json as the guest wrote it: first its protocol version (an
+/// agent of another version is named as such, whatever else it wrote),
+/// then the whole.
 pub fn parse_result(bytes: &[u8]) -> Result<JobResult, RunError> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        #[serde(default)]
+        protocol: u32,
+    }
+    let version: Versioned = serde_json::from_slice(bytes).map_err(|e| RunError::BadResult(e.to_string()))?;
+    if version.protocol != PROTOCOL_VERSION {
+        return Err(RunError::Protocol { guest: version.protocol });
+    }
     serde_json::from_slice(bytes).map_err(|e| RunError::BadResult(e.to_string()))
 }
 
@@ -302,15 +324,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_result_of_another_protocol_says_to_rebuild_the_initramfs() {
+        let ok = r#""status":0,"error":null,"phases":[],"observations":[],"script_status":0,"disk_full":false"#;
+        let old = format!("{{{ok}}}");
+        let e = parse_result(old.as_bytes()).unwrap_err();
+        assert!(matches!(e, RunError::Protocol { guest: 0 }), "{e}");
+        assert!(e.to_string().contains("rebuild it") && e.to_string().contains("scripts/build-initramfs"), "{e}");
+        let newer = format!(r#"{{"protocol":{},"status":"whatever"}}"#, PROTOCOL_VERSION + 1);
+        assert!(matches!(parse_result(newer.as_bytes()), Err(RunError::Protocol { .. })), "version before shape");
+        assert!(matches!(parse_result(b"[1,2]"), Err(RunError::BadResult(_))));
+    }
+
+    #[test]
     fn result_json_is_read_only_from_a_small_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(RESULT_FILE);
         assert!(read_result(&p).unwrap().is_none(), "no result.json: no result");
-        std::fs::write(
-            &p,
-            br#"{"status":0,"error":null,"phases":[],"observations":[],"script_status":0,"disk_full":false}"#,
-        )
-        .unwrap();
+        let ok = r#""status":0,"error":null,"phases":[],"observations":[],"script_status":0,"disk_full":false"#;
+        std::fs::write(&p, format!(r#"{{"protocol":{PROTOCOL_VERSION},{ok}}}"#)).unwrap();
         assert_eq!(read_result(&p).unwrap().unwrap().script_status, Some(0));
 
         // What a hostile guest could leave in the exchange share instead.

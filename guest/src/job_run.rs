@@ -3,7 +3,8 @@
 //! result.json next to it.
 
 use crate::job::{
-    Job, JobResult, Mount, MountSource, Task, JOB_FILE, RESULT_FILE, XCHG_FS_ENV, XCHG_MOUNT, XCHG_TAG_ENV,
+    Job, JobResult, Mount, MountSource, Task, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, STATUS_PROTOCOL, XCHG_FS_ENV,
+    XCHG_MOUNT, XCHG_TAG_ENV,
 };
 
 /// 9p mount options as nixpkgs' vmTools used them (trans=virtio, 9p2000.L,
@@ -28,11 +29,16 @@ pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
     }
     let xchg = Path::new(XCHG_MOUNT);
     let text = std::fs::read_to_string(xchg.join(JOB_FILE)).context("read job.json")?;
-    let job: Job = serde_json::from_str(&text).context("parse job.json")?;
-    let mut result = JobResult::default();
-    if let Err(e) = execute(&job, &mut result) {
-        result.status = crate::power::STATUS_INTERNAL;
-        result.error = Some(format!("{e:#}"));
+    let mut result = JobResult { protocol: PROTOCOL_VERSION, ..JobResult::default() };
+    if let Err(e) = check_protocol(&text) {
+        result.status = STATUS_PROTOCOL;
+        result.error = Some(e);
+    } else {
+        let job: Job = serde_json::from_str(&text).context("parse job.json")?;
+        if let Err(e) = execute(&job, &mut result) {
+            result.status = crate::power::STATUS_INTERNAL;
+            result.error = Some(format!("{e:#}"));
+        }
     }
     let json = serde_json::to_vec_pretty(&result).context("serialise result")?;
     // Write then rename, so the host never reads half a result.
@@ -40,6 +46,36 @@ pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
     std::fs::write(&tmp, json).context("write result.json")?;
     std::fs::rename(&tmp, xchg.join(RESULT_FILE)).context("rename result.json")?;
     Ok(Some(result.status))
+}
+
+/// The version first: a host of another version gets told so, not a parse
+/// error of whatever changed.
+fn check_protocol(job_json: &str) -> Result<(), String> {
+    let version = serde_json::from_str::<serde_json::Value>(job_json)
+        .ok()
+        .and_then(|v| v.get("protocol").and_then(serde_json::Value::as_u64));
+    if version == Some(u64::from(PROTOCOL_VERSION)) {
+        return Ok(());
+    }
+    Err(format!(
+        "job.json is of protocol {}, this agent speaks {PROTOCOL_VERSION}: the initramfs is from another rootlayer version",
+        version.map_or("none".to_string(), |v| v.to_string())
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_of_another_protocol_is_named_as_such() {
+        assert!(check_protocol(&format!(r#"{{"protocol":{PROTOCOL_VERSION},"mounts":[]}}"#)).is_ok());
+        let e = check_protocol(r#"{"mounts":[],"task":"none"}"#).unwrap_err();
+        assert!(e.contains("protocol none") && e.contains("another rootlayer version"), "{e}");
+        let e = check_protocol(&format!(r#"{{"protocol":{}}}"#, PROTOCOL_VERSION + 1)).unwrap_err();
+        assert!(e.contains(&format!("protocol {}", PROTOCOL_VERSION + 1)), "{e}");
+        assert!(check_protocol("not json").is_err());
+    }
 }
 
 fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ mod device_check;
 #[path = "../../src/job.rs"]
 mod job;
 mod job_run;
+mod kernel_log;
 mod layer;
 mod mounts;
 mod power;
@@ -16,9 +17,7 @@ mod selftest;
 mod upper_tar;
 mod vector_guard;
 
-/// Printed once the agent runs; the host looks for this prefix on the serial
-/// console (see `rootlayer::vmm::console::READY_PREFIX`).
-const READY_PREFIX: &str = "rootlayer-agent";
+use job::{AGENT_READY_PREFIX, AGENT_READY_WORD};
 
 fn main() {
     // A self-test child re-executed by the agent: not PID 1.
@@ -42,7 +41,7 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     mounts::mount_basics()?;
     println!(
-        "{READY_PREFIX} {} ready (uptime {})",
+        "{AGENT_READY_PREFIX}{}{AGENT_READY_WORD} (uptime {})",
         env!("CARGO_PKG_VERSION"),
         mounts::uptime().unwrap_or_else(|| "unknown".into())
     );

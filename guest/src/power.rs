@@ -4,11 +4,11 @@
 
 use nix::sys::reboot::{reboot, RebootMode};
 
-/// Status for a failure of the agent itself (not of a job's script).
-pub const STATUS_INTERNAL: i32 = 70;
+use crate::job::AGENT_STATUS_PREFIX;
+pub use crate::job::STATUS_INTERNAL;
 
 pub fn off(status: i32) -> ! {
-    println!("rootlayer-agent: exit status {status}");
+    println!("{AGENT_STATUS_PREFIX}{status}");
     nix::unistd::sync();
     let err = reboot(RebootMode::RB_AUTOBOOT).unwrap_err();
     eprintln!("rootlayer-agent: reboot failed: {err}");

@@ -84,7 +84,10 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         create_missing(&merged, &p, &mut mount_points)?;
     }
 
-    let status = phase(result, "script", || run_script(&merged, job))?;
+    let mut kernel_log = crate::kernel_log::Cursor::now();
+    let status = phase(result, "script", || run_script(&merged, job));
+    result.oom_kills = kernel_log.oom_kills();
+    let status = status?;
     result.script_status = Some(status);
     println!("rootlayer-agent: script exited with status {status}");
 
@@ -110,7 +113,10 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     }
 
     if let Some(extra) = &job.extra_commands {
-        let code = phase(result, "extra_commands", || run_extra(extra, &upper, &job.path))?;
+        let mut kernel_log = crate::kernel_log::Cursor::now();
+        let code = phase(result, "extra_commands", || run_extra(extra, &upper, &job.path));
+        result.oom_kills += kernel_log.oom_kills();
+        let code = code?;
         if code != 0 {
             result.script_status = Some(code);
             println!("rootlayer-agent: extra commands exited with status {code}");
@@ -378,6 +384,9 @@ fn sandbox(merged: &Path, job: &RunAsRoot, fd: i32, shebang: bool, env: &[CStrin
 
 /// Run the extra commands in `upper`, not chrooted (mkRootLayer's
 /// extraCommands); they need a #! line naming an interpreter in a store.
+/// Like the script they run as PID 1 of a pid namespace of their own, so
+/// that whatever they leave running in the background is killed when they
+/// end, before the upper dir is read.
 fn run_extra(file: &str, upper: &Path, path: &str) -> anyhow::Result<i32> {
     let (f, shebang) = open_script(file)?;
     if !shebang {
@@ -386,15 +395,30 @@ fn run_extra(file: &str, upper: &Path, path: &str) -> anyhow::Result<i32> {
         );
     }
     let env = script_env(path);
-    // SAFETY: single-threaded agent; the child execs or exits.
+    // SAFETY: single-threaded agent; the child only makes system calls and
+    // forks, execs or exits.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
-            let err = match chdir(upper) {
-                Ok(()) => exec_script(f.as_raw_fd(), true, &env),
-                Err(e) => anyhow::anyhow!("chdir {}: {e}", upper.display()),
-            };
-            eprintln!("rootlayer-agent: extra commands: {err:#}");
-            std::process::exit(127);
+            let code = (|| -> anyhow::Result<i32> {
+                unshare(CloneFlags::CLONE_NEWPID).context("unshare pid namespace")?;
+                // SAFETY: single-threaded child; the grandchild execs or exits.
+                match unsafe { fork() }.context("fork into the pid namespace")? {
+                    ForkResult::Child => {
+                        let err = match chdir(upper) {
+                            Ok(()) => exec_script(f.as_raw_fd(), true, &env),
+                            Err(e) => anyhow::anyhow!("chdir {}: {e}", upper.display()),
+                        };
+                        eprintln!("rootlayer-agent: extra commands: {err:#}");
+                        std::process::exit(127);
+                    }
+                    ForkResult::Parent { child } => wait_status(child),
+                }
+            })()
+            .unwrap_or_else(|e| {
+                eprintln!("rootlayer-agent: extra commands: {e:#}");
+                127
+            });
+            std::process::exit(code);
         }
         ForkResult::Parent { child } => wait_status(child),
     }

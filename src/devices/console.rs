@@ -13,10 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The agent's ready line starts with this and contains ` ready`.
-pub const READY_PREFIX: &str = "rootlayer-agent ";
+pub use crate::job::AGENT_READY_PREFIX as READY_PREFIX;
+use crate::job::{AGENT_READY_WORD, AGENT_STATUS_PREFIX as STATUS_PREFIX};
 const PANIC_MARKER: &str = "Kernel panic - not syncing";
-/// The agent's last line: `rootlayer-agent: exit status N`.
-const STATUS_PREFIX: &str = "rootlayer-agent: exit status ";
 const OOM_MARKER: &str = "Out of memory: Killed process";
 /// Lines kept for error reports.
 pub const TAIL_LINES: usize = 40;
@@ -148,7 +147,7 @@ impl ConsoleLog {
     }
 
     fn take_line(&mut self, line: String) {
-        if self.ready_line.is_none() && line.starts_with(READY_PREFIX) && line.contains(" ready") {
+        if self.ready_line.is_none() && line.starts_with(READY_PREFIX) && line.contains(AGENT_READY_WORD) {
             self.ready_at = Some(self.start.elapsed());
             self.ready_line = Some(line.clone());
         }

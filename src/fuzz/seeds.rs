@@ -264,6 +264,7 @@ fn fs_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let job = Job {
+        protocol: crate::job::PROTOCOL_VERSION,
         mounts: vec![
             Mount {
                 source: MountSource::VirtioFs { tag: "store0".into() },
@@ -289,6 +290,8 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
         }),
     };
     let ok = JobResult {
+        protocol: crate::job::PROTOCOL_VERSION,
+        oom_kills: 0,
         status: 0,
         error: None,
         phases: vec![("mounts".into(), 0.012), ("unpack".into(), 0.25), ("script".into(), 1.5), ("task".into(), 2.0)],

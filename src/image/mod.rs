@@ -23,6 +23,7 @@
 
 mod archive;
 mod compression;
+pub mod created;
 mod digest;
 mod docker;
 mod error;

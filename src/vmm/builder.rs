@@ -129,6 +129,10 @@ impl RunReport {
     }
 }
 
+fn device_err<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> VmmError {
+    move |source| VmmError::Device { what, source: Box::new(source) }
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
@@ -198,26 +202,22 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         let index = u32::try_from(index).expect("few devices");
         let irq = layout::VIRTIO_FIRST_IRQ + index;
         if irq > layout::VIRTIO_LAST_IRQ {
-            return Err(VmmError::Devices(format!(
-                "too many virtio devices (at most {})",
-                layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1
-            )));
+            return Err(VmmError::TooManyDevices { max: layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1 });
         }
         let addr = layout::mmio_device_addr(index);
         // Its worker thread starts now, filtered, before any vCPU runs.
-        device.start(&seccomp).map_err(|e| VmmError::Devices(format!("starting device worker: {e}")))?;
-        let irq_evt =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Devices(format!("virtio irq eventfd: {e}")))?;
+        device.start(&seccomp).map_err(device_err("starting a device worker"))?;
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("virtio irq eventfd"))?;
         vm.register_irqfd(&irq_evt, irq).map_err(kvm_err("register virtio irqfd"))?;
         let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irq_evt))
-            .map_err(|e| VmmError::Devices(e.to_string()))?;
+            .map_err(device_err("virtio-mmio transport"))?;
         for (queue, evt) in transport.queue_evts().iter().enumerate() {
             let notify = IoEventAddress::Mmio(addr + MmioTransport::NOTIFY_OFFSET);
             vm.register_ioevent(evt, &notify, u32::try_from(queue).expect("few queues"))
                 .map_err(kvm_err("register virtio ioeventfd"))?;
         }
         mmio.insert(Arc::new(Mutex::new(transport)), addr, layout::MMIO_DEVICE_SIZE)
-            .map_err(|e| VmmError::Devices(e.to_string()))?;
+            .map_err(device_err("placing a virtio device on the MMIO bus"))?;
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"));
     }
 
@@ -228,14 +228,14 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let reset = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let (sink, console) = ConsoleSink::new(config.echo, config.echo_limit, start);
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Devices(format!("serial eventfd: {e}")))?;
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("serial eventfd"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("register serial irqfd"))?;
     let serial = SerialDevice::new(serial_irq, sink);
     let mut pio = Bus::new();
     pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT_BASE, COM1_PORT_LEN)
-        .map_err(|e| VmmError::Devices(e.to_string()))?;
+        .map_err(device_err("placing the serial port on the port bus"))?;
     pio.insert(Arc::new(Mutex::new(I8042::new(reset.clone()))), I8042_PORT_BASE, I8042_PORT_LEN)
-        .map_err(|e| VmmError::Devices(e.to_string()))?;
+        .map_err(device_err("placing the i8042 on the port bus"))?;
 
     // The extended register state the guest may use. On emulated KVM guest
     // user code reaches the host's XCR0, AMX tile data included where the

@@ -43,6 +43,22 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+impl VmmError {
+    /// The exit code for this error, the same for every command: what the
+    /// user gave (memory size, kernel, initramfs) is bad input; writing the
+    /// boot information into guest memory that was just allocated is ours.
+    pub fn exit(&self) -> crate::exit::Exit {
+        use crate::exit::Exit;
+        match self {
+            VmmError::KvmUnavailable(_) => Exit::KvmUnavailable,
+            VmmError::MemSize { .. } | VmmError::MissingFile { .. } => Exit::BadInput,
+            VmmError::Boot(arch::boot::BootError::Memory(_)) => Exit::Internal,
+            VmmError::Boot(_) => Exit::BadInput,
+            _ => Exit::Internal,
+        }
+    }
+}
+
 /// Errors starting or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -60,8 +76,14 @@ pub enum VmmError {
     Regs(#[from] arch::regs::RegsError),
     #[error(transparent)]
     MpTable(#[from] arch::mptable::MpTableError),
-    #[error("setting up devices: {0}")]
-    Devices(String),
+    #[error("setting up devices: {what}")]
+    Device {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("too many virtio devices (at most {max})")]
+    TooManyDevices { max: u32 },
     #[error("starting the vCPU thread")]
     Thread(#[source] std::io::Error),
     #[error(transparent)]

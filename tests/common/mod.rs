@@ -29,7 +29,12 @@ fn cache_dir() -> PathBuf {
 /// ROOTLAYER_REQUIRE_VM set (scripts/test, CI), a missing kernel or
 /// initramfs is a failure, not a skip.
 pub fn guest(test: &str) -> Option<Guest> {
+    // Read first: where VM tests are required, nothing may turn into a skip.
+    let required = std::env::var_os("ROOTLAYER_REQUIRE_VM").is_some();
     if !std::path::Path::new("/dev/kvm").exists() {
+        if required {
+            panic!("{test}: /dev/kvm does not exist, and ROOTLAYER_REQUIRE_VM is set");
+        }
         eprintln!("SKIP {test}: /dev/kvm does not exist on this machine");
         return None;
     }
@@ -42,7 +47,7 @@ pub fn guest(test: &str) -> Option<Guest> {
     for p in [&kernel, &initrd] {
         if !p.exists() {
             let msg = format!("{} not found (run scripts/build-kernel and scripts/build-initramfs)", p.display());
-            if std::env::var_os("ROOTLAYER_REQUIRE_VM").is_some() {
+            if required {
                 panic!("{test}: {msg}");
             }
             eprintln!("SKIP {test}: {msg}");

@@ -286,6 +286,14 @@ impl FailingJob {
     /// Run the job (with `--json`, the given guest sizes and any `extra`
     /// arguments), rootlayer's TMPDIR set to [`FailingJob::rootlayer_tmp`].
     pub fn run(&self, g: &super::Guest, mem_mib: u64, disk_mib: u64, timeout: u64, extra: &[&str]) -> Finished {
+        let (mem, disk, timeout) = (mem_mib.to_string(), disk_mib.to_string(), timeout.to_string());
+        let sizes: [&str; 6] = ["--mem-size", &mem, "--disk-size", &disk, "--timeout", &timeout];
+        self.run_to(g, &self.out, &[&sizes[..], extra].concat())
+    }
+
+    /// [`FailingJob::run`] with another `--out` and only the given
+    /// options (defaults for the guest sizes and timeout).
+    pub fn run_to(&self, g: &super::Guest, out: &Path, extra: &[&str]) -> Finished {
         let started = std::time::Instant::now();
         let out = super::rootlayer()
             .arg("run-as-root")
@@ -295,11 +303,10 @@ impl FailingJob {
             .arg(&self.base)
             .arg("--store")
             .arg(&self.store)
-            .args(["--mem-size", &mem_mib.to_string(), "--disk-size", &disk_mib.to_string()])
-            .args(["--timeout", &timeout.to_string(), "--json"])
+            .arg("--json")
             .args(extra)
             .arg("--out")
-            .arg(&self.out)
+            .arg(out)
             .arg("--kernel")
             .arg(&g.kernel)
             .arg("--initrd")

@@ -81,10 +81,12 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
     #[error("starting the device worker")]
     Worker(#[source] io::Error),
+    #[error("the device worker's seccomp filter")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("the device was activated before the VMM started it")]
     NotStarted,
-    #[error("{0}")]
-    Device(String),
+    #[error("building the device's handler")]
+    Handler(#[source] worker::HandlerError),
 }
 
 /// Everything a device needs to run, handed over when the driver sets

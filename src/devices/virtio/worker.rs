@@ -22,7 +22,9 @@ use vmm_sys_util::eventfd::EventFd;
 /// Serves one notified queue; returns false to stop serving.
 pub type Handler = Box<dyn FnMut(usize) -> bool + Send>;
 /// Builds the handler on the worker thread (an error is the activation's).
-pub type MakeHandler = Box<dyn FnOnce() -> Result<Handler, String> + Send>;
+pub type MakeHandler = Box<dyn FnOnce() -> Result<Handler, HandlerError> + Send>;
+/// Why a device could not build its handler.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
 struct Activation {
     queue_evts: Vec<EventFd>,
@@ -34,7 +36,7 @@ struct Activation {
 pub struct Worker {
     activations: Option<mpsc::Sender<Activation>>,
     /// The thread's answer to each activation.
-    started: mpsc::Receiver<Result<(), String>>,
+    started: mpsc::Receiver<Result<(), HandlerError>>,
     /// Sent by the thread each time it stops serving.
     idle: mpsc::Receiver<()>,
     stop: EventFd,
@@ -100,7 +102,7 @@ impl Worker {
                 self.active = true;
                 Ok(())
             }
-            Ok(Err(e)) => Err(ActivateError::Device(e)),
+            Ok(Err(e)) => Err(ActivateError::Handler(e)),
             Err(_) => Err(gone()),
         }
     }
@@ -216,8 +218,9 @@ mod tests {
     fn a_handler_that_cannot_be_built_fails_the_activation() {
         let mut worker = worker();
         let (evts, _kick) = eventfds();
-        let err = worker.activate(evts, Box::new(|| Err("no root directory".to_string()))).unwrap_err();
-        assert!(matches!(err, ActivateError::Device(ref m) if m == "no root directory"), "{err:?}");
+        let err = worker.activate(evts, Box::new(|| Err("no root directory".into()))).unwrap_err();
+        assert!(matches!(err, ActivateError::Handler(ref e) if e.to_string() == "no root directory"), "{err:?}");
+        assert_eq!(crate::exit::error_line(&err), "building the device's handler: no root directory");
         // Idle, not stuck: it can be dropped.
         drop(worker);
     }

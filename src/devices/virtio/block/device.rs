@@ -179,7 +179,7 @@ impl VirtioDevice for Block {
     }
 
     fn start(&mut self, seccomp: &Policy) -> Result<(), ActivateError> {
-        let filter = seccomp.thread(ThreadKind::Block).map_err(|e| ActivateError::Worker(io::Error::other(e)))?;
+        let filter = seccomp.thread(ThreadKind::Block)?;
         self.worker = Some(Worker::spawn("virtio-blk", filter).map_err(ActivateError::Worker)?);
         Ok(())
     }

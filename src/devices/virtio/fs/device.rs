@@ -221,7 +221,7 @@ impl VirtioDevice for Fs {
         let make = move || {
             let server = match server {
                 Some(s) => s,
-                None => build_server(&shared_dir, read_only, limit).map_err(|e| e.to_string())?,
+                None => build_server(&shared_dir, read_only, limit)?,
             };
             Ok(Box::new(move |i: usize| {
                 if let Some(queue) = queues.get_mut(i) {
@@ -234,7 +234,7 @@ impl VirtioDevice for Fs {
     }
 
     fn start(&mut self, seccomp: &Policy) -> Result<(), ActivateError> {
-        let filter = seccomp.thread(ThreadKind::Fs).map_err(|e| ActivateError::Worker(io::Error::other(e)))?;
+        let filter = seccomp.thread(ThreadKind::Fs)?;
         self.worker = Some(Worker::spawn(&format!("virtio-fs-{}", self.tag), filter).map_err(ActivateError::Worker)?);
         Ok(())
     }
