@@ -20,6 +20,8 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod erofs;
+pub mod flatten;
 pub mod rules;
 pub mod unpack;
 mod writer;

@@ -1,0 +1,396 @@
+//! A merged tree ([`super::flatten::Tree`]) -> an uncompressed EROFS image,
+//! the read-only file system the guest mounts in place as the overlay's
+//! lower dir (`Documentation/filesystems/erofs.rst`, on-disk format of
+//! `fs/erofs/erofs_fs.h` as Linux 6.1 reads it).
+//!
+//! Layout, 4 KiB blocks:
+//!
+//! ```text
+//! block 0          superblock at byte 1024 (meta_blkaddr = 0)
+//! blocks 1..m      inodes: extended (64 bytes) + inline xattrs, 32-byte
+//!                  slots (nid = byte offset / 32), none across a block end;
+//!                  the root first (nid 128: root_nid is 16 bits)
+//! blocks m..       data, FLAT_PLAIN: each directory's, file's and symlink's
+//!                  bytes from a block of its own, in inode order
+//! ```
+//!
+//! Directories hold `.` and `..` and their entries sorted by name bytes,
+//! packed into blocks of dirents (12 bytes each) followed by the names.
+//! Owners, modes, mtimes (seconds), `security.*`/`user.*` xattrs, device
+//! numbers, symlink targets and hardlinks (one inode, its nlink) are kept.
+//! The image is a pure function of the tree and the file bytes: the same
+//! layers give the same image.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use super::flatten::{DataRef, Kind, Tree};
+use super::{show, LayerError};
+
+/// Bump when the bytes written for the same tree change (the host's cache of
+/// base images is keyed by it).
+pub const WRITER_VERSION: u32 = 1;
+
+pub const BLOCK_SIZE: u64 = 4096;
+const BLOCK: usize = 4096;
+const SUPER_OFFSET: usize = 1024;
+const MAGIC: u32 = 0xE0F5_E1E2;
+const INODE_EXTENDED: usize = 64;
+const SLOT: u64 = 32;
+const DIRENT: usize = 12;
+const XATTR_IBODY_HEADER: usize = 12;
+/// First inode: block 1.
+const META_START: u64 = BLOCK_SIZE;
+
+const S_IFMT: u32 = 0o170_000;
+const S_IFSOCK: u32 = 0o140_000;
+const S_IFLNK: u32 = 0o120_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFBLK: u32 = 0o060_000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFCHR: u32 = 0o020_000;
+const S_IFIFO: u32 = 0o010_000;
+const _: u32 = S_IFMT | S_IFSOCK;
+
+// EROFS_FT_*.
+const FT_REG: u8 = 1;
+const FT_DIR: u8 = 2;
+const FT_CHR: u8 = 3;
+const FT_BLK: u8 = 4;
+const FT_FIFO: u8 = 5;
+const FT_SYMLINK: u8 = 7;
+
+/// Where file bytes come from: the layers' uncompressed tars, by index.
+pub trait DataSource {
+    /// Write the `r.len` bytes at `r.offset` of layer `r.layer` to `out`.
+    fn copy_to(&mut self, r: &DataRef, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// Seekable readers of the layers' tars, in layer order.
+#[derive(Debug)]
+pub struct Layers<R>(pub Vec<R>);
+
+impl<R: Read + Seek> DataSource for Layers<R> {
+    fn copy_to(&mut self, r: &DataRef, out: &mut dyn Write) -> io::Result<()> {
+        let src = self.0.get_mut(r.layer).ok_or_else(|| io::Error::other("no such layer"))?;
+        src.seek(SeekFrom::Start(r.offset))?;
+        let n = io::copy(&mut src.take(r.len), out)?;
+        if n != r.len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer ends inside a file"));
+        }
+        Ok(())
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// One inode as laid out.
+struct Placed {
+    /// Index into `tree.inodes`.
+    ino: usize,
+    nid: u64,
+    parent_nid: u64,
+    nlink: u32,
+    xattrs: Vec<u8>,
+    /// Data size and first block (0 when empty).
+    size: u64,
+    blkaddr: u64,
+}
+
+fn xattr_index(name: &str) -> Option<(u8, &str)> {
+    [("user.", 1), ("trusted.", 4), ("security.", 6)]
+        .into_iter()
+        .find_map(|(prefix, index)| name.strip_prefix(prefix).map(|rest| (index, rest)))
+}
+
+/// The inline xattr body of an inode (header + entries), empty without
+/// xattrs.
+fn xattr_body(tree: &Tree, ino: usize, path: &[u8]) -> Result<Vec<u8>, LayerError> {
+    let x = &tree.inodes[ino].xattrs;
+    if x.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut entries: Vec<(u8, &str, &[u8])> = Vec::new();
+    for (k, v) in x {
+        let (index, name) = xattr_index(k).ok_or_else(|| LayerError::BadXattr { path: show(path), key: k.clone() })?;
+        if name.is_empty() || name.len() > 255 || v.len() > usize::from(u16::MAX) {
+            return Err(LayerError::BadXattr { path: show(path), key: k.clone() });
+        }
+        entries.push((index, name, v));
+    }
+    entries.sort();
+    let mut body = vec![0u8; XATTR_IBODY_HEADER];
+    for (index, name, value) in entries {
+        body.push(u8::try_from(name.len()).expect("checked"));
+        body.push(index);
+        body.extend_from_slice(&u16::try_from(value.len()).expect("checked").to_le_bytes());
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(value);
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+    }
+    Ok(body)
+}
+
+/// A directory's data: its entries (with `.` and `..`) in name order,
+/// packed into blocks.
+fn dir_blocks(entries: &[(&[u8], u64, u8)]) -> Vec<Vec<u8>> {
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        // As many entries as fit this block.
+        let mut n = 0;
+        let mut used = 0;
+        while i + n < entries.len() {
+            let need = DIRENT + entries[i + n].0.len();
+            if used + need > BLOCK {
+                break;
+            }
+            used += need;
+            n += 1;
+        }
+        let group = &entries[i..i + n];
+        let mut block = Vec::with_capacity(used);
+        let mut nameoff = DIRENT * n;
+        for (name, nid, ft) in group {
+            block.extend_from_slice(&nid.to_le_bytes());
+            block.extend_from_slice(&u16::try_from(nameoff).expect("within a block").to_le_bytes());
+            block.push(*ft);
+            block.push(0);
+            nameoff += name.len();
+        }
+        for (name, _, _) in group {
+            block.extend_from_slice(name);
+        }
+        blocks.push(block);
+        i += n;
+    }
+    blocks
+}
+
+fn file_type(kind: &Kind) -> u8 {
+    match kind {
+        Kind::Dir(_) => FT_DIR,
+        Kind::File(_) => FT_REG,
+        Kind::Symlink(_) => FT_SYMLINK,
+        Kind::Char(..) => FT_CHR,
+        Kind::Block(..) => FT_BLK,
+        Kind::Fifo => FT_FIFO,
+    }
+}
+
+fn mode_bits(kind: &Kind) -> u32 {
+    match kind {
+        Kind::Dir(_) => S_IFDIR,
+        Kind::File(_) => S_IFREG,
+        Kind::Symlink(_) => S_IFLNK,
+        Kind::Char(..) => S_IFCHR,
+        Kind::Block(..) => S_IFBLK,
+        Kind::Fifo => S_IFIFO,
+    }
+}
+
+/// Linux's `new_encode_dev`, as EROFS stores `i_u.rdev`.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+fn blocks_for(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE)
+}
+
+/// Write `tree` as an EROFS image to `out`, taking file bytes from `data`.
+pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: &mut W) -> Result<ImageInfo, LayerError> {
+    let write_err = LayerError::Write;
+    // 1. Every reachable inode once, breadth first from the root, children
+    //    in name order; hardlinks count names.
+    let mut order: Vec<(usize, usize, Vec<u8>)> = vec![(0, 0, Vec::new())]; // (ino, parent ino, path)
+    let mut seen: HashMap<usize, usize> = HashMap::from([(0, 0)]);
+    let mut nlink: HashMap<usize, u32> = HashMap::new();
+    let mut at = 0;
+    while at < order.len() {
+        let (ino, _, path) = order[at].clone();
+        at += 1;
+        if let Kind::Dir(children) = &tree.inodes[ino].kind {
+            for (name, &child) in children {
+                *nlink.entry(child).or_default() += 1;
+                if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(child) {
+                    v.insert(order.len());
+                    let mut p = path.clone();
+                    if !p.is_empty() {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(name);
+                    order.push((child, ino, p));
+                }
+            }
+        }
+    }
+
+    // 2. Inode slots: 64 bytes + xattrs, 32-byte aligned, within a block.
+    let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
+    let mut offset = META_START;
+    for (ino, _, path) in &order {
+        let xattrs = xattr_body(tree, *ino, path)?;
+        let len = (INODE_EXTENDED + xattrs.len()) as u64;
+        if len > BLOCK_SIZE {
+            return Err(LayerError::TooLarge { path: show(path), field: "xattrs" });
+        }
+        if offset / BLOCK_SIZE != (offset + len - 1) / BLOCK_SIZE {
+            offset = offset.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        }
+        let subdirs = match &tree.inodes[*ino].kind {
+            Kind::Dir(c) => c.values().filter(|&&i| matches!(tree.inodes[i].kind, Kind::Dir(_))).count(),
+            _ => 0,
+        };
+        let links = match &tree.inodes[*ino].kind {
+            Kind::Dir(_) => {
+                2 + u32::try_from(subdirs).map_err(|_| LayerError::TooLarge { path: show(path), field: "nlink" })?
+            }
+            _ => nlink.get(ino).copied().unwrap_or(1),
+        };
+        placed.push(Placed { ino: *ino, nid: offset / SLOT, parent_nid: 0, nlink: links, xattrs, size: 0, blkaddr: 0 });
+        offset += len.div_ceil(SLOT) * SLOT;
+    }
+    if placed[0].nid > u64::from(u16::MAX) {
+        unreachable!("the root is the first inode");
+    }
+    let nid_of: HashMap<usize, u64> = placed.iter().map(|p| (p.ino, p.nid)).collect();
+    for (i, (_, parent, _)) in order.iter().enumerate() {
+        placed[i].parent_nid = nid_of[parent];
+    }
+
+    // 3. Data blocks, in inode order.
+    let mut next_block = offset.div_ceil(BLOCK_SIZE);
+    let mut dirs: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+    for p in placed.iter_mut() {
+        let inode = &tree.inodes[p.ino];
+        p.size = match &inode.kind {
+            Kind::Dir(children) => {
+                let mut entries: Vec<(&[u8], u64, u8)> = vec![(b".", p.nid, FT_DIR), (b"..", p.parent_nid, FT_DIR)];
+                for (name, &child) in children {
+                    entries.push((name.as_slice(), nid_of[&child], file_type(&tree.inodes[child].kind)));
+                }
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                let blocks = dir_blocks(&entries);
+                let size = (blocks.len() as u64 - 1) * BLOCK_SIZE + blocks.last().map_or(0, |b| b.len() as u64);
+                dirs.insert(p.ino, blocks);
+                size
+            }
+            Kind::File(r) => r.len,
+            Kind::Symlink(target) => target.len() as u64,
+            Kind::Char(..) | Kind::Block(..) | Kind::Fifo => 0,
+        };
+        if p.size > 0 {
+            p.blkaddr = next_block;
+            next_block += blocks_for(p.size);
+        }
+    }
+    let total_blocks = next_block;
+    let too_big = |field| LayerError::TooLarge { path: "the base image".into(), field };
+    let blocks32 = u32::try_from(total_blocks).map_err(|_| too_big("blocks"))?;
+
+    // 4. Superblock.
+    let mut head = vec![0u8; BLOCK];
+    let sb = &mut head[SUPER_OFFSET..SUPER_OFFSET + 128];
+    sb[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    sb[12] = 12; // blkszbits
+    sb[14..16].copy_from_slice(&u16::try_from(placed[0].nid).expect("root nid fits").to_le_bytes());
+    sb[16..24].copy_from_slice(&(placed.len() as u64).to_le_bytes());
+    sb[36..40].copy_from_slice(&blocks32.to_le_bytes());
+    sb[64..78].copy_from_slice(b"rootlayer-base");
+    out.write_all(&head).map_err(write_err)?;
+
+    // 5. Inodes.
+    let mut written = META_START;
+    for (i, p) in placed.iter().enumerate() {
+        let at = p.nid * SLOT;
+        if at > written {
+            out.write_all(&vec![0u8; usize::try_from(at - written).expect("within a block")]).map_err(write_err)?;
+            written = at;
+        }
+        let inode = &tree.inodes[p.ino];
+        let mut rec = vec![0u8; INODE_EXTENDED];
+        rec[0..2].copy_from_slice(&1u16.to_le_bytes()); // extended, FLAT_PLAIN
+        let icount = if p.xattrs.is_empty() { 0 } else { (p.xattrs.len() - XATTR_IBODY_HEADER) / 4 + 1 };
+        rec[2..4].copy_from_slice(&u16::try_from(icount).expect("under a block").to_le_bytes());
+        let mode = u16::try_from(mode_bits(&inode.kind) | (inode.mode & 0o7777)).expect("16-bit mode");
+        rec[4..6].copy_from_slice(&mode.to_le_bytes());
+        rec[8..16].copy_from_slice(&p.size.to_le_bytes());
+        let i_u = match inode.kind {
+            Kind::Char(ma, mi) | Kind::Block(ma, mi) => encode_dev(ma, mi),
+            _ => u32::try_from(p.blkaddr).map_err(|_| too_big("block address"))?,
+        };
+        rec[16..20].copy_from_slice(&i_u.to_le_bytes());
+        rec[20..24].copy_from_slice(&u32::try_from(i + 1).map_err(|_| too_big("inodes"))?.to_le_bytes());
+        rec[24..28].copy_from_slice(&inode.uid.to_le_bytes());
+        rec[28..32].copy_from_slice(&inode.gid.to_le_bytes());
+        rec[32..40].copy_from_slice(&inode.mtime.to_le_bytes());
+        rec[44..48].copy_from_slice(&p.nlink.to_le_bytes());
+        rec.extend_from_slice(&p.xattrs);
+        let padded = (rec.len() as u64).div_ceil(SLOT) * SLOT;
+        rec.resize(usize::try_from(padded).expect("under a block"), 0);
+        out.write_all(&rec).map_err(write_err)?;
+        written += padded;
+    }
+    let data_start = written.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+    out.write_all(&vec![0u8; usize::try_from(data_start - written).expect("under a block")]).map_err(write_err)?;
+    written = data_start;
+
+    // 6. Data.
+    let mut counter = Counter { inner: out, n: 0 };
+    for (i, p) in placed.iter().enumerate() {
+        if p.size == 0 {
+            continue;
+        }
+        debug_assert_eq!(written + counter.n, p.blkaddr * BLOCK_SIZE);
+        let start = counter.n;
+        match &tree.inodes[p.ino].kind {
+            Kind::Dir(_) => {
+                let blocks = &dirs[&p.ino];
+                for (k, b) in blocks.iter().enumerate() {
+                    counter.write_all(b).map_err(write_err)?;
+                    if k + 1 < blocks.len() {
+                        counter.write_all(&vec![0u8; BLOCK - b.len()]).map_err(write_err)?;
+                    }
+                }
+            }
+            Kind::File(r) => {
+                data.copy_to(r, &mut counter).map_err(|source| LayerError::Entry { path: show(&order[i].2), source })?
+            }
+            Kind::Symlink(target) => counter.write_all(target).map_err(write_err)?,
+            _ => {}
+        }
+        let pad = blocks_for(p.size) * BLOCK_SIZE - (counter.n - start);
+        counter.write_all(&vec![0u8; usize::try_from(pad).expect("under a block")]).map_err(write_err)?;
+    }
+    let bytes = written + counter.n;
+    debug_assert_eq!(bytes, total_blocks * BLOCK_SIZE);
+    Ok(ImageInfo { bytes, inodes: placed.len() as u64 })
+}
+
+struct Counter<'a, W> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+#[path = "erofs_tests.rs"]
+mod tests;

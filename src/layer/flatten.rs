@@ -1,0 +1,465 @@
+//! OCI layers -> one merged tree, in memory (`layer.md`, "Applying
+//! Changesets"), for the host to write as one read-only file system image
+//! ([`super::erofs`]) that the guest mounts as the overlay's only lower dir.
+//!
+//! Layers apply bottom first. Within a layer its whiteouts and opaque
+//! markers apply first, to what the layers below left ("Whiteout files MUST
+//! only apply to resources in lower/parent layers"), then its entries in
+//! archive order: a directory over a directory merges (the new metadata and
+//! xattrs win), anything else replaces what was there ("Changeset over
+//! existing files"). The merged tree has no whiteouts left.
+//!
+//! The same hostile-input rules as the per-layer unpacker ([`super::unpack`]):
+//! no absolute paths or `..`, no entry through a symlinked or non-directory
+//! parent, hardlinks only to non-directories already in the tree, no 0/0
+//! character devices (an overlay would read one as a whiteout), no sparse
+//! files. File data is not held: each file keeps where its bytes lie in its
+//! layer's tar ([`DataRef`]), and the image writer copies them from there.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use tar::EntryType;
+
+use super::rules::{self, Name, Xattr};
+use super::{show, LayerError};
+
+/// Where a file's bytes lie: layer `layer`'s (uncompressed) tar, at byte
+/// `offset`, `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataRef {
+    pub layer: usize,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What an inode is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Children by name (sorted bytewise), each an inode index.
+    Dir(BTreeMap<Vec<u8>, usize>),
+    File(DataRef),
+    Symlink(Vec<u8>),
+    Char(u32, u32),
+    Block(u32, u32),
+    Fifo,
+}
+
+/// One inode of the merged tree (several names for a hardlinked file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    pub kind: Kind,
+    /// Permission bits (07777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u64,
+    /// The xattrs a layer carries (`security.*`, `user.*`), by name.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// The merged tree: inode 0 is the root directory. Inodes no name reaches
+/// any more (replaced or whited out) stay in the vector, unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    pub inodes: Vec<Inode>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree { inodes: vec![new_dir(0o755, 0, 0, 0)] }
+    }
+}
+
+fn new_dir(mode: u32, uid: u32, gid: u32, mtime: u64) -> Inode {
+    Inode { kind: Kind::Dir(BTreeMap::new()), mode, uid, gid, mtime, xattrs: BTreeMap::new() }
+}
+
+/// One entry of a layer, read ahead of applying it.
+struct Entry {
+    raw: Vec<u8>,
+    path: Vec<u8>,
+    inode: Inode,
+    /// `Some(target)` for a hardlink.
+    link: Option<Vec<u8>>,
+}
+
+/// What one layer says, before it is applied.
+#[derive(Default)]
+struct Changes {
+    whiteouts: Vec<(Vec<u8>, Vec<u8>)>,
+    opaque: Vec<(Vec<u8>, Vec<u8>)>,
+    entries: Vec<Entry>,
+}
+
+impl Tree {
+    /// Apply layer number `index`, read from `layer` (its uncompressed tar,
+    /// from the start: data offsets count from there).
+    pub fn apply<R: Read>(&mut self, index: usize, layer: R) -> Result<(), LayerError> {
+        let changes = read_layer(index, layer)?;
+        for (raw, dir) in &changes.opaque {
+            if let Some(ino) = self.lookup_dir_for_change(dir, raw)? {
+                if let Kind::Dir(children) = &mut self.inodes[ino].kind {
+                    children.clear();
+                }
+            }
+        }
+        for (raw, path) in &changes.whiteouts {
+            let (parent, name) = rules::split(path);
+            if let Some(ino) = self.lookup_dir_for_change(parent, raw)? {
+                if let Kind::Dir(children) = &mut self.inodes[ino].kind {
+                    children.remove(name);
+                }
+            }
+        }
+        for e in changes.entries {
+            self.entry(e)?;
+        }
+        Ok(())
+    }
+
+    /// The inode a name leads to, through directories only.
+    pub fn lookup(&self, path: &[u8]) -> Option<usize> {
+        let mut cur = 0;
+        if path.is_empty() {
+            return Some(0);
+        }
+        for comp in path.split(|&b| b == b'/') {
+            match &self.inodes[cur].kind {
+                Kind::Dir(children) => cur = *children.get(comp)?,
+                _ => return None,
+            }
+        }
+        Some(cur)
+    }
+
+    /// The directory at `dir` for a whiteout or opaque marker: None when it
+    /// does not exist (nothing to hide); an error when a component on the
+    /// way is a symlink or not a directory (as the unpacker refuses).
+    fn lookup_dir_for_change(&self, dir: &[u8], raw: &[u8]) -> Result<Option<usize>, LayerError> {
+        let mut cur = 0;
+        if dir.is_empty() {
+            return Ok(Some(0));
+        }
+        let mut end = 0;
+        for comp in dir.split(|&b| b == b'/') {
+            end += comp.len() + usize::from(end != 0);
+            let Kind::Dir(children) = &self.inodes[cur].kind else { unreachable!("walked only directories") };
+            let Some(&next) = children.get(comp) else { return Ok(None) };
+            match &self.inodes[next].kind {
+                Kind::Dir(_) => cur = next,
+                Kind::Symlink(_) => {
+                    return Err(LayerError::SymlinkParent { path: show(raw), parent: show(&dir[..end]) })
+                }
+                _ => return Err(LayerError::NotADirectory { path: show(raw), parent: show(&dir[..end]) }),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// The parent directory of `path`, creating missing ones (root-owned
+    /// 0755, mtime 0); symlinks and non-directories on the way are refused.
+    fn parent_dir(&mut self, path: &[u8], raw: &[u8]) -> Result<usize, LayerError> {
+        let (parent, _) = rules::split(path);
+        let mut cur = 0;
+        if parent.is_empty() {
+            return Ok(0);
+        }
+        let mut end = 0;
+        for comp in parent.split(|&b| b == b'/') {
+            end += comp.len() + usize::from(end != 0);
+            let next = match &self.inodes[cur].kind {
+                Kind::Dir(children) => children.get(comp).copied(),
+                _ => unreachable!("walked only directories"),
+            };
+            cur = match next {
+                Some(n) => match &self.inodes[n].kind {
+                    Kind::Dir(_) => n,
+                    Kind::Symlink(_) => {
+                        return Err(LayerError::SymlinkParent { path: show(raw), parent: show(&parent[..end]) })
+                    }
+                    _ => return Err(LayerError::NotADirectory { path: show(raw), parent: show(&parent[..end]) }),
+                },
+                None => {
+                    let n = self.push(new_dir(0o755, 0, 0, 0));
+                    self.children_mut(cur).insert(comp.to_vec(), n);
+                    n
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    fn push(&mut self, inode: Inode) -> usize {
+        self.inodes.push(inode);
+        self.inodes.len() - 1
+    }
+
+    fn children_mut(&mut self, dir: usize) -> &mut BTreeMap<Vec<u8>, usize> {
+        match &mut self.inodes[dir].kind {
+            Kind::Dir(c) => c,
+            _ => unreachable!("a directory inode"),
+        }
+    }
+
+    fn entry(&mut self, e: Entry) -> Result<(), LayerError> {
+        if e.path.is_empty() {
+            // The root: its metadata, never replaced by a non-directory.
+            if !matches!(e.inode.kind, Kind::Dir(_)) || e.link.is_some() {
+                return Err(LayerError::NotADirectory { path: show(&e.raw), parent: ".".into() });
+            }
+            let root = &mut self.inodes[0];
+            (root.mode, root.uid, root.gid, root.mtime, root.xattrs) =
+                (e.inode.mode, e.inode.uid, e.inode.gid, e.inode.mtime, e.inode.xattrs);
+            return Ok(());
+        }
+        let parent = self.parent_dir(&e.path, &e.raw)?;
+        let (_, name) = rules::split(&e.path);
+        let existing = match &self.inodes[parent].kind {
+            Kind::Dir(children) => children.get(name).copied(),
+            _ => unreachable!("a directory inode"),
+        };
+        if let Some(target) = e.link {
+            let target = rules::normalize(&target)?;
+            let ino = match self.lookup(&target) {
+                None => return Err(LayerError::MissingLinkTarget { path: show(&e.raw), target: show(&target) }),
+                Some(i) if matches!(self.inodes[i].kind, Kind::Dir(_)) => {
+                    return Err(LayerError::LinkToDirectory { path: show(&e.raw), target: show(&target) })
+                }
+                Some(i) => i,
+            };
+            // The inode and its attributes are the target's.
+            self.children_mut(parent).insert(name.to_vec(), ino);
+            return Ok(());
+        }
+        if let (Some(old), Kind::Dir(_)) = (existing, &e.inode.kind) {
+            if let Kind::Dir(_) = self.inodes[old].kind {
+                let dir = &mut self.inodes[old];
+                (dir.mode, dir.uid, dir.gid, dir.mtime, dir.xattrs) =
+                    (e.inode.mode, e.inode.uid, e.inode.gid, e.inode.mtime, e.inode.xattrs);
+                return Ok(());
+            }
+        }
+        let ino = self.push(e.inode);
+        self.children_mut(parent).insert(name.to_vec(), ino);
+        Ok(())
+    }
+}
+
+/// Read a layer's entries and markers, checking each as the unpacker does.
+fn read_layer<R: Read>(index: usize, layer: R) -> Result<Changes, LayerError> {
+    let mut changes = Changes::default();
+    let mut archive = tar::Archive::new(layer);
+    for entry in archive.entries().map_err(LayerError::Read)? {
+        let mut entry = entry.map_err(LayerError::Read)?;
+        if let Some(e) = read_entry(index, &mut entry, &mut changes)? {
+            changes.entries.push(e);
+        }
+    }
+    Ok(changes)
+}
+
+fn read_entry<R: Read>(
+    index: usize,
+    entry: &mut tar::Entry<'_, R>,
+    changes: &mut Changes,
+) -> Result<Option<Entry>, LayerError> {
+    let ty = entry.header().entry_type();
+    if ty.is_pax_global_extensions() {
+        return Ok(None);
+    }
+    let raw = entry.path_bytes().into_owned();
+    let path = rules::normalize(&raw)?;
+    let pax = rules::pax_info(entry, &raw)?;
+    if pax.sparse || ty == EntryType::GNUSparse {
+        return Err(LayerError::UnsupportedType { path: show(&raw), kind: 'S' });
+    }
+    let (parent, name) = rules::split(&path);
+    if parent.split(|&b| b == b'/').any(|c| c.starts_with(rules::WHITEOUT_PREFIX)) {
+        return Err(LayerError::BadWhiteout { path: show(&raw) });
+    }
+    match rules::classify_name(name) {
+        Name::Plain => {}
+        Name::AufsMeta => return Ok(None),
+        Name::Opaque => {
+            changes.opaque.push((raw, parent.to_vec()));
+            return Ok(None);
+        }
+        Name::Whiteout(target) => {
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(LayerError::BadWhiteout { path: show(&raw) });
+            }
+            let wh = rules::join(parent, target);
+            changes.whiteouts.push((raw, wh));
+            return Ok(None);
+        }
+    }
+    let hdr = entry.header();
+    let num = |r: io::Result<u64>| -> Result<u64, LayerError> {
+        r.map_err(|source| LayerError::Entry { path: show(&raw), source })
+    };
+    let too = |field| LayerError::TooLarge { path: show(&raw), field };
+    let mode = u32::try_from(num(hdr.mode().map(u64::from))? & 0o7777).expect("masked");
+    let uid = u32::try_from(num(hdr.uid())?).map_err(|_| too("uid"))?;
+    let gid = u32::try_from(num(hdr.gid())?).map_err(|_| too("gid"))?;
+    let mtime = match pax.mtime {
+        Some(m) => m,
+        None => num(hdr.mtime())?,
+    };
+    let dev = |r: io::Result<Option<u32>>| num(r.map(|d| u64::from(d.unwrap_or(0))));
+    let xattrs: BTreeMap<String, Vec<u8>> =
+        pax.xattrs.into_iter().filter(|(k, _)| rules::classify_xattr(k) == Xattr::Keep).collect();
+    let link = entry.link_name_bytes().map(|l| l.into_owned());
+    let kind = match ty {
+        EntryType::Directory => Kind::Dir(BTreeMap::new()),
+        EntryType::Regular | EntryType::Continuous => {
+            let len = num(entry.header().entry_size())?;
+            Kind::File(DataRef { layer: index, offset: entry.raw_file_position(), len })
+        }
+        EntryType::Symlink => Kind::Symlink(link.clone().unwrap_or_default()),
+        EntryType::Link => {
+            return Ok(Some(Entry { raw, path, inode: new_dir(0, 0, 0, 0), link: Some(link.unwrap_or_default()) }))
+        }
+        EntryType::Char | EntryType::Block => {
+            let (major, minor) = (dev(hdr.device_major())?, dev(hdr.device_minor())?);
+            if ty == EntryType::Char && (major, minor) == (0, 0) {
+                return Err(LayerError::ZeroDevice { path: show(&raw) });
+            }
+            let major = u32::try_from(major).ok().filter(|m| *m < 1 << 12).ok_or_else(|| too("device major"))?;
+            let minor = u32::try_from(minor).ok().filter(|m| *m < 1 << 20).ok_or_else(|| too("device minor"))?;
+            if ty == EntryType::Char {
+                Kind::Char(major, minor)
+            } else {
+                Kind::Block(major, minor)
+            }
+        }
+        EntryType::Fifo => Kind::Fifo,
+        other => return Err(LayerError::UnsupportedType { path: show(&raw), kind: char::from(other.as_byte()) }),
+    };
+    Ok(Some(Entry { raw, path, inode: Inode { kind, mode, uid, gid, mtime, xattrs }, link: None }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::test_util::{tar_of, E};
+
+    fn tree(layers: &[Vec<u8>]) -> Result<Tree, LayerError> {
+        let mut t = Tree::default();
+        for (i, l) in layers.iter().enumerate() {
+            t.apply(i, &l[..])?;
+        }
+        Ok(t)
+    }
+
+    fn names(t: &Tree, dir: &[u8]) -> Vec<String> {
+        match &t.inodes[t.lookup(dir).expect("dir")].kind {
+            Kind::Dir(c) => c.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect(),
+            other => panic!("not a dir: {other:?}"),
+        }
+    }
+
+    fn file<'a>(t: &Tree, layers: &'a [Vec<u8>], path: &[u8]) -> &'a [u8] {
+        match t.inodes[t.lookup(path).expect("file")].kind {
+            Kind::File(r) => {
+                let start = usize::try_from(r.offset).unwrap();
+                &layers[r.layer][start..start + usize::try_from(r.len).unwrap()]
+            }
+            ref other => panic!("not a file: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn later_layers_replace_files_and_merge_directories() {
+        let l0 = tar_of(&[E::dir("etc"), E::file("etc/a", b"old"), E::file("etc/b", b"b").mode(0o600)]);
+        let l1 = tar_of(&[E::dir("etc").mode(0o700), E::file("etc/a", b"new")]);
+        let layers = [l0, l1];
+        let t = tree(&layers).unwrap();
+        assert_eq!(names(&t, b"etc"), ["a", "b"]);
+        assert_eq!(file(&t, &layers, b"etc/a"), b"new");
+        assert_eq!(file(&t, &layers, b"etc/b"), b"b");
+        assert_eq!(t.inodes[t.lookup(b"etc").unwrap()].mode, 0o700, "the upper directory's metadata wins");
+    }
+
+    #[test]
+    fn whiteouts_remove_only_what_lower_layers_made() {
+        let l0 = tar_of(&[E::file("a", b"1"), E::dir("d"), E::file("d/x", b"x")]);
+        // Layer 1 removes a and d and makes d again, its whiteouts after its
+        // own entries: the new d has only its own child.
+        let l1 = tar_of(&[E::dir("d"), E::file("d/y", b"y"), E::file(".wh.a", b""), E::file(".wh.d", b"")]);
+        let t = tree(&[l0, l1]).unwrap();
+        assert_eq!(names(&t, b""), ["d"]);
+        assert_eq!(names(&t, b"d"), ["y"]);
+    }
+
+    #[test]
+    fn an_opaque_directory_hides_everything_below_it() {
+        let l0 = tar_of(&[E::dir("d"), E::file("d/x", b"x"), E::dir("d/sub")]);
+        let l1 = tar_of(&[E::dir("d"), E::file("d/new", b"n"), E::file("d/.wh..wh..opq", b"")]);
+        let t = tree(&[l0, l1]).unwrap();
+        assert_eq!(names(&t, b"d"), ["new"]);
+    }
+
+    #[test]
+    fn a_whiteout_of_nothing_creates_nothing() {
+        let l0 = tar_of(&[E::file("f", b"1")]);
+        let l1 = tar_of(&[E::file("missing/deep/.wh.x", b"")]);
+        let t = tree(&[l0, l1]).unwrap();
+        assert_eq!(names(&t, b""), ["f"]);
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        assert!(matches!(tree(&[tar_of(&[E::file("../escape", b"x")])]), Err(LayerError::InvalidPath { .. })));
+        assert!(matches!(tree(&[tar_of(&[E::file("/etc/passwd", b"x")])]), Err(LayerError::InvalidPath { .. })));
+        let through = tar_of(&[E::symlink("link", "/etc"), E::file("link/passwd", b"x")]);
+        assert!(matches!(tree(&[through]), Err(LayerError::SymlinkParent { .. })));
+        let below = tar_of(&[E::symlink("link", "/etc")]);
+        let above = tar_of(&[E::file("link/passwd", b"x")]);
+        assert!(matches!(tree(&[below, above]), Err(LayerError::SymlinkParent { .. })), "a lower layer's symlink");
+        let file_parent = tar_of(&[E::file("f", b""), E::file("f/x", b"x")]);
+        assert!(matches!(tree(&[file_parent]), Err(LayerError::NotADirectory { .. })));
+        let out = tar_of(&[E::hardlink("h", "../outside")]);
+        assert!(matches!(tree(&[out]), Err(LayerError::InvalidPath { .. })));
+        let missing = tar_of(&[E::hardlink("h", "nowhere")]);
+        assert!(matches!(tree(&[missing]), Err(LayerError::MissingLinkTarget { .. })));
+        let dirlink = tar_of(&[E::dir("d"), E::hardlink("h", "d")]);
+        assert!(matches!(tree(&[dirlink]), Err(LayerError::LinkToDirectory { .. })));
+        let zero = tar_of(&[E::chardev("wh", 0, 0)]);
+        assert!(matches!(tree(&[zero]), Err(LayerError::ZeroDevice { .. })));
+        let wh_through = tar_of(&[E::symlink("l", "/")]);
+        let wh = tar_of(&[E::file("l/.wh.x", b"")]);
+        assert!(matches!(tree(&[wh_through, wh]), Err(LayerError::SymlinkParent { .. })));
+        let bad_wh = tar_of(&[E::file(".wh..", b"")]);
+        assert!(matches!(tree(&[bad_wh]), Err(LayerError::BadWhiteout { .. })));
+        let root_file = tar_of(&[E::file("./", b"")]);
+        assert!(tree(&[root_file]).is_err(), "the root must stay a directory");
+    }
+
+    #[test]
+    fn hardlinks_share_one_inode_even_across_layers() {
+        let l0 = tar_of(&[E::file("a", b"same").mode(0o4755)]);
+        let l1 = tar_of(&[E::hardlink("b", "a")]);
+        let t = tree(&[l0, l1]).unwrap();
+        assert_eq!(t.lookup(b"a"), t.lookup(b"b"));
+    }
+
+    #[test]
+    fn only_layer_xattrs_are_kept_and_devices_keep_their_numbers() {
+        let l0 = tar_of(&[
+            E::file("bin/ping", b"elf")
+                .xattr("security.capability", b"\x01\x00\x00\x02")
+                .xattr("trusted.overlay.opaque", b"y")
+                .xattr("user.x", b"1"),
+            E::chardev("dev/null", 1, 3),
+            E::blockdev("dev/sda", 8, 0),
+            E::fifo("run/fifo"),
+        ]);
+        let t = tree(&[l0]).unwrap();
+        let x = &t.inodes[t.lookup(b"bin/ping").unwrap()].xattrs;
+        assert_eq!(x.keys().collect::<Vec<_>>(), ["security.capability", "user.x"]);
+        assert_eq!(t.inodes[t.lookup(b"dev/null").unwrap()].kind, Kind::Char(1, 3));
+        assert_eq!(t.inodes[t.lookup(b"dev/sda").unwrap()].kind, Kind::Block(8, 0));
+        assert_eq!(t.inodes[t.lookup(b"run/fifo").unwrap()].kind, Kind::Fifo);
+    }
+}
