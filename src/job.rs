@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// lines below). Each side refuses the other's files of another version:
 /// an initramfs built by another rootlayer says so instead of failing to
 /// parse. Bump it with any change to the types in this file.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
 pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
 pub const AGENT_READY_WORD: &str = " ready";
@@ -32,6 +32,10 @@ pub const XCHG_FS_ENV: &str = "ROOTLAYER_XCHG_FS";
 pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
 /// Where the agent mounts the scratch disk (ext4 made by the host).
 pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
+/// Where the agent mounts the base image disk (EROFS made by the host; the
+/// agent reads the path from job.json).
+#[allow(dead_code)]
+pub const BASE_MOUNT: &str = "/run/rootlayer/base";
 pub const JOB_FILE: &str = "job.json";
 pub const RESULT_FILE: &str = "result.json";
 
@@ -77,8 +81,6 @@ pub enum Task {
     DeviceCheck(DeviceCheck),
     /// dockerTools' runAsRoot: base layers, overlay, script, upper tar.
     RunAsRoot(RunAsRoot),
-    /// dockerTools' exportImage: the base layers flattened to one tree.
-    Export(Export),
     /// Device throughput for the benchmarks: read a file sequentially,
     /// write and fsync a file sequentially; seconds as observations.
     IoBench(IoBench),
@@ -96,8 +98,9 @@ pub struct IoBench {
 /// provides live in the exchange share.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunAsRoot {
-    /// Uncompressed base layer tars, bottom first.
-    pub layers: Vec<String>,
+    /// Where the base image is mounted (read-only EROFS, the layers
+    /// flattened on the host): the overlay's only lower dir.
+    pub base: String,
     /// Directories whose contents are copied into the new layer first, as
     /// root:root (dockerTools' `copyToRoot`/`contents`).
     pub contents: Vec<String>,
@@ -117,15 +120,6 @@ pub struct RunAsRoot {
     /// Where to write a listing of the merged tree as the script left it
     /// (for tests comparing with an independent unpacker), if wanted.
     pub merged_listing: Option<String>,
-}
-
-/// Inputs of [`Task::Export`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Export {
-    /// Uncompressed layer tars, bottom first.
-    pub layers: Vec<String>,
-    /// Where to write the tar of the merged tree.
-    pub out_tar: String,
 }
 
 /// Inputs of [`Task::DeviceCheck`].

@@ -7,6 +7,7 @@
 //! - [`job`]: the host/agent protocol (job.json, result.json);
 //! - [`layer`], [`image`]: OCI layers and image formats, pure code.
 
+pub mod base;
 pub mod devices;
 pub mod exit;
 #[cfg(any(test, feature = "fuzz"))]

@@ -153,8 +153,6 @@ struct ExportArgs {
     out: PathBuf,
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    guest: GuestArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -188,14 +186,7 @@ struct BootArgs {
     print_cmdline: bool,
 }
 
-/// $ROOTLAYER_CACHE, or ~/.cache/rootlayer: where the scripts put what they build.
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ROOTLAYER_CACHE") {
-        return dir.into();
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/nonexistent".into());
-    home.join(".cache/rootlayer")
-}
+use rootlayer::runner::cache_dir;
 
 fn default_file(given: Option<PathBuf>, rel: &str, script: &str) -> Result<PathBuf, VmmError> {
     if let Some(p) = given {
@@ -286,6 +277,7 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         echo: if g.quiet { Echo::Off } else { Echo::Stderr },
         extra_cmdline: g.cmdline.clone(),
         disk_mib: Some(g.disk_size),
+        base_disk: None,
         stores: g.stores.iter().map(|d| Store { dir: d.clone() }).collect(),
         shares: Vec::new(),
         max_output: Some(g.max_output.saturating_mul(1 << 20)),
@@ -388,12 +380,8 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
 }
 
 fn export(args: ExportArgs) -> Exit {
-    let spec = match guest_spec(&args.guest) {
-        Ok(s) => s,
-        Err(exit) => return exit,
-    };
     let selector = Selector { name: args.from_image_name, tag: args.from_image_tag };
-    report(runas::export(&spec, &args.from_image, &selector, &args.out), args.json, "root filesystem")
+    report(runas::export(&args.from_image, &selector, &args.out), args.json, "root filesystem")
 }
 
 fn boot(args: BootArgs) -> Exit {

@@ -36,6 +36,7 @@ pub fn run(
     cmdline: &str,
     mem_mib: u64,
     disk: Option<&Path>,
+    base: Option<&Path>,
     shares: &[Share],
     timeout: Duration,
     echo: Echo,
@@ -53,6 +54,10 @@ pub fn run(
     if let Some(d) = disk {
         cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=scratch,cache=writeback", d.display()));
         cmd.args(["-device", "virtio-blk-device,drive=scratch"]);
+    }
+    if let Some(b) = base {
+        cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=base,readonly=on", b.display()));
+        cmd.args(["-device", "virtio-blk-device,drive=base"]);
     }
     for (i, s) in shares.iter().enumerate() {
         let ro = if s.read_only { ",readonly=on" } else { "" };

@@ -5,12 +5,13 @@
 //! the exchange share, boot, and turn the upper-dir tar the agent streams
 //! back into the OCI layer, written atomically in the asked-for format.
 
+use crate::base::{BaseDisk, BaseError};
 use crate::devices::console::Echo;
 use crate::exit::Exit;
 use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
-use crate::job::{Export, JobResult, RunAsRoot, Task, XCHG_MOUNT};
+use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, XCHG_MOUNT};
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
-use crate::runner::{run_job, GuestSpec, JobOutcome, RunError, Workdir};
+use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir};
 use crate::vmm::GuestExit;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -63,6 +64,11 @@ pub enum RunAsRootError {
     Guest(String),
     #[error("converting the upper directory into a layer: {0}")]
     Layer(#[from] LayerError),
+    /// A base layer that cannot be flattened (hostile paths and the like).
+    #[error("flattening the base image: {0}")]
+    BaseLayer(#[source] LayerError),
+    #[error(transparent)]
+    Base(BaseError),
     /// What the script left that a layer cannot hold: its doing, not ours.
     #[error("the script's changes cannot be written as an OCI layer: {0}; nothing written")]
     Unrepresentable(#[source] LayerError),
@@ -88,6 +94,11 @@ impl RunAsRootError {
             RunAsRootError::Timeout(_) => Exit::Timeout,
             RunAsRootError::Interrupted => Exit::Interrupted,
             RunAsRootError::Unrepresentable(_) => Exit::Unrepresentable,
+            RunAsRootError::BaseLayer(LayerError::Read(_) | LayerError::Write(_) | LayerError::Spool(_)) => {
+                Exit::Internal
+            }
+            RunAsRootError::BaseLayer(_) => Exit::BadInput,
+            RunAsRootError::Base(_) => Exit::Internal,
             RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
         }
     }
@@ -107,20 +118,6 @@ pub struct Summary {
 
 fn guest_path(name: &str) -> String {
     format!("{XCHG_MOUNT}/{name}")
-}
-
-/// Write each base layer, uncompressed, into the exchange dir.
-fn stage_layers(base: &BaseImage, xchg: &Path) -> Result<Vec<String>, RunAsRootError> {
-    std::fs::create_dir(xchg.join("layers")).map_err(|e| RunAsRootError::Run(RunError::Xchg(e)))?;
-    let mut paths = Vec::new();
-    for i in 0..base.layers().len() {
-        let name = format!("layers/{i}.tar");
-        let mut out = std::fs::File::create(xchg.join(&name)).map_err(|e| RunAsRootError::Run(RunError::Xchg(e)))?;
-        let mut layer = base.open_layer(i)?;
-        std::io::copy(&mut layer, &mut out).map_err(|e| ImageError::from_io(e, base.path()))?;
-        paths.push(guest_path(&name));
-    }
-    Ok(paths)
 }
 
 /// Stage a script in the exchange dir, executable: the agent runs it
@@ -259,20 +256,22 @@ fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), RunAsRootEr
     Ok(())
 }
 
-/// The base layers are unpacked onto the scratch disk: one smaller than
-/// their tars cannot hold them.
-fn check_disk_fits(spec: &GuestSpec, xchg: &Path, layers: usize) -> Result<(), RunAsRootError> {
-    let Some(mib) = spec.disk_mib else { return Ok(()) };
-    let bytes: u64 =
-        (0..layers).filter_map(|i| std::fs::metadata(xchg.join(format!("layers/{i}.tar"))).ok()).map(|m| m.len()).sum();
-    let need = bytes.div_ceil(1 << 20) + MIN_DISK_MIB;
-    if mib < need {
-        return Err(RunAsRootError::BadInput(format!(
-            "--disk-size {mib} MiB cannot hold the base image's layers ({} MiB unpacked): use at least {need}",
-            bytes.div_ceil(1 << 20)
-        )));
+/// The base image as the guest's read-only disk (cached, [`crate::base`]).
+fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, RunAsRootError> {
+    crate::base::prepare(base, &cache_dir(), workdir.path()).map_err(|e| match e {
+        BaseError::Image(e) => RunAsRootError::Image(e),
+        BaseError::Layer(e) => RunAsRootError::BaseLayer(e),
+        other => RunAsRootError::Base(other),
+    })
+}
+
+/// The name of the base phase in the summary: whether the disk was made.
+fn base_phase(disk: &BaseDisk) -> String {
+    if disk.cached {
+        "base (cached)".into()
+    } else {
+        "base".into()
     }
-    Ok(())
 }
 
 /// Run `req` in a guest described by `spec`.
@@ -291,17 +290,16 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         }
         None => None,
     };
-    let layers = match &base {
-        Some(b) => stage_layers(b, &xchg)?,
-        None => Vec::new(),
-    };
-    check_disk_fits(spec, &xchg, layers.len())?;
+    let t = Instant::now();
+    let disk = base_disk(base.as_ref(), &workdir)?;
+    let base_seconds = t.elapsed().as_secs_f64();
     let script = copy_in(&req.script, &xchg, "script")?;
     let extra_commands = match &req.extra_commands {
         Some(p) => Some(copy_in(p, &xchg, "extra-commands")?),
         None => None,
     };
     let mut spec = spec.clone();
+    spec.base_disk = Some(disk.path.clone());
     let mut contents = Vec::new();
     for (i, dir) in req.contents.iter().enumerate() {
         let guest = format!("/run/rootlayer/contents/{i}");
@@ -315,7 +313,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RunAsRootError::BadInput(format!("--store: {e}")))?;
     let task = Task::RunAsRoot(RunAsRoot {
-        layers,
+        base: BASE_MOUNT.into(),
         contents,
         keep_contents_dirlinks: req.keep_contents_dirlinks,
         script,
@@ -357,7 +355,8 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let write = t.elapsed().as_secs_f64();
 
     let boot = outcome.report.ready_at().map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let mut phases = vec![("prepare".to_string(), prepared), ("boot".to_string(), boot)];
+    let mut phases =
+        vec![(base_phase(&disk), base_seconds), ("prepare".to_string(), prepared), ("boot".to_string(), boot)];
     phases.extend(result.phases.iter().filter(|(n, _)| n != "task").cloned());
     phases.push(("guest_total".into(), outcome.report.wall.as_secs_f64()));
     phases.push(("convert".into(), convert));
@@ -374,8 +373,10 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
 }
 
 /// `rootlayer export`: flatten `image` to one root-filesystem tar at `out`
-/// (dockerTools' exportImage), through the guest's overlayfs.
-pub fn export(spec: &GuestSpec, image: &Path, selector: &Selector, out: &Path) -> Result<Summary, RunAsRootError> {
+/// (dockerTools' exportImage), on the host, with no guest: the same
+/// flattening as the base disk, written as a tar and made deterministic by
+/// the layer writer.
+pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, RunAsRootError> {
     let start = Instant::now();
     check_out(out)?;
     let workdir = Workdir::new()?;
@@ -383,21 +384,38 @@ pub fn export(spec: &GuestSpec, image: &Path, selector: &Selector, out: &Path) -
     if let Some(m) = base.selected().message() {
         eprintln!("rootlayer: {m}");
     }
-    let layers = stage_layers(&base, &workdir.xchg())?;
-    check_disk_fits(spec, &workdir.xchg(), layers.len())?;
-    let task = Task::Export(Export { layers, out_tar: guest_path("rootfs.tar") });
-    let outcome = run_job(spec, workdir, task)?;
-    let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
+    let base_err = |e| match e {
+        BaseError::Image(e) => RunAsRootError::Image(e),
+        BaseError::Layer(e) => RunAsRootError::BaseLayer(e),
+        other => RunAsRootError::Base(other),
+    };
+    let (tree, staged) = crate::base::flatten(Some(&base), workdir.path()).map_err(base_err)?;
+    let flattened = start.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let tar_path = workdir.path().join("rootfs.tar");
+    let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
+    let mut layers = Vec::new();
+    for p in &staged {
+        layers.push(std::io::BufReader::new(std::fs::File::open(p).map_err(io)?));
+    }
+    let file = std::fs::File::create(&tar_path).map_err(io)?;
+    crate::layer::tree_tar::write(
+        &tree,
+        &mut crate::layer::erofs::Layers(layers),
+        std::io::BufWriter::with_capacity(1 << 20, file),
+    )?;
     // Same deterministic writer as the layers (no whiteouts in a merged tree).
-    let info = convert_file_to_path(&outcome.xchg().join("rootfs.tar"), out, &ConvertOptions::default())?;
-    let mut phases = result.phases.clone();
-    phases.push(("total".into(), start.elapsed().as_secs_f64()));
+    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default())?;
     Ok(Summary {
         diff_id: info.diff_id,
         size: info.size,
         out: out.to_path_buf(),
         format: OutputFormat::Layer,
-        phases,
+        phases: vec![
+            ("flatten".into(), flattened),
+            ("write".into(), t.elapsed().as_secs_f64()),
+            ("total".into(), start.elapsed().as_secs_f64()),
+        ],
         script_status: 0,
     })
 }

@@ -6,7 +6,9 @@ use crate::devices::console::{Echo, EchoLimit};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::{Fs, FsError, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
-use crate::job::{Job, JobResult, Mount, MountSource, Task, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, XCHG_TAG_ENV};
+use crate::job::{
+    Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, XCHG_TAG_ENV,
+};
 use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,19 @@ pub const XCHG_TAG: &str = "xchg";
 pub use crate::job::SCRATCH_MOUNT;
 /// Guest device of the scratch disk (the first virtio-blk device).
 pub const SCRATCH_DEVICE: &str = "/dev/vda";
+/// The base image disk, read-only, always the second (after the scratch
+/// disk), so that the device layout is the same for every job.
+pub const BASE_DEVICE: &str = "/dev/vdb";
+
+/// $ROOTLAYER_CACHE, or ~/.cache/rootlayer: what the scripts build (kernel,
+/// initramfs) and the base image disks.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ROOTLAYER_CACHE") {
+        return dir.into();
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/nonexistent".into());
+    home.join(".cache/rootlayer")
+}
 
 /// Errors preparing or collecting a job.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +86,9 @@ pub struct GuestSpec {
     pub extra_cmdline: String,
     /// Scratch disk size in MiB; no disk when None.
     pub disk_mib: Option<u64>,
+    /// The base image disk (read-only EROFS, [`crate::base`]), attached
+    /// after the scratch disk and mounted at [`BASE_MOUNT`].
+    pub base_disk: Option<PathBuf>,
     pub stores: Vec<Store>,
     /// Further read-only shares: (host directory, guest mount point).
     pub shares: Vec<(PathBuf, String)>,
@@ -198,6 +216,14 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             read_only: false,
         });
     }
+    if spec.base_disk.is_some() {
+        assert!(spec.disk_mib.is_some(), "the base disk comes second, after the scratch disk");
+        mounts.push(Mount {
+            source: MountSource::Disk { device: BASE_DEVICE.into(), fstype: "erofs".into() },
+            target: BASE_MOUNT.into(),
+            read_only: true,
+        });
+    }
     for (tag, _, guest) in &shares {
         if let Some(target) = guest {
             let source = match spec.backend {
@@ -220,6 +246,11 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             if spec.disk_mib.is_some() {
                 let block = Block::new(&workdir.disk(), false, "rootlayer-scratch")
                     .map_err(|e| RunError::Device { what: "the scratch disk".into(), source: Box::new(e) })?;
+                devices.push(Box::new(block));
+            }
+            if let Some(base) = &spec.base_disk {
+                let block = Block::new(base, true, "rootlayer-base")
+                    .map_err(|e| RunError::Device { what: "the base image disk".into(), source: Box::new(e) })?;
                 devices.push(Box::new(block));
             }
             for (tag, host, guest) in &shares {
@@ -260,6 +291,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 &cmdline,
                 spec.mem_mib,
                 disk.as_deref(),
+                spec.base_disk.as_deref(),
                 &shares,
                 spec.timeout,
                 spec.echo,

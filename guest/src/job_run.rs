@@ -89,7 +89,6 @@ fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
         Task::None => {}
         Task::DeviceCheck(check) => crate::device_check::run(check, result)?,
         Task::RunAsRoot(job) => crate::run_as_root::run(job, result)?,
-        Task::Export(job) => crate::run_as_root::export(job, result)?,
         Task::IoBench(b) => crate::device_check::io_bench(b, result)?,
     }
     result.phases.push(("task".into(), t.elapsed().as_secs_f64()));

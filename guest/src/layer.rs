@@ -7,8 +7,6 @@ mod error;
 #[path = "../../src/layer/rules.rs"]
 #[allow(dead_code)]
 pub mod rules;
-#[path = "../../src/layer/unpack.rs"]
-pub mod unpack;
 
 use error::show;
 pub use error::LayerError;

@@ -1,19 +1,19 @@
 //! dockerTools' runAsRoot in the guest (nixpkgs `runWithOverlay` +
 //! `mkRootLayer`, with their whiteout bugs fixed by the layer engine):
-//! unpack the base layers into lower dirs, copy the contents into the upper
-//! dir, mount the overlay, run the script as root in a chroot in new
+//! the base image is the host's read-only EROFS disk, mounted as the only
+//! lower dir (no base file passes through this kernel), copy the contents
+//! into the upper dir, mount the overlay, run the script as root in a chroot in new
 //! namespaces, remove the mount points we created, run the extra commands in
 //! the upper dir, and stream the upper dir out as a faithful tar.
 
-use crate::job::{Export, JobResult, RunAsRoot, SCRATCH_MOUNT};
-use crate::layer::unpack::{unpack, UnpackOptions};
+use crate::job::{JobResult, RunAsRoot, SCRATCH_MOUNT};
 use anyhow::{bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, ForkResult};
 use std::ffi::CString;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -28,35 +28,13 @@ fn phase<T>(result: &mut JobResult, name: &str, f: impl FnOnce() -> anyhow::Resu
     r
 }
 
-/// Unpack each layer into `scratch/lower/N`; returns the lower dirs, top
-/// first as overlayfs wants them.
-fn unpack_layers(layers: &[String], scratch: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut lowers = Vec::new();
-    for (i, layer) in layers.iter().enumerate() {
-        let dir = scratch.join(format!("lower/{i}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let f = std::fs::File::open(layer).with_context(|| format!("open base layer {layer}"))?;
-        unpack(BufReader::with_capacity(1 << 20, f), &dir, &UnpackOptions::default())
-            .with_context(|| format!("unpack base layer {i}"))?;
-        lowers.push(dir);
-    }
-    if lowers.is_empty() {
-        // overlayfs needs a lower dir; an empty one stands for "no base".
-        let empty = scratch.join("lower/empty");
-        std::fs::create_dir_all(&empty).context("mkdir empty lower")?;
-        lowers.push(empty);
-    }
-    lowers.reverse();
-    Ok(lowers)
-}
-
 fn lowerdir_option(lowers: &[PathBuf]) -> String {
     lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
 }
 
 pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     let scratch = Path::new(SCRATCH_MOUNT);
-    let lowers = phase(result, "unpack", || unpack_layers(&job.layers, scratch))?;
+    let lowers = vec![PathBuf::from(&job.base)];
     let upper = scratch.join("upper");
     let work = scratch.join("work");
     let merged = scratch.join("merged");
@@ -132,36 +110,6 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         Ok(())
     })?;
     result.disk_full |= disk_full(scratch);
-    Ok(())
-}
-
-/// dockerTools' exportImage: the layers merged into one tree, as a tar.
-pub fn export(job: &Export, result: &mut JobResult) -> anyhow::Result<()> {
-    let scratch = Path::new(SCRATCH_MOUNT);
-    let lowers = phase(result, "unpack", || unpack_layers(&job.layers, scratch))?;
-    let merged = scratch.join("merged");
-    std::fs::create_dir_all(&merged).context("mkdir merged")?;
-    // A read-only overlay of lower dirs only: whiteouts and opaque
-    // directories are applied by overlayfs itself.
-    let mut lowers = lowers;
-    if lowers.len() == 1 {
-        // overlayfs needs two lower dirs without an upper dir.
-        let empty = scratch.join("lower/empty-top");
-        std::fs::create_dir_all(&empty).context("mkdir empty lower")?;
-        lowers.insert(0, empty);
-    }
-    let opts = format!("lowerdir={},redirect_dir=off,index=off,metacopy=off,xino=off", lowerdir_option(&lowers));
-    mount(Some("overlay"), &merged, Some("overlay"), MsFlags::MS_RDONLY, Some(opts.as_str()))
-        .context("mount overlay")?;
-    phase(result, "tar", || {
-        let out = std::fs::File::create(&job.out_tar).with_context(|| format!("create {}", job.out_tar))?;
-        let mut w = BufWriter::with_capacity(1 << 20, out);
-        crate::upper_tar::write_upper_tar(&merged, &mut w)?;
-        w.flush().context("flush tar")?;
-        Ok(())
-    })?;
-    umount2(&merged, MntFlags::empty()).context("unmount overlay")?;
-    result.disk_full = disk_full(scratch);
     Ok(())
 }
 

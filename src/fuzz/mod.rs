@@ -10,6 +10,7 @@
 //!
 //! Built for the fuzz binaries (feature `fuzz`) and the unit tests only.
 
+mod base;
 mod blk;
 mod fs;
 mod image;
@@ -21,6 +22,7 @@ mod seeds;
 mod snapshot;
 mod xstate;
 
+pub use base::base_image;
 pub use blk::blk;
 pub use fs::fs;
 pub use image::{image, image_json};
@@ -43,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("image", image),
     ("image_json", image_json),
     ("xstate", xstate),
+    ("base_image", base_image),
 ];
 
 /// Cut `data` into the next `n` bytes (fewer at the end).

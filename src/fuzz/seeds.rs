@@ -278,7 +278,7 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
             },
         ],
         task: Task::RunAsRoot(RunAsRoot {
-            layers: vec!["/run/rootlayer/xchg/layers/0.tar".into()],
+            base: crate::job::BASE_MOUNT.into(),
             contents: vec!["/run/rootlayer/contents/0".into()],
             keep_contents_dirlinks: false,
             script: "/run/rootlayer/xchg/script".into(),

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use super::flatten::{DataRef, Kind, Tree};
+use super::flatten::{DataRef, Kind, Tree, NAME_MAX};
 use super::{show, LayerError};
 
 /// Bump when the bytes written for the same tree change (the host's cache of
@@ -62,8 +62,17 @@ const FT_SYMLINK: u8 = 7;
 
 /// Where file bytes come from: the layers' uncompressed tars, by index.
 pub trait DataSource {
-    /// Write the `r.len` bytes at `r.offset` of layer `r.layer` to `out`.
-    fn copy_to(&mut self, r: &DataRef, out: &mut dyn Write) -> io::Result<()>;
+    /// The `r.len` bytes at `r.offset` of layer `r.layer`.
+    fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>>;
+
+    /// Write them to `out`; a layer that ends early is an error.
+    fn copy_to(&mut self, r: &DataRef, out: &mut dyn Write) -> io::Result<()> {
+        let n = io::copy(&mut self.open(r)?, out)?;
+        if n != r.len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer ends inside a file"));
+        }
+        Ok(())
+    }
 }
 
 /// Seekable readers of the layers' tars, in layer order.
@@ -71,14 +80,10 @@ pub trait DataSource {
 pub struct Layers<R>(pub Vec<R>);
 
 impl<R: Read + Seek> DataSource for Layers<R> {
-    fn copy_to(&mut self, r: &DataRef, out: &mut dyn Write) -> io::Result<()> {
+    fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>> {
         let src = self.0.get_mut(r.layer).ok_or_else(|| io::Error::other("no such layer"))?;
         src.seek(SeekFrom::Start(r.offset))?;
-        let n = io::copy(&mut src.take(r.len), out)?;
-        if n != r.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer ends inside a file"));
-        }
-        Ok(())
+        Ok(Box::new(src.take(r.len)))
     }
 }
 
@@ -275,6 +280,9 @@ pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: &mut W) ->
             Kind::Dir(children) => {
                 let mut entries: Vec<(&[u8], u64, u8)> = vec![(b".", p.nid, FT_DIR), (b"..", p.parent_nid, FT_DIR)];
                 for (name, &child) in children {
+                    if name.is_empty() || name.len() > NAME_MAX {
+                        return Err(LayerError::TooLarge { path: show(name), field: "name" });
+                    }
                     entries.push((name.as_slice(), nid_of[&child], file_type(&tree.inodes[child].kind)));
                 }
                 entries.sort_by(|a, b| a.0.cmp(b.0));

@@ -24,6 +24,9 @@ use tar::EntryType;
 use super::rules::{self, Name, Xattr};
 use super::{show, LayerError};
 
+/// Linux's (and EROFS's) longest name.
+pub const NAME_MAX: usize = 255;
+
 /// Where a file's bytes lie: layer `layer`'s (uncompressed) tar, at byte
 /// `offset`, `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +273,9 @@ fn read_entry<R: Read>(
     }
     let raw = entry.path_bytes().into_owned();
     let path = rules::normalize(&raw)?;
+    if path.split(|&b| b == b'/').any(|c| c.len() > NAME_MAX) {
+        return Err(LayerError::InvalidPath { path: show(&raw), reason: "a name longer than 255 bytes" });
+    }
     let pax = rules::pax_info(entry, &raw)?;
     if pax.sparse || ty == EntryType::GNUSparse {
         return Err(LayerError::UnsupportedType { path: show(&raw), kind: 'S' });
@@ -316,7 +322,10 @@ fn read_entry<R: Read>(
             let len = num(entry.header().entry_size())?;
             Kind::File(DataRef { layer: index, offset: entry.raw_file_position(), len })
         }
-        EntryType::Symlink => Kind::Symlink(link.clone().unwrap_or_default()),
+        EntryType::Symlink => match link.clone() {
+            Some(target) if !target.is_empty() && !target.contains(&0) => Kind::Symlink(target),
+            _ => return Err(LayerError::InvalidPath { path: show(&raw), reason: "empty symlink target" }),
+        },
         EntryType::Link => {
             return Ok(Some(Entry { raw, path, inode: new_dir(0, 0, 0, 0), link: Some(link.unwrap_or_default()) }))
         }
@@ -430,6 +439,10 @@ mod tests {
         let wh_through = tar_of(&[E::symlink("l", "/")]);
         let wh = tar_of(&[E::file("l/.wh.x", b"")]);
         assert!(matches!(tree(&[wh_through, wh]), Err(LayerError::SymlinkParent { .. })));
+        let long = tar_of(&[E::file(&"n".repeat(256), b"")]);
+        assert!(matches!(tree(&[long]), Err(LayerError::InvalidPath { .. })));
+        let empty_link = tar_of(&[E::symlink("l", "")]);
+        assert!(matches!(tree(&[empty_link]), Err(LayerError::InvalidPath { .. })));
         let bad_wh = tar_of(&[E::file(".wh..", b"")]);
         assert!(matches!(tree(&[bad_wh]), Err(LayerError::BadWhiteout { .. })));
         let root_file = tar_of(&[E::file("./", b"")]);

@@ -23,6 +23,7 @@ pub mod convert;
 pub mod erofs;
 pub mod flatten;
 pub mod rules;
+pub mod tree_tar;
 pub mod unpack;
 mod writer;
 

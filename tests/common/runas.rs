@@ -291,9 +291,18 @@ impl FailingJob {
         self.run_to(g, &self.out, &[&sizes[..], extra].concat())
     }
 
+    /// [`FailingJob::run`] with default sizes and extra environment.
+    pub fn run_env(&self, g: &super::Guest, env: &[(&str, &str)]) -> Finished {
+        self.run_cmd(g, &self.out, &["--timeout", "600"], env)
+    }
+
     /// [`FailingJob::run`] with another `--out` and only the given
     /// options (defaults for the guest sizes and timeout).
     pub fn run_to(&self, g: &super::Guest, out: &Path, extra: &[&str]) -> Finished {
+        self.run_cmd(g, out, extra, &[])
+    }
+
+    fn run_cmd(&self, g: &super::Guest, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Finished {
         let started = std::time::Instant::now();
         let out = super::rootlayer()
             .arg("run-as-root")
@@ -312,6 +321,7 @@ impl FailingJob {
             .arg("--initrd")
             .arg(&g.initrd)
             .env("TMPDIR", &self.rootlayer_tmp)
+            .envs(env.iter().copied())
             .output()
             .expect("running rootlayer");
         let elapsed = started.elapsed();

@@ -1,0 +1,220 @@
+//! The base image as one read-only EROFS disk, made on the host and cached.
+//!
+//! The layers are flattened bottom first ([`crate::layer::flatten`]) and the
+//! merged tree written as an EROFS image ([`crate::layer::erofs`]) that the
+//! guest mounts in place as the overlay's only lower dir: no base file's
+//! bytes pass through the guest kernel. The image is cached under
+//! `$ROOTLAYER_CACHE/base/`, keyed by the layers' chain id (OCI
+//! `config.md`, "Layer ChainID") and the writer's version, written under a
+//! temporary name and renamed, with a sha256 beside it that is checked
+//! before every use: the second job on the same base converts nothing, and
+//! a damaged entry is made again. Where the cache cannot be written the
+//! image goes to the job's work directory.
+
+use crate::image::{BaseImage, ImageError, Sha256Digest};
+use crate::layer::erofs::{self, Layers};
+use crate::layer::flatten::Tree;
+use crate::layer::LayerError;
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Why the base disk could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("flattening the base image's layers")]
+    Layer(#[from] LayerError),
+    #[error("writing the base image disk {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the base disk is and how it came to be.
+#[derive(Debug, Clone)]
+pub struct BaseDisk {
+    pub path: PathBuf,
+    /// True when it came from the cache (nothing converted).
+    pub cached: bool,
+    pub bytes: u64,
+}
+
+/// `sha256(chain(n-1) + " " + diff_id(n))`, the first being its diff_id.
+pub fn chain_id(diff_ids: &[Sha256Digest]) -> Option<String> {
+    let mut chain: Option<String> = None;
+    for d in diff_ids {
+        chain = Some(match chain {
+            None => d.to_string(),
+            Some(c) => Sha256Digest::of(format!("{c} {d}").as_bytes()).to_string(),
+        });
+    }
+    chain
+}
+
+/// The cache file name for `chain` (None: no layers at all).
+fn cache_name(chain: Option<&str>) -> String {
+    let key = chain.map_or("empty".to_string(), |c| c.trim_start_matches("sha256:").to_string());
+    format!("{key}-w{}.erofs", erofs::WRITER_VERSION)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BaseError + '_ {
+    move |source| BaseError::Io { path: path.to_path_buf(), source }
+}
+
+/// sha256 of a file, hex.
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut f = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A cached image whose recorded sha256 matches its bytes.
+fn cached(path: &Path) -> Option<u64> {
+    let want = std::fs::read_to_string(path.with_extension("erofs.sha256")).ok()?;
+    let got = file_sha256(path).ok()?;
+    (want.trim() == got).then(|| std::fs::metadata(path).map(|m| m.len()).ok())?
+}
+
+/// Writes through to `inner`, hashing what passes.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Stage `base`'s layers uncompressed under `work` (`layer-N.tar`) and
+/// flatten them; returns the tree and the staged files (its data source).
+pub fn flatten(base: Option<&BaseImage>, work: &Path) -> Result<(Tree, Vec<PathBuf>), BaseError> {
+    let mut tree = Tree::default();
+    let mut staged = Vec::new();
+    if let Some(b) = base {
+        for i in 0..b.layers().len() {
+            let p = work.join(format!("layer-{i}.tar"));
+            let mut out = BufWriter::with_capacity(1 << 20, File::create(&p).map_err(io_err(&p))?);
+            std::io::copy(&mut b.open_layer(i)?, &mut out).map_err(|e| ImageError::from_io(e, b.path()))?;
+            out.flush().map_err(io_err(&p))?;
+            drop(out);
+            tree.apply(i, BufReader::with_capacity(1 << 20, File::open(&p).map_err(io_err(&p))?))?;
+            staged.push(p);
+        }
+    }
+    Ok((tree, staged))
+}
+
+/// The base disk for `base` (None: an empty root), from the cache under
+/// `cache` when it holds a good one, else made now; `work` is a directory
+/// of the job's for the uncompressed layers (and the image, where the cache
+/// cannot be written).
+pub fn prepare(base: Option<&BaseImage>, cache: &Path, work: &Path) -> Result<BaseDisk, BaseError> {
+    let diff_ids: Vec<Sha256Digest> = base.map(|b| b.layers().iter().map(|l| l.diff_id).collect()).unwrap_or_default();
+    let name = cache_name(chain_id(&diff_ids).as_deref());
+    let dir = cache.join("base");
+    let path = dir.join(&name);
+    if let Some(bytes) = cached(&path) {
+        return Ok(BaseDisk { path, cached: true, bytes });
+    }
+    let (tree, staged) = flatten(base, work)?;
+    let mut layers = Vec::new();
+    for p in &staged {
+        layers.push(BufReader::with_capacity(1 << 16, File::open(p).map_err(io_err(p))?));
+    }
+    // Into the cache where it can be written, else the work directory.
+    let target = if std::fs::create_dir_all(&dir).is_ok() && writable(&dir) { path } else { work.join(&name) };
+    let tmp = target.with_extension(format!("erofs.tmp-{}", std::process::id()));
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut out = Hashing { inner: BufWriter::with_capacity(1 << 20, file), hash: Sha256::new() };
+    let written = erofs::write(&tree, &mut Layers(layers), &mut out);
+    let result = written.map_err(BaseError::from).and_then(|info| {
+        out.flush().map_err(io_err(&tmp))?;
+        let sum = hex(&std::mem::take(&mut out.hash).finalize());
+        let file = out.inner.into_inner().map_err(|e| BaseError::Io { path: tmp.clone(), source: e.into_error() })?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        // Image first, then the checksum that makes it valid.
+        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        let sum_path = target.with_extension("erofs.sha256");
+        let sum_tmp = sum_path.with_extension(format!("sha256.tmp-{}", std::process::id()));
+        std::fs::write(&sum_tmp, format!("{sum}\n")).map_err(io_err(&sum_tmp))?;
+        std::fs::rename(&sum_tmp, &sum_path).map_err(io_err(&sum_path))?;
+        Ok(info.bytes)
+    });
+    for p in &staged {
+        let _ = std::fs::remove_file(p);
+    }
+    match result {
+        Ok(bytes) => Ok(BaseDisk { path: target, cached: false, bytes }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a = Sha256Digest::of(b"a");
+        let b = Sha256Digest::of(b"b");
+        assert_eq!(chain_id(&[]), None);
+        assert_eq!(chain_id(&[a]), Some(a.to_string()));
+        let ab = Sha256Digest::of(format!("{a} {b}").as_bytes()).to_string();
+        assert_eq!(chain_id(&[a, b]), Some(ab.clone()));
+        assert_ne!(chain_id(&[b, a]), Some(ab), "order matters");
+    }
+
+    #[test]
+    fn an_empty_base_is_cached_once_and_a_damaged_entry_is_made_again() {
+        let cache = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let first = prepare(None, cache.path(), work.path()).unwrap();
+        assert!(!first.cached && first.path.starts_with(cache.path()), "{first:?}");
+        let again = prepare(None, cache.path(), work.path()).unwrap();
+        assert!(again.cached && again.path == first.path);
+        // A flipped byte: the checksum no longer matches, so it is rebuilt.
+        let mut bytes = std::fs::read(&first.path).unwrap();
+        bytes[4096] ^= 0xff;
+        std::fs::write(&first.path, &bytes).unwrap();
+        let rebuilt = prepare(None, cache.path(), work.path()).unwrap();
+        assert!(!rebuilt.cached);
+        assert_ne!(std::fs::read(&rebuilt.path).unwrap(), bytes);
+        assert!(prepare(None, cache.path(), work.path()).unwrap().cached);
+        let names: Vec<String> = std::fs::read_dir(cache.path().join("base"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp-")), "no temporary left: {names:?}");
+    }
+}
