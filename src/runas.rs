@@ -20,6 +20,16 @@ use std::time::Instant;
 /// script sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// PATH for the script: the image config's `Env` PATH, as a container of
+/// the image would have it, else [`DEFAULT_PATH`].
+pub fn script_path(base: Option<&BaseImage>) -> String {
+    base.and_then(|b| {
+        let env = b.config().config().as_ref()?.env().clone()?;
+        env.iter().find_map(|e| e.strip_prefix("PATH=").map(str::to_string))
+    })
+    .unwrap_or_else(|| DEFAULT_PATH.to_string())
+}
+
 /// What `run-as-root` was asked to do (the CLI fills it in).
 #[derive(Debug, Clone)]
 pub struct RunAsRootRequest {
@@ -319,7 +329,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         script,
         extra_commands,
         store_paths,
-        path: DEFAULT_PATH.into(),
+        path: script_path(base.as_ref()),
         upper_tar: guest_path("upper.tar"),
         merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
     });

@@ -15,13 +15,30 @@ pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: 
         .with_context(|| format!("mount {fstype} on {target}"))
 }
 
-/// /dev (devtmpfs), /proc and /sys, as every later step expects them.
+/// /dev (devtmpfs, with /dev/shm and /dev/pts as any Linux has them),
+/// /proc and /sys, as every later step expects them. The script's /dev is
+/// this one, bound.
 pub fn mount_basics() -> anyhow::Result<()> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
     attach_console()?;
     mount_fs("proc", "/proc", "proc", nosuid_noexec, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid_noexec, None)?;
+    mount_fs("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666,gid=5"),
+    )?;
+    // The pseudo-terminal multiplexer of this devpts instance.
+    if std::fs::symlink_metadata("/dev/ptmx").is_ok_and(|m| !m.file_type().is_symlink()) {
+        std::fs::remove_file("/dev/ptmx").context("replace /dev/ptmx")?;
+    }
+    if std::fs::symlink_metadata("/dev/ptmx").is_err() {
+        std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").context("symlink /dev/ptmx")?;
+    }
     Ok(())
 }
 

@@ -20,6 +20,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// What the script gets mounted (mount points made where the image lacks
+/// them, removed again): the guest's /dev (with /dev/shm and /dev/pts), a
+/// fresh /proc, /sys, and /run as a tmpfs, as on any Linux.
+const SCRIPT_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
+
 /// Time a phase into the result.
 fn phase<T>(result: &mut JobResult, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let t = Instant::now();
@@ -58,7 +63,11 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).context("mount overlay")?;
 
     let mut mount_points = Vec::new();
-    for p in ["/dev", "/proc", "/sys"].iter().map(|s| s.to_string()).chain(job.store_paths.iter().cloned()) {
+    for p in SCRIPT_MOUNTS.iter().map(|s| s.to_string()).chain(job.store_paths.iter().cloned()) {
+        // An image whose /run is a symlink keeps it (and gets no tmpfs).
+        if p == "/run" && std::fs::symlink_metadata(merged.join("run")).is_ok_and(|m| !m.is_dir()) {
+            continue;
+        }
         create_missing(&merged, &p, &mut mount_points)?;
     }
 
@@ -82,7 +91,7 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     // Creating a mount point under a directory of the image copied that
     // directory (and its ancestors) up; where nothing else changed it,
     // drop the copy so it does not show up in the layer.
-    for p in ["/dev", "/proc", "/sys"].iter().copied().chain(job.store_paths.iter().map(String::as_str)) {
+    for p in SCRIPT_MOUNTS.iter().copied().chain(job.store_paths.iter().map(String::as_str)) {
         drop_unchanged_copy_ups(&upper, &lowers, p);
     }
     result.disk_full = disk_full(scratch);
@@ -295,14 +304,57 @@ fn run_script(merged: &Path, job: &RunAsRoot) -> anyhow::Result<i32> {
     }
 }
 
+/// Set IFF_UP on `lo` of this network namespace (what `ip link set lo up`
+/// does), through any socket: the guest has AF_UNIX.
+fn loopback_up() -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = std::os::unix::net::UnixDatagram::unbound().context("socket")?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which lives
+    // across both calls; the descriptor is a live socket.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) == -1 {
+            return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS");
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) == -1 {
+            return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS");
+        }
+    }
+    Ok(())
+}
+
 fn sandbox(merged: &Path, job: &RunAsRoot, fd: i32, shebang: bool, env: &[CString]) -> anyhow::Result<i32> {
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID)
-        .context("unshare")?;
+    // nixpkgs' `unshare -imnpuf`: ipc, mount, network (loopback only), pid
+    // and uts namespaces.
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET,
+    )
+    .context("unshare")?;
+    loopback_up().context("bring up lo")?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("make mounts private")?;
     let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
     mount(Some("/dev"), &merged.join("dev"), None::<&str>, bind, None::<&str>).context("bind /dev")?;
     mount(Some("/sys"), &merged.join("sys"), None::<&str>, bind, None::<&str>).context("bind /sys")?;
+    if std::fs::symlink_metadata(merged.join("run")).is_ok_and(|m| m.is_dir()) {
+        mount(
+            Some("tmpfs"),
+            &merged.join("run"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )
+        .context("mount /run")?;
+    }
     for store in &job.store_paths {
         let target = merged.join(store.trim_start_matches('/'));
         mount(Some(store.as_str()), &target, None::<&str>, bind, None::<&str>)
