@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// lines below). Each side refuses the other's files of another version:
 /// an initramfs built by another rootlayer says so instead of failing to
 /// parse. Bump it with any change to the types in this file.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
 pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
 pub const AGENT_READY_WORD: &str = " ready";
@@ -115,8 +115,6 @@ pub struct RunAsRoot {
     pub store_paths: Vec<String>,
     /// PATH for the script and the extra commands.
     pub path: String,
-    /// Where to write the faithful tar of the upper dir.
-    pub upper_tar: String,
     /// Where to write a listing of the merged tree as the script left it
     /// (for tests comparing with an independent unpacker), if wanted.
     pub merged_listing: Option<String>,

@@ -79,6 +79,9 @@ pub enum RunAsRootError {
     BaseLayer(#[source] LayerError),
     #[error(transparent)]
     Base(BaseError),
+    /// The scratch disk the guest left cannot be read as the upper dir.
+    #[error("reading the new layer off the scratch disk: {0}")]
+    Scratch(#[source] crate::layer::ext4::Ext4Error),
     /// What the script left that a layer cannot hold: its doing, not ours.
     #[error("the script's changes cannot be written as an OCI layer: {0}; nothing written")]
     Unrepresentable(#[source] LayerError),
@@ -109,6 +112,10 @@ impl RunAsRootError {
             }
             RunAsRootError::BaseLayer(_) => Exit::BadInput,
             RunAsRootError::Base(_) => Exit::Internal,
+            RunAsRootError::Scratch(crate::layer::ext4::Ext4Error::Unsupported(m)) if m.contains("socket") => {
+                Exit::Unrepresentable
+            }
+            RunAsRootError::Scratch(_) => Exit::Internal,
             RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
         }
     }
@@ -275,6 +282,23 @@ fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, Ru
     })
 }
 
+/// Write the scratch disk's `upper` dir as a tar at `out` (the untrusted
+/// guest's image: [`crate::layer::ext4`] bounds every read); at most
+/// `limit` bytes of file data.
+fn read_upper(disk: &Path, out: &Path, limit: u64) -> Result<(), RunAsRootError> {
+    use crate::layer::ext4::{self, Ext4, Ext4Error};
+    let io = |e: std::io::Error| RunAsRootError::Scratch(Ext4Error::Io(e));
+    let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
+    let mut fs = Ext4::open(image).map_err(RunAsRootError::Scratch)?;
+    let file = std::fs::File::create(out).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    ext4::upper_tar(&mut fs, "upper", &mut w, limit).map_err(|e| match e {
+        Ext4Error::TooLarge(n) => RunAsRootError::OutputTooLarge(n),
+        other => RunAsRootError::Scratch(other),
+    })?;
+    std::io::Write::flush(&mut w).map_err(io)
+}
+
 /// The name of the base phase in the summary: whether the disk was made.
 fn base_phase(disk: &BaseDisk) -> String {
     if disk.cached {
@@ -330,7 +354,6 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         extra_commands,
         store_paths,
         path: script_path(base.as_ref()),
-        upper_tar: guest_path("upper.tar"),
         merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
     });
     let prepared = start.elapsed().as_secs_f64();
@@ -345,10 +368,15 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
             .map_err(|e| RunAsRootError::Guest(format!("merged listing: {e}")))?;
     }
 
+    // The upper dir, read straight off the scratch disk the guest left.
+    let t = Instant::now();
+    let upper_tar = outcome.workdir.path().join("upper.tar");
+    read_upper(&outcome.workdir.disk(), &upper_tar, spec.max_output.unwrap_or(u64::MAX))?;
+    let read_upper_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
     let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
-    let info = convert_file_to_path(&outcome.xchg().join("upper.tar"), &layer_tar, &opts).map_err(|e| match e {
+    let info = convert_file_to_path(&upper_tar, &layer_tar, &opts).map_err(|e| match e {
         LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
             RunAsRootError::Unrepresentable(e)
         }
@@ -369,6 +397,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         vec![(base_phase(&disk), base_seconds), ("prepare".to_string(), prepared), ("boot".to_string(), boot)];
     phases.extend(result.phases.iter().filter(|(n, _)| n != "task").cloned());
     phases.push(("guest_total".into(), outcome.report.wall.as_secs_f64()));
+    phases.push(("read_upper".into(), read_upper_seconds));
     phases.push(("convert".into(), convert));
     phases.push(("write".into(), write));
     phases.push(("total".into(), start.elapsed().as_secs_f64()));

@@ -14,8 +14,8 @@ mod mounts;
 mod power;
 mod run_as_root;
 mod selftest;
-mod upper_tar;
 mod vector_guard;
+mod xattr;
 
 use job::{AGENT_READY_PREFIX, AGENT_READY_WORD};
 

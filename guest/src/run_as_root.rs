@@ -13,7 +13,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, ForkResult};
 use std::ffi::CString;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -111,14 +111,10 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         }
     }
 
-    phase(result, "upper_tar", || {
-        let out = std::fs::File::create(&job.upper_tar).with_context(|| format!("create {}", job.upper_tar))?;
-        let mut w = BufWriter::with_capacity(1 << 20, out);
-        crate::upper_tar::write_upper_tar(&upper, &mut w)?;
-        w.flush().context("flush upper tar")?;
-        Ok(())
-    })?;
+    // The host reads the upper dir straight off the scratch disk: unmount
+    // it cleanly (ext4 then marks it clean, which the host requires).
     result.disk_full |= disk_full(scratch);
+    phase(result, "unmount", || umount2(scratch, MntFlags::empty()).context("unmount the scratch disk"))?;
     Ok(())
 }
 
@@ -162,7 +158,7 @@ fn drop_unchanged_copy_ups(upper: &Path, lowers: &[PathBuf], path: &str) {
 
 /// Xattrs of `p` except overlayfs' bookkeeping, sorted.
 fn user_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let all = crate::upper_tar::xattrs(p).unwrap_or_default();
+    let all = crate::xattr::xattrs(p).unwrap_or_default();
     all.into_iter().filter(|(n, _)| !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay.")).collect()
 }
 

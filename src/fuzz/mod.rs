@@ -17,6 +17,7 @@ mod image;
 mod job;
 mod layer;
 mod mmio;
+mod scratch;
 #[cfg(test)]
 mod seeds;
 mod snapshot;
@@ -29,6 +30,7 @@ pub use image::{image, image_json};
 pub use job::job;
 pub use layer::{layer_convert, layer_unpack};
 pub use mmio::mmio;
+pub use scratch::scratch_ext4;
 pub use xstate::xstate;
 
 /// A fuzz target's body.
@@ -46,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("image_json", image_json),
     ("xstate", xstate),
     ("base_image", base_image),
+    ("scratch_ext4", scratch_ext4),
 ];
 
 /// Cut `data` into the next `n` bytes (fewer at the end).

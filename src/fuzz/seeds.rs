@@ -285,7 +285,6 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
             extra_commands: Some("/run/rootlayer/xchg/extra-commands".into()),
             store_paths: vec!["/nix/store".into()],
             path: "/bin:/usr/bin:/sbin:/usr/sbin".into(),
-            upper_tar: "/run/rootlayer/xchg/upper.tar".into(),
             merged_listing: None,
         }),
     };

@@ -21,6 +21,7 @@
 
 pub mod convert;
 pub mod erofs;
+pub mod ext4;
 pub mod flatten;
 pub mod rules;
 pub mod tree_tar;

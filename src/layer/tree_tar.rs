@@ -61,6 +61,8 @@ fn entry<W: Write, D: DataSource>(
     h.set_gid(u64::from(inode.gid));
     h.set_mtime(inode.mtime);
     h.set_size(0);
+    h.set_device_major(0).expect("0 fits");
+    h.set_device_minor(0).expect("0 fits");
     if !matches!(inode.kind, Kind::Dir(_)) {
         if let Some(target) = first_path.get(&ino) {
             h.set_entry_type(EntryType::Link);

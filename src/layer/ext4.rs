@@ -1,0 +1,616 @@
+//! A small ext4 reader for the scratch disk the guest wrote: the host reads
+//! the overlay's upper dir straight off the image after the guest powered
+//! off, instead of the guest kernel tarring it (`Documentation/filesystems/
+//! ext4/`: super block, group descriptors, inode table, extent tree, linear
+//! and hashed directories, in-inode and block xattrs).
+//!
+//! What the host formats (mkfs.ext4 without a journal, extents, 64bit,
+//! flex_bg, metadata_csum) is what this reads; anything else (inline data,
+//! encryption, block-mapped files, a journal to recover, meta_bg, ea_inode)
+//! is refused. The image was written by an untrusted guest: every block
+//! number, offset, length, extent depth, directory size and entry count is
+//! bounded, and an image that was not cleanly unmounted is refused. Errors
+//! name the inode. Checksums are not needed for safety and not checked.
+//!
+//! [`upper_tar`] writes a directory of the image as the tar the layer
+//! engine's converter takes (the form the guest agent used to write):
+//! whiteouts as the 0/0 character devices they are, every xattr as a PAX
+//! `SCHILY.xattr.*` record, hardlinks as entries to the first path.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use tar::{EntryType, Header};
+
+/// Why the image cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error("reading the scratch disk image")]
+    Io(#[source] io::Error),
+    #[error("the scratch disk is not ext4 as rootlayer formats it: {0}")]
+    Unsupported(String),
+    #[error("the scratch disk was not cleanly unmounted")]
+    NotClean,
+    #[error("the scratch disk is corrupt at inode {ino}: {what}")]
+    Corrupt { ino: u64, what: String },
+    #[error("{0} not found on the scratch disk")]
+    NotFound(String),
+    #[error("the upper dir holds more than the output limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("writing the upper dir's tar")]
+    Write(#[source] io::Error),
+}
+
+const MAGIC: u16 = 0xEF53;
+const ROOT_INO: u64 = 2;
+const EXTENT_MAGIC: u16 = 0xF30A;
+const XATTR_MAGIC: u32 = 0xEA02_0000;
+const EXTENTS_FL: u32 = 0x0008_0000;
+const INLINE_DATA_FL: u32 = 0x1000_0000;
+/// Deepest extent tree ext4 makes.
+const MAX_DEPTH: u16 = 5;
+/// Directory entries a directory may hold, and its size (bounds, not
+/// format limits).
+const MAX_DIR_ENTRIES: usize = 10_000_000;
+const MAX_DIR_BYTES: u64 = 256 << 20;
+
+// Incompatible features we read.
+const INCOMPAT_FILETYPE: u32 = 0x2;
+const INCOMPAT_EXTENTS: u32 = 0x40;
+const INCOMPAT_64BIT: u32 = 0x80;
+const INCOMPAT_FLEX_BG: u32 = 0x200;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+const INCOMPAT_LARGEDIR: u32 = 0x4000;
+const INCOMPAT_KNOWN: u32 =
+    INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG | INCOMPAT_CSUM_SEED | INCOMPAT_LARGEDIR;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// One inode as the reader needs it.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub ino: u64,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub links: u16,
+    flags: u32,
+    block: [u8; 60],
+    file_acl: u64,
+    /// The in-inode xattr area (after the extra fields), if any.
+    ibody_xattrs: Vec<u8>,
+}
+
+impl Inode {
+    fn kind(&self) -> u16 {
+        self.mode & 0o170_000
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == 0o040_000
+    }
+}
+
+/// An opened image.
+#[derive(Debug)]
+pub struct Ext4<R> {
+    dev: R,
+    /// Size of the image in bytes.
+    len: u64,
+    block_size: u64,
+    inodes_count: u64,
+    inodes_per_group: u64,
+    inode_size: u64,
+    desc_size: u64,
+    /// First block of the group descriptor table.
+    gdt_block: u64,
+    groups: u64,
+}
+
+impl<R: Read + Seek> Ext4<R> {
+    /// Open an image, checking its super block.
+    pub fn open(mut dev: R) -> Result<Self, Ext4Error> {
+        let len = dev.seek(SeekFrom::End(0)).map_err(Ext4Error::Io)?;
+        let mut sb = [0u8; 1024];
+        dev.seek(SeekFrom::Start(1024)).map_err(Ext4Error::Io)?;
+        dev.read_exact(&mut sb).map_err(Ext4Error::Io)?;
+        let unsupported = |what: String| Err(Ext4Error::Unsupported(what));
+        if le16(&sb, 56) != MAGIC {
+            return unsupported("no ext4 super block".into());
+        }
+        let log = le32(&sb, 24);
+        if log > 6 {
+            return unsupported(format!("block size 2^{}", 10 + u64::from(log)));
+        }
+        let block_size = 1024u64 << log;
+        let incompat = le32(&sb, 96);
+        if incompat & !INCOMPAT_KNOWN != 0 {
+            return unsupported(format!("incompatible features {:#x}", incompat & !INCOMPAT_KNOWN));
+        }
+        if incompat & INCOMPAT_EXTENTS == 0 {
+            return unsupported("no extents".into());
+        }
+        if le16(&sb, 58) & 1 == 0 || le16(&sb, 58) & 2 != 0 {
+            return Err(Ext4Error::NotClean);
+        }
+        let inodes_count = u64::from(le32(&sb, 0));
+        let inodes_per_group = u64::from(le32(&sb, 40));
+        let blocks_per_group = u64::from(le32(&sb, 32));
+        let first_data_block = u64::from(le32(&sb, 20));
+        let rev = le32(&sb, 76);
+        let inode_size = if rev == 0 { 128 } else { u64::from(le16(&sb, 88)) };
+        let desc_size = if incompat & INCOMPAT_64BIT != 0 { u64::from(le16(&sb, 254)) } else { 32 };
+        let blocks = u64::from(le32(&sb, 4))
+            | if incompat & INCOMPAT_64BIT != 0 { u64::from(le32(&sb, 0x150)) << 32 } else { 0 };
+        if inodes_per_group == 0 || blocks_per_group == 0 || !(128..=block_size).contains(&inode_size) {
+            return unsupported("bad geometry".into());
+        }
+        if !inode_size.is_power_of_two() || !(32..=1024).contains(&desc_size) || blocks.saturating_mul(block_size) > len
+        {
+            return unsupported("bad geometry".into());
+        }
+        let groups = blocks.saturating_sub(first_data_block).div_ceil(blocks_per_group);
+        if groups == 0 || groups.saturating_mul(inodes_per_group) < inodes_count {
+            return unsupported("bad geometry".into());
+        }
+        Ok(Ext4 {
+            dev,
+            len,
+            block_size,
+            inodes_count,
+            inodes_per_group,
+            inode_size,
+            desc_size,
+            gdt_block: first_data_block + 1,
+            groups,
+        })
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Ext4Error> {
+        if offset.checked_add(buf.len() as u64).map_or(true, |end| end > self.len) {
+            return Err(Ext4Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end of the image")));
+        }
+        self.dev.seek(SeekFrom::Start(offset)).map_err(Ext4Error::Io)?;
+        self.dev.read_exact(buf).map_err(Ext4Error::Io)
+    }
+
+    fn block(&mut self, ino: u64, block: u64) -> Result<Vec<u8>, Ext4Error> {
+        let mut buf = vec![0u8; usize::try_from(self.block_size).expect("at most 64 KiB")];
+        let off = block
+            .checked_mul(self.block_size)
+            .filter(|o| o.checked_add(self.block_size).is_some_and(|end| end <= self.len))
+            .ok_or(Ext4Error::Corrupt { ino, what: format!("block {block} is past the end of the image") })?;
+        self.read_at(off, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Inode `ino`.
+    pub fn inode(&mut self, ino: u64) -> Result<Inode, Ext4Error> {
+        let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
+        if ino == 0 || ino > self.inodes_count {
+            return Err(corrupt("no such inode"));
+        }
+        let group = (ino - 1) / self.inodes_per_group;
+        let index = (ino - 1) % self.inodes_per_group;
+        if group >= self.groups {
+            return Err(corrupt("no such group"));
+        }
+        let mut desc = vec![0u8; usize::try_from(self.desc_size).expect("bounded")];
+        self.read_at(self.gdt_block * self.block_size + group * self.desc_size, &mut desc)?;
+        let table =
+            u64::from(le32(&desc, 8)) | if self.desc_size >= 64 { u64::from(le32(&desc, 0x28)) << 32 } else { 0 };
+        let mut raw = vec![0u8; usize::try_from(self.inode_size).expect("bounded")];
+        let off = table
+            .checked_mul(self.block_size)
+            .and_then(|t| t.checked_add(index * self.inode_size))
+            .ok_or_else(|| corrupt("inode table address overflows"))?;
+        self.read_at(off, &mut raw).map_err(|_| corrupt("inode table past the end of the image"))?;
+        let mut block = [0u8; 60];
+        block.copy_from_slice(&raw[0x28..0x28 + 60]);
+        let extra = if raw.len() > 128 { usize::from(le16(&raw, 0x80)) } else { 0 };
+        if raw.len() > 128 && 128 + extra > raw.len() {
+            return Err(corrupt("extra inode size past the inode"));
+        }
+        let ibody_xattrs = if raw.len() > 128 + extra + 4 && le32(&raw, 128 + extra) == XATTR_MAGIC {
+            raw[128 + extra + 4..].to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Inode {
+            ino,
+            mode: le16(&raw, 0),
+            uid: u32::from(le16(&raw, 2)) | u32::from(le16(&raw, 0x78)) << 16,
+            gid: u32::from(le16(&raw, 0x18)) | u32::from(le16(&raw, 0x7A)) << 16,
+            size: u64::from(le32(&raw, 4)) | u64::from(le32(&raw, 0x6C)) << 32,
+            mtime: i64::from(le32(&raw, 0x10) as i32),
+            links: le16(&raw, 0x1A),
+            flags: le32(&raw, 0x20),
+            block,
+            file_acl: u64::from(le32(&raw, 0x68)) | u64::from(le16(&raw, 0x76)) << 32,
+            ibody_xattrs,
+        })
+    }
+
+    /// The extents of a file or directory: (logical block, physical block,
+    /// length, initialized), sorted by logical block.
+    fn extents(&mut self, inode: &Inode) -> Result<Vec<(u64, u64, u64, bool)>, Ext4Error> {
+        let ino = inode.ino;
+        if inode.flags & INLINE_DATA_FL != 0 {
+            return Err(Ext4Error::Unsupported(format!("inline data (inode {ino})")));
+        }
+        if inode.flags & EXTENTS_FL == 0 {
+            if inode.size == 0 {
+                return Ok(Vec::new());
+            }
+            return Err(Ext4Error::Unsupported(format!("a block-mapped file (inode {ino})")));
+        }
+        let mut out = Vec::new();
+        let mut budget = 1 << 20; // nodes visited
+        self.walk_extents(ino, &inode.block, MAX_DEPTH + 1, &mut out, &mut budget)?;
+        out.sort_by_key(|e| e.0);
+        for w in out.windows(2) {
+            if w[0].0 + w[0].2 > w[1].0 {
+                return Err(Ext4Error::Corrupt { ino, what: "overlapping extents".into() });
+            }
+        }
+        Ok(out)
+    }
+
+    fn walk_extents(
+        &mut self,
+        ino: u64,
+        node: &[u8],
+        depth_left: u16,
+        out: &mut Vec<(u64, u64, u64, bool)>,
+        budget: &mut u32,
+    ) -> Result<(), Ext4Error> {
+        let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
+        *budget = budget.checked_sub(1).ok_or_else(|| corrupt("too many extent nodes"))?;
+        if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
+            return Err(corrupt("bad extent header"));
+        }
+        let entries = usize::from(le16(node, 2));
+        let depth = le16(node, 6);
+        if depth >= depth_left || 12 + entries * 12 > node.len() {
+            return Err(corrupt("bad extent tree"));
+        }
+        for i in 0..entries {
+            let e = &node[12 + i * 12..24 + i * 12];
+            if depth == 0 {
+                let logical = u64::from(le32(e, 0));
+                let raw_len = u64::from(le16(e, 4));
+                let (len, init) = if raw_len > 32768 { (raw_len - 32768, false) } else { (raw_len, true) };
+                let start = u64::from(le16(e, 6)) << 32 | u64::from(le32(e, 8));
+                let end = start.checked_add(len).and_then(|e| e.checked_mul(self.block_size));
+                if len == 0 || end.map_or(true, |end| end > self.len) {
+                    return Err(corrupt("extent past the end of the image"));
+                }
+                out.push((logical, start, len, init));
+                if out.len() > 1 << 22 {
+                    return Err(corrupt("too many extents"));
+                }
+            } else {
+                let leaf = u64::from(le32(e, 4)) | u64::from(le16(e, 8)) << 32;
+                let child = self.block(ino, leaf)?;
+                self.walk_extents(ino, &child, depth, out, budget)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader of the first `inode.size` bytes of a file (holes and
+    /// unwritten extents read as zeros).
+    fn contents<'a>(&'a mut self, inode: &Inode) -> Result<FileReader<'a, R>, Ext4Error> {
+        let extents = self.extents(inode)?;
+        Ok(FileReader { fs: self, ino: inode.ino, extents, pos: 0, size: inode.size, next: 0 })
+    }
+
+    /// A symlink's target.
+    fn symlink(&mut self, inode: &Inode) -> Result<Vec<u8>, Ext4Error> {
+        let corrupt = |what: &str| Ext4Error::Corrupt { ino: inode.ino, what: what.into() };
+        if inode.size > 4096 {
+            return Err(corrupt("symlink target too long"));
+        }
+        let len = usize::try_from(inode.size).expect("bounded");
+        if inode.flags & EXTENTS_FL == 0 && len < 60 {
+            return Ok(inode.block[..len].to_vec());
+        }
+        let mut out = Vec::new();
+        self.contents(inode)?.read_to_end(&mut out).map_err(Ext4Error::Io)?;
+        Ok(out)
+    }
+
+    /// A directory's entries: (name, inode), "." and ".." left out.
+    pub fn dir(&mut self, inode: &Inode) -> Result<Vec<(Vec<u8>, u64)>, Ext4Error> {
+        let ino = inode.ino;
+        let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
+        if inode.size > MAX_DIR_BYTES {
+            return Err(corrupt("directory too large"));
+        }
+        let mut data = Vec::new();
+        self.contents(inode)?.read_to_end(&mut data).map_err(Ext4Error::Io)?;
+        let bs = usize::try_from(self.block_size).expect("bounded");
+        let mut out = Vec::new();
+        for block in data.chunks(bs) {
+            let mut at = 0;
+            while at + 8 <= block.len() {
+                let child = u64::from(le32(block, at));
+                let rec_len = usize::from(le16(block, at + 4));
+                let name_len = usize::from(block[at + 6]);
+                if rec_len < 8 || at + rec_len > block.len() || name_len + 8 > rec_len {
+                    return Err(corrupt("bad directory entry"));
+                }
+                let name = &block[at + 8..at + 8 + name_len];
+                if child != 0 && name != b"." && name != b".." {
+                    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+                        return Err(corrupt("bad name in a directory"));
+                    }
+                    out.push((name.to_vec(), child));
+                    if out.len() > MAX_DIR_ENTRIES {
+                        return Err(corrupt("too many directory entries"));
+                    }
+                }
+                at += rec_len;
+            }
+        }
+        out.sort();
+        if out.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(corrupt("duplicate names in a directory"));
+        }
+        Ok(out)
+    }
+
+    /// The inode at `path` (components separated by `/`) from the root.
+    pub fn lookup(&mut self, path: &str) -> Result<Inode, Ext4Error> {
+        let mut cur = self.inode(ROOT_INO)?;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            if !cur.is_dir() {
+                return Err(Ext4Error::NotFound(path.into()));
+            }
+            let entries = self.dir(&cur)?;
+            let next = entries.iter().find(|(n, _)| n == comp.as_bytes()).map(|(_, i)| *i);
+            cur = self.inode(next.ok_or_else(|| Ext4Error::NotFound(path.into()))?)?;
+        }
+        Ok(cur)
+    }
+
+    /// Every xattr of an inode, by full name, in-inode ones first.
+    pub fn xattrs(&mut self, inode: &Inode) -> Result<Vec<(String, Vec<u8>)>, Ext4Error> {
+        let ino = inode.ino;
+        let mut out = Vec::new();
+        if !inode.ibody_xattrs.is_empty() {
+            parse_xattrs(ino, &inode.ibody_xattrs, 0, &mut out)?;
+        }
+        if inode.file_acl != 0 {
+            let b = self.block(ino, inode.file_acl)?;
+            if le32(&b, 0) != XATTR_MAGIC {
+                return Err(Ext4Error::Corrupt { ino, what: "bad xattr block".into() });
+            }
+            parse_xattrs(ino, &b, 32, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Entries start at `first`; values are at offsets from the start of `area`
+/// (the block) or, in the inode, from the first entry.
+fn parse_xattrs(ino: u64, area: &[u8], first: usize, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), Ext4Error> {
+    let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
+    let mut at = first;
+    let mut count = 0;
+    while at + 4 <= area.len() && le32(area, at) != 0 {
+        if at + 16 > area.len() {
+            return Err(corrupt("xattr entry past its area"));
+        }
+        let name_len = usize::from(area[at]);
+        let index = area[at + 1];
+        let value_off = usize::from(le16(area, at + 2));
+        let value_inum = le32(area, at + 4);
+        let value_size = usize::try_from(le32(area, at + 8)).expect("u32");
+        if value_inum != 0 {
+            return Err(Ext4Error::Unsupported(format!("an xattr value in an inode (inode {ino})")));
+        }
+        let name = area.get(at + 16..at + 16 + name_len).ok_or_else(|| corrupt("xattr name past its area"))?;
+        let value = area.get(value_off..value_off + value_size).ok_or_else(|| corrupt("xattr value past its area"))?;
+        let prefix = match index {
+            0 => "",
+            1 => "user.",
+            2 => "system.posix_acl_access",
+            3 => "system.posix_acl_default",
+            4 => "trusted.",
+            6 => "security.",
+            7 => "system.",
+            8 => "system.richacl",
+            _ => return Err(corrupt("unknown xattr name index")),
+        };
+        let name = std::str::from_utf8(name).map_err(|_| corrupt("xattr name not UTF-8"))?;
+        out.push((format!("{prefix}{name}"), value.to_vec()));
+        count += 1;
+        if count > 4096 {
+            return Err(corrupt("too many xattrs"));
+        }
+        at += (16 + name_len).div_ceil(4) * 4;
+    }
+    Ok(())
+}
+
+/// Reads a file's bytes through its extents.
+struct FileReader<'a, R> {
+    fs: &'a mut Ext4<R>,
+    ino: u64,
+    extents: Vec<(u64, u64, u64, bool)>,
+    pos: u64,
+    size: u64,
+    next: usize,
+}
+
+impl<R: Read + Seek> Read for FileReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let bs = self.fs.block_size;
+        let lblock = self.pos / bs;
+        while self.next < self.extents.len() && self.extents[self.next].0 + self.extents[self.next].2 <= lblock {
+            self.next += 1;
+        }
+        let left = self.size - self.pos;
+        let n = match self.extents.get(self.next) {
+            Some(&(start, phys, len, init)) if start <= lblock => {
+                let end = ((start + len) * bs).min(self.size);
+                let n = (end - self.pos).min(buf.len() as u64).min(left);
+                let n = usize::try_from(n).expect("bounded by buf");
+                if init {
+                    let off = (phys + lblock - start) * bs + self.pos % bs;
+                    self.fs
+                        .read_at(off, &mut buf[..n])
+                        .map_err(|e| io::Error::other(format!("inode {}: {e}", self.ino)))?;
+                } else {
+                    buf[..n].fill(0);
+                }
+                n
+            }
+            next => {
+                // A hole up to the next extent or the end.
+                let end = next.map_or(self.size, |&(s, ..)| (s * bs).min(self.size));
+                let n = usize::try_from((end - self.pos).min(buf.len() as u64)).expect("bounded by buf");
+                buf[..n].fill(0);
+                n
+            }
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Write the directory `dir` of `fs` (its contents, not itself) as a tar
+/// to `out`; at most `limit` bytes of file data.
+pub fn upper_tar<R: Read + Seek, W: Write>(fs: &mut Ext4<R>, dir: &str, out: W, limit: u64) -> Result<(), Ext4Error> {
+    let root = fs.lookup(dir)?;
+    if !root.is_dir() {
+        return Err(Ext4Error::NotFound(format!("{dir} as a directory")));
+    }
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Complete);
+    let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut budget = limit;
+    // A directory is reached once: a guest that links one twice (or into
+    // itself) gets an error, not a walk that never ends.
+    let mut dirs_seen = std::collections::HashSet::from([root.ino]);
+    let mut stack = vec![(root, Vec::<u8>::new(), 0usize)];
+    while let Some((d, path, depth)) = stack.pop() {
+        if depth > 2048 {
+            return Err(Ext4Error::Corrupt { ino: d.ino, what: "directories nested too deep".into() });
+        }
+        let mut subdirs = Vec::new();
+        for (name, child) in fs.dir(&d)? {
+            let mut p = path.clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&name);
+            let inode = fs.inode(child)?;
+            entry(fs, &mut b, &inode, &p, &mut first, &mut budget, limit)?;
+            if inode.is_dir() {
+                if !dirs_seen.insert(inode.ino) {
+                    return Err(Ext4Error::Corrupt { ino: inode.ino, what: "a directory linked twice".into() });
+                }
+                subdirs.push((inode, p, depth + 1));
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    b.into_inner().map_err(Ext4Error::Write)?.flush().map_err(Ext4Error::Write)
+}
+
+fn entry<R: Read + Seek, W: Write>(
+    fs: &mut Ext4<R>,
+    b: &mut tar::Builder<W>,
+    inode: &Inode,
+    path: &[u8],
+    first: &mut HashMap<u64, Vec<u8>>,
+    budget: &mut u64,
+    limit: u64,
+) -> Result<(), Ext4Error> {
+    let w = Ext4Error::Write;
+    let p = Path::new(OsStr::from_bytes(path));
+    let mut h = Header::new_gnu();
+    h.set_mode(u32::from(inode.mode & 0o7777));
+    h.set_uid(u64::from(inode.uid));
+    h.set_gid(u64::from(inode.gid));
+    h.set_mtime(u64::try_from(inode.mtime).unwrap_or(0));
+    h.set_size(0);
+    h.set_device_major(0).expect("0 fits");
+    h.set_device_minor(0).expect("0 fits");
+    if !inode.is_dir() && inode.links > 1 {
+        if let Some(target) = first.get(&inode.ino) {
+            h.set_entry_type(EntryType::Link);
+            return b.append_link(&mut h, p, Path::new(OsStr::from_bytes(target))).map_err(w);
+        }
+        first.insert(inode.ino, path.to_vec());
+    }
+    let xattrs = fs.xattrs(inode)?;
+    if !xattrs.is_empty() {
+        let records: Vec<(String, &[u8])> =
+            xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+        b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v))).map_err(w)?;
+    }
+    let corrupt = |what: &str| Ext4Error::Corrupt { ino: inode.ino, what: what.into() };
+    match inode.kind() {
+        0o040_000 => {
+            h.set_entry_type(EntryType::Directory);
+            b.append_data(&mut h, p, io::empty()).map_err(w)
+        }
+        0o100_000 => {
+            *budget = budget.checked_sub(inode.size).ok_or(Ext4Error::TooLarge(limit))?;
+            h.set_entry_type(EntryType::Regular);
+            h.set_size(inode.size);
+            let reader = fs.contents(inode)?;
+            b.append_data(&mut h, p, reader).map_err(w)
+        }
+        0o120_000 => {
+            let target = fs.symlink(inode)?;
+            if target.is_empty() || target.contains(&0) {
+                return Err(corrupt("bad symlink target"));
+            }
+            h.set_entry_type(EntryType::Symlink);
+            b.append_link(&mut h, p, Path::new(OsStr::from_bytes(&target))).map_err(w)
+        }
+        0o020_000 | 0o060_000 => {
+            // Old (16-bit) encoding in i_block[0], else the new one in i_block[1].
+            let old = le32(&inode.block, 0);
+            let (major, minor) = if old != 0 {
+                ((old >> 8) & 0xff, old & 0xff)
+            } else {
+                let new = le32(&inode.block, 4);
+                ((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00))
+            };
+            h.set_entry_type(if inode.kind() == 0o020_000 { EntryType::Char } else { EntryType::Block });
+            h.set_device_major(major).map_err(w)?;
+            h.set_device_minor(minor).map_err(w)?;
+            b.append_data(&mut h, p, io::empty()).map_err(w)
+        }
+        0o010_000 => {
+            h.set_entry_type(EntryType::Fifo);
+            b.append_data(&mut h, p, io::empty()).map_err(w)
+        }
+        // A socket cannot be in a layer; the converter names it.
+        0o140_000 => {
+            Err(Ext4Error::Unsupported(format!("a socket at {} in the upper dir", String::from_utf8_lossy(path))))
+        }
+        _ => Err(corrupt("unknown file type")),
+    }
+}
+
+#[cfg(test)]
+#[path = "ext4_tests.rs"]
+mod tests;

@@ -1,0 +1,166 @@
+//! The ext4 reader against images mkfs.ext4 makes from real trees (`-d`),
+//! as the host formats the scratch disk (no journal, 4 KiB blocks).
+
+use super::*;
+use crate::layer::test_util::{is_root, read_layer};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn mkfs(dir: &Path, img: &Path, mib: u64) {
+    let f = std::fs::File::create(img).unwrap();
+    f.set_len(mib << 20).unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-b", "4096", "-O", "^has_journal", "-E", "root_owner=0:0", "-d"])
+        .arg(dir)
+        .arg(img)
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn tar_of_dir(img: &Path, dir: &str) -> Vec<u8> {
+    let mut fs = Ext4::open(std::fs::File::open(img).unwrap()).unwrap();
+    let mut out = Vec::new();
+    upper_tar(&mut fs, dir, &mut out, u64::MAX).unwrap();
+    out
+}
+
+#[test]
+fn reads_files_dirs_symlinks_hardlinks_sparse_files_and_big_dirs() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let up = root.join("upper");
+    std::fs::create_dir_all(up.join("etc")).unwrap();
+    std::fs::write(up.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+    let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(up.join("big"), &big).unwrap();
+    std::fs::hard_link(up.join("big"), up.join("big2")).unwrap();
+    std::os::unix::fs::symlink("passwd", up.join("etc/short")).unwrap();
+    let long_target = format!("/nix/store/{}/bin/hello", "x".repeat(100));
+    std::os::unix::fs::symlink(&long_target, up.join("etc/long")).unwrap();
+    std::fs::set_permissions(up.join("etc/passwd"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let sparse = std::fs::File::create(up.join("sparse")).unwrap();
+    sparse.set_len(10 << 20).unwrap();
+    std::fs::create_dir(up.join("many")).unwrap();
+    for i in 0..3000 {
+        std::fs::write(up.join(format!("many/file-with-a-longish-name-{i:05}")), i.to_string()).unwrap();
+    }
+    std::fs::write(root.join("outside"), b"not in the upper dir").unwrap();
+    let img = t.path().join("scratch.img");
+    mkfs(&root, &img, 64);
+    let tar = tar_of_dir(&img, "upper");
+    let entries = read_layer(&tar);
+    let get = |p: &str| entries.iter().find(|g| g.path.trim_end_matches('/') == p).unwrap_or_else(|| panic!("{p}"));
+    assert_eq!(get("etc/passwd").data, b"root:x:0:0::/root:/bin/sh\n");
+    assert_eq!(get("etc/passwd").mode & 0o7777, 0o640);
+    assert_eq!(get("big").data, big);
+    assert_eq!(get("big2").ty, b'1', "the second name is a hardlink entry");
+    assert_eq!(get("etc/short").link, "passwd");
+    assert_eq!(get("etc/long").link, long_target);
+    assert_eq!(get("sparse").data.len(), 10 << 20);
+    assert!(get("sparse").data.iter().all(|b| *b == 0));
+    let many = entries.iter().filter(|g| g.path.starts_with("many/")).count();
+    assert_eq!(many, 3000);
+    assert_eq!(get("many/file-with-a-longish-name-02999").data, b"2999");
+    assert!(!entries.iter().any(|g| g.path.contains("outside")), "only the upper dir");
+}
+
+#[test]
+fn owners_devices_whiteouts_and_xattrs_as_root() {
+    if !is_root() {
+        eprintln!("skipping owners_devices_whiteouts_and_xattrs_as_root: needs root (mknod, chown, trusted.*)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let up = root.join("upper");
+    std::fs::create_dir_all(up.join("opaque")).unwrap();
+    std::fs::write(up.join("owned"), b"x").unwrap();
+    std::os::unix::fs::chown(up.join("owned"), Some(100_000), Some(42)).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, up.join("gone"), rustix::fs::FileType::CharacterDevice, 0.into(), 0).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        up.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        0o666.into(),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        up.join("loop300"),
+        rustix::fs::FileType::BlockDevice,
+        0o660.into(),
+        rustix::fs::makedev(7, 300),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(up.join("opaque"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(
+        up.join("owned"),
+        "security.capability",
+        b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(up.join("owned"), "user.big", &[7u8; 3000], rustix::fs::XattrFlags::empty()).unwrap();
+    let img = t.path().join("scratch.img");
+    mkfs(&root, &img, 32);
+    let tar = tar_of_dir(&img, "/upper");
+    let entries = read_layer(&tar);
+    let get = |p: &str| entries.iter().find(|g| g.path.trim_end_matches('/') == p).unwrap_or_else(|| panic!("{p}"));
+    assert_eq!((get("owned").uid, get("owned").gid), (100_000, 42));
+    assert_eq!((get("gone").ty, get("gone").dev), (b'3', (0, 0)), "a whiteout stays a 0/0 device");
+    assert_eq!(get("null").dev, (1, 3));
+    assert_eq!((get("loop300").ty, get("loop300").dev), (b'4', (7, 300)));
+    let x = |p: &str, k: &str| get(p).xattrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(x("opaque", "trusted.overlay.opaque"), Some(b"y".to_vec()));
+    assert_eq!(x("owned", "security.capability").map(|v| v.len()), Some(20));
+    assert_eq!(x("owned", "user.big"), Some(vec![7u8; 3000]), "a block xattr");
+}
+
+#[test]
+fn a_damaged_or_unclean_image_is_an_error_not_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("upper/d")).unwrap();
+    std::fs::write(root.join("upper/d/f"), b"data").unwrap();
+    let img = t.path().join("scratch.img");
+    mkfs(&root, &img, 16);
+    let good = std::fs::read(&img).unwrap();
+    // Not cleanly unmounted (s_state without VALID).
+    let mut unclean = good.clone();
+    unclean[1024 + 58] = 0;
+    assert!(matches!(Ext4::open(std::io::Cursor::new(unclean)), Err(Ext4Error::NotClean)));
+    // Cut short, and every byte of the metadata flipped in turn: errors only.
+    assert!(Ext4::open(std::io::Cursor::new(good[..2048].to_vec())).is_err());
+    for at in (1024..good.len().min(1 << 20)).step_by(997) {
+        let mut bad = good.clone();
+        bad[at] ^= 0xa5;
+        if let Ok(mut fs) = Ext4::open(std::io::Cursor::new(bad)) {
+            let _ = upper_tar(&mut fs, "upper", std::io::sink(), 1 << 30);
+        }
+    }
+    // The output bound.
+    let mut fs = Ext4::open(std::io::Cursor::new(good)).unwrap();
+    assert!(matches!(upper_tar(&mut fs, "upper", std::io::sink(), 2), Err(Ext4Error::TooLarge(2))));
+}
+
+#[test]
+fn the_fuzz_seeds_are_readable_images_with_1k_and_4k_blocks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-seeds/scratch_ext4");
+    for seed in ["mkfs-d-upper-64k.img", "mkfs-d-upper-256k.img"] {
+        let bytes = std::fs::read(dir.join(seed)).unwrap();
+        let mut fs = Ext4::open(std::io::Cursor::new(bytes)).unwrap();
+        let mut out = Vec::new();
+        upper_tar(&mut fs, "upper", &mut out, 1 << 20).unwrap();
+        let entries = read_layer(&out);
+        // `h` and `etc/f` are one inode: the first name written (the root's
+        // entries come before the subdirectories') has the bytes, the
+        // other is a hardlink entry to it.
+        let h = entries.iter().find(|g| g.path == "h").unwrap_or_else(|| panic!("{seed}: h"));
+        assert_eq!(h.data, b"hi\n", "{seed}");
+        let f = entries.iter().find(|g| g.path == "etc/f").unwrap_or_else(|| panic!("{seed}: etc/f"));
+        assert_eq!((f.ty, f.link.as_str()), (b'1', "h"), "{seed}");
+        assert!(entries.iter().any(|g| g.path == "wh" && g.ty == b'3'), "{seed}: the whiteout");
+    }
+}
