@@ -43,7 +43,9 @@ pub fn mmio(mut data: &[u8]) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
     let mut block = Block::new(disk().path(), false, "fuzz").expect("block device");
     // As the VMM does before the guest runs: the worker waits for activation.
-    block.start(&crate::seccomp::Policy::disabled()).expect("block worker");
+    block
+        .start(&crate::devices::virtio::StartContext::unwatched(&crate::seccomp::Policy::disabled()))
+        .expect("block worker");
     let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
     let mut t = MmioTransport::new(Box::new(block), mem, irq).expect("transport");
     let mut ops = 0;

@@ -9,7 +9,7 @@ use super::VmmError;
 use crate::devices::console::{ConsoleLog, ConsoleSink, Echo, EchoLimit};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
-use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
+use crate::devices::virtio::{DeviceFailures, Interrupt, MmioTransport, StartContext, VirtioDevice};
 use crate::devices::Bus;
 use crate::seccomp::{Policy, ThreadKind};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -198,6 +198,8 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // (ioeventfd) and interrupts straight into the irqchip (irqfd).
     let mut mmio = Bus::new();
     let mut cmdline = kernel_cmdline(kind, &config.cmdline);
+    // A device worker that stops serving on its own says so here.
+    let failures = DeviceFailures::default();
     for (index, mut device) in config.virtio.drain(..).enumerate() {
         let index = u32::try_from(index).expect("few devices");
         let irq = layout::VIRTIO_FIRST_IRQ + index;
@@ -206,7 +208,9 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         }
         let addr = layout::mmio_device_addr(index);
         // Its worker thread starts now, filtered, before any vCPU runs.
-        device.start(&seccomp).map_err(device_err("starting a device worker"))?;
+        device
+            .start(&StartContext { seccomp: &seccomp, failures: failures.clone() })
+            .map_err(device_err("starting a device worker"))?;
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("virtio irq eventfd"))?;
         vm.register_irqfd(&irq_evt, irq).map_err(kvm_err("register virtio irqfd"))?;
         let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irq_evt))
@@ -288,12 +292,17 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // (every 5 ms while profiling, to sample the vCPU).
     let tick = if profile.is_some() { Duration::from_millis(5) } else { Duration::from_millis(100) };
     let mut interrupted = false;
+    let mut device_failed = None;
     let wait = loop {
         let remaining = config.timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(remaining.min(tick)) {
             Err(mpsc::RecvTimeoutError::Timeout) if !remaining.is_zero() => {
                 if super::interrupted() {
                     interrupted = true;
+                    break Err(mpsc::RecvTimeoutError::Timeout);
+                }
+                if let Some(what) = failures.first() {
+                    device_failed = Some(what);
                     break Err(mpsc::RecvTimeoutError::Timeout);
                 }
                 if profile.is_some() {
@@ -311,17 +320,22 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             stop.store(true, Ordering::SeqCst);
             loop {
                 let _ = thread.kill(signal);
+                let timed_out = !interrupted && device_failed.is_none();
                 match rx.recv_timeout(Duration::from_millis(20)) {
-                    Ok(done) => break (done, !interrupted),
+                    Ok(done) => break (done, timed_out),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        break ((GuestExit::Stopped, Vec::new(), None), !interrupted)
+                        break ((GuestExit::Stopped, Vec::new(), None), timed_out)
                     }
                 }
             }
         }
     };
     let _ = thread.join();
+    let exit = match device_failed {
+        Some(what) => GuestExit::DeviceFailed(what),
+        None => exit,
+    };
     let peak_rss_kib = peak_rss_kib();
     let guest_rss_kib = mem.iter().map(|r| mapping_rss_kib(r.as_ptr() as u64)).sum();
     drop(vm);

@@ -49,6 +49,9 @@ pub enum GuestExit {
     /// Keeping the guest's extended register state failed: a vCPU ioctl
     /// (errno) or the keeper's bounds.
     Xstate(XstateFailure),
+    /// A device worker stopped serving (its epoll failed); the VMM stopped
+    /// the guest rather than let it wait for the device until the timeout.
+    DeviceFailed(String),
 }
 
 /// Why the VMM could not keep a guest task's extended register state.
@@ -87,6 +90,7 @@ impl std::fmt::Display for GuestExit {
             GuestExit::Xstate(XstateFailure::Keeper(e)) => {
                 write!(f, "keeping the guest's extended register state: {e}")
             }
+            GuestExit::DeviceFailed(what) => write!(f, "{what}; the guest was stopped"),
         }
     }
 }

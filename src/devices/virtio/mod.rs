@@ -104,6 +104,38 @@ pub struct ActivateContext {
     pub acked_features: u64,
 }
 
+/// What a device gets to start its worker with.
+#[derive(Debug)]
+pub struct StartContext<'a> {
+    pub seccomp: &'a Policy,
+    pub failures: DeviceFailures,
+}
+
+impl<'a> StartContext<'a> {
+    /// A context whose failures nobody watches (tests, fuzzing).
+    pub fn unwatched(seccomp: &'a Policy) -> Self {
+        StartContext { seccomp, failures: DeviceFailures::default() }
+    }
+}
+
+/// Where device workers report that they stopped serving on their own (an
+/// epoll failure): the VMM polls it and stops the guest instead of leaving
+/// it to wait for a device that will never answer.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFailures(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl DeviceFailures {
+    /// Record `what` (the first failure is kept).
+    pub fn report(&self, what: String) {
+        let mut f = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.get_or_insert(what);
+    }
+    /// The first failure reported, if any.
+    pub fn first(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// virtio device ID ([`TYPE_BLOCK`], [`TYPE_FS`], ...).
@@ -118,9 +150,10 @@ pub trait VirtioDevice: Send {
     /// Write to the configuration space; read-only by default.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Set up before the guest runs (on the VMM's setup thread): a device
-    /// with a worker thread starts it here, filtered as `seccomp` says, so
-    /// that activation (on the vCPU thread) creates no thread.
-    fn start(&mut self, _seccomp: &Policy) -> Result<(), ActivateError> {
+    /// with a worker thread starts it here, filtered as `ctx.seccomp` says,
+    /// so that activation (on the vCPU thread) creates no thread; a worker
+    /// that cannot go on tells `ctx.failures`, and the VMM stops the guest.
+    fn start(&mut self, _ctx: &StartContext<'_>) -> Result<(), ActivateError> {
         Ok(())
     }
     /// Start serving the queues (the driver set DRIVER_OK; runs on the vCPU

@@ -10,7 +10,7 @@
 //! that was notified, until the device is reset or dropped. So the vCPU
 //! thread never creates a thread, and no thread inherits another's filter.
 
-use crate::devices::virtio::ActivateError;
+use crate::devices::virtio::{ActivateError, DeviceFailures};
 use crate::seccomp::ThreadFilter;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -47,7 +47,7 @@ pub struct Worker {
 impl Worker {
     /// Start the thread `name`; it installs `filter`, then waits for
     /// [`Self::activate`]. Returns once the filter is in place.
-    pub fn spawn(name: &str, filter: ThreadFilter) -> io::Result<Self> {
+    pub fn spawn(name: &str, filter: ThreadFilter, failures: DeviceFailures) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let thread_stop = stop.try_clone()?;
         let (activations, requests) = mpsc::channel::<Activation>();
@@ -75,7 +75,9 @@ impl Worker {
                         continue;
                     }
                 };
-                serve(&filter, &thread_stop, &activation.queue_evts, handler);
+                if let Err(e) = serve(&filter, &thread_stop, &activation.queue_evts, handler) {
+                    failures.report(format!("device worker {thread_name} stopped serving: {e}"));
+                }
                 let _ = idle_tx.send(());
             }
         })?;
@@ -118,32 +120,27 @@ impl Worker {
 }
 
 /// Wait on the queue and stop eventfds; call `handle` for each notified
-/// queue until stopped.
-fn serve(filter: &ThreadFilter, stop: &EventFd, queue_evts: &[EventFd], mut handle: Handler) {
+/// queue until stopped (Ok) or until waiting fails (Err: the guest would
+/// wait for this device forever).
+fn serve(filter: &ThreadFilter, stop: &EventFd, queue_evts: &[EventFd], mut handle: Handler) -> io::Result<()> {
     let stop_token = queue_evts.len() as u64;
-    let Ok(epoll) = Epoll::new() else {
-        return;
-    };
+    let epoll = Epoll::new()?;
     for (i, evt) in queue_evts.iter().enumerate() {
-        if epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64)).is_err() {
-            return;
-        }
+        epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))?;
     }
-    if epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, stop_token)).is_err() {
-        return;
-    }
+    epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, stop_token))?;
     let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
     let mut first = true;
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(e) => return Err(e),
         };
         for ev in &events[..n] {
             let token = ev.data();
             if token == stop_token {
-                return;
+                return Ok(());
             }
             let index = usize::try_from(token).expect("queue index");
             // Drain the counter; several notifications are one pass.
@@ -152,7 +149,7 @@ fn serve(filter: &ThreadFilter, stop: &EventFd, queue_evts: &[EventFd], mut hand
                 filter.probe();
             }
             if !handle(index) {
-                return;
+                return Ok(());
             }
         }
     }
@@ -182,7 +179,8 @@ mod tests {
     }
 
     fn worker() -> Worker {
-        Worker::spawn("test-worker", Policy::disabled().thread(ThreadKind::Block).unwrap()).unwrap()
+        Worker::spawn("test-worker", Policy::disabled().thread(ThreadKind::Block).unwrap(), DeviceFailures::default())
+            .unwrap()
     }
 
     #[test]
@@ -212,6 +210,27 @@ mod tests {
         drop(worker);
         kick[0].write(1).unwrap();
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "no calls after drop");
+    }
+
+    #[test]
+    fn a_worker_that_cannot_wait_on_its_queues_reports_it() {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let failures = DeviceFailures::default();
+        let mut worker =
+            Worker::spawn("test-worker", Policy::disabled().thread(ThreadKind::Block).unwrap(), failures.clone())
+                .unwrap();
+        // A regular file: epoll refuses to watch it (EPERM).
+        let file = tempfile::tempfile().unwrap();
+        // SAFETY: the descriptor is a live file this test owns; the EventFd
+        // takes it over and closes it once.
+        let not_pollable = unsafe { EventFd::from_raw_fd(file.into_raw_fd()) };
+        worker.activate(vec![not_pollable], Box::new(|| Ok(Box::new(|_: usize| true) as Handler))).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while failures.first().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let what = failures.first().expect("the failure was reported");
+        assert!(what.contains("test-worker") && what.contains("stopped serving"), "{what}");
     }
 
     #[test]

@@ -11,10 +11,11 @@
 use super::request::{self, DiskInfo, Op, Parsed, Segment};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, STATUS_IOERR, STATUS_OK};
 use crate::devices::virtio::worker::{Handler as WorkerHandler, Worker};
+use crate::devices::virtio::StartContext;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
-use crate::seccomp::{Policy, ThreadKind};
+use crate::seccomp::ThreadKind;
 use std::cell::Cell;
 use std::error::Error as _;
 use std::fs::{File, OpenOptions};
@@ -178,9 +179,9 @@ impl VirtioDevice for Block {
         )
     }
 
-    fn start(&mut self, seccomp: &Policy) -> Result<(), ActivateError> {
-        let filter = seccomp.thread(ThreadKind::Block)?;
-        self.worker = Some(Worker::spawn("virtio-blk", filter).map_err(ActivateError::Worker)?);
+    fn start(&mut self, ctx: &StartContext<'_>) -> Result<(), ActivateError> {
+        let filter = ctx.seccomp.thread(ThreadKind::Block)?;
+        self.worker = Some(Worker::spawn("virtio-blk", filter, ctx.failures.clone()).map_err(ActivateError::Worker)?);
         Ok(())
     }
 
@@ -865,7 +866,7 @@ mod tests {
             queue_evts: vec![kick.try_clone().unwrap()],
             acked_features: rig.block.features(),
         };
-        rig.block.start(&crate::seccomp::Policy::disabled()).unwrap();
+        rig.block.start(&crate::devices::virtio::StartContext::unwatched(&crate::seccomp::Policy::disabled())).unwrap();
         rig.block.activate(ctx).unwrap();
 
         rig.header(HDR, VIRTIO_BLK_T_IN, 4);

@@ -14,10 +14,11 @@ use super::limit::OutputLimit;
 use super::read_only::ReadOnlyFs;
 use super::request::{self, OUT_HEADER_LEN, OUT_HEADER_LEN_U32};
 use crate::devices::virtio::worker::{Handler, Worker};
+use crate::devices::virtio::StartContext;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
 };
-use crate::seccomp::{Policy, ThreadKind};
+use crate::seccomp::ThreadKind;
 use fuse_backend_rs::abi::fuse_abi::OutHeader;
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
@@ -233,9 +234,10 @@ impl VirtioDevice for Fs {
         worker.activate(queue_evts, Box::new(make))
     }
 
-    fn start(&mut self, seccomp: &Policy) -> Result<(), ActivateError> {
-        let filter = seccomp.thread(ThreadKind::Fs)?;
-        self.worker = Some(Worker::spawn(&format!("virtio-fs-{}", self.tag), filter).map_err(ActivateError::Worker)?);
+    fn start(&mut self, ctx: &StartContext<'_>) -> Result<(), ActivateError> {
+        let filter = ctx.seccomp.thread(ThreadKind::Fs)?;
+        let name = format!("virtio-fs-{}", self.tag);
+        self.worker = Some(Worker::spawn(&name, filter, ctx.failures.clone()).map_err(ActivateError::Worker)?);
         Ok(())
     }
 

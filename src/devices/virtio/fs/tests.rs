@@ -77,7 +77,7 @@ impl Used {
 impl Driver {
     fn new(dir: &Path, read_only: bool) -> Self {
         let mut fs = Fs::new("share", dir, read_only).unwrap();
-        fs.start(&crate::seccomp::Policy::disabled()).unwrap();
+        fs.start(&crate::devices::virtio::StartContext::unwatched(&crate::seccomp::Policy::disabled())).unwrap();
         Self::activate(fs)
     }
 
@@ -726,7 +726,7 @@ fn output_limit_bounds_what_the_guest_adds_to_a_read_write_share() {
     let dir = tempfile::tempdir().unwrap();
     let limit = std::sync::Arc::new(OutputLimit::new(2 * limit::NODE_COST + 10));
     let mut fs = Fs::new("share", dir.path(), false).unwrap().with_output_limit(limit.clone()).unwrap();
-    fs.start(&crate::seccomp::Policy::disabled()).unwrap();
+    fs.start(&crate::devices::virtio::StartContext::unwatched(&crate::seccomp::Policy::disabled())).unwrap();
     let mut d = Driver::activate(fs);
     d.init();
     let create = CreateIn {
