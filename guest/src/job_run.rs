@@ -63,21 +63,6 @@ fn check_protocol(job_json: &str) -> Result<(), String> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_job_of_another_protocol_is_named_as_such() {
-        assert!(check_protocol(&format!(r#"{{"protocol":{PROTOCOL_VERSION},"mounts":[]}}"#)).is_ok());
-        let e = check_protocol(r#"{"mounts":[],"task":"none"}"#).unwrap_err();
-        assert!(e.contains("protocol none") && e.contains("another rootlayer version"), "{e}");
-        let e = check_protocol(&format!(r#"{{"protocol":{}}}"#, PROTOCOL_VERSION + 1)).unwrap_err();
-        assert!(e.contains(&format!("protocol {}", PROTOCOL_VERSION + 1)), "{e}");
-        assert!(check_protocol("not json").is_err());
-    }
-}
-
 fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
     let t = Instant::now();
     for m in &job.mounts {
@@ -101,5 +86,20 @@ fn mount(m: &Mount) -> anyhow::Result<()> {
         MountSource::VirtioFs { tag } => mount_fs(tag, &m.target, "virtiofs", flags, None),
         MountSource::NineP { tag } => mount_fs(tag, &m.target, "9p", flags, Some(NINEP_OPTIONS)),
         MountSource::Disk { device, fstype } => mount_fs(device, &m.target, fstype, flags, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_of_another_protocol_is_named_as_such() {
+        assert!(check_protocol(&format!(r#"{{"protocol":{PROTOCOL_VERSION},"mounts":[]}}"#)).is_ok());
+        let e = check_protocol(r#"{"mounts":[],"task":"none"}"#).unwrap_err();
+        assert!(e.contains("protocol none") && e.contains("another rootlayer version"), "{e}");
+        let e = check_protocol(&format!(r#"{{"protocol":{}}}"#, PROTOCOL_VERSION + 1)).unwrap_err();
+        assert!(e.contains(&format!("protocol {}", PROTOCOL_VERSION + 1)), "{e}");
+        assert!(check_protocol("not json").is_err());
     }
 }

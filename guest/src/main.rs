@@ -9,7 +9,6 @@ mod device_check;
 mod job;
 mod job_run;
 mod kernel_log;
-mod layer;
 mod mounts;
 mod power;
 mod run_as_root;

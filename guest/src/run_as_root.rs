@@ -316,7 +316,7 @@ fn loopback_up() -> anyhow::Result<()> {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) == -1 {
             return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS");
         }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is bit 0");
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) == -1 {
             return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS");
         }
