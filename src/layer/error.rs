@@ -1,5 +1,4 @@
-//! The layer engine's error type (shared with the guest agent, which
-//! compiles this file, `rules.rs` and `unpack.rs` into itself).
+//! The layer engine's error type.
 
 use std::io;
 

@@ -9,10 +9,14 @@
 //! - [`convert`]: the tar of an upper dir (as the guest agent streams it, with
 //!   `trusted.overlay.*` xattrs, whiteout devices and hardlinks) -> a
 //!   deterministic OCI layer tar, with its diff_id computed while writing.
+//! - [`flatten`] + [`erofs`]: a base image's layers -> one merged tree ->
+//!   the read-only EROFS disk the guest mounts as its lower dir; [`tree_tar`]
+//!   writes the same tree as a tar (`export`).
+//! - [`ext4`]: the overlay upper dir read off the scratch disk's image the
+//!   guest left, as the tar [`convert`] takes.
 //! - [`unpack`]: an OCI layer -> a directory usable as an overlay lower dir
-//!   (whiteouts become 0/0 devices, opaque markers an xattr). It depends only
-//!   on `std`, `tar`, `rustix` and this module's rules, so the guest agent can
-//!   use it.
+//!   (whiteouts become 0/0 devices, opaque markers an xattr); the tests'
+//!   oracle for the converter, and fuzzed.
 //!
 //! One set of rules ([`rules`]) serves both directions: path normalization,
 //! the whiteout names, which xattrs a layer carries, and the entry order.

@@ -360,8 +360,6 @@ impl Unpacker<'_> {
     }
 }
 
-// The guest agent compiles this file too (with cfg `agent`); the tests
-// use host-only helpers.
-#[cfg(all(test, not(agent)))]
+#[cfg(test)]
 #[path = "unpack_tests.rs"]
 mod tests;
