@@ -14,10 +14,9 @@
 use crate::image::{BaseImage, ImageError, Sha256Digest};
 use crate::layer::erofs::{self, Layers};
 use crate::layer::flatten::Tree;
-use crate::layer::LayerError;
-use sha2::{Digest as _, Sha256};
+use crate::layer::{HashingWriter, LayerError};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Why the base disk could not be made.
@@ -66,23 +65,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BaseError + '_ {
     move |source| BaseError::Io { path: path.to_path_buf(), source }
 }
 
-/// sha256 of a file, hex.
-fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut f = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+/// The hex digits of a `sha256:<hex>` digest (the checksum file holds them).
+fn hex_of(digest: &str) -> String {
+    digest.trim_start_matches("sha256:").to_string()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// sha256 of a file, hex.
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut hashed = HashingWriter::new(std::io::sink());
+    std::io::copy(&mut BufReader::with_capacity(1 << 20, File::open(path)?), &mut hashed)?;
+    Ok(hex_of(&hashed.finish().0))
 }
 
 /// A cached image whose recorded sha256 matches its bytes.
@@ -92,21 +84,13 @@ fn cached(path: &Path) -> Option<u64> {
     (want.trim() == got).then(|| std::fs::metadata(path).map(|m| m.len()).ok())?
 }
 
-/// Writes through to `inner`, hashing what passes.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
+/// The staged layer tars, opened as the trees' data source.
+pub fn open_staged(staged: &[PathBuf]) -> Result<Layers<BufReader<File>>, BaseError> {
+    let mut layers = Vec::new();
+    for p in staged {
+        layers.push(BufReader::with_capacity(1 << 16, File::open(p).map_err(io_err(p))?));
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    Ok(Layers(layers))
 }
 
 /// Stage `base`'s layers uncompressed under `work` (`layer-N.tar`) and
@@ -141,20 +125,18 @@ pub fn prepare(base: Option<&BaseImage>, cache: &Path, work: &Path) -> Result<Ba
         return Ok(BaseDisk { path, cached: true, bytes });
     }
     let (tree, staged) = flatten(base, work)?;
-    let mut layers = Vec::new();
-    for p in &staged {
-        layers.push(BufReader::with_capacity(1 << 16, File::open(p).map_err(io_err(p))?));
-    }
+    let mut layers = open_staged(&staged)?;
     // Into the cache where it can be written, else the work directory.
     let target = if std::fs::create_dir_all(&dir).is_ok() && writable(&dir) { path } else { work.join(&name) };
     let tmp = target.with_extension(format!("erofs.tmp-{}", std::process::id()));
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut out = Hashing { inner: BufWriter::with_capacity(1 << 20, file), hash: Sha256::new() };
-    let written = erofs::write(&tree, &mut Layers(layers), &mut out);
+    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let written = erofs::write(&tree, &mut layers, &mut out);
     let result = written.map_err(BaseError::from).and_then(|info| {
         out.flush().map_err(io_err(&tmp))?;
-        let sum = hex(&std::mem::take(&mut out.hash).finalize());
-        let file = out.inner.into_inner().map_err(|e| BaseError::Io { path: tmp.clone(), source: e.into_error() })?;
+        let (digest, _, buffered) = out.finish();
+        let sum = hex_of(&digest);
+        let file = buffered.into_inner().map_err(|e| BaseError::Io { path: tmp.clone(), source: e.into_error() })?;
         file.sync_all().map_err(io_err(&tmp))?;
         // Image first, then the checksum that makes it valid.
         std::fs::rename(&tmp, &target).map_err(io_err(&target))?;

@@ -273,13 +273,19 @@ fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), RunAsRootEr
     Ok(())
 }
 
+impl From<BaseError> for RunAsRootError {
+    fn from(e: BaseError) -> Self {
+        match e {
+            BaseError::Image(e) => RunAsRootError::Image(e),
+            BaseError::Layer(e) => RunAsRootError::BaseLayer(e),
+            other => RunAsRootError::Base(other),
+        }
+    }
+}
+
 /// The base image as the guest's read-only disk (cached, [`crate::base`]).
 fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, RunAsRootError> {
-    crate::base::prepare(base, &cache_dir(), workdir.path()).map_err(|e| match e {
-        BaseError::Image(e) => RunAsRootError::Image(e),
-        BaseError::Layer(e) => RunAsRootError::BaseLayer(e),
-        other => RunAsRootError::Base(other),
-    })
+    Ok(crate::base::prepare(base, &cache_dir(), workdir.path())?)
 }
 
 /// Write the scratch disk's `upper` dir as a tar at `out` (the untrusted
@@ -423,26 +429,14 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
     if let Some(m) = base.selected().message() {
         eprintln!("rootlayer: {m}");
     }
-    let base_err = |e| match e {
-        BaseError::Image(e) => RunAsRootError::Image(e),
-        BaseError::Layer(e) => RunAsRootError::BaseLayer(e),
-        other => RunAsRootError::Base(other),
-    };
-    let (tree, staged) = crate::base::flatten(Some(&base), workdir.path()).map_err(base_err)?;
+    let (tree, staged) = crate::base::flatten(Some(&base), workdir.path())?;
     let flattened = start.elapsed().as_secs_f64();
     let t = Instant::now();
     let tar_path = workdir.path().join("rootfs.tar");
     let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
-    let mut layers = Vec::new();
-    for p in &staged {
-        layers.push(std::io::BufReader::new(std::fs::File::open(p).map_err(io)?));
-    }
+    let mut layers = crate::base::open_staged(&staged)?;
     let file = std::fs::File::create(&tar_path).map_err(io)?;
-    crate::layer::tree_tar::write(
-        &tree,
-        &mut crate::layer::erofs::Layers(layers),
-        std::io::BufWriter::with_capacity(1 << 20, file),
-    )?;
+    crate::layer::tree_tar::write(&tree, &mut layers, std::io::BufWriter::with_capacity(1 << 20, file))?;
     // Same deterministic writer as the layers (no whiteouts in a merged tree).
     let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default())?;
     Ok(Summary {

@@ -23,7 +23,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use tar::{EntryType, Header};
+use tar::EntryType;
+
+use super::tree_tar::{append_xattrs, header};
 
 /// Why the image cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -543,14 +545,7 @@ fn entry<R: Read + Seek, W: Write>(
 ) -> Result<(), Ext4Error> {
     let w = Ext4Error::Write;
     let p = Path::new(OsStr::from_bytes(path));
-    let mut h = Header::new_gnu();
-    h.set_mode(u32::from(inode.mode & 0o7777));
-    h.set_uid(u64::from(inode.uid));
-    h.set_gid(u64::from(inode.gid));
-    h.set_mtime(u64::try_from(inode.mtime).unwrap_or(0));
-    h.set_size(0);
-    h.set_device_major(0).expect("0 fits");
-    h.set_device_minor(0).expect("0 fits");
+    let mut h = header(u32::from(inode.mode & 0o7777), inode.uid, inode.gid, u64::try_from(inode.mtime).unwrap_or(0));
     if !inode.is_dir() && inode.links > 1 {
         if let Some(target) = first.get(&inode.ino) {
             h.set_entry_type(EntryType::Link);
@@ -559,11 +554,7 @@ fn entry<R: Read + Seek, W: Write>(
         first.insert(inode.ino, path.to_vec());
     }
     let xattrs = fs.xattrs(inode)?;
-    if !xattrs.is_empty() {
-        let records: Vec<(String, &[u8])> =
-            xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
-        b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v))).map_err(w)?;
-    }
+    append_xattrs(b, xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(w)?;
     let corrupt = |what: &str| Ext4Error::Corrupt { ino: inode.ino, what: what.into() };
     match inode.kind() {
         0o040_000 => {

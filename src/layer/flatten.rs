@@ -21,7 +21,7 @@ use std::io::{self, Read};
 
 use tar::EntryType;
 
-use super::rules::{self, Name, Xattr};
+use super::rules::{self, EntryName, Xattr};
 use super::{show, LayerError};
 
 /// Linux's (and EROFS's) longest name.
@@ -280,22 +280,14 @@ fn read_entry<R: Read>(
     if pax.sparse || ty == EntryType::GNUSparse {
         return Err(LayerError::UnsupportedType { path: show(&raw), kind: 'S' });
     }
-    let (parent, name) = rules::split(&path);
-    if parent.split(|&b| b == b'/').any(|c| c.starts_with(rules::WHITEOUT_PREFIX)) {
-        return Err(LayerError::BadWhiteout { path: show(&raw) });
-    }
-    match rules::classify_name(name) {
-        Name::Plain => {}
-        Name::AufsMeta => return Ok(None),
-        Name::Opaque => {
-            changes.opaque.push((raw, parent.to_vec()));
+    match rules::classify_entry(&path, &raw)? {
+        EntryName::Plain => {}
+        EntryName::Skip => return Ok(None),
+        EntryName::Opaque(dir) => {
+            changes.opaque.push((raw, dir.to_vec()));
             return Ok(None);
         }
-        Name::Whiteout(target) => {
-            if target.is_empty() || target == b"." || target == b".." {
-                return Err(LayerError::BadWhiteout { path: show(&raw) });
-            }
-            let wh = rules::join(parent, target);
+        EntryName::Whiteout(wh) => {
             changes.whiteouts.push((raw, wh));
             return Ok(None);
         }

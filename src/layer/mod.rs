@@ -41,6 +41,7 @@ mod test_util;
 
 pub use convert::{convert, convert_file_to_path, convert_seekable, ConvertOptions, LayerInfo};
 pub use unpack::{unpack, UnpackOptions};
+pub(crate) use writer::HashingWriter;
 
 mod error;
 pub(crate) use error::show;

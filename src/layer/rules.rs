@@ -89,6 +89,40 @@ pub fn classify_name(name: &[u8]) -> Name<'_> {
     }
 }
 
+/// What a (normalized) entry path means in an OCI layer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EntryName<'a> {
+    /// An entry to apply.
+    Plain,
+    /// aufs bookkeeping: nothing to do.
+    Skip,
+    /// The opaque marker: this directory is opaque.
+    Opaque(&'a [u8]),
+    /// A whiteout of this path.
+    Whiteout(Vec<u8>),
+}
+
+/// Classify the entry at `path` (from `raw`, for messages) by its name: the
+/// whiteout rules both the unpacker and the flattener apply. A whiteout
+/// name as a parent, or a whiteout of nothing, `.` or `..`, is refused.
+pub fn classify_entry<'a>(path: &'a [u8], raw: &[u8]) -> Result<EntryName<'a>, LayerError> {
+    let (parent, name) = split(path);
+    if parent.split(|&b| b == b'/').any(|c| c.starts_with(WHITEOUT_PREFIX)) {
+        return Err(LayerError::BadWhiteout { path: show(raw) });
+    }
+    Ok(match classify_name(name) {
+        Name::Plain => EntryName::Plain,
+        Name::AufsMeta => EntryName::Skip,
+        Name::Opaque => EntryName::Opaque(parent),
+        Name::Whiteout(target) => {
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(LayerError::BadWhiteout { path: show(raw) });
+            }
+            EntryName::Whiteout(join(parent, target))
+        }
+    })
+}
+
 /// What to do with one xattr.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Xattr<'a> {

@@ -44,6 +44,32 @@ pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: W) -> Resu
     b.into_inner().map_err(LayerError::Write)?.flush().map_err(LayerError::Write)
 }
 
+/// The header every entry starts from: owner, mode, mtime, size 0 and
+/// zero device numbers (set explicitly, as readers expect digits there).
+pub(crate) fn header(mode: u32, uid: u32, gid: u32, mtime: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_mode(mode);
+    h.set_uid(u64::from(uid));
+    h.set_gid(u64::from(gid));
+    h.set_mtime(mtime);
+    h.set_size(0);
+    h.set_device_major(0).expect("0 fits");
+    h.set_device_minor(0).expect("0 fits");
+    h
+}
+
+/// The entry's xattrs as PAX `SCHILY.xattr.*` records (none: no record).
+pub(crate) fn append_xattrs<'a, W: Write>(
+    b: &mut tar::Builder<W>,
+    xattrs: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> io::Result<()> {
+    let records: Vec<(String, &[u8])> = xattrs.map(|(k, v)| (format!("SCHILY.xattr.{k}"), v)).collect();
+    if records.is_empty() {
+        return Ok(());
+    }
+    b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+}
+
 fn entry<W: Write, D: DataSource>(
     b: &mut tar::Builder<W>,
     tree: &Tree,
@@ -55,14 +81,7 @@ fn entry<W: Write, D: DataSource>(
     let inode = &tree.inodes[ino];
     let path_os = Path::new(OsStr::from_bytes(path));
     let entry_err = |source: io::Error| LayerError::Entry { path: show(path), source };
-    let mut h = Header::new_gnu();
-    h.set_mode(inode.mode);
-    h.set_uid(u64::from(inode.uid));
-    h.set_gid(u64::from(inode.gid));
-    h.set_mtime(inode.mtime);
-    h.set_size(0);
-    h.set_device_major(0).expect("0 fits");
-    h.set_device_minor(0).expect("0 fits");
+    let mut h = header(inode.mode, inode.uid, inode.gid, inode.mtime);
     if !matches!(inode.kind, Kind::Dir(_)) {
         if let Some(target) = first_path.get(&ino) {
             h.set_entry_type(EntryType::Link);
@@ -71,11 +90,7 @@ fn entry<W: Write, D: DataSource>(
         }
         first_path.insert(ino, path.to_vec());
     }
-    if !inode.xattrs.is_empty() {
-        let records: Vec<(String, &[u8])> =
-            inode.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
-        b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v))).map_err(entry_err)?;
-    }
+    append_xattrs(b, inode.xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(entry_err)?;
     match &inode.kind {
         Kind::Dir(_) => {
             h.set_entry_type(EntryType::Directory);

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags, CWD};
 use tar::EntryType;
 
-use super::rules::{self, Name, Xattr};
+use super::rules::{self, EntryName, Xattr};
 use super::{show, LayerError};
 
 /// How to unpack a layer.
@@ -146,22 +146,15 @@ impl Unpacker<'_> {
         if pax.sparse {
             return Err(LayerError::UnsupportedType { path: show(&raw), kind: 'S' });
         }
-        let (parent, name) = rules::split(&path);
-        if parent.split(|&b| b == b'/').any(|c| c.starts_with(rules::WHITEOUT_PREFIX)) {
-            return Err(LayerError::BadWhiteout { path: show(&raw) });
-        }
-        match rules::classify_name(name) {
-            Name::Plain => {}
-            Name::AufsMeta => return Ok(()),
-            Name::Opaque => {
-                self.opaque.insert(parent.to_vec());
+        match rules::classify_entry(&path, &raw)? {
+            EntryName::Plain => {}
+            EntryName::Skip => return Ok(()),
+            EntryName::Opaque(dir) => {
+                self.opaque.insert(dir.to_vec());
                 return Ok(());
             }
-            Name::Whiteout(target) => {
-                if target.is_empty() || target == b"." || target == b".." {
-                    return Err(LayerError::BadWhiteout { path: show(&raw) });
-                }
-                self.whiteouts.insert(rules::join(parent, target));
+            EntryName::Whiteout(wh) => {
+                self.whiteouts.insert(wh);
                 return Ok(());
             }
         }
