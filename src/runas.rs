@@ -221,8 +221,9 @@ pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobRes
     Ok(result)
 }
 
-/// The smallest scratch disk a job can use (mkfs.ext4's journal and
-/// metadata, the overlay's work dir).
+/// The smallest scratch disk a job can use (its ext4 metadata, the
+/// overlay's work dir): the smallest `layer::ext4_format` makes
+/// (`ext4_format::MIN_SIZE`, kept equal by its tests).
 pub const MIN_DISK_MIB: u64 = 8;
 
 /// `--out`: free, in an existing directory this process may write to.

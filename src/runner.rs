@@ -12,7 +12,6 @@ use crate::job::{
 use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +41,12 @@ pub enum RunError {
     Xchg(#[source] std::io::Error),
     #[error("creating the {mib} MiB scratch disk {path}")]
     Disk { path: PathBuf, mib: u64, source: std::io::Error },
-    #[error("formatting the scratch disk with mkfs.ext4: {0}")]
-    Mkfs(String),
+    #[error("formatting the scratch disk {path}")]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: crate::layer::ext4_format::FormatError,
+    },
     #[error("store directory {path}: {reason}")]
     Store { path: PathBuf, reason: String },
     #[error("writing job.json")]
@@ -168,22 +171,14 @@ impl JobOutcome {
     }
 }
 
-/// Create a sparse `mib` MiB file and put an empty ext4 on it (no journal:
-/// the disk lives for one job; root-owned root directory).
+/// Create a sparse `mib` MiB file and put an empty ext4 on it
+/// ([`crate::layer::ext4_format`]: no journal, the disk lives for one job;
+/// root-owned root directory; only the metadata is written).
 pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
     let disk_err = |source| RunError::Disk { path: path.into(), mib, source };
     let f = std::fs::File::create(path).map_err(disk_err)?;
     f.set_len(mib << 20).map_err(disk_err)?;
-    drop(f);
-    let out = Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0"])
-        .arg(path)
-        .output()
-        .map_err(|e| RunError::Mkfs(format!("{e} (install e2fsprogs)")))?;
-    if !out.status.success() {
-        return Err(RunError::Mkfs(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    Ok(())
+    crate::layer::ext4_format::format(&f, mib << 20).map_err(|source| RunError::Format { path: path.into(), source })
 }
 
 /// Boot a guest for `task`, with the exchange share, the stores and the

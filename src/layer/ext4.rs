@@ -4,13 +4,15 @@
 //! ext4/`: super block, group descriptors, inode table, extent tree, linear
 //! and hashed directories, in-inode and block xattrs).
 //!
-//! What the host formats (mkfs.ext4 without a journal, extents, 64bit,
-//! flex_bg, metadata_csum) is what this reads; anything else (inline data,
-//! encryption, block-mapped files, a journal to recover, meta_bg, ea_inode)
-//! is refused. The image was written by an untrusted guest: every block
-//! number, offset, length, extent depth, directory size and entry count is
-//! bounded, and an image that was not cleanly unmounted is refused. Errors
-//! name the inode. Checksums are not needed for safety and not checked.
+//! What the host formats ([`super::ext4_format`]: no journal, extents,
+//! 64bit, no flex_bg, no checksums) is what this reads, and what mkfs.ext4
+//! makes without a journal (flex_bg, metadata_csum: the tests' images);
+//! anything else (inline data, encryption, block-mapped files, a journal to
+//! recover, meta_bg, ea_inode) is refused. The image was written by an
+//! untrusted guest: every block number, offset, length, extent depth,
+//! directory size and entry count is bounded, and an image that was not
+//! cleanly unmounted is refused. Errors name the inode. Checksums are not
+//! needed for safety and not checked.
 //!
 //! [`upper_tar`] writes a directory of the image as the tar the layer
 //! engine's converter takes (the form the guest agent used to write):

@@ -1,5 +1,6 @@
 //! The ext4 reader against images mkfs.ext4 makes from real trees (`-d`),
-//! as the host formats the scratch disk (no journal, 4 KiB blocks).
+//! without a journal as the scratch disk is (but with flex_bg and
+//! metadata_csum; `ext4_format_tests.rs` reads the formatter's own).
 
 use super::*;
 use crate::layer::test_util::{is_root, read_layer};

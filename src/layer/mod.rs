@@ -13,7 +13,8 @@
 //!   the read-only EROFS disk the guest mounts as its lower dir; [`tree_tar`]
 //!   writes the same tree as a tar (`export`).
 //! - [`ext4`]: the overlay upper dir read off the scratch disk's image the
-//!   guest left, as the tar [`convert`] takes.
+//!   guest left, as the tar [`convert`] takes; [`ext4_format`] makes that
+//!   disk's empty ext4 before the job.
 //! - [`unpack`]: an OCI layer -> a directory usable as an overlay lower dir
 //!   (whiteouts become 0/0 devices, opaque markers an xattr); the tests'
 //!   oracle for the converter, and fuzzed.
@@ -26,6 +27,7 @@
 pub mod convert;
 pub mod erofs;
 pub mod ext4;
+pub mod ext4_format;
 pub mod flatten;
 pub mod rules;
 pub mod tree_tar;

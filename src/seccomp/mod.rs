@@ -10,7 +10,8 @@
 //! activates the device), so no filtered thread ever creates a thread and no
 //! thread inherits another kind's filter. The main thread is not filtered:
 //! after the VM it does the job's host-side work (reading result files,
-//! converting the layer, writing the output, running mkfs.ext4 before).
+//! converting the layer, writing the output, formatting the scratch disk
+//! before).
 //!
 //! A call that is not on the list traps: the SIGSYS handler
 //! ([`sigsys`]) prints `rootlayer: seccomp: thread NAME made forbidden
