@@ -48,10 +48,10 @@ struct BenchIoArgs {
 /// The guest: kernel, initramfs, memory, time.
 #[derive(clap::Args, Debug)]
 struct GuestArgs {
-    /// Guest kernel (vmlinux or bzImage). Default: the one scripts/build-kernel cached.
+    /// Guest kernel (vmlinux or bzImage). Default: the installed one (../share/rootlayer/vmlinux), else the one scripts/build-kernel cached.
     #[arg(long, env = "ROOTLAYER_KERNEL")]
     kernel: Option<PathBuf>,
-    /// Initramfs holding the agent. Default: the one scripts/build-initramfs cached.
+    /// Initramfs holding the agent. Default: the installed one (../share/rootlayer/initramfs.cpio), else the one scripts/build-initramfs cached.
     #[arg(long, env = "ROOTLAYER_INITRD")]
     initrd: Option<PathBuf>,
     /// Guest memory in MiB.
@@ -113,6 +113,16 @@ struct RunAsRootArgs {
     /// Run this (with a #! line) in the new layer's directory after the script, not chrooted.
     #[arg(long)]
     extra_commands: Option<PathBuf>,
+    /// A file listing host paths (one per line: a Nix closure, as
+    /// writeReferencesToFile writes it) to add to the layer whole, owned by
+    /// root, leaving out those the base image already has (as dockerTools does).
+    #[arg(long)]
+    store_paths: Option<PathBuf>,
+    /// mkRootLayer's baseJson: the JSON object `--format layer` writes as
+    /// `json` (with the layer checksum added), and the config of an image
+    /// without --from-image.
+    #[arg(long)]
+    base_json: Option<PathBuf>,
     /// Creation time for the image config and history: RFC 3339, or "now" (as dockerTools allows).
     #[arg(long, default_value = "1970-01-01T00:00:01Z")]
     created: String,
@@ -157,12 +167,13 @@ struct ExportArgs {
 
 #[derive(clap::Args, Debug)]
 struct BootArgs {
-    /// Guest kernel: vmlinux (PVH) or bzImage. Default: the one
-    /// scripts/build-kernel cached.
+    /// Guest kernel: vmlinux (PVH) or bzImage. Default: the installed one
+    /// (../share/rootlayer/vmlinux), else the one scripts/build-kernel cached.
     #[arg(long, env = "ROOTLAYER_KERNEL")]
     kernel: Option<PathBuf>,
-    /// Initramfs (uncompressed cpio) holding the agent as /init. Default: the
-    /// one scripts/build-initramfs cached.
+    /// Initramfs (uncompressed cpio) holding the agent as /init. Default:
+    /// the installed one (../share/rootlayer/initramfs.cpio), else the one
+    /// scripts/build-initramfs cached.
     #[arg(long, env = "ROOTLAYER_INITRD")]
     initrd: Option<PathBuf>,
     /// Extra kernel command-line parameters, appended to the built-in ones.
@@ -188,8 +199,17 @@ struct BootArgs {
 
 use rootlayer::runner::cache_dir;
 
-fn default_file(given: Option<PathBuf>, rel: &str, script: &str) -> Result<PathBuf, VmmError> {
+/// The guest kernel or initramfs: given, else the installed one
+/// (`PREFIX/share/rootlayer/NAME` beside `PREFIX/bin/rootlayer`, as
+/// scripts/install lays it out), else the one the build scripts cached.
+fn default_file(given: Option<PathBuf>, installed: &str, rel: &str, script: &str) -> Result<PathBuf, VmmError> {
     if let Some(p) = given {
+        return Ok(p);
+    }
+    let share = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("share/rootlayer").join(installed)));
+    if let Some(p) = share.filter(|p| p.is_file()) {
         return Ok(p);
     }
     let p = cache_dir().join(rel);
@@ -198,6 +218,16 @@ fn default_file(given: Option<PathBuf>, rel: &str, script: &str) -> Result<PathB
     } else {
         Err(VmmError::MissingFile { path: p, hint: format!("run scripts/{script} first, or pass the path") })
     }
+}
+
+/// The default guest kernel.
+fn default_kernel(given: Option<PathBuf>) -> Result<PathBuf, VmmError> {
+    default_file(given, "vmlinux", "kernel/current/vmlinux", "build-kernel")
+}
+
+/// The default initramfs.
+fn default_initrd(given: Option<PathBuf>) -> Result<PathBuf, VmmError> {
+    default_file(given, "initramfs.cpio", "initramfs/current.cpio", "build-initramfs")
 }
 
 fn main() -> ExitCode {
@@ -265,10 +295,8 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
     if g.cpus != 1 {
         return Err(bad(format!("--cpus {}: the guest kernel is uniprocessor; use 1", g.cpus)));
     }
-    let kernel =
-        default_file(g.kernel.clone(), "kernel/current/vmlinux", "build-kernel").map_err(|e| bad(e.to_string()))?;
-    let initrd =
-        default_file(g.initrd.clone(), "initramfs/current.cpio", "build-initramfs").map_err(|e| bad(e.to_string()))?;
+    let kernel = default_kernel(g.kernel.clone()).map_err(|e| bad(e.to_string()))?;
+    let initrd = default_initrd(g.initrd.clone()).map_err(|e| bad(e.to_string()))?;
     Ok(GuestSpec {
         kernel,
         initrd,
@@ -356,6 +384,36 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
             return Exit::BadInput;
         }
     };
+    let store_paths = match &args.store_paths {
+        None => Vec::new(),
+        Some(f) => match std::fs::read(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| rootlayer::layer::store_paths::parse_list(&t).map_err(|e| rootlayer::exit::error_line(&e)))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("rootlayer: --store-paths {}: {e}", f.display());
+                return Exit::BadInput;
+            }
+        },
+    };
+    let base_json = match &args.base_json {
+        None => None,
+        Some(f) => match std::fs::read(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).map_err(|e| e.to_string()))
+        {
+            Ok(v) if v.is_object() => Some(v),
+            Ok(_) => {
+                eprintln!("rootlayer: --base-json {}: not a JSON object", f.display());
+                return Exit::BadInput;
+            }
+            Err(e) => {
+                eprintln!("rootlayer: --base-json {}: {e}", f.display());
+                return Exit::BadInput;
+            }
+        },
+    };
     let req = RunAsRootRequest {
         script: args.script,
         from_image: args.from_image,
@@ -363,6 +421,7 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         contents: args.contents,
         keep_contents_dirlinks: args.keep_contents_dirlinks,
         extra_commands: args.extra_commands,
+        store_paths,
         source_date_epoch: args.source_date_epoch,
         format,
         out: args.out,
@@ -372,7 +431,7 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
             created,
             created_by: Some("rootlayer run-as-root".into()),
             comment: None,
-            base_json: None,
+            base_json,
         },
         merged_listing: args.merged_listing,
     };
@@ -392,8 +451,8 @@ fn boot(args: BootArgs) -> Exit {
     }
     let result = (|| {
         let config = VmConfig {
-            kernel: default_file(args.kernel, "kernel/current/vmlinux", "build-kernel")?,
-            initrd: Some(default_file(args.initrd, "initramfs/current.cpio", "build-initramfs")?),
+            kernel: default_kernel(args.kernel)?,
+            initrd: Some(default_initrd(args.initrd)?),
             cmdline,
             mem_mib: args.mem_size,
             timeout: Duration::from_secs(args.timeout),

@@ -10,9 +10,11 @@ use crate::devices::console::Echo;
 use crate::exit::Exit;
 use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
 use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, XCHG_MOUNT};
+use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
 use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir};
 use crate::vmm::GuestExit;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -39,6 +41,8 @@ pub struct RunAsRootRequest {
     pub contents: Vec<PathBuf>,
     pub keep_contents_dirlinks: bool,
     pub extra_commands: Option<PathBuf>,
+    /// Host paths added to the layer whole (`--store-paths`: a Nix closure).
+    pub store_paths: Vec<StorePath>,
     pub source_date_epoch: Option<u64>,
     pub format: OutputFormat,
     pub out: PathBuf,
@@ -82,6 +86,9 @@ pub enum RunAsRootError {
     /// The scratch disk the guest left cannot be read as the upper dir.
     #[error("reading the new layer off the scratch disk: {0}")]
     Scratch(#[source] crate::layer::ext4::Ext4Error),
+    /// A `--store-paths` entry that cannot be added to the layer.
+    #[error("adding --store-paths to the layer: {0}")]
+    StorePaths(#[source] LayerError),
     /// What the script left that a layer cannot hold: its doing, not ours.
     #[error("the script's changes cannot be written as an OCI layer: {0}; nothing written")]
     Unrepresentable(#[source] LayerError),
@@ -112,6 +119,8 @@ impl RunAsRootError {
             }
             RunAsRootError::BaseLayer(_) => Exit::BadInput,
             RunAsRootError::Base(_) => Exit::Internal,
+            RunAsRootError::StorePaths(LayerError::Write(_)) => Exit::Internal,
+            RunAsRootError::StorePaths(_) => Exit::BadInput,
             RunAsRootError::Scratch(crate::layer::ext4::Ext4Error::Unsupported(m)) if m.contains("socket") => {
                 Exit::Unrepresentable
             }
@@ -261,6 +270,11 @@ fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), RunAsRootEr
             return bad(format!("--contents {} is not a directory", dir.display()));
         }
     }
+    for p in &req.store_paths {
+        if p.host.symlink_metadata().is_err() {
+            return bad(format!("--store-paths: {} does not exist", p.host.display()));
+        }
+    }
     for store in &spec.stores {
         if !store.dir.is_dir() {
             return bad(format!("--store {} is not a directory", store.dir.display()));
@@ -269,6 +283,10 @@ fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), RunAsRootEr
     if let Some(mib) = spec.disk_mib {
         if mib < MIN_DISK_MIB {
             return bad(format!("--disk-size {mib} MiB is too small: at least {MIN_DISK_MIB} MiB"));
+        }
+        let max = crate::layer::ext4_format::MAX_SIZE >> 20;
+        if mib > max {
+            return bad(format!("--disk-size {mib} MiB is too large: at most {max} MiB"));
         }
     }
     Ok(())
@@ -292,18 +310,38 @@ fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, Ru
 /// Write the scratch disk's `upper` dir as a tar at `out` (the untrusted
 /// guest's image: [`crate::layer::ext4`] bounds every read); at most
 /// `limit` bytes of file data.
-fn read_upper(disk: &Path, out: &Path, limit: u64) -> Result<(), RunAsRootError> {
+/// `store_paths` are added after it, leaving out what the upper dir or
+/// (`base_has`) the base image holds.
+fn read_upper(
+    disk: &Path,
+    out: &Path,
+    limit: u64,
+    store_paths: &[StorePath],
+    base_has: HashSet<Vec<u8>>,
+) -> Result<(), RunAsRootError> {
     use crate::layer::ext4::{self, Ext4, Ext4Error};
     let io = |e: std::io::Error| RunAsRootError::Scratch(Ext4Error::Io(e));
     let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
     let mut fs = Ext4::open(image).map_err(RunAsRootError::Scratch)?;
     let file = std::fs::File::create(out).map_err(io)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    ext4::upper_tar(&mut fs, "upper", &mut w, limit).map_err(|e| match e {
+    let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    b.mode(tar::HeaderMode::Complete);
+    let mut skip = ext4::upper_entries(&mut fs, "upper", &mut b, limit).map_err(|e| match e {
         Ext4Error::TooLarge(n) => RunAsRootError::OutputTooLarge(n),
         other => RunAsRootError::Scratch(other),
     })?;
+    skip.extend(base_has);
+    crate::layer::store_paths::append(&mut b, store_paths, &skip).map_err(RunAsRootError::StorePaths)?;
+    let mut w = b.into_inner().map_err(io)?;
     std::io::Write::flush(&mut w).map_err(io)
+}
+
+/// Which of `paths` (and their parents) the base image already holds:
+/// dockerTools leaves those out of the new layer.
+fn base_store_paths(base: Option<&BaseImage>, paths: &[StorePath]) -> Result<HashSet<Vec<u8>>, RunAsRootError> {
+    let Some(base) = base.filter(|_| !paths.is_empty()) else { return Ok(HashSet::new()) };
+    let layers = (0..base.layers().len()).map(|i| base.open_layer(i)).collect::<Result<Vec<_>, _>>()?;
+    crate::layer::store_paths::present_in_layers(paths, layers).map_err(RunAsRootError::BaseLayer)
 }
 
 /// The name of the base phase in the summary: whether the disk was made.
@@ -333,6 +371,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     };
     let t = Instant::now();
     let disk = base_disk(base.as_ref(), &workdir)?;
+    let base_has = base_store_paths(base.as_ref(), &req.store_paths)?;
     let base_seconds = t.elapsed().as_secs_f64();
     let script = copy_in(&req.script, &xchg, "script")?;
     let extra_commands = match &req.extra_commands {
@@ -378,7 +417,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     // The upper dir, read straight off the scratch disk the guest left.
     let t = Instant::now();
     let upper_tar = outcome.workdir.path().join("upper.tar");
-    read_upper(&outcome.workdir.disk(), &upper_tar, spec.max_output.unwrap_or(u64::MAX))?;
+    read_upper(&outcome.workdir.disk(), &upper_tar, spec.max_output.unwrap_or(u64::MAX), &req.store_paths, base_has)?;
     let read_upper_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");

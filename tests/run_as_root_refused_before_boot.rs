@@ -29,6 +29,14 @@ fn run_as_root_refuses_what_cannot_succeed_before_boot() {
     refused(&g, &job, &["--created", "yesterday"], None, "--created \"yesterday\" is not an RFC 3339");
     refused(&g, &job, &["--created", "2024-02-30T00:00:00Z"], None, "no such day");
     refused(&g, &job, &["--disk-size", "0"], None, "--disk-size 0 MiB is too small");
+    refused(&g, &job, &["--disk-size", "99999999"], None, "--disk-size 99999999 MiB is too large");
+    let list = job.tmp.path().join("store-paths");
+    std::fs::write(&list, "relative/path\n").unwrap();
+    refused(&g, &job, &["--store-paths", list.to_str().unwrap()], None, "not absolute");
+    std::fs::write(&list, "/nonexistent/store/path\n").unwrap();
+    refused(&g, &job, &["--store-paths", list.to_str().unwrap()], None, "/nonexistent/store/path does not exist");
+    std::fs::write(&list, "[1]").unwrap();
+    refused(&g, &job, &["--base-json", list.to_str().unwrap()], None, "not a JSON object");
     let file = job.tmp.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     refused(&g, &job, &["--store", file.to_str().unwrap()], None, "is not a directory");

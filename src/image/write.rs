@@ -73,8 +73,9 @@ pub struct ImageMeta {
     pub created_by: Option<String>,
     pub comment: Option<String>,
     /// `mkRootLayer`'s `baseJson`: the `json` of the `layer` output gets its
-    /// fields plus `checksum`; without a base image it also seeds the
-    /// config of the docker-archive and OCI outputs.
+    /// fields plus `checksum`; without a base image it seeds the config of
+    /// the docker-archive and OCI outputs, with one it is merged into the
+    /// base's config as dockerTools' buildImage merges its `config`.
     pub base_json: Option<serde_json::Value>,
 }
 
@@ -179,7 +180,10 @@ fn output_config(
     meta: &ImageMeta,
 ) -> Result<ImageConfiguration, ImageError> {
     let mut config = match base {
-        Some(b) => b.config().clone(),
+        Some(b) => match &meta.base_json {
+            Some(json) => merge_config(b.config(), json)?,
+            None => b.config().clone(),
+        },
         None => {
             let mut seed = meta.base_json.clone().unwrap_or_else(|| serde_json::json!({}));
             if let Some(o) = seed.as_object_mut() {
@@ -212,6 +216,43 @@ fn output_config(
     config.rootfs_mut().diff_ids_mut().push(layer.diff_id.to_string());
     config.set_created(Some(meta.created.clone()));
     Ok(config)
+}
+
+/// The base image's config with `json`'s on top, as dockerTools'
+/// buildImage merges its `config` into `fromImage`'s: `config.Env` and
+/// `config.Volumes` are added to the base's, every other `config` key and
+/// the top-level `architecture`, `os` and `created` replace the base's.
+fn merge_config(base: &ImageConfiguration, json: &serde_json::Value) -> Result<ImageConfiguration, ImageError> {
+    use serde_json::Value;
+    let mut merged = serde_json::to_value(base).map_err(ImageError::json("base image config"))?;
+    let (Value::Object(out), Value::Object(over)) = (&mut merged, json) else {
+        return Err(ImageError::Invalid("base json is not a JSON object".into()));
+    };
+    for key in ["architecture", "os", "created"] {
+        if let Some(v) = over.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(Value::Object(new)) = over.get("config") {
+        let cfg = out.entry("config").or_insert_with(|| Value::Object(Default::default()));
+        if !cfg.is_object() {
+            *cfg = Value::Object(Default::default());
+        }
+        let cfg = cfg.as_object_mut().expect("an object");
+        for (k, v) in new {
+            match (k.as_str(), cfg.get_mut(k), v) {
+                ("Env", Some(Value::Array(have)), Value::Array(add)) => have.extend(add.iter().cloned()),
+                ("Volumes", Some(Value::Object(have)), Value::Object(add)) => {
+                    have.extend(add.iter().map(|(k, v)| (k.clone(), v.clone())))
+                }
+                (_, _, v) if v.is_null() => {}
+                _ => {
+                    cfg.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    parse_config(merged, "merged config")
 }
 
 fn tar_header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
@@ -416,4 +457,38 @@ fn write_oci_dir(dir: &Path, base: Option<&BaseImage>, layer: &NewLayer, meta: &
     let layout = serde_json::to_vec(&layout).map_err(ImageError::json("oci-layout"))?;
     write_file(&dir.join("oci-layout"), &layout)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_image_config_is_merged_into_the_base_config_as_docker_tools_does() {
+        let base = parse_config(
+            serde_json::json!({
+                "architecture": "amd64", "os": "linux", "created": "2020-01-01T00:00:00Z",
+                "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "User": "root", "Volumes": { "/a": {} } },
+                "rootfs": { "type": "layers", "diff_ids": ["sha256:0000000000000000000000000000000000000000000000000000000000000000"] },
+                "history": [{ "created": "2020-01-01T00:00:00Z" }]
+            }),
+            "base",
+        )
+        .unwrap();
+        let over = serde_json::json!({
+            "architecture": "arm64", "os": "linux", "created": "1970-01-01T00:00:01Z",
+            "config": { "Env": ["APP=1"], "User": "app", "Volumes": { "/b": {} }, "WorkingDir": null }
+        });
+        let merged = serde_json::to_value(merge_config(&base, &over).unwrap()).unwrap();
+        assert_eq!(merged["config"]["Env"], serde_json::json!(["PATH=/bin", "APP=1"]));
+        assert_eq!(merged["config"]["Cmd"], serde_json::json!(["/bin/sh"]), "a key not given is kept");
+        assert_eq!(merged["config"]["User"], "app", "a key given replaces the base's");
+        assert_eq!(merged["config"]["Volumes"], serde_json::json!({ "/a": {}, "/b": {} }));
+        assert!(merged["config"]["WorkingDir"].is_null(), "a null is not written over the base");
+        assert_eq!(merged["architecture"], "arm64");
+        assert_eq!(merged["created"], "1970-01-01T00:00:01Z");
+        assert_eq!(merged["rootfs"]["diff_ids"].as_array().unwrap().len(), 1, "the base's layers stay");
+        assert_eq!(merged["history"].as_array().unwrap().len(), 1);
+        assert!(merge_config(&base, &serde_json::json!([1])).is_err());
+    }
 }

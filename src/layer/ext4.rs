@@ -499,12 +499,26 @@ impl<R: Read + Seek> Read for FileReader<'_, R> {
 /// Write the directory `dir` of `fs` (its contents, not itself) as a tar
 /// to `out`; at most `limit` bytes of file data.
 pub fn upper_tar<R: Read + Seek, W: Write>(fs: &mut Ext4<R>, dir: &str, out: W, limit: u64) -> Result<(), Ext4Error> {
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Complete);
+    upper_entries(fs, dir, &mut b, limit)?;
+    b.into_inner().map_err(Ext4Error::Write)?.flush().map_err(Ext4Error::Write)
+}
+
+/// [`upper_tar`]'s entries, appended to `b` (which the caller finishes);
+/// returns every path written, so that more entries can be added after
+/// them without a duplicate.
+pub fn upper_entries<R: Read + Seek, W: Write>(
+    fs: &mut Ext4<R>,
+    dir: &str,
+    b: &mut tar::Builder<W>,
+    limit: u64,
+) -> Result<std::collections::HashSet<Vec<u8>>, Ext4Error> {
     let root = fs.lookup(dir)?;
     if !root.is_dir() {
         return Err(Ext4Error::NotFound(format!("{dir} as a directory")));
     }
-    let mut b = tar::Builder::new(out);
-    b.mode(tar::HeaderMode::Complete);
+    let mut written = std::collections::HashSet::new();
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut budget = limit;
     // A directory is reached once: a guest that links one twice (or into
@@ -523,7 +537,8 @@ pub fn upper_tar<R: Read + Seek, W: Write>(fs: &mut Ext4<R>, dir: &str, out: W, 
             }
             p.extend_from_slice(&name);
             let inode = fs.inode(child)?;
-            entry(fs, &mut b, &inode, &p, &mut first, &mut budget, limit)?;
+            entry(fs, b, &inode, &p, &mut first, &mut budget, limit)?;
+            written.insert(p.clone());
             if inode.is_dir() {
                 if !dirs_seen.insert(inode.ino) {
                     return Err(Ext4Error::Corrupt { ino: inode.ino, what: "a directory linked twice".into() });
@@ -533,7 +548,7 @@ pub fn upper_tar<R: Read + Seek, W: Write>(fs: &mut Ext4<R>, dir: &str, out: W, 
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    b.into_inner().map_err(Ext4Error::Write)?.flush().map_err(Ext4Error::Write)
+    Ok(written)
 }
 
 fn entry<R: Read + Seek, W: Write>(

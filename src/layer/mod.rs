@@ -15,6 +15,8 @@
 //! - [`ext4`]: the overlay upper dir read off the scratch disk's image the
 //!   guest left, as the tar [`convert`] takes; [`ext4_format`] makes that
 //!   disk's empty ext4 before the job.
+//! - [`store_paths`]: host store paths (a Nix closure) added to the new
+//!   layer whole, as dockerTools adds them.
 //! - [`unpack`]: an OCI layer -> a directory usable as an overlay lower dir
 //!   (whiteouts become 0/0 devices, opaque markers an xattr); the tests'
 //!   oracle for the converter, and fuzzed.
@@ -30,6 +32,7 @@ pub mod ext4;
 pub mod ext4_format;
 pub mod flatten;
 pub mod rules;
+pub mod store_paths;
 pub mod tree_tar;
 pub mod unpack;
 mod writer;

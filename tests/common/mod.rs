@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod image;
+pub mod nix;
 pub mod runas;
 
 use std::os::unix::ffi::OsStrExt;

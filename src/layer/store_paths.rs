@@ -1,0 +1,325 @@
+//! Store paths added to the new layer whole, as dockerTools adds a layer's
+//! Nix store closure (`--store-paths FILE`): each listed path (a directory
+//! tree, file or symlink on the host) becomes entries at the same path in
+//! the layer, owned 0:0, modes and symlink targets kept, hardlinks written
+//! as separate files (tar's `--hard-dereference`), and mtimes left to the
+//! converter's clamp.
+//!
+//! dockerTools leaves out what the base image already has; so does this, a
+//! whole store path at a time: [`present_in_layers`] applies the base
+//! layers' entries and whiteouts to the listed paths and their parents.
+//! A parent missing from both the base and the script's upper dir (`nix`,
+//! `nix/store`) is added as a root-owned 0755 directory, so that every
+//! unpacker, strict or not, makes it the same way.
+//!
+//! The paths are the builder's own inputs, trusted as `--contents` is, but
+//! checked all the same: absolute, normalized, and only directories, regular
+//! files and symlinks inside (what a store holds).
+
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tar::EntryType;
+
+use super::rules::{self, EntryName};
+use super::tree_tar::header;
+use super::{show, LayerError};
+
+/// Directories nested deeper than this in a store path are refused (a
+/// bound on the walk, far beyond any package).
+const MAX_DEPTH: usize = 512;
+
+/// A listed store path: where it is on the host, and its path in the layer
+/// (the host path without the leading `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePath {
+    pub host: PathBuf,
+    pub layer: Vec<u8>,
+}
+
+impl StorePath {
+    /// `path` as listed: absolute and normalized (no `.`, `..` or `//`).
+    pub fn parse(path: &Path) -> Result<StorePath, LayerError> {
+        let raw = path.as_os_str().as_bytes();
+        let bad = |reason| LayerError::InvalidPath { path: show(raw), reason };
+        let rel = raw.strip_prefix(b"/").ok_or_else(|| bad("not absolute"))?;
+        let layer = rules::normalize(rel)?;
+        if layer.is_empty() {
+            return Err(bad("the root itself"));
+        }
+        if layer != rel {
+            return Err(bad("not normalized"));
+        }
+        Ok(StorePath { host: path.to_path_buf(), layer })
+    }
+
+    /// The path's parents in the layer, outermost first (`nix`, `nix/store`).
+    fn parents(&self) -> impl Iterator<Item = &[u8]> {
+        self.layer.iter().enumerate().filter(|(_, &b)| b == b'/').map(|(i, _)| &self.layer[..i])
+    }
+}
+
+/// Read a `--store-paths` list: one absolute path per line (blank lines
+/// skipped), as `writeReferencesToFile` / `closureInfo`'s `store-paths`
+/// write it; duplicates and paths inside another listed path are dropped.
+pub fn parse_list(text: &[u8]) -> Result<Vec<StorePath>, LayerError> {
+    let mut paths: Vec<StorePath> = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        paths.push(StorePath::parse(Path::new(OsStr::from_bytes(line)))?);
+    }
+    paths.sort_by(|a, b| rules::cmp_paths(&a.layer, &b.layer));
+    paths.dedup_by(|b, a| a.layer == b.layer);
+    let mut kept: Vec<StorePath> = Vec::new();
+    for p in paths {
+        if !kept.iter().any(|k| under(&p.layer, &k.layer)) {
+            kept.push(p);
+        }
+    }
+    Ok(kept)
+}
+
+/// `path` is `dir` or inside it.
+fn under(path: &[u8], dir: &[u8]) -> bool {
+    path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
+}
+
+/// Which of `paths` and their parents the merged `layers` (bottom first,
+/// uncompressed tars) hold, after their whiteouts and opaque directories.
+pub fn present_in_layers<R: Read>(
+    paths: &[StorePath],
+    layers: impl IntoIterator<Item = R>,
+) -> Result<HashSet<Vec<u8>>, LayerError> {
+    let wanted: HashSet<&[u8]> = paths.iter().flat_map(|p| p.parents().chain([p.layer.as_slice()])).collect();
+    let mut present: HashSet<Vec<u8>> = HashSet::new();
+    for layer in layers {
+        let mut archive = tar::Archive::new(layer);
+        for entry in archive.entries().map_err(LayerError::Read)? {
+            let entry = entry.map_err(LayerError::Read)?;
+            let raw = entry.path_bytes().into_owned();
+            let Ok(path) = rules::normalize(raw.strip_prefix(b"/").unwrap_or(&raw)) else { continue };
+            match rules::classify_entry(&path, &raw)? {
+                EntryName::Plain if wanted.contains(path.as_slice()) => {
+                    present.insert(path);
+                }
+                EntryName::Plain | EntryName::Skip => {}
+                EntryName::Whiteout(gone) => present.retain(|p| !under(p, &gone)),
+                EntryName::Opaque(dir) => present.retain(|p| !(under(p, dir) && p.as_slice() != dir)),
+            }
+        }
+    }
+    Ok(present)
+}
+
+/// Append `paths` to the tar being built in `b`, leaving out every path in
+/// `skip` (what the upper dir or the base already has); the missing parents
+/// come first. Returns how many store paths were added.
+pub fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    paths: &[StorePath],
+    skip: &HashSet<Vec<u8>>,
+) -> Result<usize, LayerError> {
+    let mut parents = BTreeSet::new();
+    let todo: Vec<&StorePath> = paths.iter().filter(|p| !skip.contains(&p.layer)).collect();
+    for p in &todo {
+        parents.extend(p.parents().filter(|d| !skip.contains(*d)).map(<[u8]>::to_vec));
+    }
+    for dir in &parents {
+        let mut h = header(0o755, 0, 0, 0);
+        h.set_entry_type(EntryType::Directory);
+        let path = Path::new(OsStr::from_bytes(dir));
+        b.append_data(&mut h, path, io::empty()).map_err(|source| LayerError::Entry { path: show(dir), source })?;
+    }
+    for p in &todo {
+        walk(b, &p.host, &p.layer, 0)?;
+    }
+    Ok(todo.len())
+}
+
+fn walk<W: Write>(b: &mut tar::Builder<W>, host: &Path, layer: &[u8], depth: usize) -> Result<(), LayerError> {
+    let err = |source: io::Error| LayerError::Entry { path: host.display().to_string(), source };
+    if depth > MAX_DEPTH {
+        return Err(err(io::Error::other("directories nested too deep")));
+    }
+    let meta = fs::symlink_metadata(host).map_err(err)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let mut h = header(mode, 0, 0, u64::try_from(meta.mtime()).unwrap_or(0));
+    let path = Path::new(OsStr::from_bytes(layer));
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        h.set_entry_type(EntryType::Directory);
+        b.append_data(&mut h, path, io::empty()).map_err(err)?;
+        let mut names = fs::read_dir(host)
+            .map_err(err)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        names.sort();
+        for name in names {
+            walk(b, &host.join(&name), &rules::join(layer, name.as_bytes()), depth + 1)?;
+        }
+        Ok(())
+    } else if ft.is_file() {
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(meta.len());
+        let file = fs::File::open(host).map_err(err)?;
+        // A file that changes length while read is an error, not a short entry.
+        let mut data = file.take(meta.len());
+        b.append_data(&mut h, path, &mut data).map_err(err)?;
+        if data.limit() != 0 {
+            return Err(LayerError::Truncated { path: host.display().to_string() });
+        }
+        Ok(())
+    } else if ft.is_symlink() {
+        h.set_entry_type(EntryType::Symlink);
+        let target = fs::read_link(host).map_err(err)?;
+        b.append_link(&mut h, path, &target).map_err(err)
+    } else {
+        Err(LayerError::UnsupportedType { path: host.display().to_string(), kind: 'S' })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn sp(s: &str) -> StorePath {
+        StorePath::parse(Path::new(s)).unwrap()
+    }
+
+    fn tar_of(entries: &[(&str, EntryType)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, t) in entries {
+            let mut h = header(0o755, 0, 0, 0);
+            h.set_entry_type(*t);
+            b.append_data(&mut h, p, io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn names(tar: &[u8]) -> Vec<(String, u64, u32, EntryType)> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (show(&e.path_bytes()), h.uid().unwrap(), h.mode().unwrap(), h.entry_type())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lists_are_absolute_normalized_deduplicated_and_outermost() {
+        let l = parse_list(b"/nix/store/b-y\n\n/nix/store/a-x\r\n/nix/store/a-x\n/nix/store/a-x/sub\n").unwrap();
+        let got: Vec<_> = l.iter().map(|p| show(&p.layer)).collect();
+        assert_eq!(got, ["nix/store/a-x", "nix/store/b-y"]);
+        for bad in ["nix/store/x", "/nix/../etc", "/nix//store", "/", "/nix/store/./x"] {
+            assert!(parse_list(bad.as_bytes()).is_err(), "{bad} accepted");
+        }
+        let parents: Vec<_> = sp("/nix/store/a-x").parents().map(show).collect();
+        assert_eq!(parents, ["nix", "nix/store"]);
+    }
+
+    #[test]
+    fn the_base_layers_whiteouts_and_opaque_dirs_decide_what_is_present() {
+        let paths = [sp("/nix/store/a-x"), sp("/nix/store/b-y"), sp("/nix/store/c-z")];
+        let l1 = tar_of(&[
+            ("nix", EntryType::Directory),
+            ("./nix/store", EntryType::Directory),
+            ("nix/store/a-x", EntryType::Directory),
+            ("nix/store/b-y", EntryType::Regular),
+            ("nix/store/c-z", EntryType::Directory),
+            ("nix/store/other", EntryType::Directory),
+        ]);
+        let l2 = tar_of(&[("nix/store/.wh.b-y", EntryType::Regular)]);
+        let present = present_in_layers(&paths, [l1.as_slice(), l2.as_slice()]).unwrap();
+        let mut got: Vec<_> = present.iter().map(|p| show(p)).collect();
+        got.sort();
+        assert_eq!(got, ["nix", "nix/store", "nix/store/a-x", "nix/store/c-z"]);
+
+        let l3 = tar_of(&[("nix/store/.wh..wh..opq", EntryType::Regular), ("nix/store/c-z", EntryType::Directory)]);
+        let present = present_in_layers(&paths, [l1.as_slice(), l3.as_slice()]).unwrap();
+        let mut got: Vec<_> = present.iter().map(|p| show(p)).collect();
+        got.sort();
+        assert_eq!(got, ["nix", "nix/store", "nix/store/c-z"]);
+
+        let l4 = tar_of(&[(".wh.nix", EntryType::Regular)]);
+        assert!(present_in_layers(&paths, [l1.as_slice(), l4.as_slice()]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn trees_are_added_as_root_with_modes_links_and_missing_parents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let pkg = store.join("abc-pkg");
+        fs::create_dir_all(pkg.join("bin")).unwrap();
+        fs::write(pkg.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(pkg.join("bin/tool"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::hard_link(pkg.join("bin/tool"), pkg.join("bin/tool2")).unwrap();
+        symlink("tool", pkg.join("bin/link")).unwrap();
+        let single = store.join("def-file");
+        fs::write(&single, b"data").unwrap();
+        let have = store.join("ghi-have");
+        fs::create_dir(&have).unwrap();
+
+        let list = format!("{}\n{}\n{}\n", pkg.display(), single.display(), have.display());
+        let paths = parse_list(list.as_bytes()).unwrap();
+        let skip: HashSet<Vec<u8>> = [have.as_os_str().as_bytes()[1..].to_vec()].into();
+        let mut b = tar::Builder::new(Vec::new());
+        assert_eq!(append(&mut b, &paths, &skip).unwrap(), 2);
+        let tar = b.into_inner().unwrap();
+        let got = names(&tar);
+        let rel = |p: &Path| show(&p.as_os_str().as_bytes()[1..]);
+        // Every parent of the store dir first, then the trees in name order.
+        let mut expect_parents = Vec::new();
+        let mut cur = PathBuf::new();
+        for c in store.components().skip(1) {
+            cur.push(c);
+            expect_parents.push(show(cur.as_os_str().as_bytes()));
+        }
+        let dirs: Vec<_> = got.iter().take(expect_parents.len()).map(|g| g.0.clone()).collect();
+        assert_eq!(dirs, expect_parents);
+        let find = |p: &Path| {
+            got.iter()
+                .find(|g| g.0.trim_end_matches('/') == rel(p))
+                .unwrap_or_else(|| panic!("{} missing: {got:?}", rel(p)))
+                .clone()
+        };
+        assert_eq!(find(&pkg.join("bin/tool")), (rel(&pkg.join("bin/tool")), 0, 0o555, EntryType::Regular));
+        assert_eq!(find(&pkg.join("bin/tool2")).3, EntryType::Regular, "hardlinks are dereferenced");
+        assert_eq!(find(&pkg.join("bin/link")).3, EntryType::Symlink);
+        assert_eq!(find(&single).3, EntryType::Regular);
+        assert!(got.iter().all(|g| !g.0.contains("ghi-have")), "a path the base has is left out");
+        assert!(got.iter().all(|g| g.1 == 0));
+
+        // With the parents present nothing but the trees is written.
+        let mut skip2 = skip.clone();
+        skip2.extend(expect_parents.iter().map(|p| p.as_bytes().to_vec()));
+        let mut b = tar::Builder::new(Vec::new());
+        append(&mut b, &paths, &skip2).unwrap();
+        assert!(names(&b.into_inner().unwrap())[0].0.starts_with(&rel(&pkg)));
+    }
+
+    #[test]
+    fn sockets_and_missing_paths_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = parse_list(format!("{}/nope\n", tmp.path().display()).as_bytes()).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        assert!(append(&mut b, &missing, &HashSet::new()).is_err());
+        let sock_path = tmp.path().join("s");
+        let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+        let socket = parse_list(format!("{}\n", sock_path.display()).as_bytes()).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        assert!(matches!(append(&mut b, &socket, &HashSet::new()), Err(LayerError::UnsupportedType { .. })));
+    }
+}
