@@ -44,7 +44,9 @@ fn docker_archive_output_loads_in_skopeo_and_unpacks() {
         let v: serde_json::Value =
             serde_json::from_str(&skopeo(&["inspect", &format!("docker-archive:{}", out.display())])).unwrap();
         assert_eq!(v["Layers"], serde_json::json!(want));
-        assert_eq!(v["Env"], serde_json::json!(["PATH=/bin"]));
+        // The base json's config is merged into the base's, as dockerTools'
+        // buildImage merges its config: Env appended.
+        assert_eq!(v["Env"], serde_json::json!(["PATH=/bin", "A=1"]));
         assert_eq!(v["Created"], "2025-02-03T04:05:06Z");
         let cfg: serde_json::Value =
             serde_json::from_str(&skopeo(&["inspect", "--config", &format!("docker-archive:{}", out.display())]))
