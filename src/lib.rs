@@ -15,7 +15,6 @@ pub mod fuzz;
 pub mod image;
 pub mod job;
 pub mod layer;
-pub mod qemu;
 pub mod runas;
 pub mod runner;
 pub mod seccomp;

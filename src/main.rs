@@ -5,7 +5,7 @@ use rootlayer::devices::console::{Echo, EchoLimit};
 use rootlayer::exit::Exit;
 use rootlayer::image::{ImageMeta, OutputFormat, Selector};
 use rootlayer::runas::{self, RunAsRootError, RunAsRootRequest, Summary};
-use rootlayer::runner::{Backend, GuestSpec, Store};
+use rootlayer::runner::{GuestSpec, Store};
 use rootlayer::vmm::{self, GuestExit, RunReport, VmConfig, VmmError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,9 +87,6 @@ struct GuestArgs {
     /// Do not filter the VMM's vCPU and device threads with seccomp (debugging).
     #[arg(long)]
     no_seccomp: bool,
-    /// Run the job with QEMU and 9p instead (benchmarks only).
-    #[arg(long, hide = true, default_value = "rootlayer", value_parser = ["rootlayer", "qemu-9p"])]
-    backend: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -311,10 +308,6 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         max_output: Some(g.max_output.saturating_mul(1 << 20)),
         echo_limit: (g.max_log_rate > 0).then(|| EchoLimit { bytes_per_sec: g.max_log_rate.saturating_mul(1 << 10) }),
         seccomp: !g.no_seccomp,
-        backend: match g.backend.as_str() {
-            "qemu-9p" => Backend::Qemu9p,
-            _ => Backend::Rootlayer,
-        },
     })
 }
 

@@ -9,7 +9,6 @@ use crate::devices::virtio::VirtioDevice;
 use crate::job::{
     Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, XCHG_TAG_ENV,
 };
-use crate::qemu;
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,22 +99,9 @@ pub struct GuestSpec {
     pub max_output: Option<u64>,
     /// Rate limit of the console echo.
     pub echo_limit: Option<EchoLimit>,
-    /// Who runs the guest: our VMM, or QEMU with 9p for the benchmarks.
-    pub backend: Backend,
     /// seccomp filters on the VMM's vCPU and device threads (off:
     /// `--no-seccomp`).
     pub seccomp: bool,
-}
-
-/// The VMM that runs a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// rootlayer's own VMM with virtio-fs (the product).
-    #[default]
-    Rootlayer,
-    /// qemu-system-x86_64 -M microvm with 9p shares and virtio-blk, the way
-    /// nixpkgs' vmTools runs it: the benchmarks' comparison.
-    Qemu9p,
 }
 
 /// The job's private directory on the host: `xchg/` (shared with the guest)
@@ -221,10 +207,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     }
     for (tag, _, guest) in &shares {
         if let Some(target) = guest {
-            let source = match spec.backend {
-                Backend::Rootlayer => MountSource::VirtioFs { tag: tag.clone() },
-                Backend::Qemu9p => MountSource::NineP { tag: tag.clone() },
-            };
+            let source = MountSource::VirtioFs { tag: tag.clone() };
             mounts.push(Mount { source, target: target.clone(), read_only: true });
         }
     }
@@ -235,65 +218,38 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
 
     let output = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
-    let report = match spec.backend {
-        Backend::Rootlayer => {
-            let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-            if spec.disk_mib.is_some() {
-                let block = Block::new(&workdir.disk(), false, "rootlayer-scratch")
-                    .map_err(|e| RunError::Device { what: "the scratch disk".into(), source: Box::new(e) })?;
-                devices.push(Box::new(block));
-            }
-            if let Some(base) = &spec.base_disk {
-                let block = Block::new(base, true, "rootlayer-base")
-                    .map_err(|e| RunError::Device { what: "the base image disk".into(), source: Box::new(e) })?;
-                devices.push(Box::new(block));
-            }
-            for (tag, host, guest) in &shares {
-                let device_err =
-                    |e: FsError| RunError::Device { what: format!("share {}", host.display()), source: Box::new(e) };
-                let mut fs = Fs::new(tag, host, guest.is_some()).map_err(device_err)?;
-                if let (None, Some(limit)) = (guest, &output) {
-                    fs = fs.with_output_limit(limit.clone()).map_err(device_err)?;
-                }
-                devices.push(Box::new(fs));
-            }
-            let config = VmConfig {
-                kernel: spec.kernel.clone(),
-                initrd: Some(spec.initrd.clone()),
-                cmdline,
-                mem_mib: spec.mem_mib,
-                timeout: spec.timeout,
-                echo: spec.echo,
-                echo_limit: spec.echo_limit,
-                virtio: devices,
-                seccomp: spec.seccomp,
-            };
-            vmm::run(config)?
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if spec.disk_mib.is_some() {
+        let block = Block::new(&workdir.disk(), false, "rootlayer-scratch")
+            .map_err(|e| RunError::Device { what: "the scratch disk".into(), source: Box::new(e) })?;
+        devices.push(Box::new(block));
+    }
+    if let Some(base) = &spec.base_disk {
+        let block = Block::new(base, true, "rootlayer-base")
+            .map_err(|e| RunError::Device { what: "the base image disk".into(), source: Box::new(e) })?;
+        devices.push(Box::new(block));
+    }
+    for (tag, host, guest) in &shares {
+        let device_err =
+            |e: FsError| RunError::Device { what: format!("share {}", host.display()), source: Box::new(e) };
+        let mut fs = Fs::new(tag, host, guest.is_some()).map_err(device_err)?;
+        if let (None, Some(limit)) = (guest, &output) {
+            fs = fs.with_output_limit(limit.clone()).map_err(device_err)?;
         }
-        Backend::Qemu9p => {
-            let shares: Vec<qemu::Share> = shares
-                .iter()
-                .map(|(tag, host, guest)| qemu::Share {
-                    tag: tag.clone(),
-                    host: host.clone(),
-                    read_only: guest.is_some(),
-                })
-                .collect();
-            let disk = spec.disk_mib.map(|_| workdir.disk());
-            qemu::run(
-                &spec.kernel,
-                &spec.initrd,
-                &cmdline,
-                spec.mem_mib,
-                disk.as_deref(),
-                spec.base_disk.as_deref(),
-                &shares,
-                spec.timeout,
-                spec.echo,
-            )
-            .map_err(|e| RunError::Device { what: "qemu".into(), source: Box::new(e) })?
-        }
+        devices.push(Box::new(fs));
+    }
+    let config = VmConfig {
+        kernel: spec.kernel.clone(),
+        initrd: Some(spec.initrd.clone()),
+        cmdline,
+        mem_mib: spec.mem_mib,
+        timeout: spec.timeout,
+        echo: spec.echo,
+        echo_limit: spec.echo_limit,
+        virtio: devices,
+        seccomp: spec.seccomp,
     };
+    let report = vmm::run(config)?;
     let result = read_result(&xchg.join(RESULT_FILE))?;
     Ok(JobOutcome { report, result, workdir, output })
 }

@@ -76,7 +76,6 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         shares: Vec::new(),
         max_output: Some(1 << 20),
         echo_limit: None,
-        backend: Default::default(),
         seccomp: true,
     };
     let read_file = store_dir.join("pkg/data.bin").display().to_string();
