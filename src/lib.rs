@@ -15,6 +15,7 @@ pub mod fuzz;
 pub mod image;
 pub mod job;
 pub mod layer;
+pub mod outcome;
 pub mod runas;
 pub mod runner;
 pub mod seccomp;

@@ -4,9 +4,10 @@ use clap::{Parser, Subcommand};
 use rootlayer::devices::console::{Echo, EchoLimit};
 use rootlayer::exit::Exit;
 use rootlayer::image::{ImageMeta, OutputFormat, Selector};
+use rootlayer::outcome;
 use rootlayer::runas::{self, RunAsRootError, RunAsRootRequest, Summary};
 use rootlayer::runner::{GuestSpec, Store};
-use rootlayer::vmm::{self, GuestExit, RunReport, VmConfig, VmmError};
+use rootlayer::vmm::{self, RunReport, VmConfig, VmmError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -311,51 +312,15 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
     })
 }
 
+/// Print a run-as-root or export outcome (the summary or error line on
+/// stderr, the `--json` result on stdout) and give its exit code.
 fn report(result: Result<Summary, RunAsRootError>, json: bool, what: &str) -> Exit {
-    match result {
-        Ok(sum) => {
-            let phases: Vec<String> = sum.phases.iter().map(|(n, t)| format!("{n} {t:.2}s")).collect();
-            eprintln!(
-                "rootlayer: {what} {} ({} bytes) -> {} [{}]",
-                sum.diff_id,
-                sum.size,
-                sum.out.display(),
-                phases.join(", ")
-            );
-            if json {
-                let v = serde_json::json!({
-                    "status": "ok",
-                    "exit_code": 0,
-                    "diff_id": sum.diff_id,
-                    "size": sum.size,
-                    "out": sum.out,
-                    "format": format!("{:?}", sum.format).to_lowercase(),
-                    "script_status": sum.script_status,
-                    "phases": sum.phases.iter().map(|(n, t)| serde_json::json!({"name": n, "seconds": t})).collect::<Vec<_>>(),
-                });
-                println!("{v}");
-            }
-            Exit::Ok
-        }
-        Err(e) => {
-            let exit = e.exit();
-            eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
-            if json {
-                let script_status = match &e {
-                    RunAsRootError::ScriptFailed(c) => Some(*c),
-                    _ => None,
-                };
-                let v = serde_json::json!({
-                    "status": "error",
-                    "exit_code": exit.code(),
-                    "error": rootlayer::exit::error_line(&e),
-                    "script_status": script_status,
-                });
-                println!("{v}");
-            }
-            exit
-        }
+    let verdict = outcome::job(&result, what);
+    eprintln!("rootlayer: {}", verdict.line);
+    if json {
+        println!("{}", verdict.json);
     }
+    verdict.exit
 }
 
 fn run_as_root(args: RunAsRootArgs) -> Exit {
@@ -472,52 +437,14 @@ fn print_tail(report: &RunReport) {
     }
 }
 
-/// Judge a finished boot: clean only if the agent said it was ready, then
-/// reported status 0 and reset the guest.
+/// Print the verdict on a finished boot and give its exit code.
 fn boot_outcome(report: &RunReport, timeout: u64) -> Exit {
-    let log = report.console.lock().expect("console log poisoned");
-    let ready = log.ready_at();
-    let panic = log.panic_line().map(str::to_string);
-    let status = log.agent_status();
-    drop(log);
-    let wall = report.wall.as_secs_f64();
-    if report.interrupted {
-        eprintln!("rootlayer: interrupted: the guest was stopped");
-        return Exit::Interrupted;
+    let verdict = outcome::boot(report, timeout);
+    for line in &verdict.lines {
+        eprintln!("rootlayer: {line}");
     }
-    if report.timed_out {
-        let stage = if ready.is_some() { "after the agent started" } else { "before the agent's ready line" };
-        eprintln!("rootlayer: timeout: the guest did not finish within {timeout}s ({stage})");
+    if verdict.show_tail {
         print_tail(report);
-        return Exit::Timeout;
     }
-    if let Some(line) = panic {
-        eprintln!("rootlayer: the guest kernel panicked: {line}");
-        print_tail(report);
-        return Exit::GuestPanic;
-    }
-    match (&report.exit, ready, status) {
-        (GuestExit::Reset, Some(at), Some(0)) => {
-            eprintln!("rootlayer: agent ready after {:.3}s, guest exited cleanly after {wall:.3}s", at.as_secs_f64());
-            if let (Some(peak), Some(guest)) = (report.peak_rss_kib, report.guest_rss_kib) {
-                eprintln!(
-                    "rootlayer: peak RSS {peak} KiB, of which guest RAM {guest} KiB: VMM overhead {} KiB",
-                    peak.saturating_sub(guest)
-                );
-            }
-            if let Some(x) = report.xstate {
-                let each = if x.ops == 0 { 0.0 } else { x.time.as_secs_f64() * 1e6 / x.ops as f64 };
-                eprintln!(
-                    "rootlayer: guest vector state kept by the VMM: {} operations, {each:.1} us each on the host",
-                    x.ops
-                );
-            }
-            Exit::Ok
-        }
-        (exit, _, _) => {
-            eprintln!("rootlayer: guest ended badly: {exit}; agent status {status:?}");
-            print_tail(report);
-            Exit::Internal
-        }
-    }
+    verdict.exit
 }
