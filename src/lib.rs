@@ -4,7 +4,8 @@
 //! - [`vmm`]: our KVM-based VMM (the only module that touches KVM);
 //! - [`devices`]: what the guest sees (serial, i8042 reset, virtio), no KVM;
 //! - [`exit`]: the process exit codes, a documented contract;
-//! - [`job`]: the host/agent protocol (job.json, result.json);
+//! - [`job`]: the host/agent protocol (job.json, result.json), the
+//!   `rootlayer-protocol` crate the agent shares;
 //! - [`layer`], [`image`]: OCI layers and image formats, pure code.
 
 pub mod base;
@@ -13,10 +14,12 @@ pub mod exit;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod image;
-pub mod job;
 pub mod layer;
 pub mod outcome;
 pub mod runas;
 pub mod runner;
 pub mod seccomp;
 pub mod vmm;
+
+/// The host/agent protocol, shared with the agent as a crate of its own.
+pub use rootlayer_protocol as job;

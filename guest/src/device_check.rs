@@ -3,8 +3,8 @@
 //! exchange share and one to the disk. Each outcome is an observation the
 //! host test asserts on.
 
-use crate::job::{DeviceCheck, IoBench, JobResult, XCHG_MOUNT};
 use anyhow::Context;
+use rootlayer_protocol::{DeviceCheck, IoBench, JobResult, XCHG_MOUNT};
 use std::io::Read;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

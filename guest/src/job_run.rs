@@ -2,7 +2,7 @@
 //! line, read job.json, mount what it lists, run its task, write
 //! result.json next to it.
 
-use crate::job::{
+use rootlayer_protocol::{
     Job, JobResult, Mount, MountSource, Task, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, STATUS_PROTOCOL, XCHG_FS_ENV,
     XCHG_MOUNT, XCHG_TAG_ENV,
 };

@@ -5,8 +5,6 @@
 //! kernel: every failure is printed and followed by a power-off.
 
 mod device_check;
-#[path = "../../src/job.rs"]
-mod job;
 mod job_run;
 mod kernel_log;
 mod mounts;
@@ -16,7 +14,7 @@ mod selftest;
 mod vector_guard;
 mod xattr;
 
-use job::{AGENT_READY_PREFIX, AGENT_READY_WORD};
+use rootlayer_protocol::{AGENT_READY_PREFIX, AGENT_READY_WORD};
 
 fn main() {
     // A self-test child re-executed by the agent: not PID 1.

@@ -4,8 +4,8 @@
 
 use nix::sys::reboot::{reboot, RebootMode};
 
-use crate::job::AGENT_STATUS_PREFIX;
-pub use crate::job::STATUS_INTERNAL;
+use rootlayer_protocol::AGENT_STATUS_PREFIX;
+pub use rootlayer_protocol::STATUS_INTERNAL;
 
 pub fn off(status: i32) -> ! {
     println!("{AGENT_STATUS_PREFIX}{status}");

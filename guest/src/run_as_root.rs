@@ -6,12 +6,12 @@
 //! namespaces, remove the mount points we created, run the extra commands in
 //! the upper dir, and stream the upper dir out as a faithful tar.
 
-use crate::job::{JobResult, RunAsRoot, SCRATCH_MOUNT};
 use anyhow::{bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, ForkResult};
+use rootlayer_protocol::{JobResult, RunAsRoot, SCRATCH_MOUNT};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::AsRawFd;

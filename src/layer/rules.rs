@@ -244,7 +244,7 @@ pub fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     out.push(b'\n');
 }
 
-#[cfg(all(test, not(agent)))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -2,8 +2,11 @@
 //! as JSON files in the exchange share (`job.json`, `result.json`).
 //!
 //! The host decides everything and writes it down once; the agent only
-//! executes. This file is compiled into both crates (the agent includes it
-//! with `#[path]`), so it depends on nothing but serde.
+//! executes. Both the host crate (as `rootlayer::job`) and the agent depend
+//! on this crate, so every type and literal they share is written once; it
+//! depends on nothing but serde and holds no unsafe code.
+
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +37,6 @@ pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
 pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
 /// Where the agent mounts the base image disk (EROFS made by the host; the
 /// agent reads the path from job.json).
-#[allow(dead_code)]
 pub const BASE_MOUNT: &str = "/run/rootlayer/base";
 pub const JOB_FILE: &str = "job.json";
 pub const RESULT_FILE: &str = "result.json";
