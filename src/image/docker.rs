@@ -7,14 +7,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
 
-use oci_spec::image::ImageConfiguration;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::archive::{normalize, Archive};
 use super::digest::Sha256Digest;
-use super::read::{LayerRef, Parsed, SourceFormat};
 use super::select::{select, split_reference, Candidate, Selector};
+use super::types::{parse_config, LayerRef, Parsed, SourceFormat};
 use super::ImageError;
 
 /// One entry of `manifest.json`. Not covered by oci-spec: it is Docker's.
@@ -50,15 +49,6 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
         }
         d.deserialize_map(V_(PhantomData))
     }
-}
-
-/// Parses an image config, tolerating the fields old writers leave out.
-pub(crate) fn parse_config(mut value: serde_json::Value, what: &str) -> Result<ImageConfiguration, ImageError> {
-    let obj = value.as_object_mut().ok_or_else(|| ImageError::Invalid(format!("{what} is not a JSON object")))?;
-    obj.entry("architecture").or_insert_with(|| "amd64".into());
-    obj.entry("os").or_insert_with(|| "linux".into());
-    obj.entry("rootfs").or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
-    serde_json::from_value(value).map_err(ImageError::json(what))
 }
 
 /// The digest a config's file name states, if it is content-addressed
@@ -206,12 +196,5 @@ mod tests {
         assert!(named_digest(&format!("{hex}.json")).is_some());
         assert!(named_digest(&format!("blobs/sha256/{hex}")).is_some());
         assert!(named_digest("config.json").is_none());
-    }
-
-    #[test]
-    fn config_without_architecture_or_rootfs_still_parses() {
-        let c = parse_config(serde_json::json!({"config": {"Env": ["A=1"]}}), "t").unwrap();
-        assert_eq!(c.os().to_string(), "linux");
-        assert!(c.rootfs().diff_ids().is_empty());
     }
 }

@@ -30,10 +30,12 @@ mod error;
 mod oci;
 mod read;
 mod select;
+mod types;
 mod write;
 
 pub use digest::Sha256Digest;
 pub use error::ImageError;
-pub use read::{BaseImage, BaseLayer, SourceFormat};
+pub use read::{BaseImage, BaseLayer};
 pub use select::{Selected, Selector};
+pub use types::SourceFormat;
 pub use write::{write_output, ImageMeta, NewLayer, OutputFormat};

@@ -7,9 +7,8 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType, OciLayou
 use super::archive::Archive;
 use super::compression::Compression;
 use super::digest::Sha256Digest;
-use super::docker::parse_config;
-use super::read::{LayerRef, Parsed, SourceFormat};
 use super::select::{select, split_reference, Candidate, Selector};
+use super::types::{parse_config, LayerRef, Parsed, SourceFormat};
 use super::ImageError;
 
 /// The annotation that names a manifest in `index.json` (the tag, or a full

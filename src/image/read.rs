@@ -10,18 +10,8 @@ use super::archive::Archive;
 use super::compression::{Compression, Decoder};
 use super::digest::{check, HashingReader, Sha256Digest, SharedTally};
 use super::select::{Selected, Selector};
+use super::types::{LayerRef, SourceFormat};
 use super::{docker, oci, ImageError};
-
-/// The format the base image was found in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceFormat {
-    /// `manifest.json` with configs and layer paths.
-    DockerArchive,
-    /// Only `repositories` and `<id>/json` parent chains.
-    DockerArchiveLegacy,
-    /// `oci-layout`, `index.json` and `blobs/`.
-    OciLayout,
-}
 
 /// One layer of the base image.
 #[derive(Debug, Clone)]
@@ -46,26 +36,6 @@ impl BaseLayer {
     pub fn is_compressed(&self) -> bool {
         self.compression != Compression::None
     }
-}
-
-/// What a format reader found, before layers are verified.
-#[derive(Debug)]
-pub(crate) struct Parsed {
-    pub(crate) format: SourceFormat,
-    pub(crate) selected: Selected,
-    pub(crate) config: ImageConfiguration,
-    pub(crate) layers: Vec<LayerRef>,
-}
-
-/// A layer as the image states it.
-#[derive(Debug)]
-pub(crate) struct LayerRef {
-    pub(crate) path: String,
-    /// Known from the media type; `None` means sniff the blob.
-    pub(crate) compression: Option<Compression>,
-    pub(crate) blob: Option<(Sha256Digest, Option<u64>)>,
-    /// `None` when the format states no diff_id (legacy layout).
-    pub(crate) diff_id: Option<Sha256Digest>,
 }
 
 /// An opened and verified base image.

@@ -17,9 +17,10 @@ use oci_spec::image::{
 };
 
 use super::digest::{HashingWriter, Sha256Digest};
-use super::docker::{parse_config, ManifestEntry};
+use super::docker::ManifestEntry;
 use super::oci::{blob_path, REF_NAME};
 use super::read::BaseImage;
+use super::types::parse_config;
 use super::ImageError;
 
 /// The output form (`--format`).
