@@ -34,7 +34,7 @@
 //! from its source: the rarely-taken ones like `linkat`, `mknodat`,
 //! `fallocate`, `removexattr` are as guest-reachable as `openat`), minus the
 //! ones it makes only as root (`setresuid`/`setresgid`, which
-//! [`crate::devices::virtio::fs`]'s `AsHostUser` never lets it reach).
+//! [`crate::devices::virtio::fs`]'s `PolicyFs` never lets it reach).
 //! On top come the calls of paths a trace rarely shows: thread exit and the
 //! Rust panic machinery (write, sigaltstack, munmap, madvise, futex,
 //! rt_sigprocmask, exit; an abort's tgkill to this process only), memory
@@ -394,7 +394,7 @@ fn fs() -> Built<Rules> {
         any(libc::SYS_lremovexattr),
         any(libc::SYS_name_to_handle_at),
         any(libc::SYS_dup),
-        // FUSE_INIT re-imports the root with umask 0 (AsHostUser restores it).
+        // FUSE_INIT re-imports the root with umask 0 (PolicyFs restores it).
         any(libc::SYS_umask),
         // The passthrough's uid/gid checks and HashMap seeds on a rebuilt
         // file system.

@@ -9,9 +9,8 @@
 //! guest an error reply (or, when the chain cannot carry one, an empty used
 //! entry); it never stops the device.
 
-use super::host_user::{AsHostUser, UmaskGuard};
 use super::limit::OutputLimit;
-use super::read_only::ReadOnlyFs;
+use super::policy::{Policy, PolicyFs, UmaskGuard};
 use super::request::{self, OUT_HEADER_LEN, OUT_HEADER_LEN_U32};
 use crate::devices::virtio::worker::{Handler, Worker};
 use crate::devices::virtio::StartContext;
@@ -188,8 +187,8 @@ fn build_server(
         let _umask = UmaskGuard::save();
         fs.import().map_err(passthrough_err)?;
     }
-    let fs = AsHostUser::new(fs, limit);
-    Ok(if read_only { Arc::new(Server::new(ReadOnlyFs::new(fs))) } else { Arc::new(Server::new(fs)) })
+    let policy = if read_only { Policy::ReadOnly } else { Policy::ReadWrite { limit } };
+    Ok(Arc::new(Server::new(PolicyFs::new(fs, policy))))
 }
 
 impl VirtioDevice for Fs {

@@ -5,17 +5,16 @@
 //! - [`device`]: config space (tag, one request queue), activation, and the
 //!   queue loop that hands each descriptor chain to the FUSE server.
 //! - [`request`]: checks of a chain before the server reads it.
-//! - [`read_only`]: the wrapper that makes a share read-only (EROFS for every
-//!   mutating request, ENOSYS for anything unknown).
-//! - [`host_user`]: every request runs as the host process's user, so the
-//!   device works unprivileged and guest-created files belong to that user;
-//!   it also charges what the guest adds to a read-write share against the
-//!   share's [`limit`].
+//! - [`policy`]: the one wrapper around the passthrough, serving a share as
+//!   its [`policy::Policy`] says: read-only (EROFS for every mutating
+//!   request, ENOSYS for anything unknown) or read-write (what the guest adds
+//!   charged against the share's [`limit`]); either way every request runs
+//!   as the host process's user, so the device works unprivileged and
+//!   guest-created files belong to that user.
 
 mod device;
-mod host_user;
 pub mod limit;
-mod read_only;
+mod policy;
 mod request;
 #[cfg(test)]
 mod tests;

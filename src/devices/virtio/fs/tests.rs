@@ -2,7 +2,7 @@
 //! virtio-queue's `MockSplitQueue` in real guest memory, FUSE requests built
 //! byte by byte, the real passthrough file system on temporary directories.
 
-use super::host_user::resting_umask;
+use super::policy::resting_umask;
 use super::*;
 use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
 use fuse_backend_rs::abi::fuse_abi::{
