@@ -10,6 +10,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod queue;
 pub mod worker;
 
 pub use mmio::MmioTransport;

@@ -10,6 +10,7 @@
 
 use super::request::{self, DiskInfo, Op, Parsed, Segment};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, STATUS_IOERR, STATUS_OK};
+use crate::devices::virtio::queue;
 use crate::devices::virtio::worker::{Handler as WorkerHandler, Worker};
 use crate::devices::virtio::StartContext;
 use crate::devices::virtio::{
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 /// Data segments per request: the queue size minus header and status, so
@@ -101,13 +102,15 @@ impl Block {
     fn handler(&self, queue: Queue, mem: GuestMemoryMmap, interrupt: Interrupt) -> Handler {
         Handler {
             queue,
-            mem,
             interrupt,
-            file: Arc::clone(&self.file),
-            disk: self.disk,
-            id: self.id,
             reported_broken_ring: false,
-            reported_io_error: Cell::new(false),
+            requests: Requests {
+                mem,
+                file: Arc::clone(&self.file),
+                disk: self.disk,
+                id: self.id,
+                reported_io_error: Cell::new(false),
+            },
         }
     }
 }
@@ -204,15 +207,20 @@ enum ExecError {
     Flush(#[source] io::Error),
 }
 
-/// The queue, guest memory and backing file, owned by the worker thread.
+/// The queue and what serves it, owned by the worker thread.
 struct Handler {
     queue: Queue,
-    mem: GuestMemoryMmap,
     interrupt: Interrupt,
+    reported_broken_ring: bool,
+    requests: Requests,
+}
+
+/// Guest memory and the backing file: what executes the requests.
+struct Requests {
+    mem: GuestMemoryMmap,
     file: Arc<File>,
     disk: DiskInfo,
     id: [u8; ID_BYTES],
-    reported_broken_ring: bool,
     reported_io_error: Cell<bool>,
 }
 
@@ -221,43 +229,22 @@ impl Handler {
     /// completed.
     fn process_queue(&mut self) {
         let max_chain = usize::from(self.queue.size());
-        let mut completed = false;
-        loop {
-            // Without EVENT_IDX this sets VRING_USED_F_NO_NOTIFY: the guest
-            // need not kick while this loop runs.
-            let _ = self.queue.disable_notification(&self.mem);
-            let chains: Vec<_> = match self.queue.iter(&self.mem) {
-                Ok(iter) => iter.collect(),
-                Err(e) => {
-                    // The available index is more than a ring ahead: the
-                    // driver is broken; serve nothing until it resets us.
-                    if !self.reported_broken_ring {
-                        eprintln!("rootlayer: virtio-blk: bad available ring: {e}");
-                        self.reported_broken_ring = true;
-                    }
-                    break;
-                }
-            };
-            for chain in chains {
-                let head = chain.head_index();
-                let used_len = self.serve(request::parse(chain, max_chain, self.disk));
-                // Fails only for a head index past the queue size, which
-                // has no used slot to go to.
-                if self.queue.add_used(&self.mem, head, used_len).is_ok() {
-                    completed = true;
-                }
+        let requests = &self.requests;
+        let served = queue::drain(&mut self.queue, &requests.mem, &self.interrupt, |chain| {
+            requests.serve(request::parse(chain, max_chain, requests.disk))
+        });
+        if let Err(e) = served {
+            // The available index is more than a ring ahead: the driver is
+            // broken; nothing is served until it resets us.
+            if !self.reported_broken_ring {
+                eprintln!("rootlayer: virtio-blk: bad available ring: {e}");
+                self.reported_broken_ring = true;
             }
-            match self.queue.enable_notification(&self.mem) {
-                // More requests arrived while notifications were off.
-                Ok(true) => continue,
-                _ => break,
-            }
-        }
-        if completed && self.queue.needs_notification(&self.mem).unwrap_or(true) {
-            let _ = self.interrupt.signal_used_queue();
         }
     }
+}
 
+impl Requests {
     /// Execute (or refuse) one parsed request; returns the used length.
     fn serve(&self, parsed: Parsed) -> u32 {
         match parsed {

@@ -5,17 +5,19 @@
 //! Each available descriptor chain is checked ([`super::request`]), given to
 //! fuse-backend-rs's [`Server`] as a `Reader` over its device-readable part
 //! and a `Writer` over its device-writable part, and returned on the used
-//! ring with the number of bytes the reply took. A bad request costs the
+//! ring with the number of bytes the reply took
+//! ([`crate::devices::virtio::queue::drain`]). A bad request costs the
 //! guest an error reply (or, when the chain cannot carry one, an empty used
 //! entry); it never stops the device.
 
 use super::limit::OutputLimit;
 use super::policy::{Policy, PolicyFs, UmaskGuard};
 use super::request::{self, OUT_HEADER_LEN, OUT_HEADER_LEN_U32};
+use crate::devices::virtio::queue;
 use crate::devices::virtio::worker::{Handler, Worker};
 use crate::devices::virtio::StartContext;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
 };
 use crate::seccomp::ThreadKind;
 use fuse_backend_rs::abi::fuse_abi::OutHeader;
@@ -28,7 +30,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 /// Length of the tag field of the configuration space.
@@ -224,8 +226,10 @@ impl VirtioDevice for Fs {
                 None => build_server(&shared_dir, read_only, limit)?,
             };
             Ok(Box::new(move |i: usize| {
-                if let Some(queue) = queues.get_mut(i) {
-                    process_queue(server.as_ref(), &mem, queue, &interrupt);
+                if let Some(q) = queues.get_mut(i) {
+                    // A broken available ring serves nothing until the
+                    // driver resets the device.
+                    let _ = queue::drain(q, &mem, &interrupt, |chain| handle_chain(server.as_ref(), &mem, chain));
                 }
                 true
             }) as Handler)
@@ -247,24 +251,6 @@ impl VirtioDevice for Fs {
         if let Some(w) = self.worker.as_mut() {
             w.deactivate();
         }
-    }
-}
-
-/// Serve every chain the driver made available on `queue`.
-fn process_queue(server: &dyn Serve, mem: &GuestMemoryMmap, queue: &mut Queue, irq: &Interrupt) {
-    let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let len = handle_chain(server, mem, chain);
-        if queue.add_used(mem, head, len).is_err() {
-            // The used ring is not writable: nothing more can be returned.
-            break;
-        }
-        used = true;
-    }
-    if used && queue.needs_notification(mem).unwrap_or(true) {
-        // Failing to signal an eventfd means the VMM is going away.
-        let _ = irq.signal_used_queue();
     }
 }
 

@@ -3,7 +3,8 @@
 //! system, without privileges.
 //!
 //! - [`device`]: config space (tag, one request queue), activation, and the
-//!   queue loop that hands each descriptor chain to the FUSE server.
+//!   handler that gives each descriptor chain the queues are drained of
+//!   ([`super::queue::drain`]) to the FUSE server.
 //! - [`request`]: checks of a chain before the server reads it.
 //! - [`policy`]: the one wrapper around the passthrough, serving a share as
 //!   its [`policy::Policy`] says: read-only (EROFS for every mutating
