@@ -3,13 +3,10 @@
 //! result.json next to it.
 
 use rootlayer_protocol::{
-    Job, JobResult, Mount, MountSource, Task, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, STATUS_PROTOCOL, XCHG_FS_ENV,
-    XCHG_MOUNT, XCHG_TAG_ENV,
+    Job, JobResult, Mount, MountSource, Task, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, STATUS_PROTOCOL, XCHG_MOUNT,
+    XCHG_TAG_ENV,
 };
 
-/// 9p mount options as nixpkgs' vmTools used them (trans=virtio, 9p2000.L,
-/// a large msize).
-const NINEP_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=131072,cache=loose";
 use crate::mounts::mount_fs;
 use anyhow::Context;
 use nix::mount::MsFlags;
@@ -22,11 +19,7 @@ pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
     let Ok(tag) = std::env::var(XCHG_TAG_ENV) else {
         return Ok(None);
     };
-    if std::env::var(XCHG_FS_ENV).as_deref() == Ok("9p") {
-        mount_fs(&tag, XCHG_MOUNT, "9p", MsFlags::empty(), Some(NINEP_OPTIONS))?;
-    } else {
-        mount_fs(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
-    }
+    mount_fs(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
     let xchg = Path::new(XCHG_MOUNT);
     let text = std::fs::read_to_string(xchg.join(JOB_FILE)).context("read job.json")?;
     let mut result = JobResult { protocol: PROTOCOL_VERSION, ..JobResult::default() };
@@ -84,7 +77,6 @@ fn mount(m: &Mount) -> anyhow::Result<()> {
     let flags = if m.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     match &m.source {
         MountSource::VirtioFs { tag } => mount_fs(tag, &m.target, "virtiofs", flags, None),
-        MountSource::NineP { tag } => mount_fs(tag, &m.target, "9p", flags, Some(NINEP_OPTIONS)),
         MountSource::Disk { device, fstype } => mount_fs(device, &m.target, fstype, flags, None),
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// lines below). Each side refuses the other's files of another version:
 /// an initramfs built by another rootlayer says so instead of failing to
 /// parse. Bump it with any change to the types in this file.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
 pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
 pub const AGENT_READY_WORD: &str = " ready";
@@ -28,9 +28,6 @@ pub const STATUS_PROTOCOL: i32 = 71;
 /// Environment variable (set on the kernel command line, handed to PID 1 by
 /// the kernel) naming the virtio-fs tag of the exchange share.
 pub const XCHG_TAG_ENV: &str = "ROOTLAYER_XCHG";
-/// Set to `9p` when the exchange share is 9p (the QEMU comparison in the
-/// benchmarks); virtio-fs otherwise.
-pub const XCHG_FS_ENV: &str = "ROOTLAYER_XCHG_FS";
 /// Where the agent mounts the exchange share.
 pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
 /// Where the agent mounts the scratch disk (ext4 made by the host).
@@ -65,8 +62,6 @@ pub struct Mount {
 pub enum MountSource {
     /// A virtio-fs share, by tag.
     VirtioFs { tag: String },
-    /// A 9p share over virtio, by tag (only the QEMU comparison uses it).
-    NineP { tag: String },
     /// A virtio-blk disk, by device node (e.g. `/dev/vda`), with its file
     /// system type.
     Disk { device: String, fstype: String },
