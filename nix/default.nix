@@ -58,17 +58,21 @@ let
         builtins.concatLists (builtins.genList (i: [ "closure-${toString i}" (builtins.elemAt closures i) ]) (builtins.length closures));
     });
 
+  # What mkRootLayer and buildImage hand the builder alike.
   common = { runAsRoot, contents, keepContentsDirlinks, fromImage, fromImageName, fromImageTag
            , diskSize, buildVMMemorySize, extraCommands }: rec {
     runAsRootScript = shellScript "run-as-root.sh" (if runAsRoot == null then ":" else runAsRoot);
-    extraCommandsScript = if extraCommands == "" then "" else shellScript "extra-commands.sh" extraCommands;
-    contentsPaths = toString (toList contents);
-    keepContentsDirlinks' = if keepContentsDirlinks then "1" else "";
-    fromImage' = if fromImage == null then "" else fromImage;
-    fromImageName' = if fromImageName == null then "" else fromImageName;
-    fromImageTag' = if fromImageTag == null then "" else fromImageTag;
-    diskSize' = toString diskSize;
-    memSize = toString buildVMMemorySize;
+    args = {
+      inherit runAsRootScript;
+      extraCommandsScript = if extraCommands == "" then "" else shellScript "extra-commands.sh" extraCommands;
+      contentsPaths = toString (toList contents);
+      keepContentsDirlinks = if keepContentsDirlinks then "1" else "";
+      fromImage = if fromImage == null then "" else fromImage;
+      fromImageName = if fromImageName == null then "" else fromImageName;
+      fromImageTag = if fromImageTag == null then "" else fromImageTag;
+      diskSize = toString diskSize;
+      memSize = toString buildVMMemorySize;
+    };
   };
 in
 rec {
@@ -89,17 +93,11 @@ rec {
     , extraCommands ? ""
     }:
     let c = common { inherit runAsRoot contents keepContentsDirlinks fromImage fromImageName fromImageTag diskSize buildVMMemorySize extraCommands; };
-    in rootlayerBuild {
+    in rootlayerBuild (c.args // {
       name = "docker-layer-${baseNameOf' name}";
       format = "layer";
       inherit baseJson;
-      inherit (c) runAsRootScript extraCommandsScript contentsPaths memSize;
-      keepContentsDirlinks = c.keepContentsDirlinks';
-      fromImage = c.fromImage';
-      fromImageName = c.fromImageName';
-      fromImageTag = c.fromImageTag';
-      diskSize = c.diskSize';
-    };
+    });
 
   # dockerTools.buildImage: a docker-archive .tar.gz (docker load, podman
   # load) of fromImage plus one layer: copyToRoot, runAsRoot's changes and
@@ -125,7 +123,7 @@ rec {
     let
       baseName = baseNameOf' name;
       c = common { inherit runAsRoot contents keepContentsDirlinks fromImage fromImageName fromImageTag diskSize buildVMMemorySize extraCommands; };
-    in rootlayerBuild {
+    in rootlayerBuild (c.args // {
       name = "docker-image-${baseName}.tar.gz";
       format = "docker-archive";
       imageName = toLower name;
@@ -133,14 +131,8 @@ rec {
       inherit created;
       # Text, not a file: `config` may name store paths of derivations.
       baseJsonText = builtins.toJSON { inherit config architecture created; os = "linux"; };
-      inherit (c) runAsRootScript extraCommandsScript contentsPaths memSize;
-      keepContentsDirlinks = c.keepContentsDirlinks';
-      fromImage = c.fromImage';
-      fromImageName = c.fromImageName';
-      fromImageTag = c.fromImageTag';
-      diskSize = c.diskSize';
       # What the layer references: the contents' closures and the script's
       # (without the script itself).
       closures = toList contents ++ [ c.runAsRootScript ];
-    };
+    });
 }

@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::layer::ext4::{upper_tar, Ext4};
-use crate::layer::test_util::read_layer;
+use crate::layer::test_util::{assert_upper_fixture, read_layer};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -276,12 +276,7 @@ fn debugfs_fills_it_e2fsck_agrees_and_our_reader_reads_it_back() {
     let passwd = get("etc/passwd");
     assert_eq!(passwd.data, b"root:x:0:0::/root:/bin/sh\n");
     assert_eq!((passwd.mode & 0o7777, passwd.uid, passwd.gid, passwd.mtime), (0o640, 100_000, 42, 1_700_000_000));
-    assert_eq!(get("big").data, big);
-    assert_eq!(get("big2").ty, b'1', "the second name is a hardlink entry");
-    assert_eq!(get("etc/short").link, "passwd");
-    assert_eq!(get("etc/long").link, long_target);
-    assert_eq!(get("sparse").data.len(), 10 << 20);
-    assert!(get("sparse").data.iter().all(|b| *b == 0));
+    assert_upper_fixture(&entries, &big, &long_target);
     assert_eq!((get("gone").ty, get("gone").dev), (b'3', (0, 0)));
     assert_eq!(get("null").dev, (1, 3));
     let x = |p: &str, k: &str| get(p).xattrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());

@@ -314,3 +314,16 @@ pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, Meta> {
     }
     out
 }
+
+/// The files both ext4 reader tests write into their upper dir (by mkfs -d
+/// and by debugfs), as [`read_layer`] reads them back: a big file and its
+/// hardlink, a short and a long symlink, a 10 MiB sparse file.
+pub(crate) fn assert_upper_fixture(entries: &[Got], big: &[u8], long_target: &str) {
+    let get = |p: &str| entries.iter().find(|g| g.path.trim_end_matches('/') == p).unwrap_or_else(|| panic!("{p}"));
+    assert_eq!(get("big").data, big);
+    assert_eq!(get("big2").ty, b'1', "the second name is a hardlink entry");
+    assert_eq!(get("etc/short").link, "passwd");
+    assert_eq!(get("etc/long").link, long_target);
+    assert_eq!(get("sparse").data.len(), 10 << 20);
+    assert!(get("sparse").data.iter().all(|b| *b == 0));
+}
