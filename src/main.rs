@@ -58,7 +58,7 @@ struct GuestArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     mem_size: u64,
-    /// Scratch disk in MiB (holds the unpacked base layers and the new layer).
+    /// Scratch disk in MiB (holds the overlay upper dir: the new layer).
     #[arg(long, default_value_t = 1024)]
     disk_size: u64,
     /// Virtual CPUs (the guest kernel is uniprocessor: 1).

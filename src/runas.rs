@@ -1,9 +1,10 @@
 //! `rootlayer run-as-root` and `rootlayer export`: the host side of
 //! dockerTools' runAsRoot (mkRootLayer) and exportImage.
 //!
-//! Read the base image, hand its layers and the script to the guest through
-//! the exchange share, boot, and turn the upper-dir tar the agent streams
-//! back into the OCI layer, written atomically in the asked-for format.
+//! Read the base image and make (or take from the cache) its EROFS disk,
+//! hand the script to the guest through the exchange share, boot, read the
+//! upper dir off the scratch disk the guest left (plus any `--store-paths`),
+//! and write it as the OCI layer, atomically, in the asked-for format.
 
 use crate::base::{BaseDisk, BaseError};
 use crate::devices::console::Echo;
