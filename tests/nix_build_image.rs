@@ -3,7 +3,8 @@
 //! symlinked directory, a runAsRoot that adds a user and group, chowns a
 //! directory, makes a setuid file and deletes a base file, and
 //! extraCommands. The result is checked with skopeo and as `umoci unpack`
-//! shows it; the build ran as a nixbld user and saw only its inputs; and
+//! shows it; the build ran as a nixbld user and saw only its inputs (and
+//! of the host's devices only /dev/kvm beyond the usual ones); and
 //! `nix-build --check` rebuilds it bit for bit.
 
 mod common;
@@ -104,6 +105,18 @@ fn nix_build_image_is_a_drop_in_for_docker_tools() {
         );
     }
     assert!(!seen.lines().any(|l| l.ends_with("-failing-") || l.contains("-docker-layer-")), "{seen}");
+
+    // The sandbox these settings make: the usual devices and /dev/kvm, no more.
+    let devs = nix.build("sandboxDevices", &[]);
+    assert_eq!(devs.code, 0);
+    let seen = std::fs::read_to_string(&devs.out).unwrap();
+    let usual = [
+        "fd", "full", "kvm", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom",
+        "zero",
+    ];
+    assert!(seen.lines().any(|d| d == "kvm"), "no /dev/kvm in the sandbox: {seen}");
+    assert!(seen.lines().all(|d| usual.contains(&d)), "the sandbox sees more of /dev: {seen}");
+    nix.delete(&[&devs.out]);
 
     // Nix's own reproducibility check: the rebuild must give the same bytes.
     let again = nix.build("image", &["--check"]);

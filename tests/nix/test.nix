@@ -27,6 +27,15 @@ let
   };
 in
 {
+  # What a build with the same settings sees of the host's devices.
+  sandboxDevices = derivation {
+    name = "sandbox-devices-${nonce}";
+    system = "x86_64-linux";
+    builder = "${bb}/bin/sh";
+    args = [ "-c" "ls /dev > $out" ];
+    requiredSystemFeatures = [ "kvm" ];
+  };
+
   image = rl.buildImage {
     name = "RootLayer-Test-${nonce}";
     tag = "V1";
