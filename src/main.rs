@@ -323,6 +323,19 @@ fn report(result: Result<Summary, RunAsRootError>, json: bool, what: &str) -> Ex
     verdict.exit
 }
 
+/// The contents of the file a `flag` names, parsed; a problem is printed
+/// as one line and is bad input.
+fn read_input<T>(
+    flag: &str,
+    path: &std::path::Path,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<T, Exit> {
+    std::fs::read(path).map_err(|e| e.to_string()).and_then(|t| parse(&t)).map_err(|e| {
+        eprintln!("rootlayer: {flag} {}: {e}", path.display());
+        Exit::BadInput
+    })
+}
+
 fn run_as_root(args: RunAsRootArgs) -> Exit {
     let spec = match guest_spec(&args.guest) {
         Ok(s) => s,
@@ -342,35 +355,25 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
             return Exit::BadInput;
         }
     };
-    let store_paths = match &args.store_paths {
+    let store_paths = match args.store_paths.as_deref().map(|f| {
+        read_input("--store-paths", f, |t| {
+            rootlayer::layer::store_paths::parse_list(t).map_err(|e| rootlayer::exit::error_line(&e))
+        })
+    }) {
         None => Vec::new(),
-        Some(f) => match std::fs::read(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| rootlayer::layer::store_paths::parse_list(&t).map_err(|e| rootlayer::exit::error_line(&e)))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("rootlayer: --store-paths {}: {e}", f.display());
-                return Exit::BadInput;
-            }
-        },
+        Some(Ok(p)) => p,
+        Some(Err(exit)) => return exit,
     };
-    let base_json = match &args.base_json {
+    let base_json = match args.base_json.as_deref().map(|f| {
+        read_input("--base-json", f, |t| match serde_json::from_slice::<serde_json::Value>(t) {
+            Ok(v) if v.is_object() => Ok(v),
+            Ok(_) => Err("not a JSON object".into()),
+            Err(e) => Err(e.to_string()),
+        })
+    }) {
         None => None,
-        Some(f) => match std::fs::read(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).map_err(|e| e.to_string()))
-        {
-            Ok(v) if v.is_object() => Some(v),
-            Ok(_) => {
-                eprintln!("rootlayer: --base-json {}: not a JSON object", f.display());
-                return Exit::BadInput;
-            }
-            Err(e) => {
-                eprintln!("rootlayer: --base-json {}: {e}", f.display());
-                return Exit::BadInput;
-            }
-        },
+        Some(Ok(v)) => Some(v),
+        Some(Err(exit)) => return exit,
     };
     let req = RunAsRootRequest {
         script: args.script,

@@ -83,28 +83,11 @@ fn base_image(root: &Path) -> PathBuf {
     std::fs::create_dir_all(l3.join("etc")).unwrap();
     std::fs::write(l3.join("etc/.wh.motd"), "").unwrap();
     std::fs::write(l3.join("etc/layer-3"), "layer three\n").unwrap();
-    let st = Command::new("tar")
-        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@1000", "-C"])
-        .arg(&l3)
-        .args(["-cf"])
-        .arg(&t3)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    // The layers of the two-layer archive, then the third.
-    let ex = root.join("two");
-    std::fs::create_dir_all(&ex).unwrap();
-    assert!(Command::new("tar").arg("-xf").arg(&two).arg("-C").arg(&ex).status().unwrap().success());
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ex.join("manifest.json")).unwrap()).unwrap();
-    let mut layers: Vec<Vec<u8>> = manifest[0]["Layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| std::fs::read(ex.join(l.as_str().unwrap())).unwrap())
-        .collect();
-    layers.push(std::fs::read(&t3).unwrap());
+    super::runas::layer_of_dir(&l3, &t3);
+    // make_base_image leaves its layer tars beside the archive.
+    assert!(two.exists());
+    let layers: Vec<Vec<u8>> =
+        ["l1.tar", "l2.tar", "l3.tar"].iter().map(|l| std::fs::read(root.join(l)).unwrap()).collect();
     let archive = root.join("base3.tar");
     super::image::docker_archive(&archive, &[(&["base:latest"], &layers)], false);
     archive

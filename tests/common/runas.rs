@@ -46,7 +46,8 @@ int main(int argc, char **argv) {
 }
 
 /// A busybox root filesystem (layer 1) and a small second layer, as a
-/// docker-archive named `base:latest`. Returns the archive path.
+/// docker-archive named `base:latest`. Returns the archive path; the layer
+/// tars stay beside it (`l1.tar`, `l2.tar`).
 pub fn make_base_image(root: &Path) -> PathBuf {
     let l1 = root.join("l1");
     for d in ["bin", "etc", "data", "old", "d/sub", "keep", "usr/local/bin", "home", "tmp"] {
@@ -76,20 +77,25 @@ pub fn make_base_image(root: &Path) -> PathBuf {
     let t1 = root.join("l1.tar");
     let t2 = root.join("l2.tar");
     for (dir, tar) in [(&l1, &t1), (&l2, &t2)] {
-        let st = Command::new("tar")
-            .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@1000", "-C"])
-            .arg(dir)
-            .args(["-cf"])
-            .arg(tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        layer_of_dir(dir, tar);
     }
     let layers = vec![std::fs::read(&t1).unwrap(), std::fs::read(&t2).unwrap()];
     let archive = root.join("base.tar");
     super::image::docker_archive(&archive, &[(&["base:latest"], &layers)], false);
     archive
+}
+
+/// `dir` as a layer tar at `tar` (GNU tar: sorted, root-owned, mtime 1000).
+pub fn layer_of_dir(dir: &Path, tar: &Path) {
+    let st = Command::new("tar")
+        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@1000", "-C"])
+        .arg(dir)
+        .args(["-cf"])
+        .arg(tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
 }
 
 pub fn write_script(path: &Path, body: &str) {
