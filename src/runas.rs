@@ -232,9 +232,8 @@ pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobRes
 }
 
 /// The smallest scratch disk a job can use (its ext4 metadata, the
-/// overlay's work dir): the smallest `layer::ext4_format` makes
-/// (`ext4_format::MIN_SIZE`, kept equal by its tests).
-pub const MIN_DISK_MIB: u64 = 8;
+/// overlay's work dir): the smallest `layer::ext4_format` makes.
+pub const MIN_DISK_MIB: u64 = crate::layer::ext4_format::MIN_SIZE >> 20;
 
 /// `--out`: free, in an existing directory this process may write to.
 fn check_out(out: &Path) -> Result<(), RunAsRootError> {

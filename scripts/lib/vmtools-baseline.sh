@@ -18,6 +18,14 @@ baseline_require() {
 	[ "$(id -u)" = 0 ] || { echo "baseline: virtiofsd needs root" >&2; return 1; }
 }
 
+# A fresh, empty ext4 scratch disk of $2 MiB at $1 (no journal, as
+# rootlayer's), made on the host.
+baseline_disk() {
+	truncate -s 0 "$1"
+	truncate -s "$2M" "$1"
+	mkfs.ext4 -q -F -O ^has_journal -m 0 "$1"
+}
+
 # The busybox initramfs, made once per run in $1 (a directory).
 baseline_initramfs() {
 	local dir=$1/initramfs

@@ -29,8 +29,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
-/// The smallest filesystem [`format`] makes (keep equal to
-/// `runas::MIN_DISK_MIB`).
+/// The smallest filesystem [`format`] makes (`runas::MIN_DISK_MIB` is
+/// derived from it).
 pub const MIN_SIZE: u64 = 8 << 20;
 /// The largest (inode counts and descriptor tables stay far from their
 /// limits).
