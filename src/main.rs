@@ -88,6 +88,10 @@ struct GuestArgs {
     /// Do not filter the VMM's vCPU and device threads with seccomp (debugging).
     #[arg(long)]
     no_seccomp: bool,
+    /// Boot the guest cold: neither restore it from the snapshot of the
+    /// booted guest ($ROOTLAYER_CACHE/snapshots) nor take one.
+    #[arg(long, env = "ROOTLAYER_NO_SNAPSHOT")]
+    no_snapshot: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -193,6 +197,9 @@ struct BootArgs {
     /// guest elsewhere, e.g. under QEMU in scripts/bench-boot).
     #[arg(long)]
     print_cmdline: bool,
+    /// Boot cold: neither restore from the snapshot of this guest nor take one.
+    #[arg(long, env = "ROOTLAYER_NO_SNAPSHOT")]
+    no_snapshot: bool,
 }
 
 use rootlayer::runner::cache_dir;
@@ -309,6 +316,7 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         max_output: Some(g.max_output.saturating_mul(1 << 20)),
         echo_limit: (g.max_log_rate > 0).then(|| EchoLimit { bytes_per_sec: g.max_log_rate.saturating_mul(1 << 10) }),
         seccomp: !g.no_seccomp,
+        snapshot: !g.no_snapshot,
     })
 }
 
@@ -410,22 +418,31 @@ fn boot(args: BootArgs) -> Exit {
         println!("{}", vmm::builder::kernel_cmdline(vmm::kvm::kind(), &cmdline));
         return Exit::Ok;
     }
+    let kernel = default_kernel(args.kernel);
+    let initrd = default_initrd(args.initrd);
     let result = (|| {
-        let config = VmConfig {
-            kernel: default_kernel(args.kernel)?,
-            initrd: Some(default_initrd(args.initrd)?),
-            cmdline,
-            mem_mib: args.mem_size,
-            timeout: Duration::from_secs(args.timeout),
-            echo: if args.quiet { Echo::Off } else { Echo::Stderr },
-            echo_limit: Some(EchoLimit::DEFAULT),
-            virtio: Vec::new(),
-            seccomp: !args.no_seccomp,
+        let (kernel, initrd) = (kernel?, initrd?);
+        let config = |snapshot| {
+            Ok::<_, VmmError>(VmConfig {
+                kernel: kernel.clone(),
+                initrd: Some(initrd.clone()),
+                cmdline: cmdline.clone(),
+                mem_mib: args.mem_size,
+                timeout: Duration::from_secs(args.timeout),
+                echo: if args.quiet { Echo::Off } else { Echo::Stderr },
+                echo_limit: Some(EchoLimit::DEFAULT),
+                virtio: Vec::new(),
+                seccomp: !args.no_seccomp,
+                snapshot,
+            })
         };
-        vmm::run(config)
+        vmm::run_with_fallback(rootlayer::runner::snapshot_mode(!args.no_snapshot), config)
     })();
     match result {
-        Ok(report) => boot_outcome(&report, args.timeout),
+        Ok(report) => {
+            eprintln!("rootlayer: boot: {}", report.boot.describe());
+            boot_outcome(&report, args.timeout)
+        }
         Err(e) => {
             eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
             e.exit()

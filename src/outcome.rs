@@ -139,6 +139,8 @@ mod tests {
             peak_rss_kib: Some(300_000),
             guest_rss_kib: Some(200_000),
             xstate: None,
+            boot: crate::vmm::BootPath::Cold,
+            started: true,
         }
     }
 

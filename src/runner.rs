@@ -102,6 +102,42 @@ pub struct GuestSpec {
     /// seccomp filters on the VMM's vCPU and device threads (off:
     /// `--no-seccomp`).
     pub seccomp: bool,
+    /// Restore the guest from its snapshot, taking one if there is none
+    /// (off: `--no-snapshot`).
+    pub snapshot: bool,
+}
+
+/// Read-only share slots every guest has (stores first, then the further
+/// shares; unused ones serve an empty directory and are never mounted), so
+/// that the device set, and with it the snapshot, is the same whatever a
+/// job shares. A job with more boots with as many as it needs, cold.
+pub const SHARE_SLOTS: usize = 4;
+
+/// Where snapshots of the booted guest are kept.
+pub fn snapshot_dir() -> PathBuf {
+    cache_dir().join("snapshots")
+}
+
+/// The snapshot mode for a guest: `enabled` and a device set of the fixed
+/// shape, else none.
+pub fn snapshot_mode(enabled: bool) -> vmm::SnapshotMode {
+    if enabled {
+        vmm::SnapshotMode::Use(snapshot_dir())
+    } else {
+        vmm::SnapshotMode::Off
+    }
+}
+
+/// [`crate::job::ENTROPY_BYTES`] fresh bytes from the host, hex.
+fn fresh_entropy() -> Result<String, RunError> {
+    use std::io::Read;
+    let mut bytes = [0u8; crate::job::ENTROPY_BYTES];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(RunError::WriteJob)?;
+    Ok(crate::vmm::snapshot::hex_string(&bytes))
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 /// The job's private directory on the host: `xchg/` (shared with the guest)
@@ -127,6 +163,18 @@ impl Workdir {
     /// The scratch disk image.
     pub fn disk(&self) -> PathBuf {
         self.dir.path().join("scratch.img")
+    }
+    /// An empty file, for a disk slot the job does not use.
+    fn no_disk(&self) -> Result<PathBuf, RunError> {
+        let path = self.dir.path().join("none.img");
+        std::fs::File::create(&path).map_err(|source| RunError::Disk { path: path.clone(), mib: 0, source })?;
+        Ok(path)
+    }
+    /// An empty directory, for a share slot the job does not use.
+    fn no_share(&self) -> Result<PathBuf, RunError> {
+        let path = self.dir.path().join("none");
+        std::fs::create_dir_all(&path).map_err(RunError::Xchg)?;
+        Ok(path)
     }
 }
 
@@ -170,86 +218,121 @@ pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
 /// Boot a guest for `task`, with the exchange share, the stores and the
 /// scratch disk from `spec`, and collect the agent's result. The caller
 /// may have put input files in `workdir.xchg()` first.
+///
+/// Every guest has the same devices (scratch disk, base disk, exchange
+/// share, [`SHARE_SLOTS`] read-only shares; a slot the job leaves empty is
+/// an empty file or directory), so that one snapshot serves every job.
 pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutcome, RunError> {
     let xchg = workdir.xchg();
 
-    // Shares: (tag, host dir, guest mount point or None for the exchange).
-    let mut shares: Vec<(String, PathBuf, Option<String>)> = vec![(XCHG_TAG.into(), xchg.clone(), None)];
-    for (i, store) in spec.stores.iter().enumerate() {
+    // Read-only shares, in slot order: (host dir, guest mount point).
+    let mut shares: Vec<(PathBuf, String)> = Vec::new();
+    for store in &spec.stores {
         let dir = std::fs::canonicalize(&store.dir)
             .map_err(|e| RunError::Store { path: store.dir.clone(), reason: e.to_string() })?;
         if !dir.is_dir() {
             return Err(RunError::Store { path: dir, reason: "not a directory".into() });
         }
         let guest = dir.to_string_lossy().into_owned();
-        shares.push((format!("store{i}"), dir, Some(guest)));
+        shares.push((dir, guest));
     }
-    for (i, (host, guest)) in spec.shares.iter().enumerate() {
-        shares.push((format!("share{i}"), host.clone(), Some(guest.clone())));
+    shares.extend(spec.shares.iter().cloned());
+    let mut snapshot = spec.snapshot;
+    if shares.len() > SHARE_SLOTS && snapshot {
+        eprintln!(
+            "rootlayer: {} shares are more than the snapshot's {SHARE_SLOTS} slots: booting cold",
+            shares.len()
+        );
+        snapshot = false;
     }
+    let slots = shares.len().max(SHARE_SLOTS);
+    let slot_tag = |i: usize| format!("share{i}");
 
     let mut mounts = Vec::new();
-    if let Some(mib) = spec.disk_mib {
-        make_scratch_disk(&workdir.disk(), mib)?;
-        mounts.push(Mount {
-            source: MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into() },
-            target: SCRATCH_MOUNT.into(),
-            read_only: false,
-        });
-    }
-    if spec.base_disk.is_some() {
-        assert!(spec.disk_mib.is_some(), "the base disk comes second, after the scratch disk");
-        mounts.push(Mount {
-            source: MountSource::Disk { device: BASE_DEVICE.into(), fstype: "erofs".into() },
-            target: BASE_MOUNT.into(),
-            read_only: true,
-        });
-    }
-    for (tag, _, guest) in &shares {
-        if let Some(target) = guest {
-            let source = MountSource::VirtioFs { tag: tag.clone() };
-            mounts.push(Mount { source, target: target.clone(), read_only: true });
+    let scratch = match spec.disk_mib {
+        Some(mib) => {
+            make_scratch_disk(&workdir.disk(), mib)?;
+            mounts.push(Mount {
+                source: MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into(), size: mib << 20 },
+                target: SCRATCH_MOUNT.into(),
+                read_only: false,
+            });
+            workdir.disk()
         }
+        None => workdir.no_disk()?,
+    };
+    let base = match &spec.base_disk {
+        Some(base) => {
+            assert!(spec.disk_mib.is_some(), "the base image is the scratch overlay's lower dir");
+            let size = std::fs::metadata(base)
+                .map_err(|e| RunError::Device { what: "the base image disk".into(), source: Box::new(e) })?
+                .len();
+            mounts.push(Mount {
+                source: MountSource::Disk { device: BASE_DEVICE.into(), fstype: "erofs".into(), size: size / 512 * 512 },
+                target: BASE_MOUNT.into(),
+                read_only: true,
+            });
+            base.clone()
+        }
+        None => workdir.no_disk()?,
+    };
+    for (i, (_, guest)) in shares.iter().enumerate() {
+        mounts.push(Mount { source: MountSource::VirtioFs { tag: slot_tag(i) }, target: guest.clone(), read_only: true });
     }
-
-    let job = Job { protocol: PROTOCOL_VERSION, mounts, task };
-    let text = serde_json::to_vec_pretty(&job).map_err(|e| RunError::WriteJob(e.into()))?;
-    std::fs::write(xchg.join(JOB_FILE), text).map_err(RunError::WriteJob)?;
+    let empty = workdir.no_share()?;
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
 
-    let output = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    if spec.disk_mib.is_some() {
-        let block = Block::new(&workdir.disk(), false, "rootlayer-scratch")
-            .map_err(|e| RunError::Device { what: "the scratch disk".into(), source: Box::new(e) })?;
+    let mut output = None;
+    let config = |mode: vmm::SnapshotMode| -> Result<VmConfig, RunError> {
+        // Written last thing before the guest starts: its time is what a
+        // restored guest's clock is set forward to.
+        let job = Job {
+            protocol: PROTOCOL_VERSION,
+            mounts: mounts.clone(),
+            task: task.clone(),
+            entropy: fresh_entropy()?,
+            host_time_ns: now_ns(),
+        };
+        let text = serde_json::to_vec_pretty(&job).map_err(|e| RunError::WriteJob(e.into()))?;
+        std::fs::write(xchg.join(JOB_FILE), text).map_err(RunError::WriteJob)?;
+
+        let limit = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
+        output.clone_from(&limit);
+        let device = |what: String| move |e: Box<dyn std::error::Error + Send + Sync>| RunError::Device { what, source: e };
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        let block = Block::new(&scratch, false, "rootlayer-scratch")
+            .map_err(|e| device("the scratch disk".into())(Box::new(e)))?;
         devices.push(Box::new(block));
-    }
-    if let Some(base) = &spec.base_disk {
-        let block = Block::new(base, true, "rootlayer-base")
-            .map_err(|e| RunError::Device { what: "the base image disk".into(), source: Box::new(e) })?;
+        let block =
+            Block::new(&base, true, "rootlayer-base").map_err(|e| device("the base image disk".into())(Box::new(e)))?;
         devices.push(Box::new(block));
-    }
-    for (tag, host, guest) in &shares {
-        let device_err =
-            |e: FsError| RunError::Device { what: format!("share {}", host.display()), source: Box::new(e) };
-        let mut fs = Fs::new(tag, host, guest.is_some()).map_err(device_err)?;
-        if let (None, Some(limit)) = (guest, &output) {
-            fs = fs.with_output_limit(limit.clone()).map_err(device_err)?;
+        let fs_err = |host: &Path| {
+            let what = format!("share {}", host.display());
+            move |e: FsError| RunError::Device { what, source: Box::new(e) }
+        };
+        let mut fs = Fs::new(XCHG_TAG, &xchg, false).map_err(fs_err(&xchg))?;
+        if let Some(limit) = &limit {
+            fs = fs.with_output_limit(limit.clone()).map_err(fs_err(&xchg))?;
         }
         devices.push(Box::new(fs));
-    }
-    let config = VmConfig {
-        kernel: spec.kernel.clone(),
-        initrd: Some(spec.initrd.clone()),
-        cmdline,
-        mem_mib: spec.mem_mib,
-        timeout: spec.timeout,
-        echo: spec.echo,
-        echo_limit: spec.echo_limit,
-        virtio: devices,
-        seccomp: spec.seccomp,
+        for i in 0..slots {
+            let host = shares.get(i).map_or(empty.as_path(), |(host, _)| host.as_path());
+            devices.push(Box::new(Fs::new(&slot_tag(i), host, true).map_err(fs_err(host))?));
+        }
+        Ok(VmConfig {
+            kernel: spec.kernel.clone(),
+            initrd: Some(spec.initrd.clone()),
+            cmdline: cmdline.clone(),
+            mem_mib: spec.mem_mib,
+            timeout: spec.timeout,
+            echo: spec.echo,
+            echo_limit: spec.echo_limit,
+            virtio: devices,
+            seccomp: spec.seccomp,
+            snapshot: mode,
+        })
     };
-    let report = vmm::run(config)?;
+    let report = vmm::run_with_fallback(snapshot_mode(snapshot), config)?;
     let result = read_result(&xchg.join(RESULT_FILE))?;
     Ok(JobOutcome { report, result, workdir, output })
 }

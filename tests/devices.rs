@@ -77,6 +77,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         max_output: Some(1 << 20),
         echo_limit: None,
         seccomp: true,
+        snapshot: true,
     };
     let read_file = store_dir.join("pkg/data.bin").display().to_string();
     let task = Task::DeviceCheck(DeviceCheck {

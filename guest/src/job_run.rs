@@ -28,6 +28,11 @@ pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
         result.error = Some(e);
     } else {
         let job: Job = serde_json::from_str(&text).context("parse job.json")?;
+        // Before anything of the job runs: this guest's own randomness and
+        // the host's time (a restored guest has the snapshot's).
+        crate::resume::add_entropy(&job.entropy)?;
+        crate::resume::set_clock(job.host_time_ns)?;
+        crate::resume::ring(rootlayer_protocol::VMM_EVENT_STARTED);
         if let Err(e) = execute(&job, &mut result) {
             result.status = crate::power::STATUS_INTERNAL;
             result.error = Some(format!("{e:#}"));
@@ -77,7 +82,10 @@ fn mount(m: &Mount) -> anyhow::Result<()> {
     let flags = if m.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     match &m.source {
         MountSource::VirtioFs { tag } => mount_fs(tag, &m.target, "virtiofs", flags, None),
-        MountSource::Disk { device, fstype } => mount_fs(device, &m.target, fstype, flags, None),
+        MountSource::Disk { device, fstype, size } => {
+            crate::resume::settle_disk(device, *size)?;
+            mount_fs(device, &m.target, fstype, flags, None)
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod job_run;
 mod kernel_log;
 mod mounts;
 mod power;
+mod resume;
 mod run_as_root;
 mod selftest;
 mod vector_guard;
@@ -37,11 +38,17 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     mounts::mount_basics()?;
+    // The snapshot point: a restored guest goes on from here.
+    resume::ready_for_snapshot();
     println!(
         "{AGENT_READY_PREFIX}{}{AGENT_READY_WORD} (uptime {})",
         env!("CARGO_PKG_VERSION"),
         mounts::uptime().unwrap_or_else(|| "unknown".into())
     );
+    if std::env::var_os(rootlayer_protocol::XCHG_TAG_ENV).is_none() {
+        // No job to read: being here is all a restored guest has to show.
+        resume::ring(rootlayer_protocol::VMM_EVENT_STARTED);
+    }
     if let Ok(name) = std::env::var("ROOTLAYER_SELFTEST") {
         selftest::run(&name)?;
     }

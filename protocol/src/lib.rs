@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// lines below). Each side refuses the other's files of another version:
 /// an initramfs built by another rootlayer says so instead of failing to
 /// parse. Bump it with any change to the types in this file.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
 pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
 pub const AGENT_READY_WORD: &str = " ready";
@@ -36,6 +36,17 @@ pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
 /// agent reads the path from job.json).
 pub const BASE_MOUNT: &str = "/run/rootlayer/base";
 pub const JOB_FILE: &str = "job.json";
+/// The guest kernel's doorbell to the VMM (kernel patch 0005): the agent
+/// writes an event number to it, the kernel passes it on to the VMM's port.
+pub const VMM_EVENT_PATH: &str = "/sys/module/rootlayer_vmm/parameters/event";
+/// Event: the agent has mounted its own file systems and waits for a job,
+/// of which nothing is in the guest yet; the VMM may take its snapshot here.
+pub const VMM_EVENT_READY: u32 = 1;
+/// Event: the agent has read its job (for `rootlayer boot`, which has
+/// none: it is past its ready line): a restored guest works.
+pub const VMM_EVENT_STARTED: u32 = 2;
+/// Bytes of fresh host entropy in every job.
+pub const ENTROPY_BYTES: usize = 64;
 pub const RESULT_FILE: &str = "result.json";
 
 /// One job.
@@ -46,6 +57,14 @@ pub struct Job {
     /// Mounted in order before the task runs.
     pub mounts: Vec<Mount>,
     pub task: Task,
+    /// [`ENTROPY_BYTES`] bytes from the host's getrandom, hex: the agent
+    /// mixes them into the guest's pool and reseeds it before anything else
+    /// runs, so that guests restored from one snapshot never share RNG state.
+    pub entropy: String,
+    /// The host's wall clock when it wrote the job, in nanoseconds since
+    /// the epoch: the guest clock is set forward to it if it is behind (a
+    /// guest restored from a snapshot wakes at the time it was taken).
+    pub host_time_ns: u128,
 }
 
 /// A file system to mount in the guest.
@@ -63,8 +82,10 @@ pub enum MountSource {
     /// A virtio-fs share, by tag.
     VirtioFs { tag: String },
     /// A virtio-blk disk, by device node (e.g. `/dev/vda`), with its file
-    /// system type.
-    Disk { device: String, fstype: String },
+    /// system type and its size in bytes: a restored guest learns a size
+    /// that differs from the snapshot's through a config-change interrupt,
+    /// and the agent waits until the kernel shows this one before mounting.
+    Disk { device: String, fstype: String, size: u64 },
 }
 
 /// What the agent does once everything is mounted.
@@ -184,6 +205,8 @@ mod tests {
                 disk_contents: "y".into(),
                 escapes: vec!["/nix/store/../etc".into()],
             }),
+            entropy: "00".repeat(ENTROPY_BYTES),
+            host_time_ns: 1_700_000_000_123_456_789,
         };
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"virtio_fs\""), "{text}");

@@ -38,6 +38,64 @@ impl SerialDevice {
     pub fn new(irq: EventFd, sink: ConsoleSink) -> Self {
         Self { inner: Serial::new(EventFdTrigger(irq), sink) }
     }
+
+    /// The UART's registers as a snapshot keeps them.
+    pub fn state(&self) -> SerialState {
+        SerialState::from(&self.inner.state())
+    }
+
+    /// The UART as a snapshot left it, writing into `sink`; None for a
+    /// state no UART can be in (more input than its FIFO holds).
+    pub fn from_state(state: &SerialState, irq: EventFd, sink: ConsoleSink) -> Option<Self> {
+        let state = vm_superio::serial::SerialState::from(state);
+        let inner = Serial::from_state(&state, EventFdTrigger(irq), vm_superio::serial::NoEvents, sink).ok()?;
+        Some(Self { inner })
+    }
+}
+
+/// vm-superio's `SerialState`, with serde.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<&vm_superio::serial::SerialState> for SerialState {
+    fn from(s: &vm_superio::serial::SerialState) -> Self {
+        SerialState {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+impl From<&SerialState> for vm_superio::serial::SerialState {
+    fn from(s: &SerialState) -> Self {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            s.registers;
+        vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
 }
 
 impl BusDevice for SerialDevice {
@@ -76,5 +134,34 @@ mod tests {
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty");
+    }
+
+    #[test]
+    fn a_restored_uart_has_the_registers_the_driver_set() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (sink, _) = ConsoleSink::new(Echo::Off, None, Instant::now());
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), sink);
+        dev.write(3, &[0x83]); // LCR: DLAB, 8 bits
+        dev.write(0, &[0x01]); // divisor low
+        dev.write(3, &[0x03]);
+        dev.write(1, &[0x02]);
+        dev.write(7, &[0x5a]); // scratch
+        let state = dev.state();
+        let (sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
+        let json = serde_json::to_string(&state).unwrap();
+        let back: SerialState = serde_json::from_str(&json).unwrap();
+        let mut restored = SerialDevice::from_state(&back, irq, sink).unwrap();
+        let mut b = [0u8];
+        for (reg, want) in [(1, 0x02), (3, 0x03), (7, 0x5a)] {
+            restored.read(reg, &mut b);
+            assert_eq!(b[0], want, "register {reg}");
+        }
+        restored.write(0, &[b'x']);
+        restored.write(0, &[b'\n']);
+        assert_eq!(log.lock().unwrap().tail(), vec!["x".to_string()], "writes into the new sink");
+        let full = SerialState { in_buffer: vec![0; 1000], ..state };
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (sink, _) = ConsoleSink::new(Echo::Off, None, Instant::now());
+        assert!(SerialDevice::from_state(&full, irq, sink).is_none());
     }
 }

@@ -267,12 +267,12 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
         protocol: crate::job::PROTOCOL_VERSION,
         mounts: vec![
             Mount {
-                source: MountSource::VirtioFs { tag: "store0".into() },
+                source: MountSource::VirtioFs { tag: "share0".into() },
                 target: "/nix/store".into(),
                 read_only: true,
             },
             Mount {
-                source: MountSource::Disk { device: "/dev/vda".into(), fstype: "ext4".into() },
+                source: MountSource::Disk { device: "/dev/vda".into(), fstype: "ext4".into(), size: 1 << 30 },
                 target: "/run/rootlayer/scratch".into(),
                 read_only: false,
             },
@@ -287,6 +287,8 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
             path: "/bin:/usr/bin:/sbin:/usr/sbin".into(),
             merged_listing: None,
         }),
+        entropy: "5a".repeat(crate::job::ENTROPY_BYTES),
+        host_time_ns: 1_764_633_600_000_000_000,
     };
     let ok = JobResult {
         protocol: crate::job::PROTOCOL_VERSION,

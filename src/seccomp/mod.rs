@@ -288,7 +288,10 @@ fn common() -> Built<Rules> {
 
 /// The KVM ioctls the vCPU thread makes after setup.
 mod kvm_ioctls_nr {
-    use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation, kvm_xsave, KVMIO};
+    use kvm_bindings::{
+        kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events,
+        kvm_xcrs, kvm_xsave, KVMIO,
+    };
     vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
     vmm_sys_util::ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
@@ -296,6 +299,12 @@ mod kvm_ioctls_nr {
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
     vmm_sys_util::ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
 }
 
 fn vcpu() -> Built<Rules> {
@@ -304,8 +313,9 @@ fn vcpu() -> Built<Rules> {
         // KVM_RUN; KVM_GET_REGS for the profiler's samples and an internal
         // error's rip; KVM_GET_SREGS and KVM_TRANSLATE to read the failing
         // instruction's bytes; KVM_GET_XSAVE and KVM_SET_XSAVE for the
-        // guest tasks' extended register state (vmm/xstate.rs). No other
-        // ioctl, on any fd.
+        // guest tasks' extended register state (vmm/xstate.rs); the other
+        // KVM_GET_* of the vCPU's state, read once when it pauses for the
+        // snapshot (vmm/snapshot). No other ioctl, on any fd.
         one_of(
             libc::SYS_ioctl,
             1,
@@ -317,6 +327,12 @@ fn vcpu() -> Built<Rules> {
                 KVM_GET_XSAVE(),
                 KVM_GET_XSAVE2(),
                 KVM_SET_XSAVE(),
+                KVM_GET_MSRS(),
+                KVM_GET_LAPIC(),
+                KVM_GET_MP_STATE(),
+                KVM_GET_VCPU_EVENTS(),
+                KVM_GET_DEBUGREGS(),
+                KVM_GET_XCRS(),
             ]
             .map(u64::from),
         )?,
@@ -456,6 +472,12 @@ mod tests {
         assert_eq!(KVM_GET_XSAVE(), 0x9000_aea4);
         assert_eq!(KVM_SET_XSAVE(), 0x5000_aea5);
         assert_eq!(KVM_GET_XSAVE2(), 0x9000_aecf);
+        assert_eq!(KVM_GET_MSRS(), 0xc008_ae88);
+        assert_eq!(KVM_GET_LAPIC(), 0x8400_ae8e);
+        assert_eq!(KVM_GET_MP_STATE(), 0x8004_ae98);
+        assert_eq!(KVM_GET_VCPU_EVENTS(), 0x8040_ae9f);
+        assert_eq!(KVM_GET_DEBUGREGS(), 0x8080_aea1);
+        assert_eq!(KVM_GET_XCRS(), 0x8188_aea6);
     }
 
     #[test]

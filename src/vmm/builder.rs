@@ -1,9 +1,11 @@
 //! One linear recipe from configuration to a finished guest:
 //! KVM -> VM -> memory -> kernel -> devices -> vCPU -> run loop.
 
-use super::arch::{boot, layout, mptable};
+use super::arch::{self, boot, layout, mptable};
 use super::kvm::{self, KvmKind};
-use super::vcpu::{GuestExit, Vcpu, XstateStats};
+use super::snapshot::state::VcpuState;
+use super::snapshot::{self, BootPath, DeviceKey, HostKey, Key, MachineState, SnapshotError, SnapshotMode};
+use super::vcpu::{GuestExit, Pause, Vcpu, VcpuMsg, XstateStats, DOORBELL_PORT};
 use super::xstate::{self, Keeper, Layout};
 use super::VmmError;
 use crate::devices::console::{ConsoleLog, ConsoleSink, Echo, EchoLimit};
@@ -12,7 +14,7 @@ use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_L
 use crate::devices::virtio::{DeviceFailures, Interrupt, MmioTransport, StartContext, VirtioDevice};
 use crate::devices::Bus;
 use crate::seccomp::{Policy, ThreadKind};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::IoEventAddress;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +84,8 @@ pub struct VmConfig {
     /// Filter the vCPU and device threads ([`crate::seccomp`]); false for
     /// `--no-seccomp`.
     pub seccomp: bool,
+    /// Restore from a snapshot, take one, or neither.
+    pub snapshot: SnapshotMode,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -94,6 +98,7 @@ impl std::fmt::Debug for VmConfig {
             .field("timeout", &self.timeout)
             .field("virtio", &self.virtio.iter().map(|d| d.device_type()).collect::<Vec<_>>())
             .field("seccomp", &self.seccomp)
+            .field("snapshot", &self.snapshot)
             .finish()
     }
 }
@@ -116,6 +121,18 @@ pub struct RunReport {
     /// What keeping the guest's extended register state cost (None on
     /// hardware KVM, where the guest kernel saves it).
     pub xstate: Option<XstateStats>,
+    /// Cold boot or restore, and what became of the snapshot.
+    pub boot: BootPath,
+    /// Whether the agent rang STARTED (it read its job).
+    pub started: bool,
+}
+
+impl RunReport {
+    /// A restored guest that ended before its agent started the job: the
+    /// restore failed, and the job deserves a cold boot.
+    pub fn restore_failed(&self) -> bool {
+        matches!(self.boot, BootPath::Restored { .. }) && !self.started && !self.interrupted
+    }
 }
 
 impl RunReport {
@@ -148,7 +165,8 @@ fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-/// Boot the guest described by `config` and run it to its end.
+/// Boot the guest described by `config`, or restore it from its snapshot,
+/// and run it to its end.
 pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let start = Instant::now();
     if !(layout::MEM_MIN_MIB..=layout::MEM_MAX_MIB).contains(&config.mem_mib) {
@@ -158,27 +176,95 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let kind = kvm::kind();
     let seccomp = Policy::new(config.seccomp);
 
-    // Guest memory is declared before the VM so that it is unmapped after it.
-    let mem_bytes = usize::try_from(config.mem_mib << 20).expect("bounded by MEM_MAX_MIB");
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes)])
-        .map_err(|source| VmmError::Memory { mib: config.mem_mib, source })?;
+    // The extended register state the guest may use. On emulated KVM guest
+    // user code reaches the host's XCR0, AMX tile data included where the
+    // host has it, so the VMM asks for AMX (KVM then reports it and sizes
+    // KVM_GET_XSAVE2 for it) and keeps all of it per guest task; on
+    // hardware the guest kernel's XSAVE keeps what its CPUID offers (no AMX).
+    let amx = kind == KvmKind::Emulated && request_amx_for_guests();
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("get supported CPUID"))?;
+    let xsave2_bytes = usize::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
+    let area_max = if amx { xsave2_bytes.max(xstate::XSAVE_BYTES) } else { xstate::XSAVE_BYTES };
+    let kept = Layout::from_supported_cpuid(supported.as_slice(), area_max, amx);
+    let mut cpuid = supported;
+    arch::cpuid::filter(cpuid.as_mut_slice(), kind, &kept);
 
+    // The command line: ours, the devices' windows, the doorbell.
+    let mut cmdline = kernel_cmdline(kind, &config.cmdline);
+    cmdline.push_str(&format!(" rootlayer_vmm.port={DOORBELL_PORT:#x}"));
+    let device_count = u32::try_from(config.virtio.len()).unwrap_or(u32::MAX);
+    if device_count > layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1 {
+        return Err(VmmError::TooManyDevices { max: layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1 });
+    }
+    for index in 0..device_count {
+        let (addr, irq) = (layout::mmio_device_addr(index), layout::VIRTIO_FIRST_IRQ + index);
+        cmdline.push_str(&format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"));
+    }
+
+    // Guest memory is declared before the VM so that it is unmapped after it.
+    let mem: GuestMemoryMmap;
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set TSS address"))?;
     vm.create_irq_chip().map_err(kvm_err("create in-kernel irqchip"))?;
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(kvm_err("create in-kernel PIT"))?;
-    for region in mem.iter() {
-        // Back guest RAM with transparent huge pages where the host allows
-        // it (QEMU does the same): fewer host page faults and TLB misses,
-        // which shows most where the guest kernel is emulated. Advisory: a
-        // failure only costs speed.
-        // SAFETY: the range is exactly one live anonymous mapping owned by
-        // `mem`; MADV_HUGEPAGE changes no contents.
-        unsafe {
-            libc::madvise(region.as_ptr().cast(), usize::try_from(region.len()).expect("fits"), libc::MADV_HUGEPAGE);
+    let vcpu_fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
+
+    // Which way this guest comes up.
+    let (dir, try_restore) = match &config.snapshot {
+        SnapshotMode::Off => (None, false),
+        SnapshotMode::Use(dir) => (Some(dir.clone()), true),
+        SnapshotMode::Take(dir) => (Some(dir.clone()), false),
+    };
+    let key = match &dir {
+        Some(_) => {
+            let host = HostKey {
+                kind: format!("{kind:?}"),
+                cpuid_sha256: cpuid_digest(&cpuid),
+                tsc_khz: vcpu_fd.get_tsc_khz().unwrap_or(0),
+                kept_mask: kept.mask(),
+                xsave_bytes: area_max,
+            };
+            Some(snapshot_key(&config, &cmdline, host)?)
         }
-    }
+        None => None,
+    };
+    let loaded = match (&dir, &key) {
+        (Some(dir), Some(key)) if try_restore => match snapshot::file::load(&dir.join(key.file_name()), key) {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                eprintln!("rootlayer: {e}: booting cold and taking a snapshot");
+                None
+            }
+        },
+        _ => None,
+    };
+
+    let mem_bytes = usize::try_from(config.mem_mib << 20).expect("bounded by MEM_MAX_MIB");
+    mem = match &loaded {
+        Some(l) => map_snapshot_memory(l, mem_bytes).map_err(VmmError::Restore)?,
+        None => {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes)])
+                .map_err(|source| VmmError::Memory { mib: config.mem_mib, source })?;
+            for region in mem.iter() {
+                // Back guest RAM with transparent huge pages where the host
+                // allows it (QEMU does the same): fewer host page faults and
+                // TLB misses, which shows most where the guest kernel is
+                // emulated. Advisory: a failure only costs speed.
+                // SAFETY: the range is exactly one live anonymous mapping
+                // owned by `mem`; MADV_HUGEPAGE changes no contents.
+                unsafe {
+                    libc::madvise(
+                        region.as_ptr().cast(),
+                        usize::try_from(region.len()).expect("fits"),
+                        libc::MADV_HUGEPAGE,
+                    );
+                }
+            }
+            mem
+        }
+    };
+
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: u32::try_from(slot).expect("one region"),
@@ -187,9 +273,9 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
         };
-        // SAFETY: the region is a live anonymous mapping of `memory_size`
-        // bytes owned by `mem`, which outlives `vm` (declared before it), so
-        // KVM never sees the host address after it is unmapped.
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned
+        // by `mem`, which outlives `vm` (declared before it), so KVM never
+        // sees the host address after it is unmapped.
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("register guest memory"))?;
     }
 
@@ -197,15 +283,12 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // command line; QueueNotify writes go straight to the queue eventfds
     // (ioeventfd) and interrupts straight into the irqchip (irqfd).
     let mut mmio = Bus::new();
-    let mut cmdline = kernel_cmdline(kind, &config.cmdline);
+    let mut transports = Vec::new();
     // A device worker that stops serving on its own says so here.
     let failures = DeviceFailures::default();
     for (index, mut device) in config.virtio.drain(..).enumerate() {
         let index = u32::try_from(index).expect("few devices");
         let irq = layout::VIRTIO_FIRST_IRQ + index;
-        if irq > layout::VIRTIO_LAST_IRQ {
-            return Err(VmmError::TooManyDevices { max: layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1 });
-        }
         let addr = layout::mmio_device_addr(index);
         // Its worker thread starts now, filtered, before any vCPU runs.
         device
@@ -220,13 +303,11 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             vm.register_ioevent(evt, &notify, u32::try_from(queue).expect("few queues"))
                 .map_err(kvm_err("register virtio ioeventfd"))?;
         }
-        mmio.insert(Arc::new(Mutex::new(transport)), addr, layout::MMIO_DEVICE_SIZE)
+        let transport = Arc::new(Mutex::new(transport));
+        transports.push(transport.clone());
+        mmio.insert(transport, addr, layout::MMIO_DEVICE_SIZE)
             .map_err(device_err("placing a virtio device on the MMIO bus"))?;
-        cmdline.push_str(&format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"));
     }
-
-    let entry = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
-    mptable::write(&mem)?;
 
     // Devices on the port bus: COM1 and the i8042 reset line.
     let reset = Arc::new(AtomicBool::new(false));
@@ -234,27 +315,46 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let (sink, console) = ConsoleSink::new(config.echo, config.echo_limit, start);
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("serial eventfd"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("register serial irqfd"))?;
-    let serial = SerialDevice::new(serial_irq, sink);
+    let serial = match &loaded {
+        Some(l) => SerialDevice::from_state(&l.state.serial, serial_irq, sink)
+            .ok_or(VmmError::Restore(SnapshotError::Serial))?,
+        None => SerialDevice::new(serial_irq, sink),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     let mut pio = Bus::new();
-    pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT_BASE, COM1_PORT_LEN)
+    pio.insert(serial.clone(), COM1_PORT_BASE, COM1_PORT_LEN)
         .map_err(device_err("placing the serial port on the port bus"))?;
     pio.insert(Arc::new(Mutex::new(I8042::new(reset.clone()))), I8042_PORT_BASE, I8042_PORT_LEN)
         .map_err(device_err("placing the i8042 on the port bus"))?;
 
-    // The extended register state the guest may use. On emulated KVM guest
-    // user code reaches the host's XCR0, AMX tile data included where the
-    // host has it, so the VMM asks for AMX (KVM then reports it and sizes
-    // KVM_GET_XSAVE2 for it) and keeps all of it per guest task; on
-    // hardware the guest kernel's XSAVE keeps what its CPUID offers (no AMX).
-    let amx = kind == KvmKind::Emulated && request_amx_for_guests();
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("get supported CPUID"))?;
-    let xsave2_bytes = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
-    let area_max = if amx { xsave2_bytes.max(xstate::XSAVE_BYTES) } else { xstate::XSAVE_BYTES };
-    let kept = Layout::from_supported_cpuid(cpuid.as_slice(), area_max, amx);
     let keeper = (kind == KvmKind::Emulated).then(|| Keeper::new(kept.clone()));
-    let vcpu_fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
     let mut vcpu = Vcpu::new(vcpu_fd, pio, mmio, reset, stop.clone(), keeper, area_max);
-    vcpu.configure(&mem, cpuid, entry, kind, &kept)?;
+    let started = vcpu.started_flag();
+    let (tx, rx) = mpsc::channel();
+    let (resume_tx, resume_rx) = mpsc::channel();
+    let mut boot_path = match &loaded {
+        Some(l) => {
+            if let Err(e) = restore_machine(&vm, &mut vcpu, &cpuid, &transports, l) {
+                // Not this guest's to use: the next job takes a new one.
+                let _ = std::fs::remove_file(&l.path);
+                return Err(VmmError::Restore(e));
+            }
+            BootPath::Restored { file: l.path.clone(), restore: start.elapsed() }
+        }
+        None => {
+            let entry = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+            mptable::write(&mem)?;
+            vcpu.configure(&mem, &cpuid, entry)?;
+            if dir.is_some() {
+                let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("get MSR index list"))?.as_slice().to_vec();
+                vcpu.pause_at_ready(Pause { msr_indices, paused: tx.clone(), resume: resume_rx });
+                BootPath::NotReady
+            } else {
+                BootPath::Cold
+            }
+        }
+    };
+    drop(loaded);
     let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(PathBuf::from);
     if profile.is_some() {
         vcpu.enable_profiling();
@@ -262,7 +362,6 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
 
     let signal = kick_signal();
     let filter = seccomp.thread(ThreadKind::Vcpu)?;
-    let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let vcpu_mem = mem.clone();
     let thread = std::thread::Builder::new()
@@ -274,28 +373,44 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             let _ = ready_tx.send(installed);
             if ok {
                 let exit = vcpu.run(&vcpu_mem, &filter);
-                let _ = tx.send((exit, vcpu.take_samples(), vcpu.xstate_stats()));
+                let _ = tx.send(VcpuMsg::Done(exit, vcpu.take_samples(), vcpu.xstate_stats()));
             }
         })
         .map_err(VmmError::Thread)?;
-    let started = match ready_rx.recv() {
+    let started_ok = match ready_rx.recv() {
         Ok(installed) => installed.map_err(VmmError::from),
         Err(_) => Err(VmmError::Thread(std::io::Error::other("the vCPU thread ended at start"))),
     };
-    if let Err(e) = started {
+    if let Err(e) = started_ok {
         let _ = thread.join();
         return Err(e);
     }
 
-    // While profiling, kick the vCPU every few milliseconds; otherwise wait.
     // Wait for the guest, waking every 100 ms to notice SIGINT/SIGTERM
-    // (every 5 ms while profiling, to sample the vCPU).
+    // (every 5 ms while profiling, to sample the vCPU). A pause for the
+    // snapshot is served here, on this unfiltered thread.
     let tick = if profile.is_some() { Duration::from_millis(5) } else { Duration::from_millis(100) };
     let mut interrupted = false;
     let mut device_failed = None;
     let wait = loop {
         let remaining = config.timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(remaining.min(tick)) {
+            Ok(VcpuMsg::Paused(state)) => {
+                let paused = Instant::now();
+                let written = (*state).and_then(|vcpu_state| {
+                    let (dir, key) = (dir.as_deref().expect("armed with a dir"), key.as_ref().expect("and a key"));
+                    take_snapshot(&vm, vcpu_state, &serial, &transports, &mem, dir, key)
+                });
+                let _ = resume_tx.send(());
+                boot_path = match written {
+                    Ok((file, disk_bytes)) => BootPath::Took { file, disk_bytes, pause: paused.elapsed() },
+                    Err(e) => {
+                        eprintln!("rootlayer: no snapshot taken: {e}");
+                        BootPath::TakeFailed(e.to_string())
+                    }
+                };
+            }
+            Ok(VcpuMsg::Done(exit, samples, xstate)) => break Ok((exit, samples, xstate)),
             Err(mpsc::RecvTimeoutError::Timeout) if !remaining.is_zero() => {
                 if super::interrupted() {
                     interrupted = true;
@@ -309,7 +424,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                     let _ = thread.kill(signal);
                 }
             }
-            other => break other,
+            Err(e) => break Err(e),
         }
     };
     let ((exit, samples, xstate), timed_out) = match wait {
@@ -318,11 +433,15 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             // Ask the vCPU to stop and kick it out of KVM_RUN until it does;
             // repeated, because a kick that lands just before KVM_RUN is lost.
             stop.store(true, Ordering::SeqCst);
+            let timed_out = !interrupted && device_failed.is_none();
             loop {
                 let _ = thread.kill(signal);
-                let timed_out = !interrupted && device_failed.is_none();
                 match rx.recv_timeout(Duration::from_millis(20)) {
-                    Ok(done) => break (done, timed_out),
+                    Ok(VcpuMsg::Done(exit, samples, xstate)) => break ((exit, samples, xstate), timed_out),
+                    // Paused as the time ran out: let it go on to its stop.
+                    Ok(VcpuMsg::Paused(_)) => {
+                        let _ = resume_tx.send(());
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         break ((GuestExit::Stopped, Vec::new(), None), timed_out)
@@ -345,7 +464,128 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             eprintln!("rootlayer: writing guest profile {}: {e}", path.display());
         }
     }
-    Ok(RunReport { exit, timed_out, interrupted, wall: start.elapsed(), console, peak_rss_kib, guest_rss_kib, xstate })
+    Ok(RunReport {
+        exit,
+        timed_out,
+        interrupted,
+        wall: start.elapsed(),
+        console,
+        peak_rss_kib,
+        guest_rss_kib,
+        xstate,
+        boot: boot_path,
+        started: started.load(Ordering::SeqCst),
+    })
+}
+
+/// sha256 of the CPUID entries the vCPU gets.
+fn cpuid_digest(cpuid: &CpuId) -> String {
+    let text: String = cpuid
+        .as_slice()
+        .iter()
+        .map(|e| {
+            format!("{:x}.{:x}.{:x}:{:x},{:x},{:x},{:x};", e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+        })
+        .collect();
+    snapshot::sha256_hex(text.as_bytes())
+}
+
+/// The snapshot key of the guest `config` describes.
+fn snapshot_key(config: &VmConfig, cmdline: &str, host: HostKey) -> Result<Key, VmmError> {
+    let digest = |path: &std::path::Path| -> Result<String, VmmError> {
+        let bytes = std::fs::read(path).map_err(|e| VmmError::MissingFile { path: path.into(), hint: e.to_string() })?;
+        Ok(snapshot::sha256_hex(&bytes))
+    };
+    let exe = std::env::current_exe().ok();
+    let meta = exe.as_ref().and_then(|e| std::fs::metadata(e).ok());
+    let rootlayer = format!(
+        "{} {} {} {}",
+        env!("CARGO_PKG_VERSION"),
+        exe.as_ref().map_or_else(String::new, |e| e.display().to_string()),
+        meta.as_ref().map_or(0, std::os::unix::fs::MetadataExt::size),
+        meta.as_ref().map_or(0, |m| m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos())),
+    );
+    Ok(Key {
+        format: snapshot::FORMAT_VERSION,
+        rootlayer,
+        kernel_sha256: digest(&config.kernel)?,
+        initrd_sha256: match &config.initrd {
+            Some(p) => digest(p)?,
+            None => String::new(),
+        },
+        cmdline: cmdline.to_string(),
+        mem_mib: config.mem_mib,
+        vcpus: 1,
+        devices: config
+            .virtio
+            .iter()
+            .map(|d| DeviceKey { device_type: d.device_type(), features: d.features(), queues: d.queue_max_sizes().to_vec() })
+            .collect(),
+        host,
+    })
+}
+
+/// Guest memory from a snapshot: the file's memory image mapped private,
+/// so that the guest's writes are its own and the file never changes.
+fn map_snapshot_memory(loaded: &snapshot::file::Loaded, bytes: usize) -> Result<GuestMemoryMmap, SnapshotError> {
+    use vm_memory::mmap::{MmapRegionBuilder, GuestRegionMmap};
+    let file = loaded.file.try_clone().map_err(|e| SnapshotError::File(snapshot::file::FileError::Io { what: "reopening the snapshot", source: e }))?;
+    let region = MmapRegionBuilder::new(bytes)
+        .with_file_offset(vm_memory::FileOffset::new(file, loaded.mem_offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .build()
+        .map_err(SnapshotError::Map)?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).expect("one region at 0 fits");
+    Ok(GuestMemoryMmap::from_regions(vec![region]).expect("one region"))
+}
+
+/// Load a snapshot's machine state into the fresh VM, vCPU and devices.
+fn restore_machine(
+    vm: &kvm_ioctls::VmFd,
+    vcpu: &mut Vcpu,
+    cpuid: &CpuId,
+    transports: &[Arc<Mutex<MmioTransport>>],
+    loaded: &snapshot::file::Loaded,
+) -> Result<(), SnapshotError> {
+    let state = &loaded.state;
+    if state.transports.len() != transports.len() {
+        return Err(SnapshotError::DeviceCount { snapshot: state.transports.len(), ours: transports.len() });
+    }
+    snapshot::state::restore_vm(vm, &state.vm)?;
+    vcpu.restore(cpuid, &state.vcpu)?;
+    for (index, (transport, saved)) in transports.iter().zip(&state.transports).enumerate() {
+        transport
+            .lock()
+            .expect("transport lock")
+            .restore(saved)
+            .map_err(|source| SnapshotError::Device { index, source })?;
+    }
+    Ok(())
+}
+
+/// The vCPU is paused at READY: write the machine and memory down.
+fn take_snapshot(
+    vm: &kvm_ioctls::VmFd,
+    vcpu: VcpuState,
+    serial: &Arc<Mutex<SerialDevice>>,
+    transports: &[Arc<Mutex<MmioTransport>>],
+    mem: &GuestMemoryMmap,
+    dir: &std::path::Path,
+    key: &Key,
+) -> Result<(PathBuf, u64), SnapshotError> {
+    let vm_state = snapshot::state::capture_vm(vm)?;
+    let mut saved = Vec::new();
+    for (index, t) in transports.iter().enumerate() {
+        saved.push(t.lock().expect("transport lock").state().map_err(|source| SnapshotError::Device { index, source })?);
+    }
+    let state = MachineState {
+        vcpu,
+        vm: vm_state,
+        serial: serial.lock().expect("serial lock").state(),
+        transports: saved,
+    };
+    Ok(snapshot::file::write(dir, key, &state, mem)?)
 }
 
 /// Ask the host kernel to let this process's guests use AMX tile data

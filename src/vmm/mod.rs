@@ -7,10 +7,12 @@
 pub mod arch;
 pub mod builder;
 pub mod kvm;
+pub mod snapshot;
 pub mod vcpu;
 pub mod xstate;
 
 pub use builder::{run, RunReport, VmConfig};
+pub use snapshot::{BootPath, SnapshotMode};
 pub use vcpu::GuestExit;
 
 use std::path::PathBuf;
@@ -41,6 +43,30 @@ pub fn install_interrupt_handlers() {
 /// Whether SIGINT or SIGTERM arrived since the handlers were installed.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Run the guest `config` gives for `mode`; when a restored guest fails
+/// (its restore, or before its agent started the job), say so once, drop
+/// the snapshot, and run a fresh `config` cold, taking a new snapshot. The
+/// job never fails because of a snapshot.
+pub fn run_with_fallback<E: From<VmmError>>(
+    mode: SnapshotMode,
+    mut config: impl FnMut(SnapshotMode) -> Result<VmConfig, E>,
+) -> Result<RunReport, E> {
+    let first = config(mode.clone())?;
+    let SnapshotMode::Use(dir) = mode else { return Ok(run(first)?) };
+    let why = match run(first) {
+        Ok(report) if report.restore_failed() => {
+            if let BootPath::Restored { file, .. } = &report.boot {
+                let _ = std::fs::remove_file(file);
+            }
+            format!("the restored guest stopped before its job started ({})", report.exit)
+        }
+        Err(e @ VmmError::Restore(_)) => crate::exit::error_line(&e),
+        other => return other.map_err(E::from),
+    };
+    eprintln!("rootlayer: {why}; booting cold");
+    Ok(run(config(SnapshotMode::Take(dir))?)?)
 }
 
 impl VmmError {
@@ -90,4 +116,6 @@ pub enum VmmError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("file {path} not found: {hint}")]
     MissingFile { path: PathBuf, hint: String },
+    #[error("restoring the snapshot")]
+    Restore(#[source] snapshot::SnapshotError),
 }

@@ -2,17 +2,22 @@
 //! exits to the buses until the guest resets, stops or fails.
 
 use super::arch::boot::EntryPoint;
-use super::arch::{cpuid, regs};
-use super::kvm::KvmKind;
-use super::xstate::{self, Action, Keeper, Layout, XstateError};
+use super::arch::regs;
+use super::snapshot::state::{self as snap_state, VcpuState};
+use super::snapshot::SnapshotError;
+use super::xstate::{self, Action, Keeper, XstateError};
 use super::VmmError;
 use crate::devices::Bus;
 use crate::seccomp::ThreadFilter;
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// The port of the agent's doorbell (kernel patch 0005,
+/// `rootlayer_vmm.port`): a 32-bit OUT of a [`rootlayer_protocol`] event.
+pub const DOORBELL_PORT: u16 = 0x7e20;
 
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MTRR_ENABLE: u64 = 1 << 11;
@@ -111,6 +116,30 @@ pub struct Vcpu {
     xsave2: Option<Xsave>,
     /// Host time spent keeping extended state.
     xstate_time: std::time::Duration,
+    /// Set when the agent rings STARTED.
+    started: Arc<AtomicBool>,
+    /// Where to pause for a snapshot at READY (taken once).
+    pause: Option<Pause>,
+}
+
+/// How the vCPU thread hands a paused vCPU to the VMM for a snapshot.
+#[derive(Debug)]
+pub struct Pause {
+    /// The MSRs to save (KVM_GET_MSR_INDEX_LIST).
+    pub msr_indices: Vec<u32>,
+    pub paused: mpsc::Sender<VcpuMsg>,
+    /// The VMM answers once memory and devices are written down.
+    pub resume: mpsc::Receiver<()>,
+}
+
+/// What the vCPU thread tells the VMM.
+#[derive(Debug)]
+pub enum VcpuMsg {
+    /// Paused at READY with this state (or why it could not be read); the
+    /// thread waits for the resume message.
+    Paused(Box<Result<VcpuState, SnapshotError>>),
+    /// The run ended: why, profiler samples, extended-state cost.
+    Done(GuestExit, Vec<u64>, Option<XstateStats>),
 }
 
 /// What keeping the guest tasks' extended state cost (emulated KVM).
@@ -143,7 +172,69 @@ impl Vcpu {
             let words = (area - xstate::XSAVE_BYTES).div_ceil(4);
             Xsave::new(words).expect("an XSAVE area fits a FAM wrapper")
         });
-        Self { fd, pio, mmio, reset, stop, samples: None, xstate, xsave2, xstate_time: std::time::Duration::ZERO }
+        Self {
+            fd,
+            pio,
+            mmio,
+            reset,
+            stop,
+            samples: None,
+            xstate,
+            xsave2,
+            xstate_time: std::time::Duration::ZERO,
+            started: Arc::new(AtomicBool::new(false)),
+            pause: None,
+        }
+    }
+
+    /// The flag the agent's STARTED sets.
+    pub fn started_flag(&self) -> Arc<AtomicBool> {
+        self.started.clone()
+    }
+
+    /// Pause for a snapshot when the agent rings READY.
+    pub fn pause_at_ready(&mut self, pause: Pause) {
+        self.pause = Some(pause);
+    }
+
+    /// Put the vCPU where a snapshot left it: `cpuid` (filtered, the one
+    /// the snapshot's key names), then its registers and the keeper's
+    /// per-task state, checked against this host's layout.
+    pub fn restore(&mut self, cpuid: &CpuId, state: &VcpuState) -> Result<(), SnapshotError> {
+        self.fd.set_cpuid2(cpuid).map_err(|source| SnapshotError::Kvm { what: "set CPUID", source })?;
+        snap_state::restore_vcpu(&self.fd, state, self.xsave2.as_mut())?;
+        if let (Some(keeper), Some(kept)) = (self.xstate.as_mut(), &state.keeper) {
+            *keeper = Keeper::from_state(keeper.layout().clone(), kept.clone())?;
+        }
+        Ok(())
+    }
+
+    /// READY with a pause armed: complete the doorbell's OUT without
+    /// running the guest further (`immediate_exit`, as KVM's API document
+    /// asks before saving state), hand the state over and wait.
+    fn pause_for_snapshot(&mut self) {
+        let Some(pause) = self.pause.take() else { return };
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(source) => Err(SnapshotError::Kvm { what: "complete the doorbell's I/O", source }),
+            Ok(_) => Err(SnapshotError::Kvm {
+                what: "complete the doorbell's I/O (the guest ran on)",
+                source: kvm_ioctls::Error::new(libc::EBUSY),
+            }),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        let state = completed.and_then(|()| {
+            snap_state::capture_vcpu(
+                &self.fd,
+                self.xsave2.as_mut(),
+                &pause.msr_indices,
+                self.xstate.as_ref().map(Keeper::state),
+            )
+        });
+        if pause.paused.send(VcpuMsg::Paused(Box::new(state))).is_ok() {
+            let _ = pause.resume.recv();
+        }
     }
 
     /// What keeping extended state cost so far (None: no keeper).
@@ -162,17 +253,10 @@ impl Vcpu {
         self.samples.take().unwrap_or_default()
     }
 
-    /// CPUID, registers, FPU and local APIC for the kernel entry point.
-    pub fn configure(
-        &self,
-        mem: &GuestMemoryMmap,
-        mut cpuid: CpuId,
-        entry: EntryPoint,
-        kind: KvmKind,
-        kept: &Layout,
-    ) -> Result<(), VmmError> {
-        cpuid::filter(cpuid.as_mut_slice(), kind, kept);
-        self.fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+    /// CPUID (filtered already: `arch::cpuid::filter`), registers, FPU and
+    /// local APIC for the kernel entry point.
+    pub fn configure(&self, mem: &GuestMemoryMmap, cpuid: &CpuId, entry: EntryPoint) -> Result<(), VmmError> {
+        self.fd.set_cpuid2(cpuid).map_err(kvm_err("set CPUID"))?;
         let sregs = self.fd.get_sregs().map_err(kvm_err("get special registers"))?;
         let sregs = regs::setup_sregs(mem, entry.mode, sregs)?;
         self.fd.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
@@ -212,6 +296,14 @@ impl Vcpu {
                 filter.probe();
             }
             match exit {
+                Ok(VcpuExit::IoOut(DOORBELL_PORT, data)) => {
+                    let event = <[u8; 4]>::try_from(&*data).map(u32::from_le_bytes).ok();
+                    match event {
+                        Some(rootlayer_protocol::VMM_EVENT_READY) => self.pause_for_snapshot(),
+                        Some(rootlayer_protocol::VMM_EVENT_STARTED) => self.started.store(true, Ordering::SeqCst),
+                        _ => {}
+                    }
+                }
                 Ok(VcpuExit::IoIn(port, data)) if Keeper::claims(port) => match &self.xstate {
                     Some(keeper) => keeper.read(port, data),
                     None => data.fill(0xff),

@@ -136,9 +136,10 @@ impl Layout {
 /// One context's extended state: the XSTATE_BV bits of the kept components
 /// that are not in their init state, and those components' bytes in bit
 /// order. A context that never used AVX costs a few bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Saved {
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
     bv: u64,
+    #[serde(with = "super::snapshot::hex")]
     data: Vec<u8>,
 }
 
@@ -166,6 +167,18 @@ pub enum XstateError {
     TooManyContexts,
     #[error("the guest's saved extended register state passed {MAX_BYTES} bytes")]
     TooManyBytes,
+    #[error("a snapshot's extended register state does not fit this host's layout")]
+    BadState,
+}
+
+/// A keeper's bookkeeping as a snapshot holds it (in id order, so that the
+/// same guest gives the same bytes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeeperState {
+    owner: Option<u32>,
+    saved: Vec<(u32, Saved)>,
+    frames: Vec<(u32, Vec<(u32, Saved)>)>,
+    switches: u64,
 }
 
 /// Per-task extended state for one vCPU.
@@ -320,6 +333,42 @@ impl Keeper {
             self.frames.insert(id, frames);
         }
         Ok(())
+    }
+
+    /// What a snapshot keeps of this keeper.
+    pub fn state(&self) -> KeeperState {
+        let mut saved: Vec<_> = self.saved.iter().map(|(id, s)| (*id, s.clone())).collect();
+        saved.sort_by_key(|(id, _)| *id);
+        let mut frames: Vec<_> = self.frames.iter().map(|(id, f)| (*id, f.clone())).collect();
+        frames.sort_by_key(|(id, _)| *id);
+        KeeperState { owner: self.owner, saved, frames, switches: self.switches }
+    }
+
+    /// A keeper as a snapshot left it, checked against `layout` (this
+    /// host's) and the bounds a live keeper keeps.
+    pub fn from_state(layout: Layout, state: KeeperState) -> Result<Keeper, XstateError> {
+        let fits = |s: &Saved| {
+            let known = layout.mask();
+            let want: usize = layout.components.iter().filter(|c| s.bv & (1 << c.bit) != 0).map(|c| c.size).sum();
+            s.bv & !known == 0 && s.data.len() == want
+        };
+        let all = state.saved.iter().map(|(_, s)| s).chain(state.frames.iter().flat_map(|(_, f)| f.iter().map(|(_, s)| s)));
+        let mut bytes = 0usize;
+        for s in all {
+            if !fits(s) {
+                return Err(XstateError::BadState);
+            }
+            bytes += s.data.len();
+        }
+        if bytes > MAX_BYTES {
+            return Err(XstateError::TooManyBytes);
+        }
+        if state.saved.len() > MAX_CONTEXTS || state.frames.iter().any(|(_, f)| f.len() > MAX_FRAMES) {
+            return Err(XstateError::TooManyContexts);
+        }
+        let saved: HashMap<u32, Saved> = state.saved.into_iter().collect();
+        let frames: HashMap<u32, Vec<(u32, Saved)>> = state.frames.into_iter().collect();
+        Ok(Keeper { layout, owner: state.owner, saved, frames, bytes, switches: state.switches })
     }
 
     /// Contexts held (not counting the owner's live state).

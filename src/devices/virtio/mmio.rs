@@ -9,7 +9,7 @@
 use super::{ActivateContext, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 const MMIO_MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
@@ -50,13 +50,60 @@ impl std::fmt::Debug for MmioTransport {
     }
 }
 
-/// Errors building a transport.
+/// Errors building a transport, or saving and restoring its state.
 #[derive(Debug, thiserror::Error)]
 pub enum MmioError {
     #[error("device queue of size {0} is not a power of two in 1..=32768")]
     QueueSize(u16),
     #[error("creating a queue notification eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("queue {0} has requests in flight")]
+    Busy(usize),
+    #[error("queue {0}'s rings are outside guest memory")]
+    Rings(usize),
+    #[error("the snapshot's device does not match this one: {0}")]
+    Mismatch(&'static str),
+    #[error("the restored device did not start")]
+    NotActivated,
+}
+
+/// How much of a device's configuration space a snapshot compares (every
+/// device here has less: the rest reads as zero).
+const CONFIG_BYTES: usize = 256;
+
+/// One queue as the driver configured it. Where the device is in its rings
+/// is not saved: a snapshot is only taken with every ring drained (the
+/// device has used all the driver made available), so it is the rings' own
+/// indices, read back from guest memory at restore.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueConfig {
+    pub size: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+/// A transport's registers, its queues and its device's configuration
+/// space as the driver last read them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub features_select: u32,
+    pub acked_features_select: u32,
+    pub acked_features: u64,
+    pub queue_select: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueConfig>,
+    #[serde(with = "crate::vmm::snapshot::hex")]
+    pub config: Vec<u8>,
+}
+
+/// A split ring's `idx` (the u16 after its flags).
+fn ring_idx(mem: &GuestMemoryMmap, ring: u64) -> Option<u16> {
+    mem.read_obj::<u16>(GuestAddress(ring.checked_add(2)?)).ok().map(u16::from_le)
 }
 
 impl MmioTransport {
@@ -89,6 +136,107 @@ impl MmioTransport {
     /// (datamatch = queue index on the QueueNotify register).
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// The transport's state for a snapshot. Refused while any ready queue
+    /// has requests in flight (the driver made more available than the
+    /// device used): only a quiet device can be restored from its rings.
+    pub fn state(&self) -> Result<TransportState, MmioError> {
+        let mut queues = Vec::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            if self.activated && q.ready() {
+                let avail = ring_idx(&self.mem, q.avail_ring()).ok_or(MmioError::Rings(i))?;
+                let used = ring_idx(&self.mem, q.used_ring()).ok_or(MmioError::Rings(i))?;
+                if avail != used {
+                    return Err(MmioError::Busy(i));
+                }
+            }
+            queues.push(QueueConfig {
+                size: q.size(),
+                ready: q.ready(),
+                desc: q.desc_table(),
+                avail: q.avail_ring(),
+                used: q.used_ring(),
+            });
+        }
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            features_select: self.features_select,
+            acked_features_select: self.acked_features_select,
+            acked_features: self.acked_features,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues,
+            config: self.config_bytes(),
+        })
+    }
+
+    fn config_bytes(&self) -> Vec<u8> {
+        let mut config = vec![0u8; CONFIG_BYTES];
+        self.device.read_config(0, &mut config);
+        config
+    }
+
+    /// Put this fresh transport (its device attached to this job's backing
+    /// file or directory) where a snapshot's was, and start the device if
+    /// the driver had. A configuration space that differs from the one the
+    /// driver read (a disk of another size) is announced with a
+    /// config-change interrupt. Call before any vCPU runs.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), MmioError> {
+        if state.device_type != self.device.device_type() {
+            return Err(MmioError::Mismatch("device type"));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(MmioError::Mismatch("number of queues"));
+        }
+        let offered = self.device.features();
+        if state.acked_features & !offered != 0 {
+            return Err(MmioError::Mismatch("features"));
+        }
+        let split = |a: u64| (Some((a & 0xffff_ffff) as u32), Some((a >> 32) as u32));
+        for (i, (q, c)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            q.set_size(c.size);
+            let (lo, hi) = split(c.desc);
+            q.set_desc_table_address(lo, hi);
+            let (lo, hi) = split(c.avail);
+            q.set_avail_ring_address(lo, hi);
+            let (lo, hi) = split(c.used);
+            q.set_used_ring_address(lo, hi);
+            q.set_ready(c.ready);
+            if q.size() != c.size || q.desc_table() != c.desc || q.avail_ring() != c.avail || q.used_ring() != c.used {
+                return Err(MmioError::Mismatch("queue configuration"));
+            }
+            if c.ready && state.status & STATUS_DRIVER_OK != 0 {
+                let avail = ring_idx(&self.mem, c.avail).ok_or(MmioError::Rings(i))?;
+                let used = ring_idx(&self.mem, c.used).ok_or(MmioError::Rings(i))?;
+                if avail != used {
+                    return Err(MmioError::Busy(i));
+                }
+                q.set_next_avail(avail);
+                q.set_next_used(used);
+            }
+        }
+        self.features_select = state.features_select;
+        self.acked_features_select = state.acked_features_select;
+        self.acked_features = state.acked_features;
+        self.queue_select = state.queue_select;
+        self.config_generation = state.config_generation;
+        self.status = state.status;
+        self.interrupt.ack(u32::MAX);
+        self.interrupt.raise(state.interrupt_status);
+        if state.status & STATUS_DRIVER_OK != 0 && state.status & STATUS_NEEDS_RESET == 0 {
+            self.activate();
+            if !self.activated {
+                return Err(MmioError::NotActivated);
+            }
+        }
+        if self.config_bytes() != state.config {
+            self.config_generation = self.config_generation.wrapping_add(1);
+            let _ = self.interrupt.signal_config_change();
+        }
+        Ok(())
     }
 
     /// Offset of the QueueNotify register in the window.
@@ -277,15 +425,21 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::{ActivateError, TYPE_BLOCK};
+    use crate::devices::virtio::INT_CONFIG_CHANGE;
     use std::sync::{Arc, Mutex};
-    use vm_memory::GuestAddress;
 
     type Activated = Arc<Mutex<Option<(usize, u64)>>>;
 
-    #[derive(Default)]
     struct Probe {
         activated: Arc<Mutex<Option<(usize, u64)>>>,
         resets: Arc<Mutex<u32>>,
+        config: Vec<u8>,
+    }
+
+    impl Default for Probe {
+        fn default() -> Self {
+            Probe { activated: Default::default(), resets: Default::default(), config: vec![0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4] }
+        }
     }
 
     impl VirtioDevice for Probe {
@@ -299,7 +453,7 @@ mod tests {
             &[16]
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            super::super::read_config_bytes(&[0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4], offset, data);
+            super::super::read_config_bytes(&self.config, offset, data);
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             *self.activated.lock().unwrap() = Some((ctx.queues.len(), ctx.acked_features));
@@ -311,8 +465,12 @@ mod tests {
     }
 
     fn setup() -> (MmioTransport, Activated, Arc<Mutex<u32>>) {
+        setup_with_config(Probe::default().config)
+    }
+
+    fn setup_with_config(config: Vec<u8>) -> (MmioTransport, Activated, Arc<Mutex<u32>>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let probe = Probe::default();
+        let probe = Probe { config, ..Probe::default() };
         let (a, r) = (probe.activated.clone(), probe.resets.clone());
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         (MmioTransport::new(Box::new(probe), mem, irq).unwrap(), a, r)
@@ -432,6 +590,46 @@ mod tests {
         assert_eq!(*resets.lock().unwrap(), 1);
         assert_eq!(r(&mut t, 0x70), 0);
         assert_eq!(r(&mut t, 0x44), 0, "queue reset");
+    }
+
+    #[test]
+    fn a_restored_transport_serves_from_where_the_rings_are_and_announces_a_new_config() {
+        let (mut t, _, _) = setup();
+        negotiate(&mut t, 1, 0b100);
+        setup_queue(&mut t);
+        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        // The rings as a driver and device that handled 5 requests leave
+        // them: both indices at 5.
+        t.mem.write_obj(5u16, GuestAddress(0x2002)).unwrap();
+        t.mem.write_obj(5u16, GuestAddress(0x3002)).unwrap();
+        let state = t.state().unwrap();
+        let json = serde_json::to_string(&state).unwrap();
+        let state: TransportState = serde_json::from_str(&json).unwrap();
+
+        let (mut fresh, activated, _) = setup_with_config(vec![0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4]);
+        fresh.mem = t.mem.clone();
+        fresh.restore(&state).unwrap();
+        assert_eq!(*activated.lock().unwrap(), Some((1, VIRTIO_F_VERSION_1 | 0b100)));
+        assert_eq!(fresh.queues[0].next_avail(), 5);
+        assert_eq!(fresh.queues[0].next_used(), 5);
+        assert_eq!(r(&mut fresh, 0x70), state.status);
+        assert_eq!(fresh.interrupt.status() & INT_CONFIG_CHANGE, 0, "same config: no interrupt");
+
+        let (mut bigger, _, _) = setup_with_config(vec![0xab, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4]);
+        bigger.mem = t.mem.clone();
+        bigger.restore(&state).unwrap();
+        assert_ne!(bigger.interrupt.status() & INT_CONFIG_CHANGE, 0, "a new size is announced");
+        assert_eq!(r(&mut bigger, 0xfc), state.config_generation.wrapping_add(1));
+
+        // Requests in flight: neither saved nor restored.
+        t.mem.write_obj(6u16, GuestAddress(0x2002)).unwrap();
+        assert!(matches!(t.state(), Err(MmioError::Busy(0))));
+        let (mut busy, _, _) = setup();
+        busy.mem = t.mem.clone();
+        assert!(matches!(busy.restore(&state), Err(MmioError::Busy(0))));
+        let mut other = state.clone();
+        other.device_type = 26;
+        assert!(matches!(setup().0.restore(&other), Err(MmioError::Mismatch(_))));
     }
 
     #[test]

@@ -64,6 +64,12 @@ impl Interrupt {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Set status bits without signalling (a restored transport: the
+    /// interrupt controller's own state says whether the line is raised).
+    pub fn raise(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+    }
+
     /// InterruptACK: clear the given bits.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);

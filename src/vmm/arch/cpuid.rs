@@ -72,6 +72,7 @@ const EDX7_AMX_INT8: u32 = 1 << 25;
 /// Both kinds:
 /// - leaf 1: no MONITOR, VMX; APIC ID 0, one logical processor;
 /// - leaf 6 (power management): empty;
+/// - leaves 0xb and 0x1f: x2APIC ID 0 (KVM gives the asking host CPU's);
 /// - leaf 0xd: only FP, SSE and the components in `kept`;
 /// - KVM leaf 0x4000_0001: clock sources and NOP_IO_DELAY only;
 /// - leaf 0x8000_0001: no SVM.
@@ -95,6 +96,10 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], kind: KvmKind, kept: &Layout) {
                 e.ebx = (e.ebx & 0x0000_ffff) | (1 << 16);
             }
             0x6 => clear(e),
+            // x2APIC topology: EDX is the x2APIC ID, which KVM fills with
+            // the host CPU's that asked; the vCPU's is 0 (and a snapshot's
+            // key must not depend on where the VMM ran).
+            0xb | 0x1f => e.edx = 0,
             0x7 if emulated => clear(e),
             0x7 if e.index == 0 => e.edx &= !(EDX7_AMX_BF16 | EDX7_AMX_TILE | EDX7_AMX_INT8),
             0xd => match e.index {
@@ -147,6 +152,16 @@ mod tests {
             ecx: regs[2],
             edx: regs[3],
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_x2apic_id_is_the_vcpus_not_the_host_cpus() {
+        for kind in [KvmKind::Emulated, KvmKind::Hardware] {
+            let mut e = vec![entry(0xb, 0, [1, 1, 0x100, 1]), entry(0x1f, 1, [4, 2, 0x201, 1])];
+            filter(&mut e, kind, &Layout::from_supported_cpuid(&[], 4096, false));
+            assert_eq!((e[0].edx, e[1].edx), (0, 0), "{kind:?}");
+            assert_eq!((e[0].eax, e[0].ecx, e[1].ebx), (1, 0x100, 2), "the topology itself stays");
         }
     }
 

@@ -1,0 +1,153 @@
+//! What makes one guest serve many jobs: the doorbell to the VMM (the
+//! snapshot point), and what a guest restored from a snapshot must renew
+//! before it runs anything of a job: its RNG state, its wall clock, and its
+//! view of the disks, whose backing files are the job's, not the snapshot's.
+//!
+//! All of it is also right after a cold boot, so the agent does not need to
+//! know which path the host took: fresh entropy never hurts, the clock is
+//! only ever moved forward, and a cold guest's disks already have their size.
+
+use anyhow::Context;
+use rootlayer_protocol::{ENTROPY_BYTES, VMM_EVENT_PATH};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Tell the VMM `event` (kernel patch 0005 passes it to the VMM's port).
+/// A kernel without the doorbell only costs the snapshot: said, not fatal.
+pub fn ring(event: u32) {
+    if let Err(e) = std::fs::write(VMM_EVENT_PATH, event.to_string()) {
+        eprintln!("rootlayer-agent: telling the VMM event {event}: {e} (no snapshot of this guest)");
+    }
+}
+
+/// The snapshot point: everything printed so far has left the guest (a
+/// restored guest must not repeat the tail of the boot log), then READY.
+/// Returns in the guest that took the snapshot and in every restored one.
+pub fn ready_for_snapshot() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: tcdrain on the standard output descriptor only waits for
+    // output to be sent; it fails harmlessly if it is not a terminal.
+    unsafe { libc::tcdrain(1) };
+    ring(rootlayer_protocol::VMM_EVENT_READY);
+}
+
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mix the host's bytes (hex) into the guest's pool, credited, and reseed
+/// the CRNG at once, so that no two jobs restored from one snapshot draw
+/// the same random numbers from here on.
+pub fn add_entropy(hex: &str) -> anyhow::Result<()> {
+    let bytes = parse_hex(hex).context("job.json entropy")?;
+    anyhow::ensure!(bytes.len() == ENTROPY_BYTES, "job.json entropy is {} bytes, not {ENTROPY_BYTES}", bytes.len());
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    let bits = i32::try_from(bytes.len() * 8).expect("64 bytes");
+    let len = i32::try_from(bytes.len()).expect("64 bytes");
+    info.extend_from_slice(&bits.to_ne_bytes());
+    info.extend_from_slice(&len.to_ne_bytes());
+    info.extend_from_slice(&bytes);
+    let random = std::fs::OpenOptions::new().write(true).open("/dev/urandom").context("open /dev/urandom")?;
+    // SAFETY: `info` is a whole rand_pool_info with `buf_size` bytes after
+    // its header, alive for the call; the kernel only reads it.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } == -1 {
+        return Err(std::io::Error::last_os_error()).context("RNDADDENTROPY");
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } == -1 {
+        return Err(std::io::Error::last_os_error()).context("RNDRESEEDCRNG");
+    }
+    Ok(())
+}
+
+fn parse_hex(hex: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "not hex");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| anyhow::anyhow!("not hex: {e}")))
+        .collect()
+}
+
+/// Where the wall clock must go: the host's time when it wrote the job is
+/// a lower bound of the true time, so a clock behind it is wrong (a guest
+/// restored from a snapshot wakes at the time the snapshot was taken) and
+/// is set to it; a clock ahead of it (a cold boot takes seconds) is right.
+pub fn clock_target(now_ns: u128, host_ns: u128) -> Option<u128> {
+    (now_ns < host_ns).then_some(host_ns)
+}
+
+/// Set the wall clock forward to the host's time if it is behind.
+pub fn set_clock(host_ns: u128) -> anyhow::Result<()> {
+    use nix::time::{clock_gettime, clock_settime, ClockId};
+    let now = clock_gettime(ClockId::CLOCK_REALTIME).context("read the clock")?;
+    let now_ns = u128::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000 + u128::try_from(now.tv_nsec()).unwrap_or(0);
+    if let Some(target) = clock_target(now_ns, host_ns) {
+        let secs = i64::try_from(target / 1_000_000_000).context("host time out of range")?;
+        let nanos = i64::try_from(target % 1_000_000_000).expect("below 1e9");
+        clock_settime(ClockId::CLOCK_REALTIME, nix::sys::time::TimeSpec::new(secs, nanos)).context("set the clock")?;
+    }
+    Ok(())
+}
+
+/// How long a disk may take to show the size the host gave it (a restored
+/// guest's kernel reads it in a work item after the config interrupt).
+const DISK_SIZE_WAIT: Duration = Duration::from_secs(20);
+
+/// `BLKFLSBUF`: `_IO(0x12, 97)`.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+/// Before `device` is mounted: wait until the kernel shows it with `size`
+/// bytes, then drop whatever it cached of the disk's blocks (a restored
+/// guest read the snapshot's disk once, at probe).
+pub fn settle_disk(device: &str, size: u64) -> anyhow::Result<()> {
+    let name = device.rsplit('/').next().unwrap_or(device);
+    let sysfs = format!("/sys/class/block/{name}/size");
+    let start = Instant::now();
+    loop {
+        let sectors: u64 = std::fs::read_to_string(&sysfs)
+            .with_context(|| format!("read {sysfs}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("parse {sysfs}"))?;
+        if sectors.saturating_mul(512) == size {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < DISK_SIZE_WAIT,
+            "{device} shows {} bytes, the host gave it {size}",
+            sectors.saturating_mul(512)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let disk = std::fs::File::open(device).with_context(|| format!("open {device}"))?;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is open.
+    if unsafe { libc::ioctl(disk.as_raw_fd(), BLKFLSBUF) } == -1 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("BLKFLSBUF {device}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_only_moves_forward() {
+        assert_eq!(clock_target(100, 200), Some(200), "a restored guest is behind");
+        assert_eq!(clock_target(300, 200), None, "a cold boot is ahead of the job's writing");
+        assert_eq!(clock_target(200, 200), None);
+    }
+
+    #[test]
+    fn entropy_is_hex_of_the_agreed_length() {
+        assert_eq!(parse_hex("00ff10").unwrap(), vec![0, 0xff, 0x10]);
+        assert!(parse_hex("0").is_err());
+        assert!(parse_hex("zz").is_err());
+        assert!(parse_hex("é0").is_err());
+        assert!(parse_hex("+1").is_err(), "from_str_radix takes a sign");
+    }
+}
