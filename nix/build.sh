@@ -17,6 +17,8 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-315532800}"
 # A cache for this build alone: the base disk is made in the build's own
 # temporary directory, and nothing outlives the build but $out.
 export ROOTLAYER_CACHE="$TMPDIR/rootlayer-cache"
+# So a snapshot of the booted guest would serve no later build: take none.
+export ROOTLAYER_NO_SNAPSHOT=1
 
 set -- run-as-root --script "$runAsRootScript" --store "$NIX_STORE" \
 	--disk-size "$diskSize" --mem-size "$memSize" --format "$format" --out "$out"

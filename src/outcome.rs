@@ -38,6 +38,7 @@ pub fn job(result: &Result<Summary, RunAsRootError>, what: &str) -> JobVerdict {
                     "out": sum.out,
                     "format": format!("{:?}", sum.format).to_lowercase(),
                     "script_status": sum.script_status,
+                    "boot": sum.boot,
                     "phases": sum.phases.iter().map(|(n, t)| serde_json::json!({"name": n, "seconds": t})).collect::<Vec<_>>(),
                 }),
             }
@@ -176,6 +177,7 @@ mod tests {
             format: OutputFormat::Layer,
             phases: vec![("boot".into(), 1.5)],
             script_status: 0,
+            boot: Some("restored"),
         };
         let v = job(&Ok(sum), "layer");
         assert_eq!(v.exit, Exit::Ok);
@@ -183,6 +185,7 @@ mod tests {
         assert_eq!(v.json["status"], "ok");
         assert_eq!(v.json["phases"][0]["name"], "boot");
         assert_eq!(v.json["format"], "layer");
+        assert_eq!(v.json["boot"], "restored");
 
         let v = job(&Err(RunAsRootError::ScriptFailed(3)), "layer");
         assert_eq!(v.exit, Exit::ScriptFailed);

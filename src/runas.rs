@@ -141,6 +141,9 @@ pub struct Summary {
     /// (phase, seconds): host phases and the agent's.
     pub phases: Vec<(String, f64)>,
     pub script_status: i32,
+    /// How the guest came up ([`crate::vmm::BootPath::word`]); None
+    /// without a guest (`export`).
+    pub boot: Option<&'static str>,
 }
 
 fn guest_path(name: &str) -> String {
@@ -439,8 +442,11 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let write = t.elapsed().as_secs_f64();
 
     let boot = outcome.report.ready_at().map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let mut phases =
-        vec![(base_phase(&disk), base_seconds), ("prepare".to_string(), prepared), ("boot".to_string(), boot)];
+    let boot_phase = match &outcome.report.boot {
+        crate::vmm::BootPath::Restored { .. } => "boot (restored)".to_string(),
+        _ => "boot".to_string(),
+    };
+    let mut phases = vec![(base_phase(&disk), base_seconds), ("prepare".to_string(), prepared), (boot_phase, boot)];
     phases.extend(result.phases.iter().filter(|(n, _)| n != "task").cloned());
     phases.push(("guest_total".into(), outcome.report.wall.as_secs_f64()));
     phases.push(("read_upper".into(), read_upper_seconds));
@@ -454,6 +460,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         format: req.format,
         phases,
         script_status,
+        boot: Some(outcome.report.boot.word()),
     })
 }
 
@@ -490,5 +497,6 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
             ("total".into(), start.elapsed().as_secs_f64()),
         ],
         script_status: 0,
+        boot: None,
     })
 }

@@ -239,10 +239,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     shares.extend(spec.shares.iter().cloned());
     let mut snapshot = spec.snapshot;
     if shares.len() > SHARE_SLOTS && snapshot {
-        eprintln!(
-            "rootlayer: {} shares are more than the snapshot's {SHARE_SLOTS} slots: booting cold",
-            shares.len()
-        );
+        eprintln!("rootlayer: {} shares are more than the snapshot's {SHARE_SLOTS} slots: booting cold", shares.len());
         snapshot = false;
     }
     let slots = shares.len().max(SHARE_SLOTS);
@@ -268,7 +265,11 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
                 .map_err(|e| RunError::Device { what: "the base image disk".into(), source: Box::new(e) })?
                 .len();
             mounts.push(Mount {
-                source: MountSource::Disk { device: BASE_DEVICE.into(), fstype: "erofs".into(), size: size / 512 * 512 },
+                source: MountSource::Disk {
+                    device: BASE_DEVICE.into(),
+                    fstype: "erofs".into(),
+                    size: size / 512 * 512,
+                },
                 target: BASE_MOUNT.into(),
                 read_only: true,
             });
@@ -277,7 +278,11 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
         None => workdir.no_disk()?,
     };
     for (i, (_, guest)) in shares.iter().enumerate() {
-        mounts.push(Mount { source: MountSource::VirtioFs { tag: slot_tag(i) }, target: guest.clone(), read_only: true });
+        mounts.push(Mount {
+            source: MountSource::VirtioFs { tag: slot_tag(i) },
+            target: guest.clone(),
+            read_only: true,
+        });
     }
     let empty = workdir.no_share()?;
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
@@ -298,7 +303,8 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
 
         let limit = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
         output.clone_from(&limit);
-        let device = |what: String| move |e: Box<dyn std::error::Error + Send + Sync>| RunError::Device { what, source: e };
+        let device =
+            |what: String| move |e: Box<dyn std::error::Error + Send + Sync>| RunError::Device { what, source: e };
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         let block = Block::new(&scratch, false, "rootlayer-scratch")
             .map_err(|e| device("the scratch disk".into())(Box::new(e)))?;

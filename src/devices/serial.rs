@@ -156,8 +156,8 @@ mod tests {
             restored.read(reg, &mut b);
             assert_eq!(b[0], want, "register {reg}");
         }
-        restored.write(0, &[b'x']);
-        restored.write(0, &[b'\n']);
+        restored.write(0, b"x");
+        restored.write(0, b"\n");
         assert_eq!(log.lock().unwrap().tail(), vec!["x".to_string()], "writes into the new sink");
         let full = SerialState { in_buffer: vec![0; 1000], ..state };
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();

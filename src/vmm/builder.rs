@@ -29,6 +29,10 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 /// the 4 GiB boundary, away from RAM and the MMIO window).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// How long a restored guest may take to ring STARTED (it takes well under
+/// a second, emulated); past it the restore has failed.
+const RESTORE_WATCHDOG: Duration = Duration::from_secs(60);
+
 /// Kernel command line every guest gets; callers append their own.
 ///
 /// - `console=ttyS0`: the 8250 on 0x3f8 is the only console;
@@ -225,15 +229,20 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                 kept_mask: kept.mask(),
                 xsave_bytes: area_max,
             };
-            Some(snapshot_key(&config, &cmdline, host)?)
+            // A kernel or initramfs that cannot be read is the cold boot's
+            // to report, in its words.
+            snapshot_key(&config, &cmdline, host).ok()
         }
         None => None,
     };
+    // Why this guest boots cold although a snapshot was wanted: said once,
+    // when the cold boot is under way (not before an input error).
+    let mut cold_because = None;
     let loaded = match (&dir, &key) {
         (Some(dir), Some(key)) if try_restore => match snapshot::file::load(&dir.join(key.file_name()), key) {
             Ok(loaded) => Some(loaded),
             Err(e) => {
-                eprintln!("rootlayer: {e}: booting cold and taking a snapshot");
+                cold_because = Some(e.to_string());
                 None
             }
         },
@@ -345,7 +354,10 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             let entry = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
             mptable::write(&mem)?;
             vcpu.configure(&mem, &cpuid, entry)?;
-            if dir.is_some() {
+            if let Some(why) = cold_because {
+                eprintln!("rootlayer: {why}: booting cold and taking a snapshot");
+            }
+            if let (Some(_), Some(_)) = (&dir, &key) {
                 let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("get MSR index list"))?.as_slice().to_vec();
                 vcpu.pause_at_ready(Pause { msr_indices, paused: tx.clone(), resume: resume_rx });
                 BootPath::NotReady
@@ -392,6 +404,8 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let tick = if profile.is_some() { Duration::from_millis(5) } else { Duration::from_millis(100) };
     let mut interrupted = false;
     let mut device_failed = None;
+    let restored = matches!(boot_path, BootPath::Restored { .. });
+    let mut restore_hung = false;
     let wait = loop {
         let remaining = config.timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(remaining.min(tick)) {
@@ -399,6 +413,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                 let paused = Instant::now();
                 let written = (*state).and_then(|vcpu_state| {
                     let (dir, key) = (dir.as_deref().expect("armed with a dir"), key.as_ref().expect("and a key"));
+
                     take_snapshot(&vm, vcpu_state, &serial, &transports, &mem, dir, key)
                 });
                 let _ = resume_tx.send(());
@@ -420,6 +435,12 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                     device_failed = Some(what);
                     break Err(mpsc::RecvTimeoutError::Timeout);
                 }
+                if restored && !started.load(Ordering::SeqCst) && start.elapsed() > RESTORE_WATCHDOG {
+                    // A restored guest that does not get to its job is a
+                    // failed restore (the caller boots cold), not a timeout.
+                    restore_hung = true;
+                    break Err(mpsc::RecvTimeoutError::Timeout);
+                }
                 if profile.is_some() {
                     let _ = thread.kill(signal);
                 }
@@ -433,7 +454,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             // Ask the vCPU to stop and kick it out of KVM_RUN until it does;
             // repeated, because a kick that lands just before KVM_RUN is lost.
             stop.store(true, Ordering::SeqCst);
-            let timed_out = !interrupted && device_failed.is_none();
+            let timed_out = !interrupted && device_failed.is_none() && !restore_hung;
             loop {
                 let _ = thread.kill(signal);
                 match rx.recv_timeout(Duration::from_millis(20)) {
@@ -491,11 +512,8 @@ fn cpuid_digest(cpuid: &CpuId) -> String {
 }
 
 /// The snapshot key of the guest `config` describes.
-fn snapshot_key(config: &VmConfig, cmdline: &str, host: HostKey) -> Result<Key, VmmError> {
-    let digest = |path: &std::path::Path| -> Result<String, VmmError> {
-        let bytes = std::fs::read(path).map_err(|e| VmmError::MissingFile { path: path.into(), hint: e.to_string() })?;
-        Ok(snapshot::sha256_hex(&bytes))
-    };
+fn snapshot_key(config: &VmConfig, cmdline: &str, host: HostKey) -> std::io::Result<Key> {
+    let digest = |path: &std::path::Path| std::fs::read(path).map(|bytes| snapshot::sha256_hex(&bytes));
     let exe = std::env::current_exe().ok();
     let meta = exe.as_ref().and_then(|e| std::fs::metadata(e).ok());
     let rootlayer = format!(
@@ -503,7 +521,11 @@ fn snapshot_key(config: &VmConfig, cmdline: &str, host: HostKey) -> Result<Key, 
         env!("CARGO_PKG_VERSION"),
         exe.as_ref().map_or_else(String::new, |e| e.display().to_string()),
         meta.as_ref().map_or(0, std::os::unix::fs::MetadataExt::size),
-        meta.as_ref().map_or(0, |m| m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos())),
+        meta.as_ref().map_or(0, |m| m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos())),
     );
     Ok(Key {
         format: snapshot::FORMAT_VERSION,
@@ -519,7 +541,11 @@ fn snapshot_key(config: &VmConfig, cmdline: &str, host: HostKey) -> Result<Key, 
         devices: config
             .virtio
             .iter()
-            .map(|d| DeviceKey { device_type: d.device_type(), features: d.features(), queues: d.queue_max_sizes().to_vec() })
+            .map(|d| DeviceKey {
+                device_type: d.device_type(),
+                features: d.features(),
+                queues: d.queue_max_sizes().to_vec(),
+            })
             .collect(),
         host,
     })
@@ -528,8 +554,10 @@ fn snapshot_key(config: &VmConfig, cmdline: &str, host: HostKey) -> Result<Key, 
 /// Guest memory from a snapshot: the file's memory image mapped private,
 /// so that the guest's writes are its own and the file never changes.
 fn map_snapshot_memory(loaded: &snapshot::file::Loaded, bytes: usize) -> Result<GuestMemoryMmap, SnapshotError> {
-    use vm_memory::mmap::{MmapRegionBuilder, GuestRegionMmap};
-    let file = loaded.file.try_clone().map_err(|e| SnapshotError::File(snapshot::file::FileError::Io { what: "reopening the snapshot", source: e }))?;
+    use vm_memory::mmap::{GuestRegionMmap, MmapRegionBuilder};
+    let file = loaded.file.try_clone().map_err(|e| {
+        SnapshotError::File(snapshot::file::FileError::Io { what: "reopening the snapshot", source: e })
+    })?;
     let region = MmapRegionBuilder::new(bytes)
         .with_file_offset(vm_memory::FileOffset::new(file, loaded.mem_offset))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
@@ -577,14 +605,11 @@ fn take_snapshot(
     let vm_state = snapshot::state::capture_vm(vm)?;
     let mut saved = Vec::new();
     for (index, t) in transports.iter().enumerate() {
-        saved.push(t.lock().expect("transport lock").state().map_err(|source| SnapshotError::Device { index, source })?);
+        saved
+            .push(t.lock().expect("transport lock").state().map_err(|source| SnapshotError::Device { index, source })?);
     }
-    let state = MachineState {
-        vcpu,
-        vm: vm_state,
-        serial: serial.lock().expect("serial lock").state(),
-        transports: saved,
-    };
+    let state =
+        MachineState { vcpu, vm: vm_state, serial: serial.lock().expect("serial lock").state(), transports: saved };
     Ok(snapshot::file::write(dir, key, &state, mem)?)
 }
 

@@ -297,7 +297,7 @@ impl Vcpu {
             }
             match exit {
                 Ok(VcpuExit::IoOut(DOORBELL_PORT, data)) => {
-                    let event = <[u8; 4]>::try_from(&*data).map(u32::from_le_bytes).ok();
+                    let event = <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok();
                     match event {
                         Some(rootlayer_protocol::VMM_EVENT_READY) => self.pause_for_snapshot(),
                         Some(rootlayer_protocol::VMM_EVENT_STARTED) => self.started.store(true, Ordering::SeqCst),

@@ -352,7 +352,8 @@ impl Keeper {
             let want: usize = layout.components.iter().filter(|c| s.bv & (1 << c.bit) != 0).map(|c| c.size).sum();
             s.bv & !known == 0 && s.data.len() == want
         };
-        let all = state.saved.iter().map(|(_, s)| s).chain(state.frames.iter().flat_map(|(_, f)| f.iter().map(|(_, s)| s)));
+        let all =
+            state.saved.iter().map(|(_, s)| s).chain(state.frames.iter().flat_map(|(_, f)| f.iter().map(|(_, s)| s)));
         let mut bytes = 0usize;
         for s in all {
             if !fits(s) {

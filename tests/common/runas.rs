@@ -114,6 +114,7 @@ pub struct LayerEntry {
     pub dev: Option<(u32, u32)>,
     pub xattrs: BTreeMap<String, Vec<u8>>,
     pub data: Vec<u8>,
+    pub mtime: u64,
 }
 
 /// Entries of a layer tar in order, by path.
@@ -159,6 +160,7 @@ pub fn read_layer(tar_bytes: &[u8]) -> Vec<(String, LayerEntry)> {
                 dev,
                 xattrs,
                 data,
+                mtime: h.mtime().unwrap(),
             },
         ));
     }
@@ -300,6 +302,12 @@ impl FailingJob {
     /// [`FailingJob::run`] with default sizes and extra environment.
     pub fn run_env(&self, g: &super::Guest, env: &[(&str, &str)]) -> Finished {
         self.run_cmd(g, &self.out, &["--timeout", "600"], env)
+    }
+
+    /// [`FailingJob::run`] with the given options (defaults for the rest)
+    /// and extra environment.
+    pub fn run_with(&self, g: &super::Guest, extra: &[&str], env: &[(&str, &str)]) -> Finished {
+        self.run_cmd(g, &self.out, &[&["--timeout", "600"], extra].concat(), env)
     }
 
     /// [`FailingJob::run`] with another `--out` and only the given

@@ -424,8 +424,8 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, TYPE_BLOCK};
     use crate::devices::virtio::INT_CONFIG_CHANGE;
+    use crate::devices::virtio::{ActivateError, TYPE_BLOCK};
     use std::sync::{Arc, Mutex};
 
     type Activated = Arc<Mutex<Option<(usize, u64)>>>;
@@ -438,7 +438,11 @@ mod tests {
 
     impl Default for Probe {
         fn default() -> Self {
-            Probe { activated: Default::default(), resets: Default::default(), config: vec![0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4] }
+            Probe {
+                activated: Default::default(),
+                resets: Default::default(),
+                config: vec![0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4],
+            }
         }
     }
 

@@ -29,6 +29,8 @@ const MAGIC: [u8; 8] = *b"RLSNAP\x00\x01";
 const PREFIX: usize = 16;
 /// Where the state starts: the header must fit before it.
 const STATE_OFFSET: u64 = 64 << 10;
+/// Room for the header after the prefix.
+const HEADER_MAX: usize = (64 << 10) - PREFIX;
 const PAGE: usize = 4096;
 /// Largest machine state read: a few hundred KiB in practice (the keeper's
 /// per-task state is bounded by [`crate::vmm::xstate::MAX_BYTES`]).
@@ -112,7 +114,7 @@ pub fn load(path: &Path, key: &Key) -> Result<Loaded, FileError> {
         return Err(FileError::Format { found: format });
     }
     let header_len = u32::from_le_bytes(prefix[12..16].try_into().expect("4 bytes")) as usize;
-    if header_len > STATE_OFFSET as usize - PREFIX {
+    if header_len > HEADER_MAX {
         return Err(FileError::Corrupt("header length"));
     }
     let mut text = vec![0u8; header_len];
@@ -192,15 +194,18 @@ fn memory_digest_of_file(file: &File, offset: u64, len: u64) -> Result<String, F
 /// Write the snapshot of `state` and `mem` for `key` into `dir`; returns
 /// its path and the bytes it occupies on disk.
 pub fn write(dir: &Path, key: &Key, state: &MachineState, mem: &GuestMemoryMmap) -> Result<(PathBuf, u64), FileError> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("creating the snapshot directory"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating the snapshot directory"))?;
     let path = dir.join(key.file_name());
     let tmp = tempfile::Builder::new()
         .prefix(".snap-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(io("creating the snapshot file"))?;
-    let state_bytes =
-        serde_json::to_vec(state).map_err(|source| FileError::Json { what: "machine state", source })?;
+    let state_bytes = serde_json::to_vec(state).map_err(|source| FileError::Json { what: "machine state", source })?;
     let mem_len: u64 = mem.iter().map(GuestMemoryRegion::len).sum();
     let mem_offset = (STATE_OFFSET + state_bytes.len() as u64).div_ceil(PAGE as u64) * PAGE as u64;
     let file = tmp.as_file();
@@ -216,7 +221,7 @@ pub fn write(dir: &Path, key: &Key, state: &MachineState, mem: &GuestMemoryMmap)
         mem_digest,
     };
     let text = serde_json::to_vec(&header).map_err(|source| FileError::Json { what: "snapshot header", source })?;
-    if text.len() > STATE_OFFSET as usize - PREFIX {
+    if text.len() > HEADER_MAX {
         return Err(FileError::TooLarge);
     }
     let mut prefix = Vec::with_capacity(PREFIX + text.len());
@@ -290,7 +295,13 @@ mod tests {
             mem_mib,
             vcpus: 1,
             devices: vec![DeviceKey { device_type: 2, features: 0, queues: vec![16] }],
-            host: HostKey { kind: "test".into(), cpuid_sha256: "c".into(), tsc_khz: 1, kept_mask: 0, xsave_bytes: 4096 },
+            host: HostKey {
+                kind: "test".into(),
+                cpuid_sha256: "c".into(),
+                tsc_khz: 1,
+                kept_mask: 0,
+                xsave_bytes: 4096,
+            },
         }
     }
 

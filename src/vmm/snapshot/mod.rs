@@ -100,16 +100,32 @@ pub enum BootPath {
     Cold,
     /// Cold boot; the snapshot was taken at READY (its size on disk in
     /// bytes and the pause it cost), or could not be (why).
-    Took { file: PathBuf, disk_bytes: u64, pause: std::time::Duration },
+    Took {
+        file: PathBuf,
+        disk_bytes: u64,
+        pause: std::time::Duration,
+    },
     TakeFailed(String),
     /// Cold boot because the guest never rang READY (a kernel without the
     /// doorbell) while a snapshot was wanted.
     NotReady,
     /// Restored from this snapshot, in this long (load, check, map, set).
-    Restored { file: PathBuf, restore: std::time::Duration },
+    Restored {
+        file: PathBuf,
+        restore: std::time::Duration,
+    },
 }
 
 impl BootPath {
+    /// One word for `--json`: `cold`, `snapshot-taken`, `restored`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            BootPath::Took { .. } => "snapshot-taken",
+            BootPath::Restored { .. } => "restored",
+            BootPath::Cold | BootPath::TakeFailed(_) | BootPath::NotReady => "cold",
+        }
+    }
+
     /// One line for `rootlayer boot` and the job summary.
     pub fn describe(&self) -> String {
         match self {
@@ -219,7 +235,8 @@ mod tests {
     fn every_part_of_the_key_names_another_file() {
         let base = key().file_name();
         assert!(base.ends_with(".snap") && base.len() == 37, "{base}");
-        let changes: Vec<Box<dyn Fn(&mut Key)>> = vec![
+        type Change = Box<dyn Fn(&mut Key)>;
+        let changes: Vec<Change> = vec![
             Box::new(|k| k.initrd_sha256 = "bc".into()),
             Box::new(|k| k.kernel_sha256 = "ab".into()),
             Box::new(|k| k.mem_mib = 1024),
