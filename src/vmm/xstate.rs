@@ -592,6 +592,48 @@ mod tests {
     }
 
     #[test]
+    fn a_keeper_restored_from_its_state_goes_on_where_it_was() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0, 0x3);
+        k.switch(1, &mut regs).unwrap();
+        regs = area(0x11, 0x2e7);
+        k.switch(2, &mut regs).unwrap();
+        regs[576..576 + 256].fill(0x22);
+        regs[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&0x7u64.to_le_bytes());
+        k.sig_push(0x1000, &mut regs).unwrap();
+        let state = k.state();
+        let json = serde_json::to_string(&state).unwrap();
+        let mut back = Keeper::from_state(layout(), serde_json::from_str(&json).unwrap()).unwrap();
+        back.check_invariants();
+        assert_eq!(back.state(), state, "the same bookkeeping");
+        // The handler returns and task 1 is switched back in, as they would
+        // have in the guest the snapshot was taken of.
+        assert!(back.sig_pop(0x1000, &mut regs));
+        assert!(regs[576..576 + 256].iter().all(|b| *b == 0x22), "frame kept across the snapshot");
+        back.switch(1, &mut regs).unwrap();
+        assert_eq!(xstate_bv(&regs), 0x2e7);
+        assert!(regs[1088..2696].iter().all(|b| *b == 0x11), "task 1's AVX-512 state kept across the snapshot");
+    }
+
+    #[test]
+    fn a_snapshot_state_that_does_not_fit_this_host_is_refused() {
+        let mut k = Keeper::new(layout());
+        let mut regs = area(0, 0x3);
+        k.switch(1, &mut regs).unwrap();
+        regs = area(0x11, 0x2e7);
+        k.switch(2, &mut regs).unwrap();
+        let state = k.state();
+        // A host that keeps only AVX: task 1's AVX-512 bytes have no place.
+        let avx_only =
+            Layout::from_supported_cpuid(&[leaf(0, 0x7, 0, 0, 0), leaf(2, 256, 576, 0, 0)], XSAVE_BYTES, false);
+        assert_eq!(Keeper::from_state(avx_only, state.clone()).unwrap_err(), XstateError::BadState);
+        let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
+        json["saved"][0][1]["data"] = serde_json::Value::String("00".into());
+        let cut: KeeperState = serde_json::from_value(json).unwrap();
+        assert_eq!(Keeper::from_state(layout(), cut).unwrap_err(), XstateError::BadState, "bytes short of their bv");
+    }
+
+    #[test]
     fn components_not_kept_are_left_alone() {
         let mut k = Keeper::new(layout());
         let mut regs = area(0x44, 0x3 | (1 << 17));

@@ -123,7 +123,10 @@ impl TestUser {
         };
         if !fresh(&staged) {
             std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
-            let part = staged.with_extension(format!("part-{}", std::process::id()));
+            // One name per caller: the tests of one binary run in threads.
+            static PARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = PARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let part = staged.with_extension(format!("part-{}-{n}", std::process::id()));
             std::fs::copy(exe, &part).unwrap();
             std::fs::rename(&part, &staged).unwrap();
         }

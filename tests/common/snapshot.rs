@@ -43,8 +43,8 @@ pub fn boot_of(f: &Finished) -> String {
     f.json()["boot"].as_str().unwrap_or_else(|| panic!("no boot in {}", f.stdout)).to_string()
 }
 
-/// Run `job` with `cache` and `extra` arguments; it must succeed. Returns
-/// the run and its layer.
+/// Run `job` with `cache` and `extra` arguments (the previous run's
+/// output removed first); it must succeed. Returns the run and its layer.
 pub fn run_ok(
     g: &super::Guest,
     job: &FailingJob,
@@ -52,6 +52,7 @@ pub fn run_ok(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (Finished, Vec<u8>) {
+    let _ = std::fs::remove_dir_all(&job.out);
     let f = job.run_with(g, extra, &cache.env(env));
     assert_eq!(f.code, 0, "{}", f.message());
     let layer = std::fs::read(job.out.join("layer.tar")).unwrap();
