@@ -24,4 +24,6 @@ fn boots_to_the_agent_and_exits_cleanly() {
     assert!(stderr.contains("rootlayer-agent: exit status 0"));
     assert!(stderr.contains("reboot: Restarting system"), "the guest left through the i8042 reset");
     assert!(stderr.lines().any(|l| l.starts_with("rootlayer: agent ready after ")), "summary line");
+    let path = stderr.lines().find(|l| l.starts_with("rootlayer: boot: ")).expect("which way the guest came up");
+    assert!(path.contains("cold boot") || path.contains("restored from snapshot"), "{path}");
 }

@@ -169,8 +169,11 @@ pub fn capture_vm(vm: &VmFd) -> Result<VmState, SnapshotError> {
 }
 
 /// Put the VM's state back (irqchip and PIT created, no vCPU run yet).
-/// kvmclock goes on from the snapshot's value: the guest's monotonic
-/// clock does not jump (its wall clock is the agent's to set, from job.json).
+/// kvmclock is set to the snapshot's value, without KVM_CLOCK_REALTIME:
+/// KVM does not add the time the snapshot lay on disk (where the host's
+/// KVM keeps the guest TSC in step with its own, the guest's uptime jumps
+/// ahead as after a suspend; that is all). The wall clock is the agent's to
+/// set, from job.json.
 pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<(), SnapshotError> {
     vm.set_pit2(&state.pit).map_err(kvm("set PIT"))?;
     let clock = kvm_clock_data { clock: state.clock.clock, flags: 0, ..Default::default() };
