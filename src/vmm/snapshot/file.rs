@@ -32,6 +32,12 @@ const STATE_OFFSET: u64 = 64 << 10;
 /// Room for the header after the prefix.
 const HEADER_MAX: usize = (64 << 10) - PREFIX;
 const PAGE: usize = 4096;
+/// Snapshots no job restored from for this long are removed when another
+/// is taken (a new kernel, initramfs or rootlayer leaves the old ones
+/// unused for good).
+const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+/// A temporary file this old is from a writer that died.
+const ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest machine state read: a few hundred KiB in practice (the keeper's
 /// per-task state is bounded by [`crate::vmm::xstate::MAX_BYTES`]).
 const MAX_STATE: u64 = 128 << 20;
@@ -146,6 +152,8 @@ pub fn load(path: &Path, key: &Key) -> Result<Loaded, FileError> {
     }
     let state: MachineState =
         serde_json::from_slice(&state).map_err(|source| FileError::Json { what: "machine state", source })?;
+    // Used: kept by [`prune`] (its contents are not touched).
+    let _ = file.set_modified(std::time::SystemTime::now());
     Ok(Loaded { path: path.into(), state, file, mem_offset: header.mem_offset, mem_len: header.mem_len })
 }
 
@@ -236,7 +244,33 @@ pub fn write(dir: &Path, key: &Key, state: &MachineState, mem: &GuestMemoryMmap)
     let disk_bytes = std::fs::metadata(&path)
         .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
         .map_err(io("reading the snapshot's size"))?;
+    prune(dir, &path, std::time::SystemTime::now());
     Ok((path, disk_bytes))
+}
+
+/// Remove from `dir` the snapshots other than `keep` that no job used for
+/// [`UNUSED_FOR`], and temporary files older than [`ABANDONED`]; returns
+/// how many. Best effort: what cannot be read or removed stays.
+pub fn prune(dir: &Path, keep: &Path, now: std::time::SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let limit = if name.starts_with(".snap-") {
+            ABANDONED
+        } else if name.ends_with(".snap") && path != keep {
+            UNUSED_FOR
+        } else {
+            continue;
+        };
+        let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| now.duration_since(t).ok());
+        if age.is_some_and(|a| a > limit) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Copy guest memory into the file, leaving all-zero pages as holes, and
@@ -414,6 +448,41 @@ mod tests {
         }
         std::fs::write(&path, &original).unwrap();
         assert!(load(&path, &key(1)).is_ok(), "the original still loads");
+    }
+
+    #[test]
+    fn snapshots_unused_for_weeks_and_abandoned_temporaries_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let file = |name: &str, age: std::time::Duration| {
+            let p = dir.path().join(name);
+            std::fs::File::create(&p).unwrap().set_modified(now - age).unwrap();
+            p
+        };
+        let keep = file("new.snap", 30 * day);
+        let old = file("old.snap", 15 * day);
+        let recent = file("recent.snap", 13 * day);
+        let dead = file(".snap-dead", 2 * 3600 * std::time::Duration::from_secs(1));
+        let writing = file(".snap-writing", std::time::Duration::from_secs(10));
+        let other = file("notes.txt", 100 * day);
+        assert_eq!(prune(dir.path(), &keep, now), 2);
+        for (p, kept) in
+            [(&keep, true), (&old, false), (&recent, true), (&dead, false), (&writing, true), (&other, true)]
+        {
+            assert_eq!(p.exists(), kept, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn loading_a_snapshot_marks_it_used() {
+        let (_dir, path, _) = written();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 24 * 3600);
+        f.set_modified(long_ago).unwrap();
+        load(&path, &key(1)).unwrap();
+        let age = std::fs::metadata(&path).unwrap().modified().unwrap().elapsed().unwrap();
+        assert!(age < std::time::Duration::from_secs(60), "{age:?}");
     }
 
     #[test]
