@@ -90,7 +90,7 @@ struct GuestArgs {
     no_seccomp: bool,
     /// Boot the guest cold: neither restore it from the snapshot of the
     /// booted guest ($ROOTLAYER_CACHE/snapshots) nor take one.
-    #[arg(long, env = "ROOTLAYER_NO_SNAPSHOT")]
+    #[arg(long, env = "ROOTLAYER_NO_SNAPSHOT", value_parser = clap::builder::FalseyValueParser::new())]
     no_snapshot: bool,
 }
 
@@ -198,7 +198,7 @@ struct BootArgs {
     #[arg(long)]
     print_cmdline: bool,
     /// Boot cold: neither restore from the snapshot of this guest nor take one.
-    #[arg(long, env = "ROOTLAYER_NO_SNAPSHOT")]
+    #[arg(long, env = "ROOTLAYER_NO_SNAPSHOT", value_parser = clap::builder::FalseyValueParser::new())]
     no_snapshot: bool,
 }
 

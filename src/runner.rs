@@ -248,7 +248,6 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     let mut mounts = Vec::new();
     let scratch = match spec.disk_mib {
         Some(mib) => {
-            make_scratch_disk(&workdir.disk(), mib)?;
             mounts.push(Mount {
                 source: MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into(), size: mib << 20 },
                 target: SCRATCH_MOUNT.into(),
@@ -289,6 +288,15 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
 
     let mut output = None;
     let config = |mode: vmm::SnapshotMode| -> Result<VmConfig, RunError> {
+        // A fresh scratch disk and no result for every attempt: a restored
+        // guest that failed before STARTED may have mounted the disk.
+        if let Some(mib) = spec.disk_mib {
+            make_scratch_disk(&scratch, mib)?;
+        }
+        match std::fs::remove_file(xchg.join(RESULT_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(RunError::Xchg(e)),
+            _ => {}
+        }
         // Written last thing before the guest starts: its time is what a
         // restored guest's clock is set forward to.
         let job = Job {

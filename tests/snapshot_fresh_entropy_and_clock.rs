@@ -34,6 +34,13 @@ fn snapshot_restored_guests_have_their_own_randomness_and_the_hosts_clock() {
         let (f, layer) = run_ok(&g, &job, &cache, &[], &[]);
         let after = now();
         assert_eq!(boot_of(&f), "restored", "job {i}: {}", f.stderr);
+        // The kernel's own timing jitter would likely tell two guests apart
+        // too; the agent's line says the host's bytes went in.
+        assert!(
+            f.stderr.contains(&format!("rootlayer-agent: {}", rootlayer::job::ENTROPY_LINE)),
+            "job {i}: {}",
+            f.stderr
+        );
         let entries = read_layer(&layer);
         let file = |name: &str| {
             entries.iter().find(|(p, _)| p == name).unwrap_or_else(|| panic!("{name} in the layer")).1.clone()

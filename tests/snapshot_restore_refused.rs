@@ -20,7 +20,7 @@ fn rewrite_state(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
     let mut bytes = std::fs::read(path).unwrap();
     let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[16..16 + header_len]).unwrap();
-    let state_len = header["state_len"].as_u64().unwrap() as usize;
+    let state_len = usize::try_from(header["state_len"].as_u64().unwrap()).unwrap();
     let mut state: serde_json::Value = serde_json::from_slice(&bytes[STATE_OFFSET..STATE_OFFSET + state_len]).unwrap();
     edit(&mut state);
     let mut text = serde_json::to_vec(&state).unwrap();

@@ -31,8 +31,8 @@ pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
         // Before anything of the job runs: this guest's own randomness and
         // the host's time (a restored guest has the snapshot's).
         crate::resume::add_entropy(&job.entropy)?;
+        println!("rootlayer-agent: {}", rootlayer_protocol::ENTROPY_LINE);
         crate::resume::set_clock(job.host_time_ns)?;
-        crate::resume::ring(rootlayer_protocol::VMM_EVENT_STARTED);
         if let Err(e) = execute(&job, &mut result) {
             result.status = crate::power::STATUS_INTERNAL;
             result.error = Some(format!("{e:#}"));
@@ -66,6 +66,9 @@ fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
     for m in &job.mounts {
         mount(m)?;
     }
+    // Its disks show their sizes and its shares answer: a restored guest
+    // works (before this, the host may still boot the job cold instead).
+    crate::resume::ring(rootlayer_protocol::VMM_EVENT_STARTED);
     result.phases.push(("mount".into(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     match &job.task {

@@ -42,11 +42,14 @@ pub const VMM_EVENT_PATH: &str = "/sys/module/rootlayer_vmm/parameters/event";
 /// Event: the agent has mounted its own file systems and waits for a job,
 /// of which nothing is in the guest yet; the VMM may take its snapshot here.
 pub const VMM_EVENT_READY: u32 = 1;
-/// Event: the agent has read its job (for `rootlayer boot`, which has
-/// none: it is past its ready line): a restored guest works.
+/// Event: the agent has read its job and mounted what it lists, before
+/// anything of the job runs (for `rootlayer boot`, which has none: it is
+/// past its ready line): a restored guest works.
 pub const VMM_EVENT_STARTED: u32 = 2;
 /// Bytes of fresh host entropy in every job.
 pub const ENTROPY_BYTES: usize = 64;
+/// What the agent says once it has added them and reseeded the RNG.
+pub const ENTROPY_LINE: &str = "host entropy added, RNG reseeded";
 pub const RESULT_FILE: &str = "result.json";
 
 /// One job.

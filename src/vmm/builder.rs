@@ -1,5 +1,8 @@
 //! One linear recipe from configuration to a finished guest:
-//! KVM -> VM -> memory -> kernel -> devices -> vCPU -> run loop.
+//! KVM -> VM -> snapshot key -> memory (anonymous, or the snapshot's mapped
+//! private) -> devices -> kernel and boot registers, or the snapshot's
+//! machine state -> vCPU -> run loop (which serves the pause at READY when
+//! a snapshot is to be taken).
 
 use super::arch::{self, boot, layout, mptable};
 use super::kvm::{self, KvmKind};
@@ -358,7 +361,15 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                 eprintln!("rootlayer: {why}: booting cold and taking a snapshot");
             }
             if let (Some(_), Some(_)) = (&dir, &key) {
-                let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("get MSR index list"))?.as_slice().to_vec();
+                let mut msr_indices =
+                    kvm.get_msr_index_list().map_err(kvm_err("get MSR index list"))?.as_slice().to_vec();
+                // KVM does not list the MTRRs nor MISC_ENABLE, which the
+                // boot set (QEMU saves them too); unreadable ones are skipped.
+                for msr in snapshot::state::EXTRA_MSRS.iter().chain(&snapshot::state::MTRR_MSRS) {
+                    if !msr_indices.contains(msr) {
+                        msr_indices.push(*msr);
+                    }
+                }
                 vcpu.pause_at_ready(Pause { msr_indices, paused: tx.clone(), resume: resume_rx });
                 BootPath::NotReady
             } else {
@@ -406,8 +417,10 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let mut device_failed = None;
     let restored = matches!(boot_path, BootPath::Restored { .. });
     let mut restore_hung = false;
+    // The pause for the snapshot is the VMM's time, not the job's.
+    let mut paused_for = Duration::ZERO;
     let wait = loop {
-        let remaining = config.timeout.saturating_sub(start.elapsed());
+        let remaining = (config.timeout + paused_for).saturating_sub(start.elapsed());
         match rx.recv_timeout(remaining.min(tick)) {
             Ok(VcpuMsg::Paused(state)) => {
                 let paused = Instant::now();
@@ -417,6 +430,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                     take_snapshot(&vm, vcpu_state, &serial, &transports, &mem, dir, key)
                 });
                 let _ = resume_tx.send(());
+                paused_for += paused.elapsed();
                 boot_path = match written {
                     Ok((file, disk_bytes)) => BootPath::Took { file, disk_bytes, pause: paused.elapsed() },
                     Err(e) => {
@@ -605,8 +619,15 @@ fn take_snapshot(
     let vm_state = snapshot::state::capture_vm(vm)?;
     let mut saved = Vec::new();
     for (index, t) in transports.iter().enumerate() {
-        saved
-            .push(t.lock().expect("transport lock").state().map_err(|source| SnapshotError::Device { index, source })?);
+        let state =
+            t.lock().expect("transport lock").state().map_err(|source| SnapshotError::Device { index, source })?;
+        // Everything of a job reaches the guest through a share (job.json
+        // first): a share that served anything means READY came late (not
+        // from the agent before its job), and the guest is no one's to reuse.
+        if state.device_type == crate::devices::virtio::TYPE_FS && state.served {
+            return Err(SnapshotError::ShareUsed { index });
+        }
+        saved.push(state);
     }
     let state =
         MachineState { vcpu, vm: vm_state, serial: serial.lock().expect("serial lock").state(), transports: saved };

@@ -1,8 +1,9 @@
 //! The VMM: the only module that talks to KVM.
 //!
 //! [`builder::run`] is the one recipe: open KVM, create the VM and its guest
-//! memory, load kernel + initramfs + command line, attach the devices, set
-//! up the vCPU, run it until the guest resets, stops, fails or times out.
+//! memory, load kernel + initramfs + command line (or restore the guest's
+//! [`snapshot`]), attach the devices, set up the vCPU, run it until the
+//! guest resets, stops, fails or times out.
 
 pub mod arch;
 pub mod builder;

@@ -99,6 +99,8 @@ pub struct TransportState {
     pub queues: Vec<QueueConfig>,
     #[serde(with = "crate::vmm::snapshot::hex")]
     pub config: Vec<u8>,
+    /// Whether the device has used any request since the driver set it up.
+    pub served: bool,
 }
 
 /// A split ring's `idx` (the u16 after its flags).
@@ -143,6 +145,7 @@ impl MmioTransport {
     /// device used): only a quiet device can be restored from its rings.
     pub fn state(&self) -> Result<TransportState, MmioError> {
         let mut queues = Vec::new();
+        let mut served = false;
         for (i, q) in self.queues.iter().enumerate() {
             if self.activated && q.ready() {
                 let avail = ring_idx(&self.mem, q.avail_ring()).ok_or(MmioError::Rings(i))?;
@@ -150,6 +153,7 @@ impl MmioTransport {
                 if avail != used {
                     return Err(MmioError::Busy(i));
                 }
+                served |= used != 0;
             }
             queues.push(QueueConfig {
                 size: q.size(),
@@ -170,6 +174,7 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             queues,
             config: self.config_bytes(),
+            served,
         })
     }
 
@@ -226,6 +231,7 @@ impl MmioTransport {
         self.status = state.status;
         self.interrupt.ack(u32::MAX);
         self.interrupt.raise(state.interrupt_status);
+        let _ = self.interrupt.resignal();
         if state.status & STATUS_DRIVER_OK != 0 && state.status & STATUS_NEEDS_RESET == 0 {
             self.activate();
             if !self.activated {
@@ -607,6 +613,7 @@ mod tests {
         t.mem.write_obj(5u16, GuestAddress(0x2002)).unwrap();
         t.mem.write_obj(5u16, GuestAddress(0x3002)).unwrap();
         let state = t.state().unwrap();
+        assert!(state.served, "5 requests were used");
         let json = serde_json::to_string(&state).unwrap();
         let state: TransportState = serde_json::from_str(&json).unwrap();
 
@@ -618,6 +625,15 @@ mod tests {
         assert_eq!(fresh.queues[0].next_used(), 5);
         assert_eq!(r(&mut fresh, 0x70), state.status);
         assert_eq!(fresh.interrupt.status() & INT_CONFIG_CHANGE, 0, "same config: no interrupt");
+        assert!(fresh.interrupt.eventfd().read().is_err(), "nothing pending: no interrupt");
+
+        // A completion posted after the vCPU paused is in the status, not
+        // in the saved interrupt controller: the line is raised again.
+        let pending = TransportState { interrupt_status: crate::devices::virtio::INT_USED_RING, ..state.clone() };
+        let (mut again, _, _) = setup();
+        again.mem = t.mem.clone();
+        again.restore(&pending).unwrap();
+        assert_eq!(again.interrupt.eventfd().read().unwrap(), 1);
 
         let (mut bigger, _, _) = setup_with_config(vec![0xab, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4]);
         bigger.mem = t.mem.clone();

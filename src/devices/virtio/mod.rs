@@ -70,6 +70,17 @@ impl Interrupt {
         self.status.fetch_or(bits, Ordering::SeqCst);
     }
 
+    /// Raise the line again for the bits already set (a restored transport:
+    /// a completion the device posted after the vCPU paused may be in the
+    /// status but not in the saved interrupt controller; a spurious
+    /// interrupt is harmless, a lost one hangs the driver).
+    pub fn resignal(&self) -> io::Result<()> {
+        if self.status() != 0 {
+            self.evt.write(1)?;
+        }
+        Ok(())
+    }
+
     /// InterruptACK: clear the given bits.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);

@@ -138,7 +138,7 @@ pub fn load(path: &Path, key: &Key) -> Result<Loaded, FileError> {
     {
         return Err(FileError::Corrupt("layout"));
     }
-    let want = header.mem_offset + header.mem_len;
+    let want = header.mem_offset.checked_add(header.mem_len).ok_or(FileError::Corrupt("layout"))?;
     if len != want {
         return Err(FileError::Truncated { len, want });
     }

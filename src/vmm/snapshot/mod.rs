@@ -169,6 +169,8 @@ pub enum SnapshotError {
     Xstate(#[from] super::xstate::XstateError),
     #[error("the snapshot's XSAVE area is {got} bytes, this vCPU's {want}")]
     XsaveSize { got: usize, want: usize },
+    #[error("share {index} was used before the guest rang READY: not snapshotting a guest that saw a job")]
+    ShareUsed { index: usize },
     #[error("the snapshot's serial port state is not one a UART can be in")]
     Serial,
     #[error("mapping guest memory from the snapshot")]

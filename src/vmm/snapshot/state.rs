@@ -14,6 +14,17 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
+/// MSRs saved beyond what KVM_GET_MSR_INDEX_LIST names: MISC_ENABLE
+/// (fast strings, set at boot).
+pub const EXTRA_MSRS: [u32; 1] = [0x1a0];
+
+/// The MTRRs (the boot enables them, write-back by default): MTRRdefType,
+/// the fixed-range ones and eight variable-range base/mask pairs.
+pub const MTRR_MSRS: [u32; 28] = [
+    0x2ff, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f, 0x200, 0x201, 0x202, 0x203,
+    0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a, 0x20b, 0x20c, 0x20d, 0x20e, 0x20f,
+];
+
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
     move |source| SnapshotError::Kvm { what, source }
 }
@@ -88,7 +99,11 @@ pub fn capture_vcpu(
             crate::vmm::xstate::words_to_bytes(&words)
         }
     };
+    // MP state first: reading it makes KVM accept pending APIC events,
+    // which may change the LAPIC and the events read after it.
+    let mp_state = fd.get_mp_state().map_err(kvm("get MP state"))?;
     Ok(VcpuState {
+        mp_state,
         regs: fd.get_regs().map_err(kvm("get registers"))?,
         sregs: fd.get_sregs().map_err(kvm("get special registers"))?,
         xsave,
@@ -97,7 +112,6 @@ pub fn capture_vcpu(
         lapic: fd.get_lapic().map_err(kvm("get local APIC"))?,
         msrs: read_msrs(fd, msr_indices)?,
         events: fd.get_vcpu_events().map_err(kvm("get vCPU events"))?,
-        mp_state: fd.get_mp_state().map_err(kvm("get MP state"))?,
         keeper,
     })
 }
