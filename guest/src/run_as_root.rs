@@ -81,19 +81,22 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     // Mount points we created go again, deepest first; a directory the
     // script filled (not possible under a mount, but a parent of a store
     // path could be) stays.
-    for p in mount_points.iter().rev() {
-        let _ = std::fs::remove_dir(p);
-    }
-    if let Some(listing) = &job.merged_listing {
-        write_listing(&merged, Path::new(listing)).context("write merged listing")?;
-    }
-    umount2(&merged, MntFlags::empty()).context("unmount overlay")?;
-    // Creating a mount point under a directory of the image copied that
-    // directory (and its ancestors) up; where nothing else changed it,
-    // drop the copy so it does not show up in the layer.
-    for p in SCRIPT_MOUNTS.iter().copied().chain(job.store_paths.iter().map(String::as_str)) {
-        drop_unchanged_copy_ups(&upper, &lowers, p);
-    }
+    phase(result, "cleanup", || {
+        for p in mount_points.iter().rev() {
+            let _ = std::fs::remove_dir(p);
+        }
+        if let Some(listing) = &job.merged_listing {
+            write_listing(&merged, Path::new(listing)).context("write merged listing")?;
+        }
+        umount2(&merged, MntFlags::empty()).context("unmount overlay")?;
+        // Creating a mount point under a directory of the image copied that
+        // directory (and its ancestors) up; where nothing else changed it,
+        // drop the copy so it does not show up in the layer.
+        for p in SCRIPT_MOUNTS.iter().copied().chain(job.store_paths.iter().map(String::as_str)) {
+            drop_unchanged_copy_ups(&upper, &lowers, p);
+        }
+        Ok(())
+    })?;
     result.disk_full = disk_full(scratch);
     if status != 0 {
         return Ok(());
