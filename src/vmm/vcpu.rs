@@ -361,38 +361,10 @@ impl Vcpu {
         if action == Action::None {
             return Ok(());
         }
-        let ioctl = |what| move |e: kvm_ioctls::Error| XstateFailure::Ioctl { what, errno: e.errno() };
-        match self.xsave2.as_mut() {
-            None => {
-                let mut state = self.fd.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
-                let mut bytes = xstate::words_to_bytes(&state.region);
-                if keeper.apply(action, &mut bytes).map_err(XstateFailure::Keeper)? {
-                    xstate::bytes_to_words(&bytes, &mut state.region);
-                    // SAFETY: `state` is a whole `kvm_xsave` that
-                    // KVM_GET_XSAVE just filled; no dynamic (AMX) feature is
-                    // enabled for this vCPU when this buffer is used (the
-                    // kept area fits 4 KiB), so KVM reads no more than that.
-                    unsafe { self.fd.set_xsave(&state) }.map_err(ioctl("KVM_SET_XSAVE"))?;
-                }
-            }
-            Some(area) => {
-                // SAFETY: `area` holds the KVM_CAP_XSAVE2 size the kept
-                // layout was built from, queried after the AMX permission
-                // request and never enlarged since.
-                unsafe { self.fd.get_xsave2(area) }.map_err(ioctl("KVM_GET_XSAVE2"))?;
-                let mut words = area.as_fam_struct_ref().xsave.region.to_vec();
-                words.extend_from_slice(area.as_slice());
-                let mut bytes = xstate::words_to_bytes(&words);
-                if keeper.apply(action, &mut bytes).map_err(XstateFailure::Keeper)? {
-                    xstate::bytes_to_words(&bytes, &mut words);
-                    // SAFETY: the FAM struct's own region, then its entries.
-                    unsafe { area.as_mut_fam_struct() }.xsave.region.copy_from_slice(&words[..xstate::XSAVE_BYTES / 4]);
-                    area.as_mut_slice().copy_from_slice(&words[xstate::XSAVE_BYTES / 4..]);
-                    // SAFETY: as for KVM_GET_XSAVE2 above: the buffer is
-                    // the full size KVM uses for this vCPU.
-                    unsafe { self.fd.set_xsave2(area) }.map_err(ioctl("KVM_SET_XSAVE"))?;
-                }
-            }
+        let ioctl = |(what, e): (&'static str, kvm_ioctls::Error)| XstateFailure::Ioctl { what, errno: e.errno() };
+        let mut bytes = get_xsave_bytes(&self.fd, self.xsave2.as_mut()).map_err(ioctl)?;
+        if keeper.apply(action, &mut bytes).map_err(XstateFailure::Keeper)? {
+            set_xsave_bytes(&self.fd, self.xsave2.as_mut(), &bytes).map_err(ioctl)?;
         }
         Ok(())
     }
@@ -423,6 +395,56 @@ impl Vcpu {
         let mut buf = vec![0u8; 16];
         mem.read_slice(&mut buf, GuestAddress(tr.physical_address)).ok()?;
         Some(buf)
+    }
+}
+
+/// A failed XSAVE ioctl: its name and KVM's error.
+pub type XsaveIoctlError = (&'static str, kvm_ioctls::Error);
+
+/// The vCPU's whole XSAVE area as bytes: KVM_GET_XSAVE, or KVM_GET_XSAVE2
+/// into `xsave2` where the vCPU has that buffer (kept state past 4 KiB).
+pub fn get_xsave_bytes(fd: &VcpuFd, xsave2: Option<&mut Xsave>) -> Result<Vec<u8>, XsaveIoctlError> {
+    match xsave2 {
+        None => Ok(xstate::words_to_bytes(&fd.get_xsave().map_err(|e| ("KVM_GET_XSAVE", e))?.region)),
+        Some(area) => {
+            // SAFETY: `area` holds the KVM_CAP_XSAVE2 size the kept layout
+            // was built from, queried after the AMX permission request and
+            // never enlarged since.
+            unsafe { fd.get_xsave2(area) }.map_err(|e| ("KVM_GET_XSAVE2", e))?;
+            let mut words = area.as_fam_struct_ref().xsave.region.to_vec();
+            words.extend_from_slice(area.as_slice());
+            Ok(xstate::words_to_bytes(&words))
+        }
+    }
+}
+
+/// How many bytes [`get_xsave_bytes`] gives for this vCPU.
+pub fn xsave_bytes_len(xsave2: Option<&Xsave>) -> usize {
+    xstate::XSAVE_BYTES + xsave2.map_or(0, |area| area.as_slice().len() * 4)
+}
+
+/// Write an area of [`xsave_bytes_len`] bytes back into the vCPU (the
+/// caller checks the length).
+pub fn set_xsave_bytes(fd: &VcpuFd, xsave2: Option<&mut Xsave>, bytes: &[u8]) -> Result<(), XsaveIoctlError> {
+    match xsave2 {
+        None => {
+            let mut state = kvm_bindings::kvm_xsave::default();
+            xstate::bytes_to_words(bytes, &mut state.region);
+            // SAFETY: a whole `kvm_xsave`; no dynamic (AMX) feature is
+            // enabled for a vCPU without an XSAVE2 buffer (the kept area
+            // fits 4 KiB), so KVM reads no more than that.
+            unsafe { fd.set_xsave(&state) }.map_err(|e| ("KVM_SET_XSAVE", e))
+        }
+        Some(area) => {
+            let mut words = vec![0u32; bytes.len() / 4];
+            xstate::bytes_to_words(bytes, &mut words);
+            // SAFETY: the FAM struct's own region, then its entries.
+            unsafe { area.as_mut_fam_struct() }.xsave.region.copy_from_slice(&words[..xstate::XSAVE_BYTES / 4]);
+            area.as_mut_slice().copy_from_slice(&words[xstate::XSAVE_BYTES / 4..]);
+            // SAFETY: as for KVM_GET_XSAVE2: the buffer is the full size KVM
+            // uses for this vCPU.
+            unsafe { fd.set_xsave2(area) }.map_err(|e| ("KVM_SET_XSAVE2", e))
+        }
     }
 }
 

@@ -88,17 +88,8 @@ pub fn capture_vcpu(
     msr_indices: &[u32],
     keeper: Option<KeeperState>,
 ) -> Result<VcpuState, SnapshotError> {
-    let xsave = match xsave2 {
-        None => crate::vmm::xstate::words_to_bytes(&fd.get_xsave().map_err(kvm("get XSAVE"))?.region),
-        Some(area) => {
-            // SAFETY: `area` holds the KVM_CAP_XSAVE2 size queried after the
-            // AMX permission request and never enlarged since (vcpu.rs).
-            unsafe { fd.get_xsave2(area) }.map_err(kvm("get XSAVE2"))?;
-            let mut words = area.as_fam_struct_ref().xsave.region.to_vec();
-            words.extend_from_slice(area.as_slice());
-            crate::vmm::xstate::words_to_bytes(&words)
-        }
-    };
+    let xsave =
+        crate::vmm::vcpu::get_xsave_bytes(fd, xsave2).map_err(|(what, source)| SnapshotError::Kvm { what, source })?;
     // MP state first: reading it makes KVM accept pending APIC events,
     // which may change the LAPIC and the events read after it.
     let mp_state = fd.get_mp_state().map_err(kvm("get MP state"))?;
@@ -122,33 +113,12 @@ pub fn restore_vcpu(fd: &VcpuFd, state: &VcpuState, xsave2: Option<&mut Xsave>) 
     fd.set_mp_state(state.mp_state).map_err(kvm("set MP state"))?;
     fd.set_regs(&state.regs).map_err(kvm("set registers"))?;
     fd.set_sregs(&state.sregs).map_err(kvm("set special registers"))?;
-    match xsave2 {
-        None => {
-            let mut xsave = kvm_bindings::kvm_xsave::default();
-            let want = xsave.region.len() * 4;
-            if state.xsave.len() != want {
-                return Err(SnapshotError::XsaveSize { got: state.xsave.len(), want });
-            }
-            crate::vmm::xstate::bytes_to_words(&state.xsave, &mut xsave.region);
-            // SAFETY: a whole kvm_xsave; no dynamic (AMX) feature is enabled
-            // for this vCPU when it has no XSAVE2 buffer, so KVM reads 4 KiB.
-            unsafe { fd.set_xsave(&xsave) }.map_err(kvm("set XSAVE"))?;
-        }
-        Some(area) => {
-            let head = kvm_bindings::kvm_xsave::default().region.len();
-            let want = (head + area.as_slice().len()) * 4;
-            if state.xsave.len() != want {
-                return Err(SnapshotError::XsaveSize { got: state.xsave.len(), want });
-            }
-            let mut words = vec![0u32; want / 4];
-            crate::vmm::xstate::bytes_to_words(&state.xsave, &mut words);
-            // SAFETY: the FAM struct's own region, then its entries.
-            unsafe { area.as_mut_fam_struct() }.xsave.region.copy_from_slice(&words[..head]);
-            area.as_mut_slice().copy_from_slice(&words[head..]);
-            // SAFETY: the buffer is the full KVM_CAP_XSAVE2 size for this vCPU.
-            unsafe { fd.set_xsave2(area) }.map_err(kvm("set XSAVE2"))?;
-        }
+    let want = crate::vmm::vcpu::xsave_bytes_len(xsave2.as_deref());
+    if state.xsave.len() != want {
+        return Err(SnapshotError::XsaveSize { got: state.xsave.len(), want });
     }
+    crate::vmm::vcpu::set_xsave_bytes(fd, xsave2, &state.xsave)
+        .map_err(|(what, source)| SnapshotError::Kvm { what, source })?;
     fd.set_xcrs(&state.xcrs).map_err(kvm("set XCRs"))?;
     fd.set_debug_regs(&state.debugregs).map_err(kvm("set debug registers"))?;
     fd.set_lapic(&state.lapic).map_err(kvm("set local APIC"))?;
