@@ -133,7 +133,7 @@ fn fresh_entropy() -> Result<String, RunError> {
     use std::io::Read;
     let mut bytes = [0u8; crate::job::ENTROPY_BYTES];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(RunError::WriteJob)?;
-    Ok(crate::vmm::snapshot::hex_string(&bytes))
+    Ok(crate::job::hex::encode(&bytes))
 }
 
 fn now_ns() -> u128 {

@@ -42,7 +42,7 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// the CRNG at once, so that no two jobs restored from one snapshot draw
 /// the same random numbers from here on.
 pub fn add_entropy(hex: &str) -> anyhow::Result<()> {
-    let bytes = parse_hex(hex).context("job.json entropy")?;
+    let bytes = rootlayer_protocol::hex::decode(hex).context("job.json entropy is not hex")?;
     anyhow::ensure!(bytes.len() == ENTROPY_BYTES, "job.json entropy is {} bytes, not {ENTROPY_BYTES}", bytes.len());
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
     let mut info = Vec::with_capacity(8 + bytes.len());
@@ -62,14 +62,6 @@ pub fn add_entropy(hex: &str) -> anyhow::Result<()> {
         return Err(std::io::Error::last_os_error()).context("RNDRESEEDCRNG");
     }
     Ok(())
-}
-
-fn parse_hex(hex: &str) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "not hex");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| anyhow::anyhow!("not hex: {e}")))
-        .collect()
 }
 
 /// Where the wall clock must go: the host's time when it wrote the job is
@@ -140,14 +132,5 @@ mod tests {
         assert_eq!(clock_target(100, 200), Some(200), "a restored guest is behind");
         assert_eq!(clock_target(300, 200), None, "a cold boot is ahead of the job's writing");
         assert_eq!(clock_target(200, 200), None);
-    }
-
-    #[test]
-    fn entropy_is_hex_of_the_agreed_length() {
-        assert_eq!(parse_hex("00ff10").unwrap(), vec![0, 0xff, 0x10]);
-        assert!(parse_hex("0").is_err());
-        assert!(parse_hex("zz").is_err());
-        assert!(parse_hex("é0").is_err());
-        assert!(parse_hex("+1").is_err(), "from_str_radix takes a sign");
     }
 }

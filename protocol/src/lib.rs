@@ -52,6 +52,39 @@ pub const ENTROPY_BYTES: usize = 64;
 pub const ENTROPY_LINE: &str = "host entropy added, RNG reseeded";
 pub const RESULT_FILE: &str = "result.json";
 
+/// Lowercase hex, as job.json carries bytes (the entropy) and the host's
+/// digests and snapshot files write them.
+pub mod hex {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut s = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            s.push(char::from(DIGITS[usize::from(b >> 4)]));
+            s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+        s
+    }
+
+    /// The bytes of an even number of lowercase hex digits; None for
+    /// anything else.
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        let digits = text.as_bytes();
+        if digits.len() % 2 != 0 {
+            return None;
+        }
+        digits.chunks(2).map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?)).collect()
+    }
+
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+}
+
 /// One job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -189,6 +222,16 @@ pub struct JobResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_lowercase_hex() {
+        assert_eq!(hex::encode(&[0, 1, 0xfe, 0xff]), "0001feff");
+        assert_eq!(hex::decode("0001feff").unwrap(), vec![0, 1, 0xfe, 0xff]);
+        assert_eq!(hex::decode("").unwrap(), Vec::<u8>::new());
+        for bad in ["abc", "zz", "+1", "FF", "é0"] {
+            assert!(hex::decode(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn job_round_trips_through_json() {

@@ -21,37 +21,20 @@ impl Sha256Digest {
         Sha256Digest(Sha256::digest(data).into())
     }
 
+    /// The digest a finished hasher holds.
+    pub fn of_hasher(hasher: Sha256) -> Self {
+        Sha256Digest(hasher.finalize().into())
+    }
+
     /// The 64 hex digits without the algorithm prefix.
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        s
+        rootlayer_protocol::hex::encode(&self.0)
     }
 
     /// Parses 64 hex digits without the algorithm prefix.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let bytes = hex.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-        }
-        Some(Sha256Digest(out))
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+        let bytes = rootlayer_protocol::hex::decode(hex)?;
+        Some(Sha256Digest(bytes.try_into().ok()?))
     }
 }
 
@@ -108,7 +91,7 @@ impl Tally {
     }
 
     pub(crate) fn digest(&self) -> Sha256Digest {
-        Sha256Digest(self.hasher.clone().finalize().into())
+        Sha256Digest::of_hasher(self.hasher.clone())
     }
 }
 

@@ -196,7 +196,7 @@ fn memory_digest_of_file(file: &File, offset: u64, len: u64) -> Result<String, F
         }
         at = page_at;
     }
-    Ok(super::hex_string(&hasher.finalize()))
+    Ok(crate::image::Sha256Digest::of_hasher(hasher).hex())
 }
 
 /// Write the snapshot of `state` and `mem` for `key` into `dir`; returns
@@ -305,7 +305,7 @@ fn write_memory(file: &File, offset: u64, mem: &GuestMemoryMmap, len: u64) -> Re
         }
         addr += n as u64;
     }
-    Ok(super::hex_string(&hasher.finalize()))
+    Ok(crate::image::Sha256Digest::of_hasher(hasher).hex())
 }
 
 fn write_run(file: &File, chunk_at: u64, buf: &[u8], first: usize, end: usize) -> Result<(), FileError> {

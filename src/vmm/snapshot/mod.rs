@@ -179,13 +179,9 @@ pub enum SnapshotError {
     File(#[from] file::FileError),
 }
 
+/// The sha256 of `bytes`, hex.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex_string(&sha2::Sha256::digest(bytes))
-}
-
-pub(crate) fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::image::Sha256Digest::of(bytes).hex()
 }
 
 /// serde for byte strings as hex (compact in JSON, unlike arrays of numbers).
@@ -193,19 +189,12 @@ pub mod hex {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::hex_string(bytes))
+        s.serialize_str(&rootlayer_protocol::hex::encode(bytes))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        decode(&text).ok_or_else(|| serde::de::Error::custom("not a hex string"))
-    }
-
-    pub fn decode(text: &str) -> Option<Vec<u8>> {
-        if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+        rootlayer_protocol::hex::decode(&text).ok_or_else(|| serde::de::Error::custom("not a hex string"))
     }
 }
 
@@ -256,10 +245,11 @@ mod tests {
     }
 
     #[test]
-    fn hex_round_trips_and_refuses_what_is_not_hex() {
-        assert_eq!(hex::decode(&hex_string(&[0, 1, 0xfe, 0xff])).unwrap(), vec![0, 1, 0xfe, 0xff]);
-        assert!(hex::decode("abc").is_none());
-        assert!(hex::decode("zz").is_none());
-        assert!(hex::decode("+1").is_none(), "from_str_radix takes a sign; two hex digits only");
+    fn byte_fields_are_hex_in_json() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Bytes(#[serde(with = "hex")] Vec<u8>);
+        assert_eq!(serde_json::to_string(&Bytes(vec![0, 0xab])).unwrap(), r#""00ab""#);
+        assert_eq!(serde_json::from_str::<Bytes>(r#""00ab""#).unwrap(), Bytes(vec![0, 0xab]));
+        assert!(serde_json::from_str::<Bytes>(r#""0g""#).is_err());
     }
 }
