@@ -8,7 +8,6 @@ mod common;
 
 use common::runas::FailingJob;
 use common::snapshot::{boot_of, run_ok, Cache};
-use sha2::Digest;
 use std::path::Path;
 
 const STATE_OFFSET: usize = 64 << 10;
@@ -27,8 +26,7 @@ fn rewrite_state(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
     assert!(text.len() <= state_len, "the edit grew the state");
     text.resize(state_len, b' ');
     bytes[STATE_OFFSET..STATE_OFFSET + state_len].copy_from_slice(&text);
-    let digest: String = sha2::Sha256::digest(&text).iter().map(|b| format!("{b:02x}")).collect();
-    header["state_sha256"] = serde_json::Value::String(digest);
+    header["state_sha256"] = serde_json::Value::String(common::image::sha256_hex(&text));
     let header_text = serde_json::to_vec(&header).unwrap();
     assert_eq!(header_text.len(), header_len, "the header keeps its length");
     bytes[16..16 + header_len].copy_from_slice(&header_text);

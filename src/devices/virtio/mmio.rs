@@ -108,6 +108,17 @@ fn ring_idx(mem: &GuestMemoryMmap, ring: u64) -> Option<u16> {
     mem.read_obj::<u16>(GuestAddress(ring.checked_add(2)?)).ok().map(u16::from_le)
 }
 
+/// Where queue `index` is when the device has used all the driver made
+/// available (both rings' `idx`); refused while requests are in flight.
+fn drained_idx(mem: &GuestMemoryMmap, index: usize, avail: u64, used: u64) -> Result<u16, MmioError> {
+    let avail = ring_idx(mem, avail).ok_or(MmioError::Rings(index))?;
+    let used = ring_idx(mem, used).ok_or(MmioError::Rings(index))?;
+    if avail != used {
+        return Err(MmioError::Busy(index));
+    }
+    Ok(used)
+}
+
 impl MmioTransport {
     /// Wrap `device`. `interrupt` is its IRQ line; the returned transport
     /// owns one notification eventfd per queue (see [`Self::queue_evts`]).
@@ -148,12 +159,7 @@ impl MmioTransport {
         let mut served = false;
         for (i, q) in self.queues.iter().enumerate() {
             if self.activated && q.ready() {
-                let avail = ring_idx(&self.mem, q.avail_ring()).ok_or(MmioError::Rings(i))?;
-                let used = ring_idx(&self.mem, q.used_ring()).ok_or(MmioError::Rings(i))?;
-                if avail != used {
-                    return Err(MmioError::Busy(i));
-                }
-                served |= used != 0;
+                served |= drained_idx(&self.mem, i, q.avail_ring(), q.used_ring())? != 0;
             }
             queues.push(QueueConfig {
                 size: q.size(),
@@ -214,13 +220,9 @@ impl MmioTransport {
                 return Err(MmioError::Mismatch("queue configuration"));
             }
             if c.ready && state.status & STATUS_DRIVER_OK != 0 {
-                let avail = ring_idx(&self.mem, c.avail).ok_or(MmioError::Rings(i))?;
-                let used = ring_idx(&self.mem, c.used).ok_or(MmioError::Rings(i))?;
-                if avail != used {
-                    return Err(MmioError::Busy(i));
-                }
-                q.set_next_avail(avail);
-                q.set_next_used(used);
+                let at = drained_idx(&self.mem, i, c.avail, c.used)?;
+                q.set_next_avail(at);
+                q.set_next_used(at);
             }
         }
         self.features_select = state.features_select;
