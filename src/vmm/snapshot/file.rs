@@ -157,11 +157,14 @@ pub fn load(path: &Path, key: &Key) -> Result<Loaded, FileError> {
     Ok(Loaded { path: path.into(), state, file, mem_offset: header.mem_offset, mem_len: header.mem_len })
 }
 
+fn is_zero(page: &[u8]) -> bool {
+    page.iter().all(|&b| b == 0)
+}
+
+/// Add a page that is not all zeros to the memory digest.
 fn feed_page(hasher: &mut Sha256, index: u64, page: &[u8]) {
-    if page.iter().any(|&b| b != 0) {
-        hasher.update(index.to_le_bytes());
-        hasher.update(page);
-    }
+    hasher.update(index.to_le_bytes());
+    hasher.update(page);
 }
 
 /// The memory digest from the file: only its data extents are read.
@@ -190,7 +193,9 @@ fn memory_digest_of_file(file: &File, offset: u64, len: u64) -> Result<String, F
             let n = usize::try_from((stop - page_at).min(buf.len() as u64)).expect("1 MiB");
             file.read_exact_at(&mut buf[..n], page_at).map_err(io("reading the snapshot's memory"))?;
             for (i, chunk) in buf[..n].chunks(PAGE).enumerate() {
-                feed_page(&mut hasher, (page_at - offset) / page + i as u64, chunk);
+                if !is_zero(chunk) {
+                    feed_page(&mut hasher, (page_at - offset) / page + i as u64, chunk);
+                }
             }
             page_at += n as u64;
         }
@@ -287,7 +292,7 @@ fn write_memory(file: &File, offset: u64, mem: &GuestMemoryMmap, len: u64) -> Re
         let mut run: Option<usize> = None;
         for (i, page) in buf[..n].chunks(PAGE).enumerate() {
             let index = addr / PAGE as u64 + i as u64;
-            let zero = page.iter().all(|&b| b == 0);
+            let zero = is_zero(page);
             if !zero {
                 feed_page(&mut hasher, index, page);
             }
