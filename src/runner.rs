@@ -4,7 +4,7 @@
 
 use crate::devices::console::{Echo, EchoLimit};
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::fs::{Fs, FsError, OutputLimit};
+use crate::devices::virtio::fs::{Fs, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
 use crate::job::{
     Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, XCHG_TAG_ENV,
@@ -260,9 +260,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     let base = match &spec.base_disk {
         Some(base) => {
             assert!(spec.disk_mib.is_some(), "the base image is the scratch overlay's lower dir");
-            let size = std::fs::metadata(base)
-                .map_err(|e| RunError::Device { what: "the base image disk".into(), source: Box::new(e) })?
-                .len();
+            let size = std::fs::metadata(base).map_err(device_err("the base image disk"))?.len();
             mounts.push(Mount {
                 source: MountSource::Disk {
                     device: BASE_DEVICE.into(),
@@ -311,27 +309,20 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
 
         let limit = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
         output.clone_from(&limit);
-        let device =
-            |what: String| move |e: Box<dyn std::error::Error + Send + Sync>| RunError::Device { what, source: e };
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-        let block = Block::new(&scratch, false, "rootlayer-scratch")
-            .map_err(|e| device("the scratch disk".into())(Box::new(e)))?;
+        let block = Block::new(&scratch, false, "rootlayer-scratch").map_err(device_err("the scratch disk"))?;
         devices.push(Box::new(block));
-        let block =
-            Block::new(&base, true, "rootlayer-base").map_err(|e| device("the base image disk".into())(Box::new(e)))?;
+        let block = Block::new(&base, true, "rootlayer-base").map_err(device_err("the base image disk"))?;
         devices.push(Box::new(block));
-        let fs_err = |host: &Path| {
-            let what = format!("share {}", host.display());
-            move |e: FsError| RunError::Device { what, source: Box::new(e) }
-        };
-        let mut fs = Fs::new(XCHG_TAG, &xchg, false).map_err(fs_err(&xchg))?;
+        let share = |host: &Path| format!("share {}", host.display());
+        let mut fs = Fs::new(XCHG_TAG, &xchg, false).map_err(device_err(share(&xchg)))?;
         if let Some(limit) = &limit {
-            fs = fs.with_output_limit(limit.clone()).map_err(fs_err(&xchg))?;
+            fs = fs.with_output_limit(limit.clone()).map_err(device_err(share(&xchg)))?;
         }
         devices.push(Box::new(fs));
         for i in 0..slots {
             let host = shares.get(i).map_or(empty.as_path(), |(host, _)| host.as_path());
-            devices.push(Box::new(Fs::new(&slot_tag(i), host, true).map_err(fs_err(host))?));
+            devices.push(Box::new(Fs::new(&slot_tag(i), host, true).map_err(device_err(share(host)))?));
         }
         Ok(VmConfig {
             kernel: spec.kernel.clone(),
@@ -349,6 +340,12 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     let report = vmm::run_with_fallback(snapshot_mode(snapshot), config)?;
     let result = read_result(&xchg.join(RESULT_FILE))?;
     Ok(JobOutcome { report, result, workdir, output })
+}
+
+/// A device's setup error, naming the device.
+fn device_err<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> RunError {
+    let what = what.into();
+    move |e| RunError::Device { what, source: Box::new(e) }
 }
 
 /// Largest result.json the host reads: the agent's is a few hundred bytes.
