@@ -9,6 +9,7 @@
 //! - [`layer`], [`image`]: OCI layers and image formats, pure code.
 
 pub mod base;
+pub mod contents;
 pub mod devices;
 pub mod exit;
 #[cfg(any(test, feature = "fuzz"))]

@@ -238,6 +238,7 @@ fn default_initrd(given: Option<PathBuf>) -> Result<PathBuf, VmmError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     vmm::install_interrupt_handlers();
+    rootlayer::runner::raise_nofile_limit();
     match cli.command {
         Command::Boot(args) => boot(args).into(),
         Command::RunAsRoot(args) => run_as_root(*args).into(),
@@ -311,6 +312,7 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         extra_cmdline: g.cmdline.clone(),
         disk_mib: Some(g.disk_size),
         base_disk: None,
+        contents_disk: None,
         stores: g.stores.iter().map(|d| Store { dir: d.clone() }).collect(),
         shares: Vec::new(),
         max_output: Some(g.max_output.saturating_mul(1 << 20)),

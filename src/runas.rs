@@ -7,10 +7,11 @@
 //! and write it as the OCI layer, atomically, in the asked-for format.
 
 use crate::base::{BaseDisk, BaseError};
+use crate::contents::{Contents, ContentsError};
 use crate::devices::console::Echo;
 use crate::exit::Exit;
 use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
-use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, XCHG_MOUNT};
+use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, XCHG_MOUNT};
 use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
 use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir};
@@ -84,6 +85,8 @@ pub enum RunAsRootError {
     BaseLayer(#[source] LayerError),
     #[error(transparent)]
     Base(BaseError),
+    #[error(transparent)]
+    Contents(ContentsError),
     /// The scratch disk the guest left cannot be read as the upper dir.
     #[error("reading the new layer off the scratch disk: {0}")]
     Scratch(#[source] crate::layer::ext4::Ext4Error),
@@ -120,6 +123,8 @@ impl RunAsRootError {
             }
             RunAsRootError::BaseLayer(_) => Exit::BadInput,
             RunAsRootError::Base(_) => Exit::Internal,
+            RunAsRootError::Contents(ContentsError::Disk(LayerError::Write(_))) => Exit::Internal,
+            RunAsRootError::Contents(_) => Exit::BadInput,
             RunAsRootError::StorePaths(LayerError::Write(_)) => Exit::Internal,
             RunAsRootError::StorePaths(_) => Exit::BadInput,
             RunAsRootError::Scratch(crate::layer::ext4::Ext4Error::Unsupported(m)) if m.contains("socket") => {
@@ -310,33 +315,81 @@ fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, Ru
     Ok(crate::base::prepare(base, &cache_dir(), workdir.path())?)
 }
 
-/// Write the scratch disk's `upper` dir as a tar at `out` (the untrusted
-/// guest's image: [`crate::layer::ext4`] bounds every read); at most
-/// `limit` bytes of file data.
-/// `store_paths` are added after it, leaving out what the upper dir or
+/// Write the new layer's tree as a tar at `out`: the scratch disk's `upper`
+/// dir (the untrusted guest's image: [`crate::layer::ext4`] bounds every
+/// read; at most `limit` bytes of file data) over the contents, as if the
+/// contents had been copied into the upper dir before the overlay was
+/// mounted (the seed's way): a contents path the script replaced, deleted
+/// or emptied is left out, and a whiteout or opaque mark that only hid the
+/// contents' copy (the base disk `base` has no such path) is dropped.
+/// `store_paths` are added after it, leaving out what the layer or
 /// (`base_has`) the base image holds.
 fn read_upper(
     disk: &Path,
     out: &Path,
     limit: u64,
+    (contents, base): (&Contents, &Path),
     store_paths: &[StorePath],
     base_has: HashSet<Vec<u8>>,
 ) -> Result<(), RunAsRootError> {
-    use crate::layer::ext4::{self, Ext4, Ext4Error};
+    use crate::layer::ext4::{self, Ext4, Ext4Error, Upper};
+    use crate::layer::tree_tar::{self, Visit};
     let io = |e: std::io::Error| RunAsRootError::Scratch(Ext4Error::Io(e));
     let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
     let mut fs = Ext4::open(image).map_err(RunAsRootError::Scratch)?;
     let file = std::fs::File::create(out).map_err(io)?;
     let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
     b.mode(tar::HeaderMode::Complete);
-    let mut skip = ext4::upper_entries(&mut fs, "upper", &mut b, limit).map_err(|e| match e {
+    let base_io = |e: std::io::Error| RunAsRootError::Base(BaseError::Io { path: base.to_path_buf(), source: e });
+    let mut base_disk = std::io::BufReader::with_capacity(1 << 14, std::fs::File::open(base).map_err(base_io)?);
+    let mut lookup_err = None;
+    let mut only_contents = |p: &[u8]| {
+        contents.tree.lookup(p).is_some()
+            && crate::layer::erofs::lookup(&mut base_disk, p).map_or_else(
+                |e| {
+                    lookup_err.get_or_insert(e);
+                    false
+                },
+                |found| found.is_none(),
+            )
+    };
+    let upper = ext4::upper_entries(&mut fs, "upper", &mut b, limit, &mut only_contents).map_err(|e| match e {
         Ext4Error::TooLarge(n) => RunAsRootError::OutputTooLarge(n),
         other => RunAsRootError::Scratch(other),
     })?;
+    if let Some(e) = lookup_err {
+        return Err(base_io(e));
+    }
+    let mut skip: HashSet<Vec<u8>> = upper.keys().cloned().collect();
+    tree_tar::append(&contents.tree, &mut contents.data(), &mut b, |p, inode| {
+        let visit = match upper.get(p) {
+            None => Visit::Entry,
+            Some(Upper::Dir) if matches!(inode.kind, crate::layer::flatten::Kind::Dir(_)) => Visit::Below,
+            Some(_) => Visit::Skip,
+        };
+        if visit == Visit::Entry {
+            skip.insert(p.to_vec());
+        }
+        visit
+    })
+    .map_err(RunAsRootError::Layer)?;
     skip.extend(base_has);
     crate::layer::store_paths::append(&mut b, store_paths, &skip).map_err(RunAsRootError::StorePaths)?;
     let mut w = b.into_inner().map_err(io)?;
     std::io::Write::flush(&mut w).map_err(io)
+}
+
+/// The contents disk for `contents`, written into the job's work dir.
+fn contents_disk(contents: &Contents, workdir: &Workdir) -> Result<Option<PathBuf>, RunAsRootError> {
+    if contents.is_empty() {
+        return Ok(None);
+    }
+    let path = workdir.path().join("contents.erofs");
+    let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).map_err(io)?);
+    contents.write_disk(&mut out).map_err(RunAsRootError::Contents)?;
+    std::io::Write::flush(&mut out).map_err(io)?;
+    Ok(Some(path))
 }
 
 /// Which of `paths` (and their parents) the base image already holds:
@@ -381,14 +434,12 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         Some(p) => Some(copy_in(p, &xchg, "extra-commands")?),
         None => None,
     };
+    let t = Instant::now();
+    let contents = Contents::gather(&req.contents, req.keep_contents_dirlinks).map_err(RunAsRootError::Contents)?;
     let mut spec = spec.clone();
     spec.base_disk = Some(disk.path.clone());
-    let mut contents = Vec::new();
-    for (i, dir) in req.contents.iter().enumerate() {
-        let guest = format!("/run/rootlayer/contents/{i}");
-        spec.shares.push((dir.clone(), guest.clone()));
-        contents.push(guest);
-    }
+    spec.contents_disk = contents_disk(&contents, &workdir)?;
+    let contents_seconds = t.elapsed().as_secs_f64();
     let store_paths = spec
         .stores
         .iter()
@@ -397,8 +448,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .map_err(|e| RunAsRootError::BadInput(format!("--store: {e}")))?;
     let task = Task::RunAsRoot(RunAsRoot {
         base: BASE_MOUNT.into(),
-        contents,
-        keep_contents_dirlinks: req.keep_contents_dirlinks,
+        contents: spec.contents_disk.as_ref().map(|_| CONTENTS_MOUNT.to_string()),
         script,
         extra_commands,
         store_paths,
@@ -420,7 +470,8 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     // The upper dir, read straight off the scratch disk the guest left.
     let t = Instant::now();
     let upper_tar = outcome.workdir.path().join("upper.tar");
-    read_upper(&outcome.workdir.disk(), &upper_tar, spec.max_output.unwrap_or(u64::MAX), &req.store_paths, base_has)?;
+    let limit = spec.max_output.unwrap_or(u64::MAX);
+    read_upper(&outcome.workdir.disk(), &upper_tar, limit, (&contents, &disk.path), &req.store_paths, base_has)?;
     let read_upper_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
@@ -446,7 +497,11 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         crate::vmm::BootPath::Restored { .. } => "boot (restored)".to_string(),
         _ => "boot".to_string(),
     };
-    let mut phases = vec![(base_phase(&disk), base_seconds), ("prepare".to_string(), prepared), (boot_phase, boot)];
+    let mut phases = vec![(base_phase(&disk), base_seconds)];
+    if !contents.is_empty() {
+        phases.push((format!("contents ({} files)", contents.files()), contents_seconds));
+    }
+    phases.extend([("prepare".to_string(), prepared), (boot_phase, boot)]);
     phases.extend(result.phases.iter().filter(|(n, _)| n != "task").cloned());
     phases.push(("guest_total".into(), outcome.report.wall.as_secs_f64()));
     phases.push(("read_upper".into(), read_upper_seconds));

@@ -7,7 +7,8 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::{Fs, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
 use crate::job::{
-    Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, XCHG_TAG_ENV,
+    Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE,
+    XCHG_TAG_ENV,
 };
 use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ pub const SCRATCH_DEVICE: &str = "/dev/vda";
 /// The base image disk, read-only, always the second (after the scratch
 /// disk), so that the device layout is the same for every job.
 pub const BASE_DEVICE: &str = "/dev/vdb";
+/// The contents disk, read-only, always the third.
+pub const CONTENTS_DEVICE: &str = "/dev/vdc";
 
 /// $ROOTLAYER_CACHE, or ~/.cache/rootlayer: what the scripts build (kernel,
 /// initramfs) and the base image disks.
@@ -91,6 +94,9 @@ pub struct GuestSpec {
     /// The base image disk (read-only EROFS, [`crate::base`]), attached
     /// after the scratch disk and mounted at [`BASE_MOUNT`].
     pub base_disk: Option<PathBuf>,
+    /// The contents disk (read-only EROFS, [`crate::contents`]), attached
+    /// after the base disk and mounted at [`CONTENTS_MOUNT`].
+    pub contents_disk: Option<PathBuf>,
     pub stores: Vec<Store>,
     /// Further read-only shares: (host directory, guest mount point).
     pub shares: Vec<(PathBuf, String)>,
@@ -126,6 +132,20 @@ pub fn snapshot_mode(enabled: bool) -> vmm::SnapshotMode {
     } else {
         vmm::SnapshotMode::Off
     }
+}
+
+/// Raise the soft limit on open descriptors to the hard one, as servers
+/// do at start: the virtio-fs shares hold a host descriptor for each file
+/// the guest has looked up, and the usual soft limit is 1024. Returns the
+/// limit now in force.
+pub fn raise_nofile_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim.clone()).ok()?;
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 /// [`crate::job::ENTROPY_BYTES`] fresh bytes from the host, hex.
@@ -219,8 +239,8 @@ pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
 /// scratch disk from `spec`, and collect the agent's result. The caller
 /// may have put input files in `workdir.xchg()` first.
 ///
-/// Every guest has the same devices (scratch disk, base disk, exchange
-/// share, [`SHARE_SLOTS`] read-only shares; a slot the job leaves empty is
+/// Every guest has the same devices (scratch disk, base disk, contents
+/// disk, exchange share, [`SHARE_SLOTS`] read-only shares; a slot the job leaves empty is
 /// an empty file or directory), so that one snapshot serves every job.
 pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutcome, RunError> {
     let xchg = workdir.xchg();
@@ -257,23 +277,16 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
         }
         None => workdir.no_disk()?,
     };
-    let base = match &spec.base_disk {
-        Some(base) => {
-            assert!(spec.disk_mib.is_some(), "the base image is the scratch overlay's lower dir");
-            let size = std::fs::metadata(base).map_err(device_err("the base image disk"))?.len();
-            mounts.push(Mount {
-                source: MountSource::Disk {
-                    device: BASE_DEVICE.into(),
-                    fstype: "erofs".into(),
-                    size: size / 512 * 512,
-                },
-                target: BASE_MOUNT.into(),
-                read_only: true,
-            });
-            base.clone()
-        }
-        None => workdir.no_disk()?,
+    let mut read_only_disk = |disk: &Option<PathBuf>, what: &str, device: &str, target: &str| {
+        let Some(path) = disk else { return workdir.no_disk() };
+        assert!(spec.disk_mib.is_some(), "the {what} is a lower dir of the scratch disk's overlay");
+        let size = std::fs::metadata(path).map_err(device_err(what))?.len();
+        let source = MountSource::Disk { device: device.into(), fstype: "erofs".into(), size: size / 512 * 512 };
+        mounts.push(Mount { source, target: target.into(), read_only: true });
+        Ok(path.clone())
     };
+    let base = read_only_disk(&spec.base_disk, "the base image disk", BASE_DEVICE, BASE_MOUNT)?;
+    let contents = read_only_disk(&spec.contents_disk, "the contents disk", CONTENTS_DEVICE, CONTENTS_MOUNT)?;
     for (i, (_, guest)) in shares.iter().enumerate() {
         mounts.push(Mount {
             source: MountSource::VirtioFs { tag: slot_tag(i) },
@@ -313,6 +326,8 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
         let block = Block::new(&scratch, false, "rootlayer-scratch").map_err(device_err("the scratch disk"))?;
         devices.push(Box::new(block));
         let block = Block::new(&base, true, "rootlayer-base").map_err(device_err("the base image disk"))?;
+        devices.push(Box::new(block));
+        let block = Block::new(&contents, true, "rootlayer-contents").map_err(device_err("the contents disk"))?;
         devices.push(Box::new(block));
         let share = |host: &Path| format!("share {}", host.display());
         let mut fs = Fs::new(XCHG_TAG, &xchg, false).map_err(device_err(share(&xchg)))?;
@@ -399,6 +414,13 @@ pub fn parse_result(bytes: &[u8]) -> Result<JobResult, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_one() {
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        assert_eq!(raise_nofile_limit(), hard);
+        assert_eq!(rustix::process::getrlimit(rustix::process::Resource::Nofile).current, hard);
+    }
 
     #[test]
     fn a_result_of_another_protocol_says_to_rebuild_the_initramfs() {

@@ -72,6 +72,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         extra_cmdline: String::new(),
         disk_mib: Some(64),
         base_disk: None,
+        contents_disk: None,
         stores: vec![Store { dir: store_dir.clone() }],
         shares: Vec::new(),
         max_output: Some(1 << 20),

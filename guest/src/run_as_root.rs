@@ -1,10 +1,11 @@
 //! dockerTools' runAsRoot in the guest (nixpkgs `runWithOverlay` +
 //! `mkRootLayer`, with their whiteout bugs fixed by the layer engine):
-//! the base image is the host's read-only EROFS disk, mounted as the only
-//! lower dir (no base file passes through this kernel), copy the contents
-//! into the upper dir, mount the overlay, run the script as root in a chroot in new
-//! namespaces, remove the mount points we created, run the extra commands in
-//! the upper dir, and stream the upper dir out as a faithful tar.
+//! the base image and the contents are the host's read-only EROFS disks,
+//! mounted as the lower dirs, contents on top (no base or contents file
+//! passes through this kernel), mount the overlay, run the script as root
+//! in a chroot in new namespaces, remove the mount points we created, run
+//! the extra commands in the upper dir, and unmount the scratch disk, whose
+//! upper dir the host reads.
 
 use anyhow::{bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -16,7 +17,7 @@ use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -39,21 +40,14 @@ fn lowerdir_option(lowers: &[PathBuf]) -> String {
 
 pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     let scratch = Path::new(SCRATCH_MOUNT);
-    let lowers = vec![PathBuf::from(&job.base)];
+    // Topmost first, as overlayfs' lowerdir= lists them.
+    let lowers: Vec<PathBuf> = job.contents.iter().chain([&job.base]).map(PathBuf::from).collect();
     let upper = scratch.join("upper");
     let work = scratch.join("work");
     let merged = scratch.join("merged");
     for d in [&upper, &work, &merged] {
         std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
     }
-    phase(result, "contents", || {
-        for c in &job.contents {
-            copy_tree(Path::new(c), &upper, job.keep_contents_dirlinks)
-                .with_context(|| format!("copy contents {c}"))?;
-        }
-        Ok(())
-    })?;
-
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
         lowerdir_option(&lowers),
@@ -104,7 +98,23 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
 
     if let Some(extra) = &job.extra_commands {
         let mut kernel_log = crate::kernel_log::Cursor::now();
-        let code = phase(result, "extra_commands", || run_extra(extra, &upper, &job.path));
+        // The seed runs them in its layer dir, which holds the contents:
+        // here that is the upper dir over the contents disk alone.
+        let code = phase(result, "extra_commands", || match &job.contents {
+            None => run_extra(extra, &upper, &job.path),
+            Some(contents) => {
+                let opts = format!(
+                    "lowerdir={contents},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
+                    upper.display(),
+                    work.display()
+                );
+                mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+                    .context("mount the layer dir for the extra commands")?;
+                let code = run_extra(extra, &merged, &job.path);
+                umount2(&merged, MntFlags::empty()).context("unmount the layer dir")?;
+                code
+            }
+        });
         result.oom_kills += kernel_log.oom_kills();
         let code = code?;
         if code != 0 {
@@ -178,54 +188,6 @@ fn create_missing(root: &Path, path: &str, created: &mut Vec<PathBuf>) -> anyhow
                 std::fs::create_dir(&cur).with_context(|| format!("mkdir {}", cur.display()))?;
                 created.push(cur.clone());
             }
-        }
-    }
-    Ok(())
-}
-
-/// Copy the tree under `src` into `dst` as root:root, like
-/// `rsync -a{k,K} --chown=0:0 src/ dst/`.
-fn copy_tree(src: &Path, dst: &Path, keep_dirlinks: bool) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(src).with_context(|| format!("read {}", src.display()))? {
-        let entry = entry?;
-        let from = entry.path();
-        let to = dst.join(entry.file_name());
-        let mut meta = std::fs::symlink_metadata(&from)?;
-        if meta.file_type().is_symlink() && !keep_dirlinks {
-            if let Ok(target) = std::fs::metadata(&from) {
-                if target.is_dir() {
-                    meta = target;
-                }
-            }
-        }
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            match std::fs::symlink_metadata(&to) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => std::fs::remove_file(&to)?,
-                Err(_) => std::fs::create_dir(&to).with_context(|| format!("mkdir {}", to.display()))?,
-            }
-            copy_tree(&from, &to, keep_dirlinks)?;
-        } else {
-            if std::fs::symlink_metadata(&to).is_ok() {
-                if to.is_dir() && !std::fs::symlink_metadata(&to)?.file_type().is_symlink() {
-                    std::fs::remove_dir_all(&to)?;
-                } else {
-                    std::fs::remove_file(&to)?;
-                }
-            }
-            if ft.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
-            } else if ft.is_file() {
-                std::fs::copy(&from, &to).with_context(|| format!("copy {}", from.display()))?;
-            } else {
-                eprintln!("rootlayer-agent: contents: skipping special file {}", from.display());
-                continue;
-            }
-        }
-        std::os::unix::fs::lchown(&to, Some(0), Some(0))?;
-        if !ft.is_symlink() {
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// lines below). Each side refuses the other's files of another version:
 /// an initramfs built by another rootlayer says so instead of failing to
 /// parse. Bump it with any change to the types in this file.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
 pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
 pub const AGENT_READY_WORD: &str = " ready";
@@ -35,6 +35,9 @@ pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
 /// Where the agent mounts the base image disk (EROFS made by the host; the
 /// agent reads the path from job.json).
 pub const BASE_MOUNT: &str = "/run/rootlayer/base";
+/// Where the agent mounts the contents disk (EROFS of the merged
+/// `--contents`, made by the host): the overlay's topmost lower dir.
+pub const CONTENTS_MOUNT: &str = "/run/rootlayer/contents";
 pub const JOB_FILE: &str = "job.json";
 /// The guest kernel's doorbell to the VMM (kernel patch 0005): the agent
 /// writes an event number to it, the kernel passes it on to the VMM's port.
@@ -155,12 +158,10 @@ pub struct RunAsRoot {
     /// Where the base image is mounted (read-only EROFS, the layers
     /// flattened on the host): the overlay's only lower dir.
     pub base: String,
-    /// Directories whose contents are copied into the new layer first, as
-    /// root:root (dockerTools' `copyToRoot`/`contents`).
-    pub contents: Vec<String>,
-    /// Keep symlinks to directories in `contents` as links (`rsync -K`);
-    /// otherwise they are followed (`rsync -k`).
-    pub keep_contents_dirlinks: bool,
+    /// Where the contents (dockerTools' `copyToRoot`, merged on the host
+    /// into one read-only EROFS disk) are mounted: the overlay's topmost
+    /// lower dir, over `base`. None without contents.
+    pub contents: Option<String>,
     /// The script, run as root in a chroot of the merged tree.
     pub script: String,
     /// Run in the upper dir after the script, not chrooted.

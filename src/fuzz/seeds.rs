@@ -279,8 +279,7 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ],
         task: Task::RunAsRoot(RunAsRoot {
             base: crate::job::BASE_MOUNT.into(),
-            contents: vec!["/run/rootlayer/contents/0".into()],
-            keep_contents_dirlinks: false,
+            contents: Some("/run/rootlayer/contents".into()),
             script: "/run/rootlayer/xchg/script".into(),
             extra_commands: Some("/run/rootlayer/xchg/extra-commands".into()),
             store_paths: vec!["/nix/store".into()],

@@ -50,7 +50,7 @@ const S_IFBLK: u32 = 0o060_000;
 const S_IFDIR: u32 = 0o040_000;
 const S_IFCHR: u32 = 0o020_000;
 const S_IFIFO: u32 = 0o010_000;
-const _: u32 = S_IFMT | S_IFSOCK;
+const _: u32 = S_IFSOCK;
 
 // EROFS_FT_*.
 const FT_REG: u8 = 1;
@@ -381,6 +381,95 @@ pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: &mut W) ->
     let bytes = written + counter.n;
     debug_assert_eq!(bytes, total_blocks * BLOCK_SIZE);
     Ok(ImageInfo { bytes, inodes: placed.len() as u64 })
+}
+
+/// Whether `path` (relative, `/`-separated, no `.` or `..`) names an
+/// entry of the EROFS image `img`, and its type bits (`S_IFMT` of its mode).
+///
+/// A reader of what [`write`] writes (FLAT_PLAIN inodes, uncompressed
+/// directories): the host asks its own base disk which paths the base
+/// image has. Every offset and length read is checked against the image,
+/// so a damaged image gives an error, never a panic or an endless walk.
+pub fn lookup<R: Read + Seek>(img: &mut R, path: &[u8]) -> io::Result<Option<u32>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("EROFS image: {what}"));
+    let len = img.seek(SeekFrom::End(0))?;
+    let mut sb = [0u8; 128];
+    read_at(img, SUPER_OFFSET as u64, &mut sb)?;
+    if u32::from_le_bytes(sb[0..4].try_into().expect("4 bytes")) != MAGIC || sb[12] != 12 {
+        return Err(bad("not an image of 4 KiB blocks"));
+    }
+    let mut nid = u64::from(u16::from_le_bytes([sb[14], sb[15]]));
+    if path.is_empty() {
+        return Ok(Some(S_IFDIR));
+    }
+    let mut comps = path.split(|&b| b == b'/').peekable();
+    while let Some(name) = comps.next() {
+        let (mode, size, blkaddr) = read_inode(img, nid, len).map_err(|_| bad("inode out of range"))?;
+        if mode & S_IFMT != S_IFDIR {
+            return Ok(None);
+        }
+        let Some(child) = find_dirent(img, blkaddr, size, len, name)? else { return Ok(None) };
+        if comps.peek().is_none() {
+            let (mode, ..) = read_inode(img, child, len).map_err(|_| bad("inode out of range"))?;
+            return Ok(Some(mode & S_IFMT));
+        }
+        nid = child;
+    }
+    Ok(None)
+}
+
+fn read_at<R: Read + Seek>(img: &mut R, at: u64, buf: &mut [u8]) -> io::Result<()> {
+    img.seek(SeekFrom::Start(at))?;
+    img.read_exact(buf)
+}
+
+/// (mode, size, raw block address) of inode `nid`.
+fn read_inode<R: Read + Seek>(img: &mut R, nid: u64, len: u64) -> io::Result<(u32, u64, u64)> {
+    let at = nid.checked_mul(SLOT).filter(|&a| a >= META_START && a + INODE_EXTENDED as u64 <= len);
+    let at = at.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+    let mut rec = [0u8; INODE_EXTENDED];
+    read_at(img, at, &mut rec)?;
+    let mode = u32::from(u16::from_le_bytes([rec[4], rec[5]]));
+    let size = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+    let blkaddr = u64::from(u32::from_le_bytes(rec[16..20].try_into().expect("4 bytes")));
+    Ok((mode, size, blkaddr))
+}
+
+/// The entry `name` of the directory whose `size` bytes start at block
+/// `blkaddr`: its nid.
+fn find_dirent<R: Read + Seek>(img: &mut R, blkaddr: u64, size: u64, len: u64, name: &[u8]) -> io::Result<Option<u64>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("EROFS directory: {what}"));
+    let start = blkaddr.checked_mul(BLOCK_SIZE).filter(|s| s.checked_add(size).is_some_and(|e| e <= len));
+    let start = start.ok_or_else(|| bad("beyond the image"))?;
+    let mut block = vec![0u8; BLOCK];
+    for b in 0..blocks_for(size) {
+        let used = usize::try_from((size - b * BLOCK_SIZE).min(BLOCK_SIZE)).expect("at most a block");
+        read_at(img, start + b * BLOCK_SIZE, &mut block[..used])?;
+        let data = &block[..used];
+        if data.len() < DIRENT {
+            return Err(bad("block without entries"));
+        }
+        let first = usize::from(u16::from_le_bytes([data[8], data[9]]));
+        if first % DIRENT != 0 || first == 0 || first > data.len() {
+            return Err(bad("bad first name offset"));
+        }
+        let count = first / DIRENT;
+        for i in 0..count {
+            let d = &data[i * DIRENT..(i + 1) * DIRENT];
+            let off = usize::from(u16::from_le_bytes([d[8], d[9]]));
+            let end = if i + 1 < count {
+                usize::from(u16::from_le_bytes([data[(i + 1) * DIRENT + 8], data[(i + 1) * DIRENT + 9]]))
+            } else {
+                // The last name ends at the block's end or at its first NUL.
+                data[off.min(data.len())..].iter().position(|&c| c == 0).map_or(data.len(), |p| off + p)
+            };
+            let entry = data.get(off..end).ok_or_else(|| bad("name out of the block"))?;
+            if entry == name {
+                return Ok(Some(u64::from_le_bytes(d[0..8].try_into().expect("8 bytes"))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 struct Counter<'a, W> {

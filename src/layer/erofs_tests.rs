@@ -207,3 +207,37 @@ fn a_layer_that_ends_inside_a_file_is_an_error_not_a_short_image() {
     let err = write(&tree, &mut src, &mut Vec::new()).unwrap_err();
     assert!(matches!(err, LayerError::Entry { .. }), "{err}");
 }
+
+#[test]
+fn lookup_finds_what_the_writer_wrote_and_nothing_else() {
+    let mut entries = vec![E::dir("etc"), E::file("etc/passwd", b"root"), E::symlink("bin", "usr/bin")];
+    entries.push(E::dir("usr/bin"));
+    entries.push(E::fifo("run.fifo"));
+    // A directory over several blocks, names in every block.
+    let names: Vec<String> = (0..600).map(|i| format!("entry-{i:04}-{}", "y".repeat(i % 50))).collect();
+    for n in &names {
+        entries.push(E::file(&format!("usr/bin/{n}"), b""));
+    }
+    let img = image(&[tar_of(&entries)]);
+    let mut r = std::io::Cursor::new(img.clone());
+    assert_eq!(lookup(&mut r, b"").unwrap(), Some(S_IFDIR));
+    assert_eq!(lookup(&mut r, b"etc").unwrap(), Some(S_IFDIR));
+    assert_eq!(lookup(&mut r, b"etc/passwd").unwrap(), Some(S_IFREG));
+    assert_eq!(lookup(&mut r, b"bin").unwrap(), Some(S_IFLNK));
+    assert_eq!(lookup(&mut r, b"run.fifo").unwrap(), Some(S_IFIFO));
+    for n in &names {
+        assert_eq!(lookup(&mut r, format!("usr/bin/{n}").as_bytes()).unwrap(), Some(S_IFREG), "{n}");
+    }
+    for missing in ["etc/shadow", "etc/passwd/x", "bin/entry-0000-", "usr/bin/entry-9999", "e", "etcc", "usr/bi"] {
+        assert_eq!(lookup(&mut r, missing.as_bytes()).unwrap(), None, "{missing}");
+    }
+    // A damaged image is an error, never a panic.
+    for at in [SUPER_OFFSET, SUPER_OFFSET + 14, 4096 + 16, 4096 + 8] {
+        let mut bad = img.clone();
+        bad[at] ^= 0xff;
+        bad[at + 1] ^= 0x7f;
+        let _ = lookup(&mut std::io::Cursor::new(bad.clone()), b"usr/bin/entry-0599-yyyyyyyyy");
+        let _ = lookup(&mut std::io::Cursor::new(bad), b"etc/passwd");
+    }
+    assert!(lookup(&mut std::io::Cursor::new(vec![0u8; 8192]), b"etc").is_err(), "no superblock");
+}

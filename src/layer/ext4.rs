@@ -501,24 +501,46 @@ impl<R: Read + Seek> Read for FileReader<'_, R> {
 pub fn upper_tar<R: Read + Seek, W: Write>(fs: &mut Ext4<R>, dir: &str, out: W, limit: u64) -> Result<(), Ext4Error> {
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
-    upper_entries(fs, dir, &mut b, limit)?;
+    upper_entries(fs, dir, &mut b, limit, &mut |_| false)?;
     b.into_inner().map_err(Ext4Error::Write)?.flush().map_err(Ext4Error::Write)
 }
 
+/// What the upper dir holds at a path, as far as what lies below it (a
+/// lower dir's copy of the path) is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upper {
+    /// A directory merged with the lower ones'.
+    Dir,
+    /// A directory hiding the lower ones' (`trusted.overlay.opaque=y`).
+    Opaque,
+    /// A whiteout: the path is gone.
+    Whiteout,
+    /// Anything else, replacing the lower ones' entry whole.
+    Other,
+}
+
 /// [`upper_tar`]'s entries, appended to `b` (which the caller finishes);
-/// returns every path written, so that more entries can be added after
-/// them without a duplicate.
+/// returns every path of the upper dir and what it is there, so that more
+/// entries can be added after them without a duplicate.
+///
+/// `hides_only_contents(path)`: whether a lower dir's copy of `path` comes
+/// from the job's contents alone, which the layer holds itself (the base
+/// image has no such path). A whiteout there is left out and an opaque
+/// directory written as a plain one: the layer just leaves out the contents'
+/// copy, as the seed's layer (contents copied into the upper dir before the
+/// overlay was mounted) never had one to hide.
 pub fn upper_entries<R: Read + Seek, W: Write>(
     fs: &mut Ext4<R>,
     dir: &str,
     b: &mut tar::Builder<W>,
     limit: u64,
-) -> Result<std::collections::HashSet<Vec<u8>>, Ext4Error> {
+    hides_only_contents: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<HashMap<Vec<u8>, Upper>, Ext4Error> {
     let root = fs.lookup(dir)?;
     if !root.is_dir() {
         return Err(Ext4Error::NotFound(format!("{dir} as a directory")));
     }
-    let mut written = std::collections::HashSet::new();
+    let mut written = HashMap::new();
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut budget = limit;
     // A directory is reached once: a guest that links one twice (or into
@@ -537,8 +559,9 @@ pub fn upper_entries<R: Read + Seek, W: Write>(
             }
             p.extend_from_slice(&name);
             let inode = fs.inode(child)?;
-            entry(fs, b, &inode, &p, &mut first, &mut budget, limit)?;
-            written.insert(p.clone());
+            let mut ctx = EntryCtx { first: &mut first, budget: &mut budget, limit };
+            let what = entry(fs, b, &inode, &p, &mut ctx, &mut || hides_only_contents(&p))?;
+            written.insert(p.clone(), what);
             if inode.is_dir() {
                 if !dirs_seen.insert(inode.ino) {
                     return Err(Ext4Error::Corrupt { ino: inode.ino, what: "a directory linked twice".into() });
@@ -551,35 +574,59 @@ pub fn upper_entries<R: Read + Seek, W: Write>(
     Ok(written)
 }
 
+/// The walk's state an entry updates: the first path of each hardlinked
+/// inode, and what is left of the file-data budget.
+struct EntryCtx<'a> {
+    first: &'a mut HashMap<u64, Vec<u8>>,
+    budget: &'a mut u64,
+    limit: u64,
+}
+
+/// The overlay's mark of an opaque directory, as the guest mounts it.
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
 fn entry<R: Read + Seek, W: Write>(
     fs: &mut Ext4<R>,
     b: &mut tar::Builder<W>,
     inode: &Inode,
     path: &[u8],
-    first: &mut HashMap<u64, Vec<u8>>,
-    budget: &mut u64,
-    limit: u64,
-) -> Result<(), Ext4Error> {
+    ctx: &mut EntryCtx<'_>,
+    hides_only_contents: &mut dyn FnMut() -> bool,
+) -> Result<Upper, Ext4Error> {
     let w = Ext4Error::Write;
     let p = Path::new(OsStr::from_bytes(path));
     let mut h = header(u32::from(inode.mode & 0o7777), inode.uid, inode.gid, u64::try_from(inode.mtime).unwrap_or(0));
     if !inode.is_dir() && inode.links > 1 {
-        if let Some(target) = first.get(&inode.ino) {
+        if let Some(target) = ctx.first.get(&inode.ino) {
             h.set_entry_type(EntryType::Link);
-            return b.append_link(&mut h, p, Path::new(OsStr::from_bytes(target))).map_err(w);
+            b.append_link(&mut h, p, Path::new(OsStr::from_bytes(target))).map_err(w)?;
+            return Ok(if is_whiteout(inode) { Upper::Whiteout } else { Upper::Other });
         }
-        first.insert(inode.ino, path.to_vec());
+        ctx.first.insert(inode.ino, path.to_vec());
     }
-    let xattrs = fs.xattrs(inode)?;
+    if is_whiteout(inode) && hides_only_contents() {
+        return Ok(Upper::Whiteout);
+    }
+    let mut xattrs = fs.xattrs(inode)?;
+    let opaque = inode.is_dir() && xattrs.iter().any(|(k, v)| k == OPAQUE_XATTR && v == b"y");
+    if opaque && hides_only_contents() {
+        xattrs.retain(|(k, _)| k != OPAQUE_XATTR);
+    }
     append_xattrs(b, xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(w)?;
+    let what = match inode.kind() {
+        0o040_000 if opaque => Upper::Opaque,
+        0o040_000 => Upper::Dir,
+        _ if is_whiteout(inode) => Upper::Whiteout,
+        _ => Upper::Other,
+    };
     let corrupt = |what: &str| Ext4Error::Corrupt { ino: inode.ino, what: what.into() };
-    match inode.kind() {
+    let written = match inode.kind() {
         0o040_000 => {
             h.set_entry_type(EntryType::Directory);
             b.append_data(&mut h, p, io::empty()).map_err(w)
         }
         0o100_000 => {
-            *budget = budget.checked_sub(inode.size).ok_or(Ext4Error::TooLarge(limit))?;
+            *ctx.budget = ctx.budget.checked_sub(inode.size).ok_or(Ext4Error::TooLarge(ctx.limit))?;
             h.set_entry_type(EntryType::Regular);
             h.set_size(inode.size);
             let reader = fs.contents(inode)?;
@@ -594,14 +641,7 @@ fn entry<R: Read + Seek, W: Write>(
             b.append_link(&mut h, p, Path::new(OsStr::from_bytes(&target))).map_err(w)
         }
         0o020_000 | 0o060_000 => {
-            // Old (16-bit) encoding in i_block[0], else the new one in i_block[1].
-            let old = le32(&inode.block, 0);
-            let (major, minor) = if old != 0 {
-                ((old >> 8) & 0xff, old & 0xff)
-            } else {
-                let new = le32(&inode.block, 4);
-                ((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00))
-            };
+            let (major, minor) = device(inode);
             h.set_entry_type(if inode.kind() == 0o020_000 { EntryType::Char } else { EntryType::Block });
             h.set_device_major(major).map_err(w)?;
             h.set_device_minor(minor).map_err(w)?;
@@ -616,7 +656,25 @@ fn entry<R: Read + Seek, W: Write>(
             Err(Ext4Error::Unsupported(format!("a socket at {} in the upper dir", String::from_utf8_lossy(path))))
         }
         _ => Err(corrupt("unknown file type")),
+    };
+    written.map(|()| what)
+}
+
+/// A device inode's (major, minor): the old (16-bit) encoding in
+/// i_block[0], else the new one in i_block[1].
+fn device(inode: &Inode) -> (u32, u32) {
+    let old = le32(&inode.block, 0);
+    if old != 0 {
+        ((old >> 8) & 0xff, old & 0xff)
+    } else {
+        let new = le32(&inode.block, 4);
+        ((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00))
     }
+}
+
+/// An overlay whiteout: a 0/0 character device.
+fn is_whiteout(inode: &Inode) -> bool {
+    inode.kind() == 0o020_000 && device(inode) == (0, 0)
 }
 
 #[cfg(test)]

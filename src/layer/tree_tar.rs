@@ -15,13 +15,36 @@ use std::path::Path;
 use tar::{EntryType, Header};
 
 use super::erofs::DataSource;
-use super::flatten::{Kind, Tree};
+use super::flatten::{Inode, Kind, Tree};
 use super::{show, LayerError};
 
 /// Write `tree` to `out` as a tar, file bytes taken from `data`.
 pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: W) -> Result<(), LayerError> {
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
+    append(tree, data, &mut b, |_, _| Visit::Entry)?;
+    b.into_inner().map_err(LayerError::Write)?.flush().map_err(LayerError::Write)
+}
+
+/// What [`append`] does with one path of the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Write the entry (and, for a directory, go on below it).
+    Entry,
+    /// Write nothing for this directory itself, but go on below it.
+    Below,
+    /// Write nothing for it or anything below it.
+    Skip,
+}
+
+/// Append `tree`'s entries to `b` in [`write`]'s order, each as `visit`
+/// says for (its path, its inode).
+pub fn append<W: Write, D: DataSource>(
+    tree: &Tree,
+    data: &mut D,
+    b: &mut tar::Builder<W>,
+    mut visit: impl FnMut(&[u8], &Inode) -> Visit,
+) -> Result<(), LayerError> {
     let mut first_path: HashMap<usize, Vec<u8>> = HashMap::new();
     let mut stack: Vec<(usize, Vec<u8>)> = vec![(0, Vec::new())];
     while let Some((dir, path)) = stack.pop() {
@@ -33,15 +56,18 @@ pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: W) -> Resu
                 p.push(b'/');
             }
             p.extend_from_slice(name);
-            entry(&mut b, tree, data, ino, &p, &mut first_path)?;
-            if matches!(tree.inodes[ino].kind, Kind::Dir(_)) {
+            let v = visit(&p, &tree.inodes[ino]);
+            if v == Visit::Entry {
+                entry(b, tree, data, ino, &p, &mut first_path)?;
+            }
+            if v != Visit::Skip && matches!(tree.inodes[ino].kind, Kind::Dir(_)) {
                 subdirs.push((ino, p));
             }
         }
         // Depth first in name order: the stack pops the first name first.
         stack.extend(subdirs.into_iter().rev());
     }
-    b.into_inner().map_err(LayerError::Write)?.flush().map_err(LayerError::Write)
+    Ok(())
 }
 
 /// The header every entry starts from: owner, mode, mtime, size 0 and

@@ -6,6 +6,7 @@
 pub mod image;
 pub mod nix;
 pub mod runas;
+pub mod seed;
 pub mod snapshot;
 
 use std::os::unix::ffi::OsStrExt;
