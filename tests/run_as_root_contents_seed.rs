@@ -15,7 +15,6 @@ mod common;
 
 use common::seed::{full_listing, Seed};
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -148,17 +147,7 @@ fn rootlayer_tree(
     cmd.args(["--format", "oci", "--tag", "t", "--timeout", "900", "--out"]).arg(&out);
     cmd.arg("--kernel").arg(&g.kernel).arg("--initrd").arg(&g.initrd);
     if let Some(n) = nofile {
-        // SAFETY: setrlimit in the child before exec, touching no memory of
-        // the parent's.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        common::limit_open_files(&mut cmd, n);
     }
     let (code, stderr) = common::run(&mut cmd);
     assert_eq!(code, 0, "rootlayer ({name}) failed:\n{stderr}");

@@ -375,6 +375,9 @@ fn fs() -> Built<Rules> {
         any(libc::SYS_writev),
         any(libc::SYS_lseek),
         any(libc::SYS_openat),
+        // The read-only shares' path lookups (store.rs), beneath the root.
+        any(libc::SYS_openat2),
+        any(libc::SYS_faccessat2),
         any(libc::SYS_open),
         any(libc::SYS_newfstatat),
         any(libc::SYS_fstat),

@@ -175,7 +175,7 @@ fn kick_signal() -> libc::c_int {
 /// Boot the guest described by `config`, or restore it from its snapshot,
 /// and run it to its end.
 pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
-    let start = Instant::now();
+    let mut start = Instant::now();
     if !(layout::MEM_MIN_MIB..=layout::MEM_MAX_MIB).contains(&config.mem_mib) {
         return Err(VmmError::MemSize { mib: config.mem_mib, min: layout::MEM_MIN_MIB, max: layout::MEM_MAX_MIB });
     }
@@ -241,14 +241,30 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     // Why this guest boots cold although a snapshot was wanted: said once,
     // when the cold boot is under way (not before an input error).
     let mut cold_because = None;
+    // Held while this guest takes the snapshot no other job is taking.
+    let mut take_lock = None;
     let loaded = match (&dir, &key) {
-        (Some(dir), Some(key)) if try_restore => match snapshot::file::load(&dir.join(key.file_name()), key) {
-            Ok(loaded) => Some(loaded),
-            Err(e) => {
-                cold_because = Some(e.to_string());
-                None
+        (Some(dir), Some(key)) if try_restore => {
+            let path = dir.join(key.file_name());
+            let mut loaded = snapshot::file::load(&path, key);
+            let mut lock = None;
+            if matches!(loaded, Err(snapshot::file::FileError::Missing)) {
+                // Another job may be taking it right now: wait for that
+                // one (its time is not this guest's), then look again.
+                let claim = snapshot::lock::claim(dir, &key.file_name(), snapshot::lock::TAKE_WAIT);
+                start += claim.waited();
+                loaded = snapshot::file::load(&path, key);
+                lock = claim.into_lock();
             }
-        },
+            match loaded {
+                Ok(loaded) => Some(loaded),
+                Err(e) => {
+                    cold_because = Some(e.to_string());
+                    take_lock = lock;
+                    None
+                }
+            }
+        }
         _ => None,
     };
 
@@ -430,6 +446,8 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
                     take_snapshot(&vm, vcpu_state, &serial, &transports, &mem, dir, key)
                 });
                 let _ = resume_tx.send(());
+                // Written (or not): the jobs waiting for it go on.
+                drop(take_lock.take());
                 paused_for += paused.elapsed();
                 boot_path = match written {
                     Ok((file, disk_bytes)) => BootPath::Took { file, disk_bytes, pause: paused.elapsed() },

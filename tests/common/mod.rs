@@ -196,3 +196,20 @@ pub fn run(cmd: &mut Command) -> (i32, String) {
     eprintln!("--- rootlayer stderr ---\n{stderr}--- end ---");
     (status.code().unwrap_or(-1), stderr)
 }
+
+/// Run `cmd` (rootlayer, possibly through setpriv) under a descriptor limit
+/// of `n`, soft and hard, as `ulimit -n N` in a shell sets it.
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit in the child between fork and exec, touching no
+    // memory of the parent's.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

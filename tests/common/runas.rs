@@ -316,7 +316,9 @@ impl FailingJob {
         self.run_cmd(g, out, extra, &[])
     }
 
-    fn run_cmd(&self, g: &super::Guest, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Finished {
+    /// [`FailingJob::run`] to `out` with only the given options and extra
+    /// environment.
+    pub fn run_cmd(&self, g: &super::Guest, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Finished {
         let started = std::time::Instant::now();
         let out = super::rootlayer()
             .arg("run-as-root")

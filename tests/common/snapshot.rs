@@ -27,11 +27,12 @@ impl Cache {
         env
     }
 
-    /// The snapshot files in it.
+    /// The snapshot files in it (not their take locks).
     pub fn snapshots(&self) -> Vec<PathBuf> {
         let dir = self.dir.path().join("snapshots");
-        let mut v: Vec<PathBuf> =
-            std::fs::read_dir(&dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "snap")).collect())
+            .unwrap_or_default();
         v.sort();
         v
     }

@@ -267,6 +267,9 @@ pub fn prune(dir: &Path, keep: &Path, now: std::time::SystemTime) -> usize {
             ABANDONED
         } else if name.ends_with(".snap") && path != keep {
             UNUSED_FOR
+        } else if name.ends_with(".snap.lock") && path != keep.with_extension("snap.lock") {
+            // The take lock of a snapshot as long unused (lock.rs).
+            UNUSED_FOR
         } else {
             continue;
         };

@@ -21,6 +21,7 @@
 //! instruction.
 
 pub mod file;
+pub mod lock;
 pub mod state;
 
 use serde::{Deserialize, Serialize};

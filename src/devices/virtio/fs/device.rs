@@ -13,6 +13,7 @@
 use super::limit::OutputLimit;
 use super::policy::{Policy, PolicyFs, UmaskGuard};
 use super::request::{self, OUT_HEADER_LEN, OUT_HEADER_LEN_U32};
+use super::store::StoreFs;
 use crate::devices::virtio::queue;
 use crate::devices::virtio::worker::{Handler, Worker};
 use crate::devices::virtio::StartContext;
@@ -161,27 +162,26 @@ fn build_server(
     read_only: bool,
     limit: Option<Arc<OutputLimit>>,
 ) -> Result<Arc<dyn Serve>, FsError> {
-    let root_dir = shared_dir.to_str().ok_or_else(|| FsError::NotUtf8(shared_dir.to_path_buf()))?.to_string();
     let passthrough_err = |source| FsError::Passthrough { path: shared_dir.to_path_buf(), source };
-    let mut cfg = Config {
+    if read_only {
+        // Immutable content: the guest keeps pages and attributes, and the
+        // share holds no descriptor per file it looked up.
+        let fs = StoreFs::new(shared_dir, READ_ONLY_TIMEOUT).map_err(passthrough_err)?;
+        return Ok(Arc::new(Server::new(PolicyFs::new(fs, Policy::ReadOnly))));
+    }
+    let root_dir = shared_dir.to_str().ok_or_else(|| FsError::NotUtf8(shared_dir.to_path_buf()))?.to_string();
+    let cfg = Config {
         root_dir,
         xattr: true,
         // Import the root on FUSE_INIT, and validate names ourselves (the
         // passthrough skips its path checks when it is not importing).
         do_import: true,
         writeback: false,
-        ..Default::default()
-    };
-    if read_only {
-        // Immutable content: let the guest keep pages and attributes.
-        cfg.cache_policy = CachePolicy::Always;
-        cfg.entry_timeout = READ_ONLY_TIMEOUT;
-        cfg.attr_timeout = READ_ONLY_TIMEOUT;
-    } else {
         // The host reads the exchange directory only after the guest is
         // done; close-to-open consistency is enough.
-        cfg.cache_policy = CachePolicy::Auto;
-    }
+        cache_policy: CachePolicy::Auto,
+        ..Default::default()
+    };
     let fs = PassthroughFs::<()>::new(cfg).map_err(passthrough_err)?;
     {
         // Open the root now, so a directory we cannot read fails here
@@ -189,8 +189,7 @@ fn build_server(
         let _umask = UmaskGuard::save();
         fs.import().map_err(passthrough_err)?;
     }
-    let policy = if read_only { Policy::ReadOnly } else { Policy::ReadWrite { limit } };
-    Ok(Arc::new(Server::new(PolicyFs::new(fs, policy))))
+    Ok(Arc::new(Server::new(PolicyFs::new(fs, Policy::ReadWrite { limit }))))
 }
 
 impl VirtioDevice for Fs {

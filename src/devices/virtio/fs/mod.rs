@@ -12,11 +12,16 @@
 //!   charged against the share's [`limit`]); either way every request runs
 //!   as the host process's user, so the device works unprivileged and
 //!   guest-created files belong to that user.
+//! - [`store`]: the read-only shares' file system, which names inodes by
+//!   path and holds no host descriptor between requests (any number of
+//!   files under any descriptor limit); the exchange share keeps the
+//!   passthrough.
 
 mod device;
 pub mod limit;
 mod policy;
 mod request;
+pub mod store;
 #[cfg(test)]
 mod tests;
 
