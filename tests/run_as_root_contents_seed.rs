@@ -111,6 +111,8 @@ fn contents(root: &Path) -> Vec<PathBuf> {
             let st = Command::new("chown").arg("-R").arg(format!("{}:{}", u.uid, u.gid)).arg(d).status().unwrap();
             assert!(st.success());
         }
+        // chown clears the setuid bit: set it again.
+        std::fs::set_permissions(a.join("bin/tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     }
     vec![a, b]
 }
