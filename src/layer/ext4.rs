@@ -235,7 +235,7 @@ impl<R: Read + Seek> Ext4<R> {
             uid: u32::from(le16(&raw, 2)) | u32::from(le16(&raw, 0x78)) << 16,
             gid: u32::from(le16(&raw, 0x18)) | u32::from(le16(&raw, 0x7A)) << 16,
             size: u64::from(le32(&raw, 4)) | u64::from(le32(&raw, 0x6C)) << 32,
-            mtime: i64::from(le32(&raw, 0x10) as i32),
+            mtime: mtime(&raw, extra),
             links: le16(&raw, 0x1A),
             flags: le32(&raw, 0x20),
             block,
@@ -658,6 +658,19 @@ fn entry<R: Read + Seek, W: Write>(
         _ => Err(corrupt("unknown file type")),
     };
     written.map(|()| what)
+}
+
+/// An inode's mtime in seconds: the signed 32-bit `i_mtime`, plus the two
+/// epoch bits of `i_mtime_extra` where the inode has them (as the kernel's
+/// `ext4_decode_extra_time` does): times from 2038-01-19 on need them.
+fn mtime(raw: &[u8], extra_isize: usize) -> i64 {
+    let base = i64::from(le32(raw, 0x10) as i32);
+    // i_mtime_extra is the 4 bytes at 0x88, inside the extra fields.
+    if extra_isize >= 0x0c && raw.len() >= 0x8c {
+        base + (i64::from(le32(raw, 0x88) & 3) << 32)
+    } else {
+        base
+    }
 }
 
 /// A device inode's (major, minor): the old (16-bit) encoding in

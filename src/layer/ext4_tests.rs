@@ -160,3 +160,32 @@ fn the_fuzz_seeds_are_readable_images_with_1k_and_4k_blocks() {
         assert!(entries.iter().any(|g| g.path == "wh" && g.ty == b'3'), "{seed}: the whiteout");
     }
 }
+
+#[test]
+fn mtimes_after_2038_keep_their_epoch_bits() {
+    let t = tempfile::tempdir().unwrap();
+    let up = t.path().join("root/upper");
+    std::fs::create_dir_all(&up).unwrap();
+    // 2038-01-19T03:14:08Z (2^31), 2040-01-01, 2100-01-01, 2200-01-01.
+    let times = [("y2038", 1u64 << 31), ("y2040", 2_208_988_800), ("y2100", 4_102_444_800), ("y2200", 7_258_118_400)];
+    for (name, _) in times {
+        std::fs::File::create(up.join(name)).unwrap();
+    }
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 16);
+    // mkfs.ext4 -d (e2fsprogs 1.47.0) drops the epoch bits; debugfs sets
+    // i_mtime and i_mtime_extra as the kernel would.
+    for (name, secs) in times {
+        let out = Command::new("debugfs")
+            .args(["-w", "-R", &format!("sif /upper/{name} mtime @{secs}")])
+            .arg(&img)
+            .output()
+            .expect("debugfs (e2fsprogs)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let entries = read_layer(&tar_of_dir(&img, "upper"));
+    for (name, secs) in times {
+        let e = entries.iter().find(|g| g.path == name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(e.mtime, secs, "{name}");
+    }
+}

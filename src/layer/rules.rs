@@ -132,14 +132,17 @@ pub enum Xattr<'a> {
     /// Not carried: `security.selinux` (host policy labels), `trusted.*`,
     /// `system.*` (ACLs are out of scope) and anything else.
     Drop,
-    /// `trusted.overlay.*` or `user.overlay.*`: overlayfs bookkeeping, with the
-    /// part after `overlay.`.
+    /// `trusted.overlay.*`: overlayfs bookkeeping, with the part after
+    /// `overlay.`. Only this form: the guest mounts its overlay with trusted
+    /// xattrs, so a `user.overlay.*` xattr is one a script set, kept as any
+    /// other `user.*` (reading it as a whiteout or opaque mark would hide
+    /// what the script still saw).
     Overlay(&'a str),
 }
 
 /// Classify an xattr name.
 pub fn classify_xattr(name: &str) -> Xattr<'_> {
-    if let Some(rest) = name.strip_prefix("trusted.overlay.").or_else(|| name.strip_prefix("user.overlay.")) {
+    if let Some(rest) = name.strip_prefix("trusted.overlay.") {
         Xattr::Overlay(rest)
     } else if name == "security.selinux" {
         Xattr::Drop
@@ -280,7 +283,8 @@ mod tests {
         assert_eq!(classify_xattr("trusted.foo"), Xattr::Drop);
         assert_eq!(classify_xattr("system.posix_acl_access"), Xattr::Drop);
         assert_eq!(classify_xattr("trusted.overlay.opaque"), Xattr::Overlay("opaque"));
-        assert_eq!(classify_xattr("user.overlay.redirect"), Xattr::Overlay("redirect"));
+        assert_eq!(classify_xattr("user.overlay.redirect"), Xattr::Keep, "a script's own xattr");
+        assert_eq!(classify_xattr("user.overlay.opaque"), Xattr::Keep, "a script's own xattr");
     }
 
     #[test]
