@@ -239,6 +239,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     vmm::install_interrupt_handlers();
     rootlayer::runner::raise_nofile_limit();
+    if let Err(e) = rootlayer::runner::check_cache_dir(&cache_dir()) {
+        eprintln!("rootlayer: {e}");
+        return Exit::BadInput.into();
+    }
     match cli.command {
         Command::Boot(args) => boot(args).into(),
         Command::RunAsRoot(args) => run_as_root(*args).into(),

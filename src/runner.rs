@@ -36,6 +36,35 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache/rootlayer")
 }
 
+/// Refuse a cache (`$ROOTLAYER_CACHE` and the parts of it rootlayer trusts:
+/// base disks, snapshots, the built kernel and initramfs) that someone else
+/// could have written: not this user's, or writable by its group or by
+/// others, as ssh refuses such a key file. A snapshot or base disk planted
+/// there would decide what every later guest runs. A missing directory is
+/// fine: rootlayer makes it, with this user's umask.
+pub fn check_cache_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::process::geteuid().as_raw();
+    for d in [dir.to_path_buf(), dir.join("base"), dir.join("snapshots"), dir.join("kernel"), dir.join("initramfs")] {
+        let bad = |reason: String| Err(RunError::Cache { path: d.clone(), reason });
+        let meta = match std::fs::metadata(&d) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return bad(e.to_string()),
+        };
+        if !meta.is_dir() {
+            return bad("not a directory".into());
+        }
+        if meta.uid() != uid {
+            return bad(format!("owned by uid {}, not by this user (uid {uid})", meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return bad(format!("writable by its group or by others (mode {:o})", meta.mode() & 0o7777));
+        }
+    }
+    Ok(())
+}
+
 /// Errors preparing or collecting a job.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -51,6 +80,8 @@ pub enum RunError {
     },
     #[error("store directory {path}: {reason}")]
     Store { path: PathBuf, reason: String },
+    #[error("refusing the cache directory {path}: {reason} (set ROOTLAYER_CACHE to a directory of your own)")]
+    Cache { path: PathBuf, reason: String },
     #[error("writing job.json")]
     WriteJob(#[source] std::io::Error),
     #[error("result.json from the guest is unreadable: {0}")]
@@ -414,6 +445,30 @@ pub fn parse_result(bytes: &[u8]) -> Result<JobResult, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_someone_else_could_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        check_cache_dir(&cache).unwrap();
+        std::fs::create_dir_all(cache.join("snapshots")).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(cache.join("snapshots"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_cache_dir(&cache).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_cache_dir(&cache).unwrap_err().to_string();
+        assert!(e.contains("writable by its group or by others (mode 777)"), "{e}");
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(cache.join("snapshots"), std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(check_cache_dir(&cache).unwrap_err().to_string().contains("snapshots"));
+        std::fs::set_permissions(cache.join("snapshots"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(cache.join("snapshots"), Some(65534), None).unwrap();
+            let e = check_cache_dir(&cache).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
+    }
 
     #[test]
     fn the_descriptor_limit_is_raised_to_the_hard_one() {

@@ -482,6 +482,8 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     };
     let ((exit, samples, xstate), timed_out) = match wait {
         Ok(done) => (done, false),
+        // The vCPU thread ended without a word (it panicked: see below).
+        Err(mpsc::RecvTimeoutError::Disconnected) => ((GuestExit::Stopped, Vec::new(), None), false),
         Err(_) => {
             // Ask the vCPU to stop and kick it out of KVM_RUN until it does;
             // repeated, because a kick that lands just before KVM_RUN is lost.
@@ -503,11 +505,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             }
         }
     };
-    let _ = thread.join();
-    let exit = match device_failed {
-        Some(what) => GuestExit::DeviceFailed(what),
-        None => exit,
-    };
+    let (exit, timed_out) = vcpu_ending(thread.join(), exit, timed_out, device_failed);
     let peak_rss_kib = peak_rss_kib();
     let guest_rss_kib = mem.iter().map(|r| mapping_rss_kib(r.as_ptr() as u64)).sum();
     drop(vm);
@@ -529,6 +527,29 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
         boot: boot_path,
         started: started.load(Ordering::SeqCst),
     })
+}
+
+/// How the run ended, from the vCPU thread's end (`joined`), its exit,
+/// whether the time ran out and a failed device: a vCPU thread that
+/// panicked is an internal error with its message, never a timeout.
+fn vcpu_ending(
+    joined: std::thread::Result<()>,
+    exit: GuestExit,
+    timed_out: bool,
+    device_failed: Option<String>,
+) -> (GuestExit, bool) {
+    let panicked = joined.err().map(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into())
+    });
+    match (panicked, device_failed) {
+        (Some(what), _) => (GuestExit::VcpuPanicked(what), false),
+        (None, Some(what)) => (GuestExit::DeviceFailed(what), timed_out),
+        (None, None) => (exit, timed_out),
+    }
 }
 
 /// sha256 of the CPUID entries the vCPU gets.
@@ -690,4 +711,23 @@ fn mapping_rss_kib(start: u64) -> Option<u64> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vcpu_thread_that_panics_is_an_internal_error_not_a_timeout() {
+        let joined = std::thread::spawn(|| panic!("KVM_RUN went wrong")).join();
+        let (exit, timed_out) = vcpu_ending(joined, GuestExit::Stopped, true, None);
+        assert_eq!(exit, GuestExit::VcpuPanicked("KVM_RUN went wrong".into()));
+        assert!(!timed_out, "a panic never reads as a timeout");
+        let joined = std::thread::spawn(|| std::panic::panic_any(format!("code {}", 7))).join();
+        assert_eq!(vcpu_ending(joined, GuestExit::Reset, false, None).0, GuestExit::VcpuPanicked("code 7".into()));
+        // A thread that ended normally: its exit, the device failure first.
+        assert_eq!(vcpu_ending(Ok(()), GuestExit::Stopped, true, None), (GuestExit::Stopped, true));
+        let failed = vcpu_ending(Ok(()), GuestExit::Stopped, false, Some("virtio-fs worker".into()));
+        assert_eq!(failed, (GuestExit::DeviceFailed("virtio-fs worker".into()), false));
+    }
 }

@@ -57,6 +57,8 @@ pub enum GuestExit {
     /// A device worker stopped serving (its epoll failed); the VMM stopped
     /// the guest rather than let it wait for the device until the timeout.
     DeviceFailed(String),
+    /// The vCPU thread panicked (a defect of the VMM): the message.
+    VcpuPanicked(String),
 }
 
 /// Why the VMM could not keep a guest task's extended register state.
@@ -96,6 +98,7 @@ impl std::fmt::Display for GuestExit {
                 write!(f, "keeping the guest's extended register state: {e}")
             }
             GuestExit::DeviceFailed(what) => write!(f, "{what}; the guest was stopped"),
+            GuestExit::VcpuPanicked(what) => write!(f, "the vCPU thread panicked: {what}"),
         }
     }
 }
