@@ -107,7 +107,14 @@ struct Placed {
     blkaddr: u64,
 }
 
+/// EROFS's name index and the rest of the name (empty for the ACLs, which
+/// are whole names: EROFS_XATTR_INDEX_POSIX_ACL_{ACCESS,DEFAULT}).
 fn xattr_index(name: &str) -> Option<(u8, &str)> {
+    match name {
+        "system.posix_acl_access" => return Some((2, "")),
+        "system.posix_acl_default" => return Some((3, "")),
+        _ => {}
+    }
     [("user.", 1), ("trusted.", 4), ("security.", 6)]
         .into_iter()
         .find_map(|(prefix, index)| name.strip_prefix(prefix).map(|rest| (index, rest)))
@@ -123,7 +130,7 @@ fn xattr_body(tree: &Tree, ino: usize, path: &[u8]) -> Result<Vec<u8>, LayerErro
     let mut entries: Vec<(u8, &str, &[u8])> = Vec::new();
     for (k, v) in x {
         let (index, name) = xattr_index(k).ok_or_else(|| LayerError::BadXattr { path: show(path), key: k.clone() })?;
-        if name.is_empty() || name.len() > 255 || v.len() > usize::from(u16::MAX) {
+        if (name.is_empty() && index != 2 && index != 3) || name.len() > 255 || v.len() > usize::from(u16::MAX) {
             return Err(LayerError::BadXattr { path: show(path), key: k.clone() });
         }
         entries.push((index, name, v));

@@ -241,3 +241,51 @@ fn lookup_finds_what_the_writer_wrote_and_nothing_else() {
     }
     assert!(lookup(&mut std::io::Cursor::new(vec![0u8; 8192]), b"etc").is_err(), "no superblock");
 }
+
+#[test]
+fn posix_acls_are_stored_as_erofs_acl_xattrs() {
+    if !have_erofs_utils("posix_acls_are_stored_as_erofs_acl_xattrs") || !is_root() {
+        eprintln!("skipping posix_acls_are_stored_as_erofs_acl_xattrs: needs erofs-utils and root");
+        return;
+    }
+    // user::rwx, user:1000:rwx, group::r-x, mask::rwx, other::r-x, as the
+    // kernel's getxattr gives it.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in
+        [(1u16, 7u16, u32::MAX), (2, 7, 1000), (4, 5, u32::MAX), (0x10, 7, u32::MAX), (0x20, 5, u32::MAX)]
+    {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    let l0 = tar_of(&[
+        E::dir("data").xattr("system.posix_acl_access", &acl).xattr("system.posix_acl_default", &acl),
+        E::file("f", b"x").xattr("system.posix_acl_access", &acl).xattr("user.note", b"n"),
+    ]);
+    let img = image(&[l0]);
+    // The reader is the host's own kernel (erofs-utils 1.5 extracts no
+    // xattrs): the image mounted through a loop device.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mnt) = (dir.path().join("img"), dir.path().join("mnt"));
+    std::fs::write(&path, &img).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let o = Command::new("mount").args(["-t", "erofs", "-o", "loop,ro"]).arg(&path).arg(&mnt).output().unwrap();
+    if !o.status.success() {
+        eprintln!("skipping posix_acls_are_stored_as_erofs_acl_xattrs: mount: {}", String::from_utf8_lossy(&o.stderr));
+        return;
+    }
+    let get = |p: &str, name: &str| {
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::lgetxattr(mnt.join(p), name, &mut buf).map_err(|e| format!("{p} {name}: {e}"));
+        n.map(|n| buf[..n].to_vec())
+    };
+    let got = [
+        get("data", "system.posix_acl_access"),
+        get("data", "system.posix_acl_default"),
+        get("f", "system.posix_acl_access"),
+        get("f", "user.note"),
+    ];
+    let _ = Command::new("umount").arg(&mnt).status();
+    let want = [Ok(acl.clone()), Ok(acl.clone()), Ok(acl), Ok(b"n".to_vec())];
+    assert_eq!(got, want);
+}

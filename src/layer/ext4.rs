@@ -437,7 +437,14 @@ fn parse_xattrs(ino: u64, area: &[u8], first: usize, out: &mut Vec<(String, Vec<
             _ => return Err(corrupt("unknown xattr name index")),
         };
         let name = std::str::from_utf8(name).map_err(|_| corrupt("xattr name not UTF-8"))?;
-        out.push((format!("{prefix}{name}"), value.to_vec()));
+        let value = match index {
+            // POSIX ACLs: ext4 keeps its own compact form on disk; a layer
+            // carries the form the kernel's getxattr gives (and setxattr
+            // takes), as docker and podman write and restore it.
+            2 | 3 => acl_to_xattr(value).ok_or_else(|| corrupt("malformed POSIX ACL"))?,
+            _ => value.to_vec(),
+        };
+        out.push((format!("{prefix}{name}"), value));
         count += 1;
         if count > 4096 {
             return Err(corrupt("too many xattrs"));
@@ -445,6 +452,42 @@ fn parse_xattrs(ino: u64, area: &[u8], first: usize, out: &mut Vec<(String, Vec<
         at += (16 + name_len).div_ceil(4) * 4;
     }
     Ok(())
+}
+
+/// ext4's on-disk POSIX ACL (`fs/ext4/acl.h`: version 1, then entries of
+/// (tag, perm) for the owner, group, mask and other classes and (tag, perm,
+/// id) for named users and groups) in the kernel's xattr form
+/// (`posix_acl_xattr`: version 2, then (tag, perm, id) entries, id
+/// 0xffffffff where it has none). None when it does not parse.
+pub fn acl_to_xattr(disk: &[u8]) -> Option<Vec<u8>> {
+    const USER: u16 = 0x02;
+    const GROUP: u16 = 0x08;
+    const SHORT: [u16; 4] = [0x01, 0x04, 0x10, 0x20];
+    if disk.len() < 4 || le32(disk, 0) != 1 {
+        return None;
+    }
+    let mut out = 2u32.to_le_bytes().to_vec();
+    let mut at = 4;
+    while at < disk.len() {
+        let tag = u16::from_le_bytes(disk.get(at..at + 2)?.try_into().ok()?);
+        let perm = disk.get(at + 2..at + 4)?;
+        let id = match tag {
+            USER | GROUP => {
+                let id = disk.get(at + 4..at + 8)?;
+                at += 8;
+                id.to_vec()
+            }
+            t if SHORT.contains(&t) => {
+                at += 4;
+                u32::MAX.to_le_bytes().to_vec()
+            }
+            _ => return None,
+        };
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(perm);
+        out.extend_from_slice(&id);
+    }
+    (at == disk.len()).then_some(out)
 }
 
 /// Reads a file's bytes through its extents.

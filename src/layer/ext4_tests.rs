@@ -189,3 +189,47 @@ fn mtimes_after_2038_keep_their_epoch_bits() {
         assert_eq!(e.mtime, secs, "{name}");
     }
 }
+
+#[test]
+fn posix_acls_read_back_in_the_kernels_xattr_form() {
+    let have = Command::new("setfacl").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(std::env::var_os("ROOTLAYER_REQUIRE_VM").is_none(), "setfacl (acl) missing");
+        eprintln!("skipping posix_acls_read_back_in_the_kernels_xattr_form: no setfacl");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let up = t.path().join("root/upper");
+    std::fs::create_dir_all(up.join("data")).unwrap();
+    std::fs::write(up.join("file"), "x").unwrap();
+    let setfacl = |args: &[&str], p: &Path| {
+        let o = Command::new("setfacl").args(args).arg(p).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    setfacl(&["-m", "u:1000:rwx,g:2000:r-x"], &up.join("data"));
+    setfacl(&["-d", "-m", "u:1000:rwx"], &up.join("data"));
+    setfacl(&["-m", "u:4242:r--"], &up.join("file"));
+    // What the host kernel's getxattr gives: the form a layer carries.
+    let host = |p: &Path, name: &str| {
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::lgetxattr(p, name, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    let want = [
+        ("data", "system.posix_acl_access", host(&up.join("data"), "system.posix_acl_access")),
+        ("data", "system.posix_acl_default", host(&up.join("data"), "system.posix_acl_default")),
+        ("file", "system.posix_acl_access", host(&up.join("file"), "system.posix_acl_access")),
+    ];
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 16);
+    let entries = read_layer(&tar_of_dir(&img, "upper"));
+    for (path, name, bytes) in want {
+        let e = entries.iter().find(|g| g.path.trim_end_matches('/') == path).unwrap_or_else(|| panic!("{path}"));
+        let got = e.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(got, Some(bytes), "{path} {name}");
+    }
+    assert_eq!(acl_to_xattr(&[1, 0, 0, 0, 1, 0]), None, "an entry cut short");
+    assert_eq!(acl_to_xattr(&[2, 0, 0, 0]), None, "another version");
+    assert_eq!(acl_to_xattr(&[1, 0, 0, 0, 0x40, 0, 7, 0]), None, "an unknown tag");
+}

@@ -127,10 +127,12 @@ pub fn classify_entry<'a>(path: &'a [u8], raw: &[u8]) -> Result<EntryName<'a>, L
 #[derive(Debug, PartialEq, Eq)]
 pub enum Xattr<'a> {
     /// Carried in the layer: `security.capability` and other `security.*`
-    /// except `security.selinux`, and `user.*`.
+    /// except `security.selinux`, `user.*`, and POSIX ACLs
+    /// (`system.posix_acl_access`, `system.posix_acl_default`, in the
+    /// kernel's xattr form, as docker and podman write and restore them).
     Keep,
     /// Not carried: `security.selinux` (host policy labels), `trusted.*`,
-    /// `system.*` (ACLs are out of scope) and anything else.
+    /// other `system.*` and anything else.
     Drop,
     /// `trusted.overlay.*`: overlayfs bookkeeping, with the part after
     /// `overlay.`. Only this form: the guest mounts its overlay with trusted
@@ -140,13 +142,16 @@ pub enum Xattr<'a> {
     Overlay(&'a str),
 }
 
+/// The xattrs of POSIX ACLs.
+pub const POSIX_ACLS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+
 /// Classify an xattr name.
 pub fn classify_xattr(name: &str) -> Xattr<'_> {
     if let Some(rest) = name.strip_prefix("trusted.overlay.") {
         Xattr::Overlay(rest)
     } else if name == "security.selinux" {
         Xattr::Drop
-    } else if name.starts_with("security.") || name.starts_with("user.") {
+    } else if name.starts_with("security.") || name.starts_with("user.") || POSIX_ACLS.contains(&name) {
         Xattr::Keep
     } else {
         Xattr::Drop
@@ -281,7 +286,9 @@ mod tests {
         assert_eq!(classify_xattr("user.mime"), Xattr::Keep);
         assert_eq!(classify_xattr("security.selinux"), Xattr::Drop);
         assert_eq!(classify_xattr("trusted.foo"), Xattr::Drop);
-        assert_eq!(classify_xattr("system.posix_acl_access"), Xattr::Drop);
+        assert_eq!(classify_xattr("system.posix_acl_access"), Xattr::Keep);
+        assert_eq!(classify_xattr("system.posix_acl_default"), Xattr::Keep);
+        assert_eq!(classify_xattr("system.nfs4_acl"), Xattr::Drop);
         assert_eq!(classify_xattr("trusted.overlay.opaque"), Xattr::Overlay("opaque"));
         assert_eq!(classify_xattr("user.overlay.redirect"), Xattr::Keep, "a script's own xattr");
         assert_eq!(classify_xattr("user.overlay.opaque"), Xattr::Keep, "a script's own xattr");
