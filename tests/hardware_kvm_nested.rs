@@ -222,6 +222,16 @@ fn check(n: &Nested, local: &[Job], qemu10: bool) -> String {
     assert_eq!(n.rc("avx"), 0, "{q}: avx self-test failed: {avx:#?}");
     let case = avx.iter().find_map(|l| l.strip_prefix("rootlayer-agent: selftest avx: case: ")).expect("avx case");
     assert!(vector.ends_with(case), "{q}: boot and self-test saw one case: {vector} / {case}");
+    // The guest kernel's log (that boot has loglevel=7): it found KVM and
+    // runs on kvm-clock (no TSC or delay-loop calibration).
+    assert!(
+        avx.iter().any(|l| l.ends_with("Hypervisor detected: KVM")),
+        "{q}: the guest kernel did not find KVM: {avx:#?}"
+    );
+    assert!(
+        avx.iter().any(|l| l.ends_with("clocksource: Switched to clocksource kvm-clock")),
+        "{q}: the guest kernel is not on kvm-clock: {avx:#?}"
+    );
     let xsave = case.contains("extended state saved by the guest kernel (XSAVE)");
     if qemu10 {
         assert!(xsave && case.contains("user XCR0 0x2"), "{q}: the guest kernel must keep XSAVE (AVX): {case}");

@@ -34,7 +34,8 @@ step() {
 	timeout "$T" "$@" >$w/$name.out 2>$w/$name.err
 	rc=$?
 	cat $w/$name.err
-	grep -E 'rootlayer|selftest|vector state' $w/$name.err | sed "s/^/@@ $name| /"
+	grep -E 'rootlayer|selftest|vector state|Hypervisor detected|clocksource: Switched|tsc: |x86/fpu: Enabled|XSAVE' $w/$name.err |
+		sed "s/^/@@ $name| /"
 	grep '^{' $w/$name.out | sed "s/^/@@ $name json /"
 	[ -f "$w/out-$name/layer.tar" ] && tar -tvf "$w/out-$name/layer.tar"
 	echo "@@ step $name rc=$rc secs=$(( $(date +%s) - s ))"
@@ -52,7 +53,8 @@ dmesg | grep -i -E 'kvm|svm' | tail -5
 
 echo "@@ cmdline $(rootlayer boot --print-cmdline)"
 step boot rootlayer boot --no-snapshot --timeout "$T"
-step avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cmdline ROOTLAYER_SELFTEST=avx
+# With the guest kernel's log: how it found the hypervisor, its clock and XSAVE.
+step avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cmdline "ROOTLAYER_SELFTEST=avx loglevel=7"
 
 job() {
 	name=$1 base=$2 script=$3; shift 3
