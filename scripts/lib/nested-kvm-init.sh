@@ -46,7 +46,8 @@ echo "@@ l1 cpu $(grep -m1 vendor_id /proc/cpuinfo | cut -d: -f2) /$(grep -m1 'm
 grep -q -w svm /proc/cpuinfo && echo "@@ l1 cpu has svm"
 insmod /lib/modules/irqbypass.ko
 insmod /lib/modules/kvm.ko
-insmod /lib/modules/kvm-amd.ko nested=1
+# KVM_AMD (kernel command line): more parameters, comma-separated.
+insmod /lib/modules/kvm-amd.ko nested=1 $(echo "${KVM_AMD:-}" | tr ',' ' ')
 echo "@@ l1 kvm_amd loaded rc=$? nested=$(cat /sys/module/kvm_amd/parameters/nested 2>/dev/null) npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null) dev_kvm=$([ -c /dev/kvm ] && echo yes || echo no)"
 echo "@@ l1 modules $(ls /sys/module | grep -E '^kvm' | tr '\n' ' ')"
 dmesg | grep -i -E 'kvm|svm' | tail -5
