@@ -1,9 +1,10 @@
 #!/bin/sh
 # /init of the L1 VM of scripts/nested-kvm (QEMU TCG, a CPU with SVM): load
-# kvm_amd, then run rootlayer on that KVM: a cold boot, the avx self-test,
-# the README example without and with snapshots, a job on a two-layer base
-# with whiteouts. Everything goes to the serial console; the lines starting
-# `@@ ` are the result, read by tests/hardware_kvm_nested.rs:
+# kvm_amd, then run rootlayer on that KVM: a cold boot, the avx self-test, a
+# boot taking a snapshot and one restored from it, the README example without
+# and with snapshots, a job on a two-layer base with whiteouts. Everything
+# goes to the serial console; the lines starting `@@ ` are the result, read
+# by tests/hardware_kvm_nested.rs:
 #
 #   @@ step NAME rc=N secs=S    each step, bounded by T seconds (kernel
 #                                command line: T=..., NESTED_INPUTS=DIR)
@@ -56,6 +57,10 @@ echo "@@ cmdline $(rootlayer boot --print-cmdline)"
 step boot rootlayer boot --no-snapshot --timeout "$T"
 # With the guest kernel's log: how it found the hypervisor, its clock and XSAVE.
 step avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cmdline "ROOTLAYER_SELFTEST=avx loglevel=7"
+
+# A boot that takes a snapshot at READY, then one restored from it.
+step boot-take rootlayer boot --timeout "$T"
+step boot-restore rootlayer boot --timeout "$T"
 
 job() {
 	name=$1 base=$2 script=$3; shift 3
