@@ -4,11 +4,14 @@
 //! `scripts/nested-kvm` boots an L1 Linux under QEMU with pure software
 //! emulation (`-accel tcg -cpu max` emulates AMD SVM with nested paging on
 //! any host); L1 loads `kvm_amd` (nested=1, NPT) and runs rootlayer on that
-//! /dev/kvm: a cold `boot`, the `avx` self-test, the README example without
-//! snapshots, then twice with them (taken, restored), and a job on a
-//! two-layer base with whiteouts. The same jobs run here on the local KVM
-//! (software, `kvm_pvm`, on this workplace's machines), and every layer L1
-//! made must be the local one, byte for byte (the same digest).
+//! /dev/kvm: a cold `boot` (the hardware path: no emulated-host kernel
+//! arguments; the guest kernel finds KVM and runs on kvm-clock), the `avx`
+//! self-test, a `boot` taking a snapshot and one restored from it, the
+//! README example without snapshots, then twice with them (taken,
+//! restored), and a job on a two-layer base with whiteouts. The same run
+//! here on the local KVM (software, `kvm_pvm`, on this workplace's
+//! machines), and every layer L1 made must be the local one, byte for byte
+//! (the same digest).
 //!
 //! Three hardware cases: QEMU 10 (bookworm-backports) passes the nested
 //! guest's XSETBV to L1's KVM, so the guest kernel keeps XSAVE (user XCR0

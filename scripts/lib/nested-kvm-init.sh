@@ -8,7 +8,8 @@
 #
 #   @@ step NAME rc=N secs=S    each step, bounded by T seconds (kernel
 #                                command line: T=..., NESTED_INPUTS=DIR)
-#   @@ NAME| LINE               the step's rootlayer and agent lines
+#   @@ NAME| LINE               the step's rootlayer and agent lines (all
+#                                its last lines if it failed)
 #   @@ NAME json {...}          a job's --json result
 #   @@ end                      L1 got to the end
 /bin/busybox --install -s /bin
@@ -35,8 +36,12 @@ step() {
 	timeout "$T" "$@" >$w/$name.out 2>$w/$name.err
 	rc=$?
 	cat $w/$name.err
-	grep -E 'rootlayer|selftest|vector state|Hypervisor detected|clocksource: Switched|tsc: |x86/fpu: Enabled|XSAVE' $w/$name.err |
-		sed "s/^/@@ $name| /"
+	if [ "$rc" = 0 ]; then
+		grep -E 'rootlayer|selftest|vector state|Hypervisor detected|clocksource: Switched|tsc: |x86/fpu: Enabled|XSAVE' $w/$name.err
+	else
+		# Failed or timed out (124): all of its last lines.
+		tail -n 60 $w/$name.err
+	fi | sed "s/^/@@ $name| /"
 	grep '^{' $w/$name.out | sed "s/^/@@ $name json /"
 	[ -f "$w/out-$name/layer.tar" ] && tar -tvf "$w/out-$name/layer.tar"
 	echo "@@ step $name rc=$rc secs=$(( $(date +%s) - s ))"
