@@ -32,6 +32,14 @@ const ECX_AVX: u32 = 1 << 28;
 const ECX_F16C: u32 = 1 << 29;
 const ECX_RDRAND: u32 = 1 << 30;
 const ECX_FMA: u32 = 1 << 12;
+/// "Running under a hypervisor": KVM_GET_SUPPORTED_CPUID never reports it
+/// (the VMM says so, as QEMU and Firecracker do). Without it the guest
+/// kernel does not look for KVM's leaves, so no kvm-clock: on hardware KVM
+/// it calibrated the TSC against the PIT, failed, marked the TSC unstable,
+/// calibrated a delay loop and ran on jiffies (seen under nested SVM,
+/// tests/hardware_kvm_nested.rs). An emulated KVM shows the guest the
+/// host's CPUID, which has it.
+const ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_ECX_REMOVED: u32 = ECX_MONITOR
     | ECX_VMX
     | ECX_CX16
@@ -70,7 +78,7 @@ const EDX7_AMX_INT8: u32 = 1 << 25;
 /// Filter KVM's supported CPUID in place for our single-vCPU guest.
 ///
 /// Both kinds:
-/// - leaf 1: no MONITOR, VMX; APIC ID 0, one logical processor;
+/// - leaf 1: no MONITOR, VMX; HYPERVISOR set; APIC ID 0, one logical processor;
 /// - leaf 6 (power management): empty;
 /// - leaves 0xb and 0x1f: x2APIC ID 0 (KVM gives the asking host CPU's);
 /// - leaf 0xd: only FP, SSE and the components in `kept`;
@@ -92,6 +100,7 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], kind: KvmKind, kept: &Layout) {
         match e.function {
             0x1 => {
                 e.ecx &= if emulated { !LEAF1_ECX_REMOVED } else { !(ECX_MONITOR | ECX_VMX) };
+                e.ecx |= ECX_HYPERVISOR;
                 // Initial APIC ID 0, one logical processor, keep CLFLUSH size.
                 e.ebx = (e.ebx & 0x0000_ffff) | (1 << 16);
             }
@@ -162,6 +171,16 @@ mod tests {
             filter(&mut e, kind, &Layout::from_supported_cpuid(&[], 4096, false));
             assert_eq!((e[0].edx, e[1].edx), (0, 0), "{kind:?}");
             assert_eq!((e[0].eax, e[0].ecx, e[1].ebx), (1, 0x100, 2), "the topology itself stays");
+        }
+    }
+
+    #[test]
+    fn the_guest_is_told_it_runs_under_a_hypervisor() {
+        for kind in [KvmKind::Emulated, KvmKind::Hardware] {
+            // Leaf 1 as KVM_GET_SUPPORTED_CPUID gives it: bit 31 clear.
+            let mut e = vec![entry(1, 0, [0x806f8, 0x0a40_0800, 0x7ffa_3223, 0x178b_fbff])];
+            filter(&mut e, kind, &Layout::from_supported_cpuid(&[], 4096, false));
+            assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0, "{kind:?}: without it the guest kernel never finds kvm-clock");
         }
     }
 
