@@ -42,8 +42,46 @@ int main(int argc, char **argv) {
     let st =
         Command::new("gcc").args(["-static", "-O2", "-o"]).arg(tools.join("setcap-raw")).arg(&src).status().unwrap();
     assert!(st.success(), "building the static setcap helper");
+    // And one that sets a POSIX ACL (user::rwx, user:1000:rwx, group::r-x,
+    // mask::rwx, other::r-x), as `setfacl -m u:1000:rwx` would.
+    let src = root.join("setacl-raw.c");
+    std::fs::write(&src, format!("{}{}", SETACL_C, "")).unwrap();
+    let st =
+        Command::new("gcc").args(["-static", "-O2", "-o"]).arg(tools.join("setacl-raw")).arg(&src).status().unwrap();
+    assert!(st.success(), "building the static setacl helper");
     std::fs::canonicalize(&store).unwrap()
 }
+
+/// The ACL `setacl-raw` sets, in the kernel's xattr form.
+pub fn acl_1000_rwx() -> Vec<u8> {
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in
+        [(1u16, 7u16, u32::MAX), (2, 7, 1000), (4, 5, u32::MAX), (0x10, 7, u32::MAX), (0x20, 5, u32::MAX)]
+    {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    acl
+}
+
+const SETACL_C: &str = r#"#include <sys/xattr.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    /* posix_acl_xattr: version 2, then (tag, perm, id) little-endian. */
+    struct { uint16_t tag, perm; uint32_t id; } e[5] = {
+        {0x01, 7, 0xffffffff}, {0x02, 7, 1000}, {0x04, 5, 0xffffffff}, {0x10, 7, 0xffffffff}, {0x20, 5, 0xffffffff}};
+    unsigned char v[4 + sizeof e];
+    uint32_t version = 2;
+    memcpy(v, &version, 4);
+    memcpy(v + 4, e, sizeof e);
+    if (argc != 2) return 2;
+    if (setxattr(argv[1], "system.posix_acl_access", v, sizeof v, 0) != 0) { perror("setxattr"); return 1; }
+    return 0;
+}
+"#;
 
 /// A busybox root filesystem (layer 1) and a small second layer, as a
 /// docker-archive named `base:latest`. Returns the archive path; the layer
