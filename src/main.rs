@@ -120,6 +120,13 @@ struct RunAsRootArgs {
     /// root, leaving out those the base image already has (as dockerTools does).
     #[arg(long)]
     store_paths: Option<PathBuf>,
+    /// A Nix exportReferencesGraph file (repeatable): the store paths the
+    /// layer may reference. Those whose hash occurs in the layer's files,
+    /// names or symlink targets are added with their closure, as
+    /// dockerTools adds the layer's references (leaving out what the base
+    /// image already has).
+    #[arg(long)]
+    references_graph: Vec<PathBuf>,
     /// mkRootLayer's baseJson: the JSON object `--format layer` writes as
     /// `json` (with the layer checksum added), and the config of an image
     /// without --from-image.
@@ -372,6 +379,13 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         Some(Ok(p)) => p,
         Some(Err(exit)) => return exit,
     };
+    let mut references = rootlayer::layer::references::ReferenceGraph::default();
+    for f in &args.references_graph {
+        if let Err(exit) = read_input("--references-graph", f, |t| references.add_export(t).map_err(|e| e.to_string()))
+        {
+            return exit;
+        }
+    }
     let base_json = match args.base_json.as_deref().map(|f| {
         read_input("--base-json", f, |t| match serde_json::from_slice::<serde_json::Value>(t) {
             Ok(v) if v.is_object() => Ok(v),
@@ -391,6 +405,7 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         keep_contents_dirlinks: args.keep_contents_dirlinks,
         extra_commands: args.extra_commands,
         store_paths,
+        references,
         source_date_epoch: args.source_date_epoch,
         format,
         out: args.out,
