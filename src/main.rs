@@ -397,6 +397,11 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         Some(Ok(v)) => Some(v),
         Some(Err(exit)) => return exit,
     };
+    let mut base_json = base_json;
+    if let Some(Err(e)) = base_json.as_mut().map(|j| rootlayer::image::created::resolve_json(j, &created)) {
+        eprintln!("rootlayer: --base-json: {e}");
+        return Exit::BadInput;
+    }
     let req = RunAsRootRequest {
         script: args.script,
         from_image: args.from_image,

@@ -197,11 +197,19 @@ fn output_config(
     };
     let base_layers = base.map_or(0, |b| b.layers().len());
     let mut history: Vec<History> = config.history().clone().unwrap_or_default();
+    // Every time the image carries is RFC 3339 (skopeo refuses the config
+    // otherwise): a base's entry without one is left without.
+    let rfc3339 = |c: &Option<String>| c.clone().filter(|c| super::created::is_rfc3339(c));
+    for h in &mut history {
+        h.set_created(rfc3339(h.created()));
+    }
     if history.is_empty() && base_layers > 0 {
-        // Keep one history entry per layer when the base recorded none.
+        // Keep one history entry per layer when the base recorded none,
+        // with the base's own time (not the one merged from the base json).
+        let base_created = rfc3339(&base.and_then(|b| b.config().created().clone()));
         for _ in 0..base_layers {
             let mut h = History::default();
-            h.set_created(config.created().clone());
+            h.set_created(base_created.clone());
             history.push(h);
         }
     }
