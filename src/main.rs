@@ -29,6 +29,10 @@ enum Command {
     RunAsRoot(Box<RunAsRootArgs>),
     /// dockerTools' exportImage: flatten an image into one root-filesystem tar.
     Export(ExportArgs),
+    /// nixpkgs' closureInfo: registration, store-paths and total-nar-size
+    /// of the paths in Nix exportReferencesGraph files, in a new directory
+    /// (nix/default.nix's buildImageWithNixDb loads the registration).
+    ClosureInfo(ClosureInfoArgs),
     /// Device throughput inside the guest (scripts/bench-devices).
     #[command(hide = true)]
     BenchIo(BenchIoArgs),
@@ -175,6 +179,15 @@ struct ExportArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct ClosureInfoArgs {
+    /// The directory to write (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// exportReferencesGraph files.
+    graphs: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
 struct BootArgs {
     /// Guest kernel: vmlinux (PVH) or bzImage. Default: the installed one
     /// (../share/rootlayer/vmlinux), else the one scripts/build-kernel cached.
@@ -249,6 +262,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot(args).into(),
         Command::RunAsRoot(args) => run_as_root(*args).into(),
         Command::Export(args) => export(args).into(),
+        Command::ClosureInfo(args) => closure_info(args).into(),
         Command::BenchIo(args) => bench_io(args).into(),
     }
 }
@@ -430,6 +444,19 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
 fn export(args: ExportArgs) -> Exit {
     let selector = Selector { name: args.from_image_name, tag: args.from_image_tag };
     report(runas::export(&args.from_image, &selector, &args.out), args.json, "root filesystem")
+}
+
+fn closure_info(args: ClosureInfoArgs) -> Exit {
+    match rootlayer::nar::closure_info(&args.graphs, &args.out) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("rootlayer: closure-info: {}", rootlayer::exit::error_line(&e));
+            match e {
+                rootlayer::nar::NarError::Graph { .. } => Exit::BadInput,
+                _ => Exit::Internal,
+            }
+        }
+    }
 }
 
 fn boot(args: BootArgs) -> Exit {

@@ -123,6 +123,11 @@ impl ReferenceGraph {
         self.refs.keys().map(Vec::as_slice)
     }
 
+    /// What `path` references (nothing when the graph does not list it).
+    pub fn references(&self, path: &[u8]) -> &[Vec<u8>] {
+        self.refs.get(path).map_or(&[], Vec::as_slice)
+    }
+
     /// A scanner for the candidates' hash parts.
     pub fn scanner(&self) -> Scanner {
         let mut candidates = HashMap::with_capacity(self.refs.len());
