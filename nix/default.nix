@@ -208,7 +208,7 @@ rec {
   # dockerTools.exportImage: the image's root filesystem, flattened, as
   # one tar at $out (rootlayer export, on the host: no VM needed, so
   # diskSize is accepted and unused).
-  exportImage = { name ? (if fromImage ? name then fromImage.name else baseNameOf' fromImage), fromImage, fromImageName ? null, fromImageTag ? null, diskSize ? 1024 }:
+  exportImage = { name ? (if fromImage ? name then fromImage.name else builtins.unsafeDiscardStringContext (baseNameOf' fromImage)), fromImage, fromImageName ? null, fromImageTag ? null, diskSize ? 1024 }:
     derivation {
       inherit name system fromImage;
       builder = runtimeShell;
