@@ -377,7 +377,9 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
             return Exit::BadInput;
         }
     };
-    let created = match rootlayer::image::created::created(&args.created, std::time::SystemTime::now()) {
+    // "now", wherever it is given, is this one instant.
+    let now = std::time::SystemTime::now();
+    let created = match rootlayer::image::created::created(&args.created, now) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rootlayer: --created {e}");
@@ -400,7 +402,7 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
             return exit;
         }
     }
-    let base_json = match args.base_json.as_deref().map(|f| {
+    let mut base_json = match args.base_json.as_deref().map(|f| {
         read_input("--base-json", f, |t| match serde_json::from_slice::<serde_json::Value>(t) {
             Ok(v) if v.is_object() => Ok(v),
             Ok(_) => Err("not a JSON object".into()),
@@ -411,8 +413,8 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         Some(Ok(v)) => Some(v),
         Some(Err(exit)) => return exit,
     };
-    let mut base_json = base_json;
-    if let Some(Err(e)) = base_json.as_mut().map(|j| rootlayer::image::created::resolve_json(j, &created)) {
+    let now = rootlayer::image::created::created("now", now).unwrap_or_else(|_| created.clone());
+    if let Some(Err(e)) = base_json.as_mut().map(|j| rootlayer::image::created::resolve_json(j, &now)) {
         eprintln!("rootlayer: --base-json: {e}");
         return Exit::BadInput;
     }

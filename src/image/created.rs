@@ -17,8 +17,8 @@ pub fn created(text: &str, now: SystemTime) -> Result<String, String> {
 
 /// A base json's (`--base-json`, dockerTools' baseJson) top-level
 /// `created` as the image carries it: `"now"` becomes `now`, the build's one
-/// resolved time, so that the config, the history and the layer json agree;
-/// any other value must be RFC 3339.
+/// resolved time (the one `--created now` gives), so that the config, the
+/// history and the layer json agree; any other value must be RFC 3339.
 pub fn resolve_json(json: &mut serde_json::Value, now: &str) -> Result<(), String> {
     match json.get_mut("created") {
         Some(serde_json::Value::String(s)) if s == "now" => *s = now.to_string(),
