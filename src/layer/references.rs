@@ -37,6 +37,25 @@ const fn base32_table() -> [bool; 256] {
 }
 static IS_BASE32: [bool; 256] = base32_table();
 
+/// Each base-32 byte's digit value (0 for the others).
+const fn digit_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i: u8 = 0;
+    while (i as usize) < BASE32.len() {
+        t[BASE32[i as usize] as usize] = i;
+        i += 1;
+    }
+    t
+}
+static DIGIT: [u8; 256] = digit_table();
+
+/// The first three digits of a hash (15 bits): the scan's prefilter index.
+fn prefix15(hash: &[u8]) -> usize {
+    (usize::from(DIGIT[usize::from(hash[0])]) << 10)
+        | (usize::from(DIGIT[usize::from(hash[1])]) << 5)
+        | usize::from(DIGIT[usize::from(hash[2])])
+}
+
 /// Bounds on a graph file: far beyond any real closure.
 const MAX_PATHS: usize = 1 << 20;
 const MAX_PATH_LEN: usize = 4096;
@@ -138,7 +157,12 @@ impl ReferenceGraph {
                 candidates.entry(key).or_insert_with(|| path.to_vec());
             }
         }
-        Scanner { candidates, found: BTreeSet::new(), carry: Vec::with_capacity(HASH_LEN) }
+        let mut prefixes = vec![0u64; (1 << 15) / 64];
+        for key in candidates.keys() {
+            let p = prefix15(key);
+            prefixes[p / 64] |= 1 << (p % 64);
+        }
+        Scanner { candidates, prefixes, found: BTreeSet::new(), carry: Vec::with_capacity(HASH_LEN) }
     }
 
     /// `roots` and everything they reference, directly or not, in order. A
@@ -163,6 +187,9 @@ impl ReferenceGraph {
 pub struct Scanner {
     /// Hash part -> the candidate's path.
     candidates: HashMap<[u8; HASH_LEN], Vec<u8>>,
+    /// One bit per 3-digit prefix some candidate has: most windows in a
+    /// long base-32 run are turned away here without a lookup.
+    prefixes: Vec<u64>,
     found: BTreeSet<Vec<u8>>,
     /// The trailing run of base-32 characters of what was fed (at most
     /// HASH_LEN - 1 bytes): the start of a hash the next piece may finish.
@@ -212,22 +239,35 @@ impl Scanner {
     }
 
     /// Look for every whole hash in `buf`, as Nix's scanner does: test the
-    /// window's last byte first and skip past any byte outside the alphabet.
+    /// window's last byte first and skip past any byte outside the
+    /// alphabet; inside a run of base-32 bytes only the byte that enters
+    /// the window is tested.
     fn search(&mut self, buf: &[u8]) {
         let mut i = 0;
+        // Whether buf[i..i + HASH_LEN - 1] is known to be base-32.
+        let mut known = false;
         while i + HASH_LEN <= buf.len() {
+            if known {
+                if !IS_BASE32[usize::from(buf[i + HASH_LEN - 1])] {
+                    i += HASH_LEN;
+                    known = false;
+                    continue;
+                }
+            } else if let Some(j) = buf[i..i + HASH_LEN].iter().rposition(|&b| !IS_BASE32[usize::from(b)]) {
+                i += j + 1;
+                continue;
+            }
             let window = &buf[i..i + HASH_LEN];
-            match window.iter().rposition(|&b| !IS_BASE32[usize::from(b)]) {
-                Some(j) => i += j + 1,
-                None => {
-                    if let Some(path) = self.candidates.get(window) {
-                        if !self.found.contains(path) {
-                            self.found.insert(path.clone());
-                        }
+            let p = prefix15(window);
+            if self.prefixes[p / 64] & (1 << (p % 64)) != 0 {
+                if let Some(path) = self.candidates.get(window) {
+                    if !self.found.contains(path) {
+                        self.found.insert(path.clone());
                     }
-                    i += 1;
                 }
             }
+            known = true;
+            i += 1;
         }
     }
 }
@@ -357,6 +397,43 @@ mod tests {
         s.scan(&bytes[at..at + 3]);
         s.scan(&bytes[at + 3..]);
         assert_eq!(found(&s), [A, C]);
+    }
+
+    #[test]
+    fn hashes_inside_long_base32_runs_are_found_among_many_candidates() {
+        // 300 candidates; a run of base-32 bytes with two of them inside, one
+        // across the boundary of two writes, and near misses (a candidate
+        // with one digit changed) that must not count.
+        // Pseudo-random digits (splitmix64), distinct per seed.
+        let digits = |seed: u64, n: usize| -> String {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let mut z = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    char::from(BASE32[usize::try_from((z ^ (z >> 31)) % 32).unwrap()])
+                })
+                .collect()
+        };
+        let hash = |i: usize| digits(i as u64 + 1, HASH_LEN);
+        let mut text = String::new();
+        for i in 0..300 {
+            text.push_str(&format!("/nix/store/{}-p{i}\n\n0\n", hash(i)));
+        }
+        let mut g = ReferenceGraph::default();
+        g.add_export(text.as_bytes()).unwrap();
+        let filler = digits(1_000_000, 5000);
+        let mut miss = hash(5).into_bytes();
+        miss[HASH_LEN - 1] = if miss[HASH_LEN - 1] == b'0' { b'1' } else { b'0' };
+        let run = format!("{filler}{}{filler}{}{filler}{}", hash(17), String::from_utf8(miss).unwrap(), hash(299));
+        let cut = run.len() - 10;
+        let mut s = g.scanner();
+        s.scan(&run.as_bytes()[..cut]);
+        s.scan(&run.as_bytes()[cut..]);
+        let mut want = [format!("/nix/store/{}-p17", hash(17)), format!("/nix/store/{}-p299", hash(299))];
+        want.sort();
+        assert_eq!(found(&s), want);
     }
 
     #[test]
