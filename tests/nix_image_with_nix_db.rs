@@ -2,7 +2,9 @@
 //! registers copyToRoot's closure (loaded by `nix-store --load-db` from
 //! closureInfo's registration, as dockerTools does), a gcroot for it, and
 //! the store paths themselves; `nix-store --verify --check-contents` on
-//! the unpacked image passes.
+//! the unpacked image passes; with sqlite given (registration times reset
+//! to SOURCE_DATE_EPOCH, as dockerTools does) `nix-build --check` rebuilds
+//! it bit for bit.
 
 mod common;
 
@@ -13,7 +15,9 @@ fn build_image_with_nix_db_verifies_in_the_unpacked_image() {
     let Some(nix) = common::nix::setup("nix_image_with_nix_db") else { return };
     let nixpkg = common::nix::host_binaries(&nix.work.path().join("nix"), &[("nix", "/usr/bin/nix")]);
     std::os::unix::fs::symlink("nix", nixpkg.join("libexec/nix-store")).unwrap();
-    let b = nix.build("withNixDb", &["--arg", "nixDir", nixpkg.to_str().unwrap()]);
+    let sqlite = common::nix::host_binaries(&nix.work.path().join("sqlite"), &[("sqlite3", "/usr/bin/sqlite3")]);
+    let args = ["--arg", "nixDir", nixpkg.to_str().unwrap(), "--arg", "sqliteDir", sqlite.to_str().unwrap()];
+    let b = nix.build("withNixDb", &args);
     assert_eq!(b.code, 0, "nix-build failed");
     let (rootfs, _) = common::nix::unpack_image(nix.work.path(), &b.out, "db");
     assert!(rootfs.join("nix/var/nix/db/db.sqlite").is_file());
@@ -39,5 +43,14 @@ fn build_image_with_nix_db_verifies_in_the_unpacked_image() {
     for p in req.lines() {
         assert!(rootfs.join(p.trim_start_matches('/')).exists(), "{p} is registered but not in the image");
     }
+    let times = common::image::run(
+        Command::new("sqlite3")
+            .arg(rootfs.join("nix/var/nix/db/db.sqlite"))
+            .arg("SELECT DISTINCT registrationTime FROM ValidPaths"),
+    );
+    assert_eq!(times.trim(), "315532800");
+
+    let again = nix.build("withNixDb", &[&args[..], &["--check"]].concat());
+    assert_eq!(again.code, 0, "nix-build --check found a difference");
     nix.delete(&[&b.out]);
 }

@@ -4,8 +4,8 @@
 # `twoLayerImage`, `noHistoryImage`, `shadowDir` and `nixDir` are given by
 # the tests that use them: a two-layer docker-archive, one whose config has
 # no history, and host binaries with their libraries
-# (libexec/NAME, lib/) that stand in for nixpkgs' shadow and nix.
-{ prefix, busybox, fromImage, nonce, twoLayerImage ? null, noHistoryImage ? null, shadowDir ? null, nixDir ? null }:
+# (libexec/NAME, lib/) that stand in for nixpkgs' shadow, nix and sqlite.
+{ prefix, busybox, fromImage, nonce, twoLayerImage ? null, noHistoryImage ? null, shadowDir ? null, nixDir ? null, sqliteDir ? null }:
 let
   rootlayer = builtins.path { path = prefix; name = "rootlayer"; };
   bb = builtins.path { path = busybox; name = "busybox"; };
@@ -17,6 +17,7 @@ let
     system = "x86_64-linux";
     shadow = if shadowDir == null then null else wrapped "shadow" shadowDir;
     nix = if nixDir == null then null else wrapped "nix" nixDir;
+    sqlite = if sqliteDir == null then null else wrapped "sqlite" sqliteDir;
   };
   # A package of host binaries: bin/NAME runs libexec/NAME with the
   # dynamic loader and libraries beside it (argv[0] kept: nix-store is nix).
