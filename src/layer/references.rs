@@ -436,6 +436,52 @@ mod tests {
         assert_eq!(found(&s), want);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// The scan of any stream cut into any pieces finds exactly what a
+        /// plain search of every 32-byte window of the whole finds. The
+        /// bytes are mostly base-32 with candidates' hashes spliced in, so
+        /// that runs, near misses and hashes across cuts are common.
+        #[test]
+        fn any_pieces_find_what_a_plain_search_of_the_whole_finds(
+            parts in proptest::collection::vec((0usize..6, proptest::collection::vec(0u8..40, 0..50)), 0..12),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let g = graph();
+            let hashes: Vec<&[u8]> = [A, B, C, D].iter().map(|p| hash_part(p.as_bytes()).unwrap()).collect();
+            let mut bytes = Vec::new();
+            for (pick, noise) in &parts {
+                if let Some(h) = hashes.get(*pick) {
+                    bytes.extend_from_slice(h);
+                }
+                // 0..32: base-32 digits; 32..40: '-', '/', 'e' and others.
+                let other = b"-/e\0Z.t ";
+                bytes.extend(noise.iter().map(|&n| {
+                    let n = usize::from(n);
+                    BASE32.get(n).copied().unwrap_or_else(|| other[n - 32])
+                }));
+            }
+            let mut want = BTreeSet::new();
+            for w in bytes.windows(HASH_LEN) {
+                for p in [A, B, C, D] {
+                    if hash_part(p.as_bytes()) == Some(w) {
+                        want.insert(p.as_bytes().to_vec());
+                    }
+                }
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort();
+            let mut s = g.scanner();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                s.scan(&bytes[at..c]);
+                at = c;
+            }
+            proptest::prop_assert_eq!(s.found(), &want);
+        }
+    }
+
     #[test]
     fn names_and_stream_breaks_do_not_join_pieces() {
         let g = graph();
