@@ -4,7 +4,8 @@
 //! layersUnpackOrder first image (no base, a script that names no store
 //! path in the layer) gets no store path at all; a symlink the script makes
 //! into a store path brings that path and what it references, copyToRoot's
-//! symlink brings its target, and nothing else comes along.
+//! symlink brings its target, the config's Cmd (in the layer's json) brings
+//! what it names, and nothing else comes along.
 
 mod common;
 
@@ -35,7 +36,7 @@ fn a_layer_holds_the_closure_of_what_its_files_reference() {
 
     let b = nix.build("refsLink", &[]);
     assert_eq!(b.code, 0, "nix-build failed");
-    assert!(b.log.contains("rootlayer: the layer references 2 of"), "no reference count in the log");
+    assert!(b.log.contains("rootlayer: the layer references 3 of"), "no reference count in the log");
     let (rootfs, _) = common::nix::unpack_image(nix.work.path(), &b.out, "link");
     let store = common::nix::store_names(&rootfs);
     let nonce = &nix.nonce;
@@ -43,10 +44,10 @@ fn a_layer_holds_the_closure_of_what_its_files_reference() {
         store.iter().map(|s| s.split_once('-').unwrap().1.trim_end_matches(&format!("-{nonce}")).to_string()).collect();
     kinds.sort();
     // linked (the symlink's target) with dep (which linked names in a
-    // file), and tool (copyToRoot's bin/tool points at it); not env itself,
-    // not busybox, not the script, not `unused` (only the script names it),
-    // not the config.
-    assert_eq!(kinds, ["dep", "linked", "tool"], "{store:?}");
+    // file), tool (copyToRoot's bin/tool points at it) and cmd (the
+    // config's Cmd); not env itself, not busybox, not the script, not
+    // `unused` (only the script names it), not the config file.
+    assert_eq!(kinds, ["cmd", "dep", "linked", "tool"], "{store:?}");
     let link = std::fs::read_link(rootfs.join("share-link")).unwrap();
     assert!(link.to_string_lossy().contains(&format!("-linked-{nonce}/share")), "{link:?}");
     let dep_path = std::fs::read_to_string(rootfs.join("share-link/dep-path")).unwrap();

@@ -52,6 +52,8 @@ let
   env = mkDrv "env" "${bb}/bin/mkdir -p $out/bin && ${bb}/bin/ln -s ${tool}/bin/tool $out/bin/tool";
   # Named by the script only.
   unused = mkDrv "unused" "${bb}/bin/mkdir $out";
+  # Named by the config only (its Cmd), which dockerTools' layer json holds.
+  cmd = mkDrv "cmd" "${bb}/bin/mkdir -p $out/bin && echo cmd > $out/bin/cmd";
   # A package whose share/ another store path links to as a directory.
   data = derivation {
     name = "test-data-${nonce}";
@@ -116,10 +118,12 @@ in
   };
 
   # A symlink the script makes into a store path with a closure of two,
-  # and copyToRoot's symlink to a third; the script names a fourth.
+  # copyToRoot's symlink to a third, the config's Cmd names a fourth; the
+  # script names a fifth.
   refsLink = rl.buildImage {
     name = "refs-link-${nonce}";
     copyToRoot = env;
+    config.Cmd = [ "${cmd}/bin/cmd" ];
     runAsRoot = ''
       test -d ${unused}
       ln -s ${linked}/share /share-link
