@@ -31,33 +31,15 @@ done
 [ -z "$fromImageTag" ] || set -- "$@" --from-image-tag "$fromImageTag"
 [ -z "$extraCommandsScript" ] || set -- "$@" --extra-commands "$extraCommandsScript"
 
-if [ "$format" = layer ]; then
-	set -- "$@" --base-json "$baseJson"
-else
-	printf '%s' "$baseJsonText" > "$TMPDIR/base.json"
-	set -- "$@" --base-json "$TMPDIR/base.json" --name "$imageName" --tag "$imageTag" --created "$created"
-fi
+set -- "$@" --base-json "$baseJson"
+[ "$format" = layer ] || set -- "$@" --name "$imageName" --tag "$imageTag" --created "$created"
 
-# The store paths the layer references: every path of the closures Nix
-# wrote (exportReferencesGraph: path, deriver, count, references), but the
-# runAsRoot script itself.
-if [ "$closureCount" -gt 0 ]; then
-	: > "$TMPDIR/store-paths"
-	i=0
-	while [ "$i" -lt "$closureCount" ]; do
-		while IFS= read -r path; do
-			IFS= read -r deriver
-			IFS= read -r n
-			while [ "$n" -gt 0 ]; do
-				IFS= read -r ref
-				n=$((n - 1))
-			done
-			[ "$path" = "$runAsRootScript" ] || printf '%s\n' "$path" >> "$TMPDIR/store-paths"
-		done < "closure-$i"
-		i=$((i + 1))
-	done
-	set -- "$@" --store-paths "$TMPDIR/store-paths"
-fi
+# The candidates for the layer's references (exportReferencesGraph files
+# Nix wrote): rootlayer adds the closure of those the layer names, as
+# dockerTools adds `writeReferencesToFile layer`.
+for graph in $graphs; do
+	set -- "$@" --references-graph "$graph"
+done
 
 "$rootlayer" "$@"
 

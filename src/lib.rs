@@ -6,7 +6,8 @@
 //! - [`exit`]: the process exit codes, a documented contract;
 //! - [`job`]: the host/agent protocol (job.json, result.json), the
 //!   `rootlayer-protocol` crate the agent shares;
-//! - [`layer`], [`image`]: OCI layers and image formats, pure code.
+//! - [`layer`], [`image`]: OCI layers and image formats, pure code;
+//! - [`nar`]: Nix archives' hashes, for `closure-info` (buildImageWithNixDb).
 
 pub mod base;
 pub mod contents;
@@ -16,6 +17,7 @@ pub mod exit;
 pub mod fuzz;
 pub mod image;
 pub mod layer;
+pub mod nar;
 pub mod outcome;
 pub mod runas;
 pub mod runner;

@@ -29,6 +29,10 @@ enum Command {
     RunAsRoot(Box<RunAsRootArgs>),
     /// dockerTools' exportImage: flatten an image into one root-filesystem tar.
     Export(ExportArgs),
+    /// nixpkgs' closureInfo: registration, store-paths and total-nar-size
+    /// of the paths in Nix exportReferencesGraph files, in a new directory
+    /// (nix/default.nix's buildImageWithNixDb loads the registration).
+    ClosureInfo(ClosureInfoArgs),
     /// Device throughput inside the guest (scripts/bench-devices).
     #[command(hide = true)]
     BenchIo(BenchIoArgs),
@@ -120,6 +124,13 @@ struct RunAsRootArgs {
     /// root, leaving out those the base image already has (as dockerTools does).
     #[arg(long)]
     store_paths: Option<PathBuf>,
+    /// A Nix exportReferencesGraph file (repeatable): the store paths the
+    /// layer may reference. Those whose hash occurs in the layer's files,
+    /// names or symlink targets are added with their closure, as
+    /// dockerTools adds the layer's references (leaving out what the base
+    /// image already has).
+    #[arg(long)]
+    references_graph: Vec<PathBuf>,
     /// mkRootLayer's baseJson: the JSON object `--format layer` writes as
     /// `json` (with the layer checksum added), and the config of an image
     /// without --from-image.
@@ -165,6 +176,15 @@ struct ExportArgs {
     out: PathBuf,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClosureInfoArgs {
+    /// The directory to write (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// exportReferencesGraph files.
+    graphs: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,6 +267,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot(args).into(),
         Command::RunAsRoot(args) => run_as_root(*args).into(),
         Command::Export(args) => export(args).into(),
+        Command::ClosureInfo(args) => closure_info(args).into(),
         Command::BenchIo(args) => bench_io(args).into(),
     }
 }
@@ -362,7 +383,9 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
             return Exit::BadInput;
         }
     };
-    let created = match rootlayer::image::created::created(&args.created, std::time::SystemTime::now()) {
+    // "now", wherever it is given, is this one instant.
+    let now = std::time::SystemTime::now();
+    let created = match rootlayer::image::created::created(&args.created, now) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rootlayer: --created {e}");
@@ -378,7 +401,14 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         Some(Ok(p)) => p,
         Some(Err(exit)) => return exit,
     };
-    let base_json = match args.base_json.as_deref().map(|f| {
+    let mut references = rootlayer::layer::references::ReferenceGraph::default();
+    for f in &args.references_graph {
+        if let Err(exit) = read_input("--references-graph", f, |t| references.add_export(t).map_err(|e| e.to_string()))
+        {
+            return exit;
+        }
+    }
+    let mut base_json = match args.base_json.as_deref().map(|f| {
         read_input("--base-json", f, |t| match serde_json::from_slice::<serde_json::Value>(t) {
             Ok(v) if v.is_object() => Ok(v),
             Ok(_) => Err("not a JSON object".into()),
@@ -389,6 +419,11 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         Some(Ok(v)) => Some(v),
         Some(Err(exit)) => return exit,
     };
+    let now = rootlayer::image::created::created("now", now).unwrap_or_else(|_| created.clone());
+    if let Some(Err(e)) = base_json.as_mut().map(|j| rootlayer::image::created::resolve_json(j, &now)) {
+        eprintln!("rootlayer: --base-json: {e}");
+        return Exit::BadInput;
+    }
     let req = RunAsRootRequest {
         script: args.script,
         from_image: args.from_image,
@@ -397,6 +432,7 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
         keep_contents_dirlinks: args.keep_contents_dirlinks,
         extra_commands: args.extra_commands,
         store_paths,
+        references,
         source_date_epoch: args.source_date_epoch,
         format,
         out: args.out,
@@ -416,6 +452,19 @@ fn run_as_root(args: RunAsRootArgs) -> Exit {
 fn export(args: ExportArgs) -> Exit {
     let selector = Selector { name: args.from_image_name, tag: args.from_image_tag };
     report(runas::export(&args.from_image, &selector, &args.out), args.json, "root filesystem")
+}
+
+fn closure_info(args: ClosureInfoArgs) -> Exit {
+    match rootlayer::nar::closure_info(&args.graphs, &args.out) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("rootlayer: closure-info: {}", rootlayer::exit::error_line(&e));
+            match e {
+                rootlayer::nar::NarError::Graph { .. } => Exit::BadInput,
+                _ => Exit::Internal,
+            }
+        }
+    }
 }
 
 fn boot(args: BootArgs) -> Exit {

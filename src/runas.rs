@@ -12,6 +12,7 @@ use crate::devices::console::Echo;
 use crate::exit::Exit;
 use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
 use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, XCHG_MOUNT};
+use crate::layer::references::{ReferenceGraph, ScanWriter};
 use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
 use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir};
@@ -45,6 +46,10 @@ pub struct RunAsRootRequest {
     pub extra_commands: Option<PathBuf>,
     /// Host paths added to the layer whole (`--store-paths`: a Nix closure).
     pub store_paths: Vec<StorePath>,
+    /// The store paths the layer may reference and their references
+    /// (`--references-graph`): the closure of those the layer's bytes name
+    /// is added as `store_paths` are.
+    pub references: ReferenceGraph,
     pub source_date_epoch: Option<u64>,
     pub format: OutputFormat,
     pub out: PathBuf,
@@ -322,14 +327,15 @@ fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, Ru
 /// mounted (the seed's way): a contents path the script replaced, deleted
 /// or emptied is left out, and a whiteout or opaque mark that only hid the
 /// contents' copy (the base disk `base` has no such path) is dropped.
-/// `store_paths` are added after it, leaving out what the layer or
-/// (`base_has`) the base image holds.
+/// `store_paths` and the closure of the `references` the tar (contents
+/// included) and `base_json` (the layer's json) name are added after it,
+/// leaving out what the layer or (`base_has`) the base image holds.
 fn read_upper(
     disk: &Path,
     out: &Path,
     limit: u64,
     (contents, base): (&Contents, &Path),
-    store_paths: &[StorePath],
+    (store_paths, references, base_json): (&[StorePath], &ReferenceGraph, Option<&serde_json::Value>),
     base_has: HashSet<Vec<u8>>,
 ) -> Result<(), RunAsRootError> {
     use crate::layer::ext4::{self, Ext4, Ext4Error, Upper};
@@ -338,7 +344,8 @@ fn read_upper(
     let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
     let mut fs = Ext4::open(image).map_err(RunAsRootError::Scratch)?;
     let file = std::fs::File::create(out).map_err(io)?;
-    let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    let scan = ScanWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), references.scanner());
+    let mut b = tar::Builder::new(scan);
     b.mode(tar::HeaderMode::Complete);
     let base_io = |e: std::io::Error| RunAsRootError::Base(BaseError::Io { path: base.to_path_buf(), source: e });
     let mut base_disk = std::io::BufReader::with_capacity(1 << 14, std::fs::File::open(base).map_err(base_io)?);
@@ -374,8 +381,16 @@ fn read_upper(
     })
     .map_err(RunAsRootError::Layer)?;
     skip.extend(base_has);
-    crate::layer::store_paths::append(&mut b, store_paths, &skip).map_err(RunAsRootError::StorePaths)?;
-    let mut w = b.into_inner().map_err(io)?;
+    let json = base_json.map(|j| j.to_string()).unwrap_or_default();
+    let closure =
+        crate::layer::store_paths::layer_closure(store_paths, references, b.get_mut().scanner(), json.as_bytes())
+            .map_err(RunAsRootError::StorePaths)?;
+    if !references.is_empty() {
+        eprintln!("rootlayer: {closure}");
+    }
+    let store_paths = closure.paths;
+    crate::layer::store_paths::append(&mut b, &store_paths, &skip).map_err(RunAsRootError::StorePaths)?;
+    let (mut w, _) = b.into_inner().map_err(io)?.into_inner();
     std::io::Write::flush(&mut w).map_err(io)
 }
 
@@ -427,7 +442,9 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     };
     let t = Instant::now();
     let disk = base_disk(base.as_ref(), &workdir)?;
-    let base_has = base_store_paths(base.as_ref(), &req.store_paths)?;
+    let candidates = crate::layer::store_paths::with_paths(&req.store_paths, req.references.paths())
+        .map_err(RunAsRootError::StorePaths)?;
+    let base_has = base_store_paths(base.as_ref(), &candidates)?;
     let base_seconds = t.elapsed().as_secs_f64();
     let script = copy_in(&req.script, &xchg, "script")?;
     let extra_commands = match &req.extra_commands {
@@ -471,7 +488,8 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let t = Instant::now();
     let upper_tar = outcome.workdir.path().join("upper.tar");
     let limit = spec.max_output.unwrap_or(u64::MAX);
-    read_upper(&outcome.workdir.disk(), &upper_tar, limit, (&contents, &disk.path), &req.store_paths, base_has)?;
+    let store = (req.store_paths.as_slice(), &req.references, req.meta.base_json.as_ref());
+    read_upper(&outcome.workdir.disk(), &upper_tar, limit, (&contents, &disk.path), store, base_has)?;
     let read_upper_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");

@@ -21,7 +21,7 @@ fn docker_archive_output_loads_in_skopeo_and_unpacks() {
     let new = layer_tar(&[("etc/", b""), ("etc/.wh.gone", b""), ("etc/new", b"from run")]);
     let layer = new_layer(d.path(), "upper.tar", &new);
 
-    for out_name in ["out.tar", "out.tar.gz"] {
+    for out_name in ["out.tar", "out.tar.gz", "out.tar.zst"] {
         let out = d.path().join(out_name);
         open_and_write(&base, &Selector::default(), OutputFormat::DockerArchive, &out, &layer).unwrap();
         // Our reader, by manifest.json.
@@ -38,6 +38,13 @@ fn docker_archive_output_loads_in_skopeo_and_unpacks() {
             fs::copy(&out, &copy).unwrap();
             run(std::process::Command::new("gzip").arg("-d").arg(&copy));
             d.path().join("gunzipped.tar")
+        } else if out_name.ends_with(".zst") {
+            // dockerTools' compressor = "zstd": the whole archive, as the
+            // zstd tool reads it.
+            assert_eq!(fs::read(&out).unwrap()[..4], [0x28, 0xb5, 0x2f, 0xfd], "not zstd");
+            let plain = d.path().join("unzstd.tar");
+            run(std::process::Command::new("zstd").arg("-qd").arg(&out).arg("-o").arg(&plain));
+            plain
         } else {
             out
         };

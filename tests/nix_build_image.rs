@@ -2,7 +2,8 @@
 //! (a docker-archive with a whiteout and an opaque dir), copyToRoot with a
 //! symlinked directory, a runAsRoot that adds a user and group, chowns a
 //! directory, makes a setuid file and deletes a base file, and
-//! extraCommands. The result is checked with skopeo and as `umoci unpack`
+//! extraCommands (whose /store-listing names every store path the build
+//! saw, so the layer holds every candidate). The result is checked with skopeo and as `umoci unpack`
 //! shows it; the build ran as a nixbld user and saw only its inputs (and
 //! of the host's devices only /dev/kvm beyond the usual ones); and
 //! `nix-build --check` rebuilds it bit for bit.
@@ -76,9 +77,15 @@ fn nix_build_image_is_a_drop_in_for_docker_tools() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    // The layer holds the closure of the store paths its files name, and
+    // /store-listing names every input of the build: so every candidate
+    // (copyToRoot's closure, the scripts', the config's) is there, the
+    // script too, as in dockerTools' layer; the build's other inputs
+    // (rootlayer, the base image) are no candidates and are not.
     assert!(store.iter().any(|s| s.ends_with(&format!("-test-data-{}", nix.nonce))), "{store:?}");
     assert!(store.iter().any(|s| s.ends_with("-busybox")), "the script's references are missing: {store:?}");
-    assert!(!store.iter().any(|s| s.ends_with("-run-as-root.sh")), "the script itself was added: {store:?}");
+    assert!(store.iter().any(|s| s.ends_with("-run-as-root.sh")), "the script the layer names is missing: {store:?}");
+    assert!(!store.iter().any(|s| s.ends_with("-rootlayer") || s.ends_with("-base-image.tar")), "{store:?}");
     for s in &store {
         let m = std::fs::symlink_metadata(rootfs.join("nix/store").join(s)).unwrap();
         assert_eq!((m.uid(), m.gid()), (0, 0), "{s}");

@@ -15,6 +15,25 @@ pub fn created(text: &str, now: SystemTime) -> Result<String, String> {
     check_rfc3339(text).map(|()| text.to_string())
 }
 
+/// A base json's (`--base-json`, dockerTools' baseJson) top-level
+/// `created` as the image carries it: `"now"` becomes `now`, the build's one
+/// resolved time (the one `--created now` gives), so that the config, the
+/// history and the layer json agree; any other value must be RFC 3339.
+pub fn resolve_json(json: &mut serde_json::Value, now: &str) -> Result<(), String> {
+    match json.get_mut("created") {
+        Some(serde_json::Value::String(s)) if s == "now" => *s = now.to_string(),
+        Some(serde_json::Value::String(s)) => check_rfc3339(s)?,
+        Some(serde_json::Value::Null) | None => {}
+        Some(other) => return Err(format!("created: {other} is not a string")),
+    }
+    Ok(())
+}
+
+/// `text` is an RFC 3339 date-time (what the image may carry).
+pub fn is_rfc3339(text: &str) -> bool {
+    check_rfc3339(text).is_ok()
+}
+
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_utc(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).expect("u64 seconds / 86400 fits i64");
@@ -137,6 +156,22 @@ mod tests {
         ] {
             let e = created(bad, UNIX_EPOCH).unwrap_err();
             assert!(e.contains(why) && e.contains("RFC 3339"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_base_json_gets_the_builds_one_now() {
+        let mut j = serde_json::json!({ "created": "now", "config": { "Cmd": ["now"] } });
+        resolve_json(&mut j, "2025-12-01T21:35:30Z").unwrap();
+        assert_eq!(j, serde_json::json!({ "created": "2025-12-01T21:35:30Z", "config": { "Cmd": ["now"] } }));
+        let mut j = serde_json::json!({ "created": "1999-12-31T23:59:59-05:30" });
+        resolve_json(&mut j, "2025-12-01T21:35:30Z").unwrap();
+        assert_eq!(j["created"], "1999-12-31T23:59:59-05:30");
+        let mut j = serde_json::json!({ "config": {} });
+        resolve_json(&mut j, "2025-12-01T21:35:30Z").unwrap();
+        assert!(j.get("created").is_none());
+        for bad in [serde_json::json!({ "created": "yesterday" }), serde_json::json!({ "created": 5 })] {
+            assert!(resolve_json(&mut bad.clone(), "2025-12-01T21:35:30Z").is_err(), "{bad}");
         }
     }
 

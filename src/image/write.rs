@@ -16,6 +16,7 @@ use oci_spec::image::{
     OciLayoutBuilder,
 };
 
+use super::compression::Compression;
 use super::digest::{HashingWriter, Sha256Digest};
 use super::docker::ManifestEntry;
 use super::oci::{blob_path, REF_NAME};
@@ -30,8 +31,9 @@ pub enum OutputFormat {
     /// plus `layer.sha256` holding the layer's diff_id.
     #[default]
     Layer,
-    /// A docker-archive tar (gzip-compressed when the output name ends in
-    /// `.gz`) of the base image with the new layer on top.
+    /// A docker-archive tar (compressed as a whole when the output name
+    /// ends in `.gz` or `.zst`, as dockerTools' `compressor` does) of the
+    /// base image with the new layer on top.
     DockerArchive,
     /// An OCI image layout directory of the base image with the new layer
     /// on top.
@@ -122,8 +124,12 @@ pub fn write_output(
                 .suffix(".tmp")
                 .tempfile_in(parent)
                 .map_err(ImageError::io(parent))?;
-            let gzip = out.extension().is_some_and(|e| e == "gz");
-            write_docker_archive(tmp.as_file(), base, layer, meta, gzip)?;
+            let compression = match out.extension().and_then(|e| e.to_str()) {
+                Some("gz") => Compression::Gzip,
+                Some("zst") => Compression::Zstd,
+                _ => Compression::None,
+            };
+            write_docker_archive(tmp.as_file(), base, layer, meta, compression)?;
             tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(ImageError::io(tmp.path()))?;
             tmp.persist_noclobber(out).map_err(|e| {
                 if e.error.kind() == io::ErrorKind::AlreadyExists {
@@ -197,11 +203,19 @@ fn output_config(
     };
     let base_layers = base.map_or(0, |b| b.layers().len());
     let mut history: Vec<History> = config.history().clone().unwrap_or_default();
+    // Every time the image carries is RFC 3339 (skopeo refuses the config
+    // otherwise): a base's entry without one is left without.
+    let rfc3339 = |c: &Option<String>| c.clone().filter(|c| super::created::is_rfc3339(c));
+    for h in &mut history {
+        h.set_created(rfc3339(h.created()));
+    }
     if history.is_empty() && base_layers > 0 {
-        // Keep one history entry per layer when the base recorded none.
+        // Keep one history entry per layer when the base recorded none,
+        // with the base's own time (not the one merged from the base json).
+        let base_created = rfc3339(&base.and_then(|b| b.config().created().clone()));
         for _ in 0..base_layers {
             let mut h = History::default();
-            h.set_created(config.created().clone());
+            h.set_created(base_created.clone());
             history.push(h);
         }
     }
@@ -317,18 +331,14 @@ fn write_docker_archive(
     base: Option<&BaseImage>,
     layer: &NewLayer,
     meta: &ImageMeta,
-    gzip: bool,
+    compression: Compression,
 ) -> Result<(), ImageError> {
     let out = Path::new("docker-archive output");
     let config = output_config(base, layer, meta)?;
     let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
     let config_name = format!("{}.json", Sha256Digest::of(&config_bytes).hex());
 
-    let sink: Box<dyn Write + '_> = if gzip {
-        Box::new(flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default()))
-    } else {
-        Box::new(BufWriter::new(file))
-    };
+    let sink = Sink::new(file, compression).map_err(|e| ImageError::from_io(e, out))?;
     let mut b = tar::Builder::new(sink);
 
     let diff_ids = config.rootfs().diff_ids().clone();
@@ -379,11 +389,56 @@ fn write_docker_archive(
     let repositories = serde_json::to_vec(&repositories).map_err(ImageError::json("repositories"))?;
     append_bytes(&mut b, "repositories", &repositories, out)?;
 
-    let mut sink = b.into_inner().map_err(|e| ImageError::from_io(e, out))?;
-    sink.flush().map_err(|e| ImageError::from_io(e, out))?;
-    drop(sink);
+    let sink = b.into_inner().map_err(|e| ImageError::from_io(e, out))?;
+    sink.finish().map_err(|e| ImageError::from_io(e, out))?;
     file.sync_all().map_err(|e| ImageError::from_io(e, out))?;
     Ok(())
+}
+
+/// The docker-archive's file, compressed as a whole or not.
+enum Sink<'a> {
+    Plain(BufWriter<&'a File>),
+    Gzip(flate2::write::GzEncoder<BufWriter<&'a File>>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<&'a File>>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(file: &'a File, compression: Compression) -> io::Result<Sink<'a>> {
+        let w = BufWriter::new(file);
+        Ok(match compression {
+            Compression::None => Sink::Plain(w),
+            Compression::Gzip => Sink::Gzip(flate2::write::GzEncoder::new(w, flate2::Compression::default())),
+            Compression::Zstd => Sink::Zstd(zstd::stream::write::Encoder::new(w, zstd::DEFAULT_COMPRESSION_LEVEL)?),
+        })
+    }
+
+    /// Write the compressor's end and flush.
+    fn finish(self) -> io::Result<()> {
+        let mut w = match self {
+            Sink::Plain(w) => w,
+            Sink::Gzip(z) => z.finish()?,
+            Sink::Zstd(z) => z.finish()?,
+        };
+        w.flush()
+    }
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Gzip(w) => w.write(buf),
+            Sink::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Gzip(w) => w.flush(),
+            Sink::Zstd(w) => w.flush(),
+        }
+    }
 }
 
 /// Writes `data` as a blob, returning its digest.

@@ -15,6 +15,10 @@
 //! - [`ext4`]: the overlay upper dir read off the scratch disk's image the
 //!   guest left, as the tar [`convert`] takes; [`ext4_format`] makes that
 //!   disk's empty ext4 before the job.
+//! - [`references`]: the Nix store paths the new layer's bytes name (Nix's
+//!   reference scan) and their closure, from `exportReferencesGraph` files.
+//! - [`references`]: the Nix store paths the new layer's bytes name (Nix's
+//!   reference scan) and their closure, from `exportReferencesGraph` files.
 //! - [`store_paths`]: host store paths (a Nix closure) added to the new
 //!   layer whole, as dockerTools adds them.
 //! - [`unpack`]: an OCI layer -> a directory usable as an overlay lower dir
@@ -31,6 +35,7 @@ pub mod erofs;
 pub mod ext4;
 pub mod ext4_format;
 pub mod flatten;
+pub mod references;
 pub mod rules;
 pub mod store_paths;
 pub mod tree_tar;

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
+use super::references::{ReferenceGraph, Scanner};
 use super::rules::{self, EntryName};
 use super::tree_tar::header;
 use super::{show, LayerError};
@@ -76,6 +77,69 @@ pub fn parse_list(text: &[u8]) -> Result<Vec<StorePath>, LayerError> {
         }
         paths.push(StorePath::parse(Path::new(OsStr::from_bytes(line)))?);
     }
+    Ok(outermost(paths))
+}
+
+/// `listed` and `more` as one list, as [`parse_list`] gives it: what
+/// `--store-paths` lists and the closure of what the layer references.
+pub fn with_paths<P: AsRef<[u8]>>(
+    listed: &[StorePath],
+    more: impl IntoIterator<Item = P>,
+) -> Result<Vec<StorePath>, LayerError> {
+    let mut paths = listed.to_vec();
+    for p in more {
+        paths.push(StorePath::parse(Path::new(OsStr::from_bytes(p.as_ref())))?);
+    }
+    Ok(outermost(paths))
+}
+
+/// The store paths a new layer gets (dockerTools' `writeReferencesToFile
+/// layer`): the `listed` ones, and the closure in `graph` of the
+/// candidates `scanner` found in the layer's bytes or finds in `json` (the
+/// layer's json, whose references dockerTools' layer output has too).
+pub fn layer_closure(
+    listed: &[StorePath],
+    graph: &ReferenceGraph,
+    scanner: &mut Scanner,
+    json: &[u8],
+) -> Result<LayerClosure, LayerError> {
+    scanner.break_stream();
+    scanner.scan_name(json);
+    let referenced = scanner.found().len();
+    let closure = graph.closure(scanner.found().iter().map(Vec::as_slice));
+    let closure_len = closure.len();
+    Ok(LayerClosure {
+        paths: with_paths(listed, closure)?,
+        candidates: graph.paths().count(),
+        referenced,
+        closure: closure_len,
+    })
+}
+
+/// What [`layer_closure`] found: the paths to add and how it came to them.
+#[derive(Debug, Clone)]
+pub struct LayerClosure {
+    pub paths: Vec<StorePath>,
+    /// Store paths the layer could reference (the graph's).
+    pub candidates: usize,
+    /// Those whose hash occurs in the layer.
+    pub referenced: usize,
+    /// Those and their references.
+    pub closure: usize,
+}
+
+impl std::fmt::Display for LayerClosure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the layer references {} of {} candidate store paths; with their references, {} store paths",
+            self.referenced, self.candidates, self.closure
+        )
+    }
+}
+
+/// `paths` in layer order, without duplicates or paths inside another.
+fn outermost(mut paths: Vec<StorePath>) -> Vec<StorePath> {
     paths.sort_by(|a, b| rules::cmp_paths(&a.layer, &b.layer));
     paths.dedup_by(|b, a| a.layer == b.layer);
     let mut kept: Vec<StorePath> = Vec::new();
@@ -84,7 +148,7 @@ pub fn parse_list(text: &[u8]) -> Result<Vec<StorePath>, LayerError> {
             kept.push(p);
         }
     }
-    Ok(kept)
+    kept
 }
 
 /// `path` is `dir` or inside it.
@@ -228,6 +292,42 @@ mod tests {
         }
         let parents: Vec<_> = sp("/nix/store/a-x").parents().map(show).collect();
         assert_eq!(parents, ["nix", "nix/store"]);
+    }
+
+    #[test]
+    fn more_paths_join_the_listed_ones_in_order() {
+        let listed = parse_list(b"/nix/store/b-y\n").unwrap();
+        let all = with_paths(&listed, ["/nix/store/a-x", "/nix/store/b-y", "/nix/store/b-y/sub"]).unwrap();
+        let got: Vec<_> = all.iter().map(|p| show(&p.layer)).collect();
+        assert_eq!(got, ["nix/store/a-x", "nix/store/b-y"]);
+        assert!(with_paths(&listed, ["relative"]).is_err());
+    }
+
+    #[test]
+    fn the_layer_gets_the_closure_of_what_it_and_its_json_name() {
+        let (a, b, c, d) = (
+            "/nix/store/0c0bgmfxpw3g6fsm3vfhdqfxcaqwaxhl-a",
+            "/nix/store/1zbg2ly3gpcbxmyh2p8ncysd8w6fi4jj-b",
+            "/nix/store/2b4kqx4ral9hhmd3zzc0q3czdrxhw1bq-c",
+            "/nix/store/3vcqxmg9irpz3nl7ap4lj5p6g1yk9d0s-d",
+        );
+        let mut g = ReferenceGraph::default();
+        g.add_export(format!("{a}\n\n1\n{b}\n{b}\n\n0\n{c}\n\n0\n{d}\n\n0\n").as_bytes()).unwrap();
+        let layer_names = |tar: &str, json: &str| {
+            let mut s = g.scanner();
+            s.scan(tar.as_bytes());
+            let c = layer_closure(&[], &g, &mut s, json.as_bytes()).unwrap();
+            c.paths.iter().map(|p| show(&p.layer)).collect::<Vec<_>>()
+        };
+        assert!(layer_names("nothing here", "{}").is_empty());
+        assert_eq!(layer_names(&format!("bin/sh -> {a}/bin/sh"), "{}"), [&a[1..], &b[1..]]);
+        assert_eq!(layer_names("", &format!(r#"{{"Cmd":["{d}/bin/d"]}}"#)), [&d[1..]]);
+        // The json is not read as the stream's continuation.
+        assert!(layer_names(&c[..30], &c[30..]).is_empty());
+        let listed = parse_list(c.as_bytes()).unwrap();
+        let mut s = g.scanner();
+        let got = layer_closure(&listed, &g, &mut s, b"").unwrap();
+        assert_eq!((got.paths.len(), got.referenced, got.candidates), (1, 0, 4));
     }
 
     #[test]

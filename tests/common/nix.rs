@@ -17,6 +17,8 @@ pub struct Nix {
     pub work: tempfile::TempDir,
     pub busybox: PathBuf,
     pub base: PathBuf,
+    /// The two-layer busybox base (runas::make_base_image).
+    pub two_layer: PathBuf,
     pub nonce: String,
 }
 
@@ -65,18 +67,19 @@ pub fn setup(test: &str) -> Option<Nix> {
     for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
         std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet)).unwrap();
     }
-    let base = base_image(work.path());
+    let (base, two_layer) = base_image(work.path());
     let nonce = format!(
         "{}-{}",
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     );
-    Some(Nix { prefix, work, busybox, base, nonce })
+    Some(Nix { prefix, work, busybox, base, two_layer, nonce })
 }
 
 /// The busybox base of the run-as-root tests plus a third layer with a
-/// whiteout (`etc/motd`); its second layer makes `keep/` opaque.
-fn base_image(root: &Path) -> PathBuf {
+/// whiteout (`etc/motd`); its second layer makes `keep/` opaque. Also
+/// returns the two-layer image.
+fn base_image(root: &Path) -> (PathBuf, PathBuf) {
     let two = super::runas::make_base_image(root);
     let t3 = root.join("l3.tar");
     let l3 = root.join("l3");
@@ -90,7 +93,69 @@ fn base_image(root: &Path) -> PathBuf {
         ["l1.tar", "l2.tar", "l3.tar"].iter().map(|l| std::fs::read(root.join(l)).unwrap()).collect();
     let archive = root.join("base3.tar");
     super::image::docker_archive(&archive, &[(&["base:latest"], &layers)], false);
-    archive
+    (archive, two)
+}
+
+/// Host binaries as a directory test.nix's `wrapped` makes a package of
+/// (nixpkgs' shadow and nix stand-ins): `libexec/NAME` for each of
+/// `bins` (NAME, host path), and every library they load, with the
+/// dynamic loader, in `lib/`.
+pub fn host_binaries(dir: &Path, bins: &[(&str, &str)]) -> PathBuf {
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(dir.join("libexec")).unwrap();
+    std::fs::create_dir_all(&lib).unwrap();
+    for (name, path) in bins {
+        std::fs::copy(path, dir.join("libexec").join(name)).unwrap();
+        let ldd = Command::new("ldd").arg(path).output().unwrap();
+        assert!(ldd.status.success(), "ldd {path}");
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libx.so.1 => /lib/.../libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let Some(file) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
+            let name = if file.contains("ld-linux") {
+                "ld-linux-x86-64.so.2".to_string()
+            } else {
+                line.split_whitespace().next().unwrap().to_string()
+            };
+            if !lib.join(&name).exists() {
+                std::fs::copy(file, lib.join(&name)).unwrap();
+            }
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// The store paths an image's rootfs holds (names under nix/store).
+pub fn store_names(rootfs: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(rootfs.join("nix/store")) {
+        Ok(d) => d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// A docker-archive from nix-build (`.tar`, `.tar.gz` or `.tar.zst`)
+/// unpacked by umoci (through skopeo's OCI copy): the rootfs, and the
+/// plain archive skopeo reads.
+pub fn unpack_image(work: &Path, out: &str, tag: &str) -> (PathBuf, PathBuf) {
+    let plain = work.join(format!("{tag}.tar"));
+    let cat = if out.ends_with(".gz") {
+        "gzip -dc"
+    } else if out.ends_with(".zst") {
+        "zstd -dc"
+    } else {
+        "cat"
+    };
+    let st = Command::new("sh").arg("-c").arg(format!("{cat} '{out}' > '{}'", plain.display())).status().unwrap();
+    assert!(st.success(), "{cat} {out}");
+    let layout = work.join(format!("{tag}.oci"));
+    super::image::skopeo(&[
+        "copy",
+        &format!("docker-archive:{}", plain.display()),
+        &format!("oci:{}:t", layout.display()),
+    ]);
+    let rootfs = super::image::umoci_unpack(&layout, "t", &work.join(format!("{tag}.bundle")));
+    (rootfs, plain)
 }
 
 impl Nix {
