@@ -23,8 +23,10 @@ use std::time::Instant;
 
 /// What the script gets mounted (mount points made where the image lacks
 /// them, removed again): the guest's /dev (with /dev/shm and /dev/pts), a
-/// fresh /proc, /sys, and /run as a tmpfs, as on any Linux.
-const SCRIPT_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
+/// fresh /proc, and /sys, as vmTools mounts them. /run stays the image's
+/// own directory, as in the seed's recipe and `docker build`: what a script
+/// or a package's postinst leaves there is part of the layer.
+const SCRIPT_MOUNTS: [&str; 3] = ["/dev", "/proc", "/sys"];
 
 /// Time a phase into the result.
 fn phase<T>(result: &mut JobResult, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -58,10 +60,6 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
 
     let mut mount_points = Vec::new();
     for p in SCRIPT_MOUNTS.iter().map(|s| s.to_string()).chain(job.store_paths.iter().cloned()) {
-        // An image whose /run is a symlink keeps it (and gets no tmpfs).
-        if p == "/run" && std::fs::symlink_metadata(merged.join("run")).is_ok_and(|m| !m.is_dir()) {
-            continue;
-        }
         create_missing(&merged, &p, &mut mount_points)?;
     }
 
@@ -306,16 +304,6 @@ fn sandbox(merged: &Path, job: &RunAsRoot, fd: i32, shebang: bool, env: &[CStrin
     let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
     mount(Some("/dev"), &merged.join("dev"), None::<&str>, bind, None::<&str>).context("bind /dev")?;
     mount(Some("/sys"), &merged.join("sys"), None::<&str>, bind, None::<&str>).context("bind /sys")?;
-    if std::fs::symlink_metadata(merged.join("run")).is_ok_and(|m| m.is_dir()) {
-        mount(
-            Some("tmpfs"),
-            &merged.join("run"),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        )
-        .context("mount /run")?;
-    }
     for store in &job.store_paths {
         let target = merged.join(store.trim_start_matches('/'));
         mount(Some(store.as_str()), &target, None::<&str>, bind, None::<&str>)
