@@ -42,7 +42,7 @@ pub enum Ext4Error {
     Corrupt { ino: u64, what: String },
     #[error("{0} not found on the scratch disk")]
     NotFound(String),
-    #[error("the upper dir holds more than the output limit of {0} bytes")]
+    #[error("the upper dir holds more than the output limit of {0} bytes (file data, headers, names and xattrs)")]
     TooLarge(u64),
     #[error("writing the upper dir's tar")]
     Write(#[source] io::Error),
@@ -618,11 +618,24 @@ pub fn upper_entries<R: Read + Seek, W: Write>(
 }
 
 /// The walk's state an entry updates: the first path of each hardlinked
-/// inode, and what is left of the file-data budget.
+/// inode, and what is left of the output budget.
 struct EntryCtx<'a> {
     first: &'a mut HashMap<u64, Vec<u8>>,
     budget: &'a mut u64,
     limit: u64,
+}
+
+/// A tar block: every header, and the unit name and data records round to.
+const TAR_BLOCK: u64 = 512;
+
+impl EntryCtx<'_> {
+    /// Take `bytes` of the layer from the budget (rounded up to whole tar
+    /// blocks, as the layer stores them); over it, the output limit error.
+    fn charge(&mut self, bytes: u64) -> Result<(), Ext4Error> {
+        let blocks = bytes.div_ceil(TAR_BLOCK).saturating_mul(TAR_BLOCK);
+        *self.budget = self.budget.checked_sub(blocks).ok_or(Ext4Error::TooLarge(self.limit))?;
+        Ok(())
+    }
 }
 
 /// The overlay's mark of an opaque directory, as the guest mounts it.
@@ -639,10 +652,21 @@ fn entry<R: Read + Seek, W: Write>(
     let w = Ext4Error::Write;
     let p = Path::new(OsStr::from_bytes(path));
     let mut h = header(u32::from(inode.mode & 0o7777), inode.uid, inode.gid, u64::try_from(inode.mtime).unwrap_or(0));
+    // Every byte the layer will hold counts against the limit, not only
+    // file data: the header, and a long name's own header and record (so
+    // that many files under deep long names cannot make a huge layer, nor
+    // take the host's memory, from a small disk).
+    ctx.charge(TAR_BLOCK)?;
+    if path.len() >= 100 {
+        ctx.charge(TAR_BLOCK + path.len() as u64)?;
+    }
     if !inode.is_dir() && inode.links > 1 {
-        if let Some(target) = ctx.first.get(&inode.ino) {
+        if let Some(target) = ctx.first.get(&inode.ino).cloned() {
+            if target.len() >= 100 {
+                ctx.charge(TAR_BLOCK + target.len() as u64)?;
+            }
             h.set_entry_type(EntryType::Link);
-            b.append_link(&mut h, p, Path::new(OsStr::from_bytes(target))).map_err(w)?;
+            b.append_link(&mut h, p, Path::new(OsStr::from_bytes(&target))).map_err(w)?;
             return Ok(if is_whiteout(inode) { Upper::Whiteout } else { Upper::Other });
         }
         ctx.first.insert(inode.ino, path.to_vec());
@@ -654,6 +678,11 @@ fn entry<R: Read + Seek, W: Write>(
     let opaque = inode.is_dir() && xattrs.iter().any(|(k, v)| k == OPAQUE_XATTR && v == b"y");
     if opaque && hides_only_contents() {
         xattrs.retain(|(k, _)| k != OPAQUE_XATTR);
+    }
+    if !xattrs.is_empty() {
+        // A PAX header and its records ("len SCHILY.xattr.name=value\n").
+        let records: u64 = xattrs.iter().map(|(k, v)| 32 + k.len() as u64 + v.len() as u64).sum();
+        ctx.charge(TAR_BLOCK + records)?;
     }
     append_xattrs(b, xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(w)?;
     let what = match inode.kind() {
@@ -669,7 +698,7 @@ fn entry<R: Read + Seek, W: Write>(
             b.append_data(&mut h, p, io::empty()).map_err(w)
         }
         0o100_000 => {
-            *ctx.budget = ctx.budget.checked_sub(inode.size).ok_or(Ext4Error::TooLarge(ctx.limit))?;
+            ctx.charge(inode.size)?;
             h.set_entry_type(EntryType::Regular);
             h.set_size(inode.size);
             let reader = fs.contents(inode)?;
@@ -679,6 +708,9 @@ fn entry<R: Read + Seek, W: Write>(
             let target = fs.symlink(inode)?;
             if target.is_empty() || target.contains(&0) {
                 return Err(corrupt("bad symlink target"));
+            }
+            if target.len() >= 100 {
+                ctx.charge(TAR_BLOCK + target.len() as u64)?;
             }
             h.set_entry_type(EntryType::Symlink);
             b.append_link(&mut h, p, Path::new(OsStr::from_bytes(&target))).map_err(w)

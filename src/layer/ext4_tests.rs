@@ -233,3 +233,33 @@ fn posix_acls_read_back_in_the_kernels_xattr_form() {
     assert_eq!(acl_to_xattr(&[2, 0, 0, 0]), None, "another version");
     assert_eq!(acl_to_xattr(&[1, 0, 0, 0, 0x40, 0, 7, 0]), None, "an unknown tag");
 }
+
+#[test]
+fn the_output_limit_counts_headers_and_names_not_only_file_data() {
+    // 2,000 empty files under a chain of 200-byte directory names: no file
+    // data at all, but about 2.5 MB of layer (a header and a long name
+    // each).
+    let t = tempfile::tempdir().unwrap();
+    let mut deep = t.path().join("root/upper");
+    for i in 0..3 {
+        deep.push(format!("{i}{}", "d".repeat(199)));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    for i in 0..2000 {
+        std::fs::File::create(deep.join(format!("f{i:04}"))).unwrap();
+    }
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 64);
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    let mut out = Vec::new();
+    upper_tar(&mut fs, "upper", &mut out, 8 << 20).unwrap();
+    let size = out.len() as u64;
+    assert!(size > 2 << 20, "the layer of empty files is {size} bytes");
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    let e = upper_tar(&mut fs, "upper", std::io::sink(), 1 << 20).unwrap_err();
+    assert!(matches!(e, Ext4Error::TooLarge(n) if n == 1 << 20), "{e}");
+    // The count is close to what is written: a limit of what the tar
+    // takes (plus the end-of-archive blocks' slack) passes.
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    upper_tar(&mut fs, "upper", std::io::sink(), size + (64 << 10)).unwrap();
+}
