@@ -229,6 +229,38 @@ impl Workdir {
     }
 }
 
+impl Drop for Workdir {
+    /// The guest may have left directories in the exchange share that its
+    /// owner (this user) cannot list or empty (mode 000, say): give every
+    /// directory under the work dir back its owner's rwx, without following
+    /// any link, so that the TempDir's removal takes all of it.
+    fn drop(&mut self) {
+        make_removable(self.dir.path());
+    }
+}
+
+/// `chmod u+rwx` every directory under `root` (itself included), never
+/// through a symlink; errors are left to the removal to meet.
+fn make_removable(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
+        if !meta.is_dir() {
+            continue;
+        }
+        if meta.permissions().mode() & 0o700 != 0o700 {
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
 /// A finished job: the VM's report, the agent's result (None when the
 /// guest did not get that far), and the work directory, removed when this
 /// is dropped.
@@ -468,6 +500,34 @@ mod tests {
             let e = check_cache_dir(&cache).unwrap_err().to_string();
             assert!(e.contains("owned by uid 65534"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_work_dir_the_guest_locked_up_is_removed_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let w = Workdir::new().unwrap();
+        let path = w.path().to_path_buf();
+        let locked = w.xchg().join("a/b");
+        std::fs::create_dir_all(&locked).unwrap();
+        std::fs::write(locked.join("f"), "x").unwrap();
+        // A link out of the work dir: its target's mode is never touched.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+        std::os::unix::fs::symlink(outside.path(), w.xchg().join("out")).unwrap();
+        for d in [&locked, &w.xchg().join("a")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+        // (Root could remove them anyway: check the modes themselves.)
+        make_removable(w.path());
+        for d in [&locked, &w.xchg().join("a")] {
+            assert_eq!(std::fs::metadata(d).unwrap().permissions().mode() & 0o700, 0o700, "{}", d.display());
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        drop(w);
+        assert!(!path.exists(), "the work dir is gone");
+        let mode = std::fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o500, "nothing outside was changed");
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]
