@@ -101,7 +101,10 @@ pub fn flatten(base: Option<&BaseImage>, work: &Path) -> Result<(Tree, Vec<PathB
     if let Some(b) = base {
         for i in 0..b.layers().len() {
             let p = work.join(format!("layer-{i}.tar"));
-            let mut out = BufWriter::with_capacity(1 << 20, File::create(&p).map_err(io_err(&p))?);
+            // Stopped by SIGINT/SIGTERM at its next write: a big base image
+            // is not staged whole after the user asked to stop.
+            let file = BufWriter::with_capacity(1 << 20, File::create(&p).map_err(io_err(&p))?);
+            let mut out = crate::layer::Stoppable { inner: file, stop: crate::vmm::interrupted };
             std::io::copy(&mut b.open_layer(i)?, &mut out).map_err(|e| ImageError::from_io(e, b.path()))?;
             out.flush().map_err(io_err(&p))?;
             drop(out);

@@ -244,6 +244,24 @@ pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobRes
     Ok(result)
 }
 
+/// Once SIGINT or SIGTERM came, a host phase's failure (the writers stop at
+/// their next write) is the interruption, and so is a phase that got done.
+fn or_interrupted<T>(r: Result<T, RunAsRootError>) -> Result<T, RunAsRootError> {
+    match r {
+        _ if crate::vmm::interrupted() => Err(RunAsRootError::Interrupted),
+        r => r,
+    }
+}
+
+/// An output file writer that stops at SIGINT/SIGTERM.
+fn stoppable_file(path: &Path) -> std::io::Result<impl std::io::Write> {
+    let file = std::fs::File::create(path)?;
+    Ok(crate::layer::Stoppable {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        stop: crate::vmm::interrupted,
+    })
+}
+
 /// The smallest scratch disk a job can use (its ext4 metadata, the
 /// overlay's work dir): the smallest `layer::ext4_format` makes.
 pub const MIN_DISK_MIB: u64 = crate::layer::ext4_format::MIN_SIZE >> 20;
@@ -343,8 +361,7 @@ fn read_upper(
     let io = |e: std::io::Error| RunAsRootError::Scratch(Ext4Error::Io(e));
     let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
     let mut fs = Ext4::open(image).map_err(RunAsRootError::Scratch)?;
-    let file = std::fs::File::create(out).map_err(io)?;
-    let scan = ScanWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), references.scanner());
+    let scan = ScanWriter::new(stoppable_file(out).map_err(io)?, references.scanner());
     let mut b = tar::Builder::new(scan);
     b.mode(tar::HeaderMode::Complete);
     let base_io = |e: std::io::Error| RunAsRootError::Base(BaseError::Io { path: base.to_path_buf(), source: e });
@@ -401,7 +418,7 @@ fn contents_disk(contents: &Contents, workdir: &Workdir) -> Result<Option<PathBu
     }
     let path = workdir.path().join("contents.erofs");
     let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).map_err(io)?);
+    let mut out = stoppable_file(&path).map_err(io)?;
     contents.write_disk(&mut out).map_err(RunAsRootError::Contents)?;
     std::io::Write::flush(&mut out).map_err(io)?;
     Ok(Some(path))
@@ -441,7 +458,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         None => None,
     };
     let t = Instant::now();
-    let disk = base_disk(base.as_ref(), &workdir)?;
+    let disk = or_interrupted(base_disk(base.as_ref(), &workdir))?;
     let candidates = crate::layer::store_paths::with_paths(&req.store_paths, req.references.paths())
         .map_err(RunAsRootError::StorePaths)?;
     let base_has = base_store_paths(base.as_ref(), &candidates)?;
@@ -455,7 +472,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let contents = Contents::gather(&req.contents, req.keep_contents_dirlinks).map_err(RunAsRootError::Contents)?;
     let mut spec = spec.clone();
     spec.base_disk = Some(disk.path.clone());
-    spec.contents_disk = contents_disk(&contents, &workdir)?;
+    spec.contents_disk = or_interrupted(contents_disk(&contents, &workdir))?;
     let contents_seconds = t.elapsed().as_secs_f64();
     let store_paths = spec
         .stores
@@ -473,6 +490,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
     });
     let prepared = start.elapsed().as_secs_f64();
+    or_interrupted(Ok(()))?;
     let outcome = run_job(&spec, workdir, task)?;
     let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
     let script_status = result.script_status.unwrap_or(-1);
@@ -489,17 +507,20 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let upper_tar = outcome.workdir.path().join("upper.tar");
     let limit = spec.max_output.unwrap_or(u64::MAX);
     let store = (req.store_paths.as_slice(), &req.references, req.meta.base_json.as_ref());
-    read_upper(&outcome.workdir.disk(), &upper_tar, limit, (&contents, &disk.path), store, base_has)?;
+    let read = read_upper(&outcome.workdir.disk(), &upper_tar, limit, (&contents, &disk.path), store, base_has);
+    or_interrupted(read)?;
     let read_upper_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
     let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
-    let info = convert_file_to_path(&upper_tar, &layer_tar, &opts).map_err(|e| match e {
-        LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
-            RunAsRootError::Unrepresentable(e)
-        }
-        other => RunAsRootError::Layer(other),
-    })?;
+    let info = or_interrupted(convert_file_to_path(&upper_tar, &layer_tar, &opts, &crate::vmm::interrupted).map_err(
+        |e| match e {
+            LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
+                RunAsRootError::Unrepresentable(e)
+            }
+            other => RunAsRootError::Layer(other),
+        },
+    ))?;
     let convert = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let diff_id: Sha256Digest = info
@@ -507,6 +528,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .parse()
         .map_err(|_| RunAsRootError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
     let new_layer = NewLayer { tar: layer_tar, diff_id, size: info.size };
+    or_interrupted(Ok(()))?;
     write_output(req.format, &req.out, base.as_ref(), &new_layer, &req.meta)?;
     let write = t.elapsed().as_secs_f64();
 
@@ -549,16 +571,17 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
     if let Some(m) = base.selected().message() {
         eprintln!("rootlayer: {m}");
     }
-    let (tree, staged) = crate::base::flatten(Some(&base), workdir.path())?;
+    let (tree, staged) = or_interrupted(crate::base::flatten(Some(&base), workdir.path()).map_err(Into::into))?;
     let flattened = start.elapsed().as_secs_f64();
     let t = Instant::now();
     let tar_path = workdir.path().join("rootfs.tar");
     let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
     let mut layers = crate::base::open_staged(&staged)?;
-    let file = std::fs::File::create(&tar_path).map_err(io)?;
-    crate::layer::tree_tar::write(&tree, &mut layers, std::io::BufWriter::with_capacity(1 << 20, file))?;
+    let file = stoppable_file(&tar_path).map_err(io)?;
+    or_interrupted(crate::layer::tree_tar::write(&tree, &mut layers, file).map_err(Into::into))?;
     // Same deterministic writer as the layers (no whiteouts in a merged tree).
-    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default())?;
+    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default(), &crate::vmm::interrupted);
+    let info = or_interrupted(info.map_err(Into::into))?;
     Ok(Summary {
         diff_id: info.diff_id,
         size: info.size,

@@ -238,7 +238,16 @@ impl<R: Read + Seek> Seek for SeekBuf<R> {
 /// symlink there is not followed (it could name any host file the user can
 /// read), and anything but a regular file, a FIFO say, is refused without
 /// waiting on it.
-pub fn convert_file_to_path(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<LayerInfo, LayerError> {
+///
+/// `stop` is asked before every write and before the layer is put in
+/// place: once it says so, the conversion fails and leaves nothing (the
+/// caller's SIGINT/SIGTERM).
+pub fn convert_file_to_path(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+    stop: &dyn Fn() -> bool,
+) -> Result<LayerInfo, LayerError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -253,10 +262,38 @@ pub fn convert_file_to_path(input: &Path, output: &Path, opts: &ConvertOptions) 
         _ => Path::new("."),
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(LayerError::Write)?;
-    let info = convert_seekable(file, tmp.as_file_mut(), opts)?;
+    let info = convert_seekable(file, Stoppable { inner: tmp.as_file_mut(), stop }, opts)?;
+    if stop() {
+        return Err(LayerError::Write(stopped()));
+    }
     tmp.as_file().sync_all().map_err(LayerError::Write)?;
     tmp.persist(output).map_err(|e| LayerError::Write(e.error))?;
     Ok(info)
+}
+
+/// A writer that fails once `stop` says so (not with `Interrupted`, which
+/// `write_all` would retry).
+#[derive(Debug)]
+pub struct Stoppable<W, F> {
+    pub inner: W,
+    pub stop: F,
+}
+
+/// The error a [`Stoppable`] writer fails with.
+pub fn stopped() -> io::Error {
+    io::Error::other("stopped by a signal")
+}
+
+impl<W: Write, F: Fn() -> bool> Write for Stoppable<W, F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if (self.stop)() {
+            return Err(stopped());
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn entry_err(path: &[u8]) -> impl FnOnce(io::Error) -> LayerError + '_ {

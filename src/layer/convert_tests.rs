@@ -331,12 +331,12 @@ fn failed_conversion_leaves_nothing_at_the_output_path() {
     let input = dir.path().join("upper.tar");
     let output = dir.path().join("layer.tar");
     std::fs::write(&input, tar_of(&[E::file(".wh.evil", b"")])).unwrap();
-    let err = convert_file_to_path(&input, &output, &ConvertOptions::default()).unwrap_err();
+    let err = convert_file_to_path(&input, &output, &ConvertOptions::default(), &|| false).unwrap_err();
     assert!(err.to_string().contains(".wh.evil"));
     assert!(!output.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
     std::fs::write(&input, tar_of(&[E::file("ok", b"1")])).unwrap();
-    let info = convert_file_to_path(&input, &output, &ConvertOptions::default()).unwrap();
+    let info = convert_file_to_path(&input, &output, &ConvertOptions::default(), &|| false).unwrap();
     assert_eq!(std::fs::metadata(&output).unwrap().len(), info.size);
 }
 
@@ -350,10 +350,10 @@ fn an_upper_tar_that_is_a_symlink_or_fifo_is_refused() {
     let input = dir.path().join("upper.tar");
     let output = dir.path().join("layer.tar");
     std::os::unix::fs::symlink(&secret, &input).unwrap();
-    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default()).is_err(), "symlink followed");
+    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default(), &|| false).is_err(), "symlink followed");
     std::fs::remove_file(&input).unwrap();
     rustix::fs::mknodat(rustix::fs::CWD, &input, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
-    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default()).is_err(), "FIFO read");
+    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default(), &|| false).is_err(), "FIFO read");
     assert!(!output.exists());
 }
 
@@ -412,7 +412,10 @@ fn gnu_tar_of_real_upper_dir_converts() {
     assert!(st.success());
     let out_path = t.path().join("layer.tar");
     let info =
-        convert_file_to_path(&tarball, &out_path, &ConvertOptions { source_date_epoch: Some(1), gzip: None }).unwrap();
+        convert_file_to_path(&tarball, &out_path, &ConvertOptions { source_date_epoch: Some(1), gzip: None }, &|| {
+            false
+        })
+        .unwrap();
     let out = std::fs::read(&out_path).unwrap();
     assert_eq!(info.size, out.len() as u64);
     let got = read_layer(&out);
@@ -469,4 +472,23 @@ fn an_archive_cut_inside_an_entry_fails_in_both_modes() {
     )
     .unwrap();
     assert!(convert_seekable(Cursor::new(&regression), Vec::new(), &ConvertOptions::default()).is_err());
+}
+
+#[test]
+fn a_stopped_conversion_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("upper.tar");
+    std::fs::write(&input, tar_of(&[E::file("a", &vec![7u8; 1 << 20])])).unwrap();
+    let output = dir.path().join("layer.tar");
+    let calls = std::cell::Cell::new(0);
+    // Stopped part way through the writes.
+    let stop = || {
+        calls.set(calls.get() + 1);
+        calls.get() > 3
+    };
+    assert!(convert_file_to_path(&input, &output, &ConvertOptions::default(), &stop).is_err());
+    assert!(!output.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "only the input: {left:?}");
+    convert_file_to_path(&input, &output, &ConvertOptions::default(), &|| false).unwrap();
 }

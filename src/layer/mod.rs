@@ -49,7 +49,7 @@ mod crosscheck_tests;
 #[cfg(test)]
 mod test_util;
 
-pub use convert::{convert, convert_file_to_path, convert_seekable, ConvertOptions, LayerInfo};
+pub use convert::{convert, convert_file_to_path, convert_seekable, stopped, ConvertOptions, LayerInfo, Stoppable};
 pub use unpack::{unpack, UnpackOptions};
 pub(crate) use writer::HashingWriter;
 
