@@ -39,7 +39,9 @@ fn kvm_not_accessible_names_what_to_do() {
             .args(["boot", "--kernel"])
             .arg(&kernel)
             .arg("--initrd")
-            .arg(&kernel),
+            .arg(&kernel)
+            // A cache of nobody's own (none yet): the test user's is not.
+            .env("ROOTLAYER_CACHE", dir.path().join("cache")),
     );
     assert_eq!(code, 3, "KVM unavailable exit code");
     let lines: Vec<&str> = stderr.lines().collect();

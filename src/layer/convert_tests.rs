@@ -158,8 +158,12 @@ fn nixpkgs_bug_security_capability_kept_as_pax_xattr() {
     .unwrap();
     let got = read_layer(&out);
     let ping = get(&got, "ping");
-    let want: Vec<(String, Vec<u8>)> =
-        vec![("security.capability".into(), cap.to_vec()), ("user.note".into(), b"v".to_vec())];
+    // security.*, POSIX ACLs and user.*; not selinux, trusted.* or overlay's.
+    let want: Vec<(String, Vec<u8>)> = vec![
+        ("security.capability".into(), cap.to_vec()),
+        ("system.posix_acl_access".into(), b"acl".to_vec()),
+        ("user.note".into(), b"v".to_vec()),
+    ];
     assert_eq!(ping.xattrs, want);
 }
 

@@ -8,6 +8,9 @@ use std::io;
 pub enum LayerError {
     #[error("Reading the input archive")]
     Read(#[source] io::Error),
+    /// A bound of [`super::tar_guard`]: the archive is hostile or broken.
+    #[error("The layer's archive was refused: {0}")]
+    Refused(String),
     #[error("Writing the layer")]
     Write(#[source] io::Error),
     #[error("Spooling file contents to a temporary file")]
@@ -55,6 +58,15 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
+}
+
+/// An error reading an archive through a [`super::tar_guard::TarGuard`]:
+/// its refusal as such, anything else as a read error.
+pub fn read_err(e: io::Error) -> LayerError {
+    match super::tar_guard::refused(&e) {
+        Some(r) => LayerError::Refused(r.0.clone()),
+        None => LayerError::Read(e),
+    }
 }
 
 /// Show archive path bytes in an error message.

@@ -252,9 +252,10 @@ impl Tree {
 /// Read a layer's entries and markers, checking each as the unpacker does.
 fn read_layer<R: Read>(index: usize, layer: R) -> Result<Changes, LayerError> {
     let mut changes = Changes::default();
-    let mut archive = tar::Archive::new(layer);
-    for entry in archive.entries().map_err(LayerError::Read)? {
-        let mut entry = entry.map_err(LayerError::Read)?;
+    // Bounded: no header can make the tar crate buffer more than 1 MiB.
+    let mut archive = tar::Archive::new(super::tar_guard::TarGuard::new(layer));
+    for entry in archive.entries().map_err(super::error::read_err)? {
+        let mut entry = entry.map_err(super::error::read_err)?;
         if let Some(e) = read_entry(index, &mut entry, &mut changes)? {
             changes.entries.push(e);
         }

@@ -38,6 +38,7 @@ pub mod flatten;
 pub mod references;
 pub mod rules;
 pub mod store_paths;
+pub mod tar_guard;
 pub mod tree_tar;
 pub mod unpack;
 mod writer;

@@ -165,9 +165,9 @@ pub fn present_in_layers<R: Read>(
     let wanted: HashSet<&[u8]> = paths.iter().flat_map(|p| p.parents().chain([p.layer.as_slice()])).collect();
     let mut present: HashSet<Vec<u8>> = HashSet::new();
     for layer in layers {
-        let mut archive = tar::Archive::new(layer);
-        for entry in archive.entries().map_err(LayerError::Read)? {
-            let entry = entry.map_err(LayerError::Read)?;
+        let mut archive = tar::Archive::new(super::tar_guard::TarGuard::new(layer));
+        for entry in archive.entries().map_err(super::error::read_err)? {
+            let entry = entry.map_err(super::error::read_err)?;
             let raw = entry.path_bytes().into_owned();
             let Ok(path) = rules::normalize(raw.strip_prefix(b"/").unwrap_or(&raw)) else { continue };
             match rules::classify_entry(&path, &raw)? {
