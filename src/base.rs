@@ -26,6 +26,12 @@ pub enum BaseError {
     Image(#[from] ImageError),
     #[error("flattening the base image's layers")]
     Layer(#[from] LayerError),
+    #[error(
+        "the base image's layers decompress to more than the room in {} (its free space less {} MiB)",
+        dir.display(),
+        STAGING_RESERVE >> 20
+    )]
+    TooLarge { dir: PathBuf },
     #[error("writing the base image disk {path}")]
     Io {
         path: PathBuf,
@@ -41,6 +47,18 @@ pub struct BaseDisk {
     /// True when it came from the cache (nothing converted).
     pub cached: bool,
     pub bytes: u64,
+}
+
+/// Free space left on the staging disk when the layers are staged.
+pub const STAGING_RESERVE: u64 = 256 << 20;
+
+/// Bytes the layers may take when staged in `work`: its file system's free
+/// space less [`STAGING_RESERVE`] (no bound where that cannot be read).
+fn staging_room(work: &Path) -> u64 {
+    match rustix::fs::statvfs(work) {
+        Ok(s) => s.f_bavail.saturating_mul(s.f_frsize).saturating_sub(STAGING_RESERVE),
+        Err(_) => u64::MAX,
+    }
 }
 
 /// `sha256(chain(n-1) + " " + diff_id(n))`, the first being its diff_id.
@@ -96,8 +114,15 @@ pub fn open_staged(staged: &[PathBuf]) -> Result<Layers<BufReader<File>>, BaseEr
 /// Stage `base`'s layers uncompressed under `work` (`layer-N.tar`) and
 /// flatten them; returns the tree and the staged files (its data source).
 pub fn flatten(base: Option<&BaseImage>, work: &Path) -> Result<(Tree, Vec<PathBuf>), BaseError> {
+    flatten_within(base, work, staging_room(work))
+}
+
+/// [`flatten`], the staged layers taking at most `room` bytes.
+fn flatten_within(base: Option<&BaseImage>, work: &Path, mut room: u64) -> Result<(Tree, Vec<PathBuf>), BaseError> {
     let mut tree = Tree::default();
     let mut staged = Vec::new();
+    // The layers decompressed must fit the disk they are staged on (less a
+    // reserve): a few hundred KB of zstd must not fill it.
     if let Some(b) = base {
         for i in 0..b.layers().len() {
             let p = work.join(format!("layer-{i}.tar"));
@@ -105,7 +130,9 @@ pub fn flatten(base: Option<&BaseImage>, work: &Path) -> Result<(Tree, Vec<PathB
             // is not staged whole after the user asked to stop.
             let file = BufWriter::with_capacity(1 << 20, File::create(&p).map_err(io_err(&p))?);
             let mut out = crate::layer::Stoppable { inner: file, stop: crate::vmm::interrupted };
-            std::io::copy(&mut b.open_layer(i)?, &mut out).map_err(|e| ImageError::from_io(e, b.path()))?;
+            let copied = std::io::copy(&mut std::io::Read::take(b.open_layer(i)?, room.saturating_add(1)), &mut out)
+                .map_err(|e| ImageError::from_io(e, b.path()))?;
+            room = room.checked_sub(copied).ok_or_else(|| BaseError::TooLarge { dir: work.to_path_buf() })?;
             out.flush().map_err(io_err(&p))?;
             drop(out);
             tree.apply(i, BufReader::with_capacity(1 << 20, File::open(&p).map_err(io_err(&p))?))?;
@@ -178,6 +205,45 @@ mod tests {
         let ab = Sha256Digest::of(format!("{a} {b}").as_bytes()).to_string();
         assert_eq!(chain_id(&[a, b]), Some(ab.clone()));
         assert_ne!(chain_id(&[b, a]), Some(ab), "order matters");
+    }
+
+    #[test]
+    fn layers_that_decompress_beyond_the_room_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 1 MiB file of zeros: a few KB gzipped, 1 MiB staged.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1 << 20);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        b.append_data(&mut h, "zeros", std::io::Read::take(std::io::repeat(0), 1 << 20)).unwrap();
+        let layer = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &layer).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 8 << 10);
+        let diff_id = Sha256Digest::of(&layer);
+        let config =
+            format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#);
+        let archive = dir.path().join("image.tar");
+        let mut t = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        let manifest = r#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#;
+        for (name, data) in
+            [("c.json", config.as_bytes()), ("l/layer.tar", &gz[..]), ("manifest.json", manifest.as_bytes())]
+        {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            t.append_data(&mut h, name, data).unwrap();
+        }
+        t.finish().unwrap();
+        let image = BaseImage::open(&archive, &crate::image::Selector::default()).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let e = flatten_within(Some(&image), work.path(), 100 << 10).unwrap_err();
+        assert!(matches!(e, BaseError::TooLarge { .. }), "{e}");
+        flatten_within(Some(&image), work.path(), 2 << 20).unwrap();
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl RunAsRootError {
                 Exit::Internal
             }
             RunAsRootError::BaseLayer(_) => Exit::BadInput,
+            RunAsRootError::Base(BaseError::TooLarge { .. }) => Exit::BadInput,
             RunAsRootError::Base(_) => Exit::Internal,
             RunAsRootError::Contents(ContentsError::Disk(LayerError::Write(_))) => Exit::Internal,
             RunAsRootError::Contents(_) => Exit::BadInput,

@@ -48,6 +48,10 @@ pub struct BaseImage {
     layers: Vec<BaseLayer>,
 }
 
+/// Most layers a base image may have: a bound on what a hostile manifest
+/// makes the host stage and hold.
+pub const MAX_LAYERS: usize = 500;
+
 impl BaseImage {
     /// Opens a docker-archive or OCI layout (directory or tar, plain or
     /// compressed), chooses the image `sel` names and verifies all of it.
@@ -62,6 +66,12 @@ impl BaseImage {
         } else {
             return Err(ImageError::NoManifest { path: path.to_path_buf() });
         };
+        if parsed.layers.len() > MAX_LAYERS {
+            return Err(ImageError::Invalid(format!(
+                "{} layers: at most {MAX_LAYERS} (docker itself stops at 125)",
+                parsed.layers.len()
+            )));
+        }
         let mut layers = Vec::with_capacity(parsed.layers.len());
         let mut config = parsed.config;
         for (i, l) in parsed.layers.into_iter().enumerate() {
