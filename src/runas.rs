@@ -245,22 +245,48 @@ pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobRes
     Ok(result)
 }
 
-/// Once SIGINT or SIGTERM came, a host phase's failure (the writers stop at
-/// their next write) is the interruption, and so is a phase that got done.
-fn or_interrupted<T>(r: Result<T, RunAsRootError>) -> Result<T, RunAsRootError> {
-    match r {
-        _ if crate::vmm::interrupted() => Err(RunAsRootError::Interrupted),
-        r => r,
-    }
+/// When the host's work on a job stops: at SIGINT/SIGTERM, and past the
+/// job's `--timeout` (a wall-clock limit for the whole job, host phases
+/// included: a crafted scratch disk cannot keep the host busy past it).
+#[derive(Debug, Clone, Copy)]
+struct Stop {
+    deadline: Option<Instant>,
+    timeout: u64,
 }
 
-/// An output file writer that stops at SIGINT/SIGTERM.
-fn stoppable_file(path: &Path) -> std::io::Result<impl std::io::Write> {
-    let file = std::fs::File::create(path)?;
-    Ok(crate::layer::Stoppable {
-        inner: std::io::BufWriter::with_capacity(1 << 20, file),
-        stop: crate::vmm::interrupted,
-    })
+impl Stop {
+    fn interrupts_only() -> Self {
+        Stop { deadline: None, timeout: 0 }
+    }
+
+    fn within(start: Instant, timeout: std::time::Duration) -> Self {
+        Stop { deadline: start.checked_add(timeout), timeout: timeout.as_secs() }
+    }
+
+    /// Whether to stop now.
+    fn now(&self) -> bool {
+        crate::vmm::interrupted() || self.deadline.is_some_and(|d| Instant::now() > d)
+    }
+
+    /// A host phase's outcome: once the signal came (or the time ran out),
+    /// its failure (its writers stop at the next write) is the interruption
+    /// (or the timeout), and so is a phase that got done.
+    fn judge<T>(&self, r: Result<T, RunAsRootError>) -> Result<T, RunAsRootError> {
+        if crate::vmm::interrupted() {
+            Err(RunAsRootError::Interrupted)
+        } else if self.deadline.is_some_and(|d| Instant::now() > d) {
+            Err(RunAsRootError::Timeout(self.timeout))
+        } else {
+            r
+        }
+    }
+
+    /// An output file writer that stops when this says so.
+    fn file(self, path: &Path) -> std::io::Result<impl std::io::Write> {
+        let file = std::fs::File::create(path)?;
+        let inner = std::io::BufWriter::with_capacity(1 << 20, file);
+        Ok(crate::layer::Stoppable { inner, stop: move || self.now() })
+    }
 }
 
 /// The smallest scratch disk a job can use (its ext4 metadata, the
@@ -351,7 +377,7 @@ fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, Ru
 /// leaving out what the layer or (`base_has`) the base image holds.
 fn read_upper(
     disk: &Path,
-    out: &Path,
+    (out, stop): (&Path, Stop),
     limit: u64,
     (contents, base): (&Contents, &Path),
     (store_paths, references, base_json): (&[StorePath], &ReferenceGraph, Option<&serde_json::Value>),
@@ -362,7 +388,7 @@ fn read_upper(
     let io = |e: std::io::Error| RunAsRootError::Scratch(Ext4Error::Io(e));
     let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
     let mut fs = Ext4::open(image).map_err(RunAsRootError::Scratch)?;
-    let scan = ScanWriter::new(stoppable_file(out).map_err(io)?, references.scanner());
+    let scan = ScanWriter::new(stop.file(out).map_err(io)?, references.scanner());
     let mut b = tar::Builder::new(scan);
     b.mode(tar::HeaderMode::Complete);
     let base_io = |e: std::io::Error| RunAsRootError::Base(BaseError::Io { path: base.to_path_buf(), source: e });
@@ -419,7 +445,7 @@ fn contents_disk(contents: &Contents, workdir: &Workdir) -> Result<Option<PathBu
     }
     let path = workdir.path().join("contents.erofs");
     let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
-    let mut out = stoppable_file(&path).map_err(io)?;
+    let mut out = Stop::interrupts_only().file(&path).map_err(io)?;
     contents.write_disk(&mut out).map_err(RunAsRootError::Contents)?;
     std::io::Write::flush(&mut out).map_err(io)?;
     Ok(Some(path))
@@ -459,7 +485,8 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         None => None,
     };
     let t = Instant::now();
-    let disk = or_interrupted(base_disk(base.as_ref(), &workdir))?;
+    let stop = Stop::within(start, spec.timeout);
+    let disk = stop.judge(base_disk(base.as_ref(), &workdir))?;
     let candidates = crate::layer::store_paths::with_paths(&req.store_paths, req.references.paths())
         .map_err(RunAsRootError::StorePaths)?;
     let base_has = base_store_paths(base.as_ref(), &candidates)?;
@@ -473,7 +500,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let contents = Contents::gather(&req.contents, req.keep_contents_dirlinks).map_err(RunAsRootError::Contents)?;
     let mut spec = spec.clone();
     spec.base_disk = Some(disk.path.clone());
-    spec.contents_disk = or_interrupted(contents_disk(&contents, &workdir))?;
+    spec.contents_disk = stop.judge(contents_disk(&contents, &workdir))?;
     let contents_seconds = t.elapsed().as_secs_f64();
     let store_paths = spec
         .stores
@@ -491,7 +518,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
     });
     let prepared = start.elapsed().as_secs_f64();
-    or_interrupted(Ok(()))?;
+    stop.judge(Ok(()))?;
     let outcome = run_job(&spec, workdir, task)?;
     let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
     let script_status = result.script_status.unwrap_or(-1);
@@ -508,20 +535,20 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let upper_tar = outcome.workdir.path().join("upper.tar");
     let limit = spec.max_output.unwrap_or(u64::MAX);
     let store = (req.store_paths.as_slice(), &req.references, req.meta.base_json.as_ref());
-    let read = read_upper(&outcome.workdir.disk(), &upper_tar, limit, (&contents, &disk.path), store, base_has);
-    or_interrupted(read)?;
+    let to = (upper_tar.as_path(), stop);
+    let read = read_upper(&outcome.workdir.disk(), to, limit, (&contents, &disk.path), store, base_has);
+    stop.judge(read)?;
     let read_upper_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
     let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
-    let info = or_interrupted(convert_file_to_path(&upper_tar, &layer_tar, &opts, &crate::vmm::interrupted).map_err(
-        |e| match e {
+    let info =
+        stop.judge(convert_file_to_path(&upper_tar, &layer_tar, &opts, &|| stop.now()).map_err(|e| match e {
             LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
                 RunAsRootError::Unrepresentable(e)
             }
             other => RunAsRootError::Layer(other),
-        },
-    ))?;
+        }))?;
     let convert = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let diff_id: Sha256Digest = info
@@ -529,7 +556,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .parse()
         .map_err(|_| RunAsRootError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
     let new_layer = NewLayer { tar: layer_tar, diff_id, size: info.size };
-    or_interrupted(Ok(()))?;
+    stop.judge(Ok(()))?;
     write_output(req.format, &req.out, base.as_ref(), &new_layer, &req.meta)?;
     let write = t.elapsed().as_secs_f64();
 
@@ -572,17 +599,18 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
     if let Some(m) = base.selected().message() {
         eprintln!("rootlayer: {m}");
     }
-    let (tree, staged) = or_interrupted(crate::base::flatten(Some(&base), workdir.path()).map_err(Into::into))?;
+    let stop = Stop::interrupts_only();
+    let (tree, staged) = stop.judge(crate::base::flatten(Some(&base), workdir.path()).map_err(Into::into))?;
     let flattened = start.elapsed().as_secs_f64();
     let t = Instant::now();
     let tar_path = workdir.path().join("rootfs.tar");
     let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
     let mut layers = crate::base::open_staged(&staged)?;
-    let file = stoppable_file(&tar_path).map_err(io)?;
-    or_interrupted(crate::layer::tree_tar::write(&tree, &mut layers, file).map_err(Into::into))?;
+    let file = stop.file(&tar_path).map_err(io)?;
+    stop.judge(crate::layer::tree_tar::write(&tree, &mut layers, file).map_err(Into::into))?;
     // Same deterministic writer as the layers (no whiteouts in a merged tree).
-    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default(), &crate::vmm::interrupted);
-    let info = or_interrupted(info.map_err(Into::into))?;
+    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default(), &|| stop.now());
+    let info = stop.judge(info.map_err(Into::into))?;
     Ok(Summary {
         diff_id: info.diff_id,
         size: info.size,
@@ -596,4 +624,23 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
         script_status: 0,
         boot: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn host_phases_stop_at_the_jobs_timeout() {
+        let long_ago = Instant::now() - Duration::from_secs(5);
+        let stop = Stop::within(long_ago, Duration::from_secs(2));
+        assert!(stop.now());
+        assert!(matches!(stop.judge(Ok(())), Err(RunAsRootError::Timeout(2))));
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = stop.file(&dir.path().join("out")).unwrap();
+        assert!(std::io::Write::write_all(&mut w, b"x").is_err(), "the writer stops");
+        let fresh = Stop::within(Instant::now(), Duration::from_secs(3600));
+        assert!(!fresh.now() && fresh.judge(Ok(7)).is_ok_and(|v| v == 7));
+    }
 }

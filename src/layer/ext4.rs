@@ -335,16 +335,35 @@ impl<R: Read + Seek> Ext4<R> {
 
     /// A directory's entries: (name, inode), "." and ".." left out.
     pub fn dir(&mut self, inode: &Inode) -> Result<Vec<(Vec<u8>, u64)>, Ext4Error> {
+        self.dir_limited(inode, MAX_DIR_ENTRIES)
+    }
+
+    /// [`Ext4::dir`], at most `max_entries` entries (more is an error).
+    /// The directory is parsed a block at a time: memory grows with the
+    /// entries, not with the directory's size.
+    pub fn dir_limited(&mut self, inode: &Inode, max_entries: usize) -> Result<Vec<(Vec<u8>, u64)>, Ext4Error> {
         let ino = inode.ino;
         let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
         if inode.size > MAX_DIR_BYTES {
             return Err(corrupt("directory too large"));
         }
-        let mut data = Vec::new();
-        self.contents(inode)?.read_to_end(&mut data).map_err(Ext4Error::Io)?;
         let bs = usize::try_from(self.block_size).expect("bounded");
+        let mut block = vec![0u8; bs];
         let mut out = Vec::new();
-        for block in data.chunks(bs) {
+        let mut reader = self.contents(inode)?;
+        loop {
+            let mut got = 0;
+            while got < bs {
+                let n = reader.read(&mut block[got..]).map_err(Ext4Error::Io)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            if got == 0 {
+                break;
+            }
+            let block = &block[..got];
             let mut at = 0;
             while at + 8 <= block.len() {
                 let child = u64::from(le32(block, at));
@@ -359,8 +378,12 @@ impl<R: Read + Seek> Ext4<R> {
                         return Err(corrupt("bad name in a directory"));
                     }
                     out.push((name.to_vec(), child));
-                    if out.len() > MAX_DIR_ENTRIES {
-                        return Err(corrupt("too many directory entries"));
+                    if out.len() > max_entries {
+                        return Err(if max_entries < MAX_DIR_ENTRIES {
+                            Ext4Error::TooLarge(0)
+                        } else {
+                            corrupt("too many directory entries")
+                        });
                     }
                 }
                 at += rec_len;
@@ -595,7 +618,14 @@ pub fn upper_entries<R: Read + Seek, W: Write>(
             return Err(Ext4Error::Corrupt { ino: d.ino, what: "directories nested too deep".into() });
         }
         let mut subdirs = Vec::new();
-        for (name, child) in fs.dir(&d)? {
+        // Each entry will cost at least a tar header of the budget: a
+        // directory of more entries than it allows is refused as it is read.
+        let room = usize::try_from(budget / TAR_BLOCK).unwrap_or(usize::MAX).min(MAX_DIR_ENTRIES);
+        let entries = fs.dir_limited(&d, room).map_err(|e| match e {
+            Ext4Error::TooLarge(_) => Ext4Error::TooLarge(limit),
+            other => other,
+        })?;
+        for (name, child) in entries {
             let mut p = path.clone();
             if !p.is_empty() {
                 p.push(b'/');

@@ -263,3 +263,24 @@ fn the_output_limit_counts_headers_and_names_not_only_file_data() {
     let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
     upper_tar(&mut fs, "upper", std::io::sink(), size + (64 << 10)).unwrap();
 }
+
+#[test]
+fn a_directory_of_more_entries_than_the_budget_allows_is_refused_as_read() {
+    let t = tempfile::tempdir().unwrap();
+    let up = t.path().join("root/upper/many");
+    std::fs::create_dir_all(&up).unwrap();
+    for i in 0..3000 {
+        std::fs::File::create(up.join(format!("f{i:04}"))).unwrap();
+    }
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 16);
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    let many = fs.lookup("upper/many").unwrap();
+    assert_eq!(fs.dir(&many).unwrap().len(), 3000);
+    assert!(matches!(fs.dir_limited(&many, 100), Err(Ext4Error::TooLarge(_))));
+    // Through the walk: 3,000 headers do not fit 1 MiB.
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    assert!(
+        matches!(upper_tar(&mut fs, "upper", std::io::sink(), 1 << 20), Err(Ext4Error::TooLarge(n)) if n == 1 << 20)
+    );
+}
