@@ -250,14 +250,13 @@ fn posix_acls_are_stored_as_erofs_acl_xattrs() {
     }
     // user::rwx, user:1000:rwx, group::r-x, mask::rwx, other::r-x, as the
     // kernel's getxattr gives it.
-    let mut acl = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in
-        [(1u16, 7u16, u32::MAX), (2, 7, 1000), (4, 5, u32::MAX), (0x10, 7, u32::MAX), (0x20, 5, u32::MAX)]
-    {
-        acl.extend_from_slice(&tag.to_le_bytes());
-        acl.extend_from_slice(&perm.to_le_bytes());
-        acl.extend_from_slice(&id.to_le_bytes());
-    }
+    let acl = crate::layer::ext4::acl_xattr([
+        (1, 7, u32::MAX),
+        (2, 7, 1000),
+        (4, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ]);
     let l0 = tar_of(&[
         E::dir("data").xattr("system.posix_acl_access", &acl).xattr("system.posix_acl_default", &acl),
         E::file("f", b"x").xattr("system.posix_acl_access", &acl).xattr("user.note", b"n"),

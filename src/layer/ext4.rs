@@ -489,28 +489,39 @@ pub fn acl_to_xattr(disk: &[u8]) -> Option<Vec<u8>> {
     if disk.len() < 4 || le32(disk, 0) != 1 {
         return None;
     }
-    let mut out = 2u32.to_le_bytes().to_vec();
+    let mut entries = Vec::new();
     let mut at = 4;
     while at < disk.len() {
-        let tag = u16::from_le_bytes(disk.get(at..at + 2)?.try_into().ok()?);
-        let perm = disk.get(at + 2..at + 4)?;
+        let field = |from: usize, to: usize| disk.get(from..to);
+        let tag = u16::from_le_bytes(field(at, at + 2)?.try_into().ok()?);
+        let perm = u16::from_le_bytes(field(at + 2, at + 4)?.try_into().ok()?);
         let id = match tag {
             USER | GROUP => {
-                let id = disk.get(at + 4..at + 8)?;
                 at += 8;
-                id.to_vec()
+                u32::from_le_bytes(field(at - 4, at)?.try_into().ok()?)
             }
             t if SHORT.contains(&t) => {
                 at += 4;
-                u32::MAX.to_le_bytes().to_vec()
+                u32::MAX
             }
             _ => return None,
         };
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(perm);
-        out.extend_from_slice(&id);
+        entries.push((tag, perm, id));
     }
-    (at == disk.len()).then_some(out)
+    (at == disk.len()).then(|| acl_xattr(entries))
+}
+
+/// A POSIX ACL in the kernel's xattr form (`posix_acl_xattr`, version 2)
+/// of its (tag, perm, id) entries; id 0xffffffff for the owner, group,
+/// mask and other entries.
+pub fn acl_xattr(entries: impl IntoIterator<Item = (u16, u16, u32)>) -> Vec<u8> {
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
 }
 
 /// Reads a file's bytes through its extents.
