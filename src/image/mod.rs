@@ -35,7 +35,7 @@ mod write;
 
 pub use digest::Sha256Digest;
 pub use error::ImageError;
-pub use read::{BaseImage, BaseLayer};
+pub use read::{BaseImage, BaseLayer, MAX_LAYERS};
 pub use select::{Selected, Selector};
 pub use types::SourceFormat;
 pub use write::{write_output, ImageMeta, NewLayer, OutputFormat};
