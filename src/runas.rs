@@ -570,8 +570,14 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         phases.push((format!("contents ({} files)", contents.files()), contents_seconds));
     }
     phases.extend([("prepare".to_string(), prepared), (boot_phase, boot)]);
-    phases.extend(result.phases.iter().filter(|(n, _)| n != "task").cloned());
-    phases.push(("guest_total".into(), outcome.report.wall.as_secs_f64()));
+    let agent: Vec<(String, f64)> = result.phases.iter().filter(|(n, _)| n != "task").cloned().collect();
+    // What the guest did after the agent's last phase: its result, the
+    // kernel's sync and power-off (and before its first: starting up).
+    let wall = outcome.report.wall.as_secs_f64();
+    let finish = wall - boot - agent.iter().map(|(_, s)| s).sum::<f64>();
+    phases.extend(agent);
+    phases.push(("finish".into(), finish.max(0.0)));
+    phases.push(("guest_total".into(), wall));
     phases.push(("read_upper".into(), read_upper_seconds));
     phases.push(("convert".into(), convert));
     phases.push(("write".into(), write));

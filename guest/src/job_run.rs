@@ -14,11 +14,13 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Run the job if the host gave one (ROOTLAYER_XCHG set); returns the
-/// status to power off with.
-pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
+/// status to power off with. `guard` is the vector guard's phase, which
+/// ran before.
+pub fn run_if_requested(guard: (String, f64)) -> anyhow::Result<Option<i32>> {
     let Ok(tag) = std::env::var(XCHG_TAG_ENV) else {
         return Ok(None);
     };
+    let t = Instant::now();
     mount_fs(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
     let xchg = Path::new(XCHG_MOUNT);
     let text = std::fs::read_to_string(xchg.join(JOB_FILE)).context("read job.json")?;
@@ -33,6 +35,8 @@ pub fn run_if_requested() -> anyhow::Result<Option<i32>> {
         crate::resume::add_entropy(&job.entropy)?;
         println!("rootlayer-agent: {}", rootlayer_protocol::ENTROPY_LINE);
         crate::resume::set_clock(job.host_time_ns)?;
+        result.phases.push(guard);
+        result.phases.push(("job".into(), t.elapsed().as_secs_f64()));
         if let Err(e) = execute(&job, &mut result) {
             result.status = crate::power::STATUS_INTERNAL;
             result.error = Some(format!("{e:#}"));

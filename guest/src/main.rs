@@ -53,12 +53,14 @@ fn run() -> anyhow::Result<()> {
         selftest::run(&name)?;
     }
     // Every boot: no job where user code could lose vector state.
+    let t = std::time::Instant::now();
     let vectors = vector_guard::check()?;
     println!("rootlayer-agent: {}", vectors.line());
     vector_guard::require_safe(&vectors)?;
+    let guard = ("vector_guard".to_string(), t.elapsed().as_secs_f64());
     // The task's own status travels in result.json; the agent's exit
     // status only says whether the agent itself worked.
-    if let Some(status) = job_run::run_if_requested()? {
+    if let Some(status) = job_run::run_if_requested(guard)? {
         println!("rootlayer-agent: job finished with status {status}");
     }
     Ok(())
