@@ -47,21 +47,24 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     let upper = scratch.join("upper");
     let work = scratch.join("work");
     let merged = scratch.join("merged");
-    for d in [&upper, &work, &merged] {
-        std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
-    }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
-        lowerdir_option(&lowers),
-        upper.display(),
-        work.display()
-    );
-    mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).context("mount overlay")?;
-
     let mut mount_points = Vec::new();
-    for p in SCRIPT_MOUNTS.iter().map(|s| s.to_string()).chain(job.store_paths.iter().cloned()) {
-        create_missing(&merged, &p, &mut mount_points)?;
-    }
+    phase(result, "overlay", || {
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
+            lowerdir_option(&lowers),
+            upper.display(),
+            work.display()
+        );
+        mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+            .context("mount overlay")?;
+        for p in SCRIPT_MOUNTS.iter().map(|s| s.to_string()).chain(job.store_paths.iter().cloned()) {
+            create_missing(&merged, &p, &mut mount_points)?;
+        }
+        Ok(())
+    })?;
 
     let mut kernel_log = crate::kernel_log::Cursor::now();
     let status = phase(result, "script", || run_script(&merged, job));
