@@ -281,6 +281,12 @@ impl Stop {
         }
     }
 
+    /// A checkpoint between phases: the interruption or the timeout, if
+    /// either came.
+    fn check(&self) -> Result<(), RunAsRootError> {
+        self.judge(Ok(()))
+    }
+
     /// An output file writer that stops when this says so.
     fn file(self, path: &Path) -> std::io::Result<impl std::io::Write> {
         let file = std::fs::File::create(path)?;
@@ -518,7 +524,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
     });
     let prepared = start.elapsed().as_secs_f64();
-    stop.judge(Ok(()))?;
+    stop.check()?;
     let outcome = run_job(&spec, workdir, task)?;
     let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
     let script_status = result.script_status.unwrap_or(-1);
@@ -556,7 +562,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .parse()
         .map_err(|_| RunAsRootError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
     let new_layer = NewLayer { tar: layer_tar, diff_id, size: info.size };
-    stop.judge(Ok(()))?;
+    stop.check()?;
     write_output(req.format, &req.out, base.as_ref(), &new_layer, &req.meta)?;
     let write = t.elapsed().as_secs_f64();
 

@@ -44,6 +44,8 @@ pub enum Ext4Error {
     NotFound(String),
     #[error("the upper dir holds more than the output limit of {0} bytes (file data, headers, names and xattrs)")]
     TooLarge(u64),
+    #[error("directory inode {ino} holds more than {max} entries")]
+    TooManyEntries { ino: u64, max: usize },
     #[error("writing the upper dir's tar")]
     Write(#[source] io::Error),
 }
@@ -335,7 +337,12 @@ impl<R: Read + Seek> Ext4<R> {
 
     /// A directory's entries: (name, inode), "." and ".." left out.
     pub fn dir(&mut self, inode: &Inode) -> Result<Vec<(Vec<u8>, u64)>, Ext4Error> {
-        self.dir_limited(inode, MAX_DIR_ENTRIES)
+        self.dir_limited(inode, MAX_DIR_ENTRIES).map_err(|e| match e {
+            Ext4Error::TooManyEntries { ino, .. } => {
+                Ext4Error::Corrupt { ino, what: "too many directory entries".into() }
+            }
+            other => other,
+        })
     }
 
     /// [`Ext4::dir`], at most `max_entries` entries (more is an error).
@@ -379,11 +386,7 @@ impl<R: Read + Seek> Ext4<R> {
                     }
                     out.push((name.to_vec(), child));
                     if out.len() > max_entries {
-                        return Err(if max_entries < MAX_DIR_ENTRIES {
-                            Ext4Error::TooLarge(0)
-                        } else {
-                            corrupt("too many directory entries")
-                        });
+                        return Err(Ext4Error::TooManyEntries { ino, max: max_entries });
                     }
                 }
                 at += rec_len;
@@ -633,7 +636,10 @@ pub fn upper_entries<R: Read + Seek, W: Write>(
         // directory of more entries than it allows is refused as it is read.
         let room = usize::try_from(budget / TAR_BLOCK).unwrap_or(usize::MAX).min(MAX_DIR_ENTRIES);
         let entries = fs.dir_limited(&d, room).map_err(|e| match e {
-            Ext4Error::TooLarge(_) => Ext4Error::TooLarge(limit),
+            Ext4Error::TooManyEntries { max, .. } if max < MAX_DIR_ENTRIES => Ext4Error::TooLarge(limit),
+            Ext4Error::TooManyEntries { ino, .. } => {
+                Ext4Error::Corrupt { ino, what: "too many directory entries".into() }
+            }
             other => other,
         })?;
         for (name, child) in entries {

@@ -107,12 +107,10 @@ impl<R: Read> TarGuard<R> {
             // The entry's own size: a PAX `size` record before it wins.
             _ => self.next_size.take().unwrap_or(size),
         };
-        if kind != b'x' {
-            // A global header or a long name keeps a PAX size pending.
-            if !matches!(kind, b'g' | b'L' | b'K') {
-                self.next_size = None;
-            }
-        } else {
+        // A global header or a long name keeps a PAX size pending for the
+        // entry after it; anything else has used it (or, a PAX header, is
+        // about to set its own).
+        if !matches!(kind, b'g' | b'L' | b'K') {
             self.next_size = None;
         }
         // Entries with no data in the archive whatever their size field.
