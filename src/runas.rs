@@ -11,7 +11,7 @@ use crate::contents::{Contents, ContentsError};
 use crate::devices::console::Echo;
 use crate::exit::Exit;
 use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
-use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, XCHG_MOUNT};
+use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, SCRIPT_MOUNTS, XCHG_MOUNT};
 use crate::layer::references::{ReferenceGraph, ScanWriter};
 use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
@@ -457,6 +457,57 @@ fn contents_disk(contents: &Contents, workdir: &Workdir) -> Result<Option<PathBu
     Ok(Some(path))
 }
 
+/// The first path, `path` itself or an ancestor, that the guest's overlay
+/// shows as something other than a directory, given what the contents (the
+/// topmost lower dir) and the base have at a relative path: `None`
+/// (nothing), `Some(true)` (a directory), `Some(false)` (anything else).
+/// The topmost layer holding a name decides what it is; a directory merges
+/// with the directory below it only; where neither has the name, the
+/// guest's empty layer of mount points below them gives a directory.
+fn mount_point_blocked<E>(
+    path: &str,
+    mut contents: impl FnMut(&[u8]) -> Result<Option<bool>, E>,
+    mut base: impl FnMut(&[u8]) -> Result<Option<bool>, E>,
+) -> Result<Option<String>, E> {
+    let (mut in_contents, mut in_base) = (true, true);
+    let mut prefix = String::new();
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(comp);
+        let top = if in_contents { contents(prefix.as_bytes())? } else { None };
+        let below = if in_base { base(prefix.as_bytes())? } else { None };
+        if top == Some(false) || (top.is_none() && below == Some(false)) {
+            return Ok(Some(format!("/{prefix}")));
+        }
+        (in_contents, in_base) = (top == Some(true), below == Some(true));
+        if !in_contents && !in_base {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// Refuse, before boot, a job whose image (contents over base) has a file
+/// or a symlink where the script's mounts go.
+fn check_mount_points(contents: &Contents, base_disk: &Path, store_paths: &[String]) -> Result<(), RunAsRootError> {
+    use crate::layer::flatten::Kind;
+    let base_io = |e: std::io::Error| RunAsRootError::Base(BaseError::Io { path: base_disk.to_path_buf(), source: e });
+    let mut disk = std::io::BufReader::with_capacity(1 << 14, std::fs::File::open(base_disk).map_err(base_io)?);
+    for path in SCRIPT_MOUNTS.iter().copied().chain(store_paths.iter().map(String::as_str)) {
+        let in_contents =
+            |p: &[u8]| Ok(contents.tree.lookup(p).map(|i| matches!(contents.tree.inodes[i].kind, Kind::Dir(_))));
+        let in_base = |p: &[u8]| crate::layer::erofs::lookup(&mut disk, p).map(|t| t.map(|t| t == libc::S_IFDIR));
+        if let Some(at) = mount_point_blocked(path, in_contents, in_base).map_err(base_io)? {
+            return Err(RunAsRootError::BadInput(format!(
+                "{at} is not a directory in the image (contents over the base): cannot mount {path} there"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Which of `paths` (and their parents) the base image already holds:
 /// dockerTools leaves those out of the new layer.
 fn base_store_paths(base: Option<&BaseImage>, paths: &[StorePath]) -> Result<HashSet<Vec<u8>>, RunAsRootError> {
@@ -514,6 +565,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .map(|s| std::fs::canonicalize(&s.dir).map(|p| p.to_string_lossy().into_owned()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RunAsRootError::BadInput(format!("--store: {e}")))?;
+    check_mount_points(&contents, &disk.path, &store_paths)?;
     let task = Task::RunAsRoot(RunAsRoot {
         base: BASE_MOUNT.into(),
         contents: spec.contents_disk.as_ref().map(|_| CONTENTS_MOUNT.to_string()),
@@ -642,6 +694,54 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// What a layer has, for `mount_point_blocked`: `dirs` are
+    /// directories, `others` anything else.
+    fn layer<'a>(dirs: &'a [&str], others: &'a [&str]) -> impl FnMut(&[u8]) -> Result<Option<bool>, ()> + 'a {
+        move |p: &[u8]| {
+            let p = std::str::from_utf8(p).unwrap();
+            Ok(if dirs.contains(&p) {
+                Some(true)
+            } else if others.contains(&p) {
+                Some(false)
+            } else {
+                None
+            })
+        }
+    }
+
+    #[test]
+    fn a_mount_point_is_blocked_by_the_topmost_non_directory() {
+        let blocked = |path, c: (&[&str], &[&str]), b: (&[&str], &[&str])| {
+            mount_point_blocked(path, layer(c.0, c.1), layer(b.0, b.1)).unwrap()
+        };
+        let none: &[&str] = &[];
+        // Nothing there: the mount points' layer gives the directories.
+        assert_eq!(blocked("/nix/store", (none, none), (none, none)), None);
+        // The base's directories, and its symlink on the way.
+        assert_eq!(blocked("/nix/store", (none, none), (&["nix"], none)), None);
+        assert_eq!(blocked("/nix/store", (none, none), (none, &["nix"])), Some("/nix".into()));
+        assert_eq!(blocked("/nix/store", (none, none), (&["nix"], &["nix/store"])), Some("/nix/store".into()));
+        assert_eq!(blocked("/dev", (none, none), (none, &["dev"])), Some("/dev".into()));
+        // The contents decide over the base: a directory hides a base file
+        // (and what the base has below it), a file hides a base directory.
+        assert_eq!(blocked("/nix/store", (&["nix"], none), (none, &["nix"])), None);
+        assert_eq!(blocked("/nix/store", (&["nix"], none), (none, &["nix", "nix/store"])), None);
+        assert_eq!(blocked("/nix/store", (none, &["nix"]), (&["nix", "nix/store"], none)), Some("/nix".into()));
+        // Both directories: they merge, and the base's file below counts.
+        assert_eq!(blocked("/nix/store", (&["nix"], none), (&["nix"], &["nix/store"])), Some("/nix/store".into()));
+        // Where neither layer goes on, nothing below is asked.
+        let mut asked = Vec::new();
+        let r = mount_point_blocked::<()>(
+            "/a/b/c",
+            |_| Ok(None),
+            |p| {
+                asked.push(p.to_vec());
+                Ok(None)
+            },
+        );
+        assert_eq!((r, asked), (Ok(None), vec![b"a".to_vec()]));
+    }
 
     #[test]
     fn host_phases_stop_at_the_jobs_timeout() {

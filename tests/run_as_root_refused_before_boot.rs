@@ -2,7 +2,9 @@
 //! VM starts, each with exit 2 and one line naming the input: an `--out` in
 //! a missing or unwritable directory, a `--created` that is not RFC 3339, a
 //! scratch disk too small, a `--store` or `--contents` that is not a
-//! directory. Nothing is left at `--out` or in the temp dir.
+//! directory, an image (contents over the base) with a file or a symlink
+//! where the script's /dev or a store is mounted. Nothing is left at
+//! `--out` or in the temp dir.
 
 mod common;
 
@@ -41,6 +43,20 @@ fn run_as_root_refuses_what_cannot_succeed_before_boot() {
     std::fs::write(&file, "x").unwrap();
     refused(&g, &job, &["--store", file.to_str().unwrap()], None, "is not a directory");
     refused(&g, &job, &["--contents", "/nonexistent/contents"], None, "--contents /nonexistent/contents");
+    // The script's mounts would land elsewhere: refused, naming the path.
+    let contents = job.tmp.path().join("contents");
+    std::fs::create_dir(&contents).unwrap();
+    std::fs::write(contents.join("dev"), "not a directory").unwrap();
+    let c = contents.to_str().unwrap();
+    refused(&g, &job, &["--contents", c], None, "/dev is not a directory in the image (contents over the base)");
+    std::fs::remove_file(contents.join("dev")).unwrap();
+    // A symlink on the store's path (kept as a link), however deep.
+    let store = std::fs::canonicalize(&job.store).unwrap();
+    let top = store.components().nth(1).unwrap().as_os_str().to_str().unwrap().to_string();
+    std::os::unix::fs::symlink("/etc", contents.join(&top)).unwrap();
+    let says =
+        format!("/{top} is not a directory in the image (contents over the base): cannot mount {}", store.display());
+    refused(&g, &job, &["--contents", c, "--keep-contents-dirlinks"], None, &says);
     if common::test_user().is_some() {
         // Root may write anywhere; the unprivileged test user may not
         // write a directory root owns.

@@ -7,7 +7,7 @@ use rootlayer_protocol::{
     XCHG_TAG_ENV,
 };
 
-use crate::mounts::mount_fs;
+use crate::mounts::mount_new;
 use anyhow::Context;
 use nix::mount::MsFlags;
 use std::path::Path;
@@ -21,7 +21,7 @@ pub fn run_if_requested(guard: (String, f64)) -> anyhow::Result<Option<i32>> {
         return Ok(None);
     };
     let t = Instant::now();
-    mount_fs(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
+    mount_new(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
     let xchg = Path::new(XCHG_MOUNT);
     let text = std::fs::read_to_string(xchg.join(JOB_FILE)).context("read job.json")?;
     let mut result = JobResult { protocol: PROTOCOL_VERSION, ..JobResult::default() };
@@ -88,10 +88,10 @@ fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
 fn mount(m: &Mount) -> anyhow::Result<()> {
     let flags = if m.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     match &m.source {
-        MountSource::VirtioFs { tag } => mount_fs(tag, &m.target, "virtiofs", flags, None),
+        MountSource::VirtioFs { tag } => mount_new(tag, &m.target, "virtiofs", flags, None),
         MountSource::Disk { device, fstype, size } => {
             crate::resume::settle_disk(device, *size)?;
-            mount_fs(device, &m.target, fstype, flags, None)
+            mount_new(device, &m.target, fstype, flags, None)
         }
     }
 }

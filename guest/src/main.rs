@@ -13,7 +13,6 @@ mod resume;
 mod run_as_root;
 mod selftest;
 mod vector_guard;
-mod xattr;
 
 use rootlayer_protocol::{AGENT_READY_PREFIX, AGENT_READY_WORD};
 

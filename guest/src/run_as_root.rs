@@ -2,31 +2,42 @@
 //! `mkRootLayer`, with their whiteout bugs fixed by the layer engine):
 //! the base image and the contents are the host's read-only EROFS disks,
 //! mounted as the lower dirs, contents on top (no base or contents file
-//! passes through this kernel), mount the overlay, run the script as root
-//! in a chroot in new namespaces, remove the mount points we created, run
-//! the extra commands in the upper dir, and unmount the scratch disk, whose
-//! upper dir the host reads.
+//! passes through this kernel), over an empty layer of mount points; mount
+//! the overlay, run the script as root in a chroot in new namespaces, run
+//! the extra commands in the upper dir, and remount the scratch disk, whose
+//! upper dir the host reads, read-only.
 
 use anyhow::{bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, ForkResult};
-use rootlayer_protocol::{JobResult, RunAsRoot, SCRATCH_MOUNT};
+use rootlayer_protocol::{JobResult, RunAsRoot, SCRATCH_MOUNT, SCRIPT_MOUNTS};
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// What the script gets mounted (mount points made where the image lacks
-/// them, removed again): the guest's /dev (with /dev/shm and /dev/pts), a
-/// fresh /proc, and /sys, as vmTools mounts them. /run stays the image's
-/// own directory, as in the seed's recipe and `docker build`: what a script
-/// or a package's postinst leaves there is part of the layer.
-const SCRIPT_MOUNTS: [&str; 3] = ["/dev", "/proc", "/sys"];
+// What the script gets mounted (`SCRIPT_MOUNTS`): the guest's /dev (with
+// /dev/shm and /dev/pts), a fresh /proc, and /sys, as vmTools mounts them.
+// /run stays the image's own directory, as in the seed's recipe and `docker
+// build`: what a script or a package's postinst leaves there is part of the
+// layer.
+
+/// The mount points of `SCRIPT_MOUNTS` and the stores, as empty directories
+/// on the guest's root file system: the overlay's bottom lower dir. Where
+/// the image has a directory it shadows them (its owner and mode are what
+/// the script sees and what a copy-up takes); where it has none, they show
+/// through. Nothing is created in the overlay, so nothing is copied up or
+/// has to be removed again.
+const POINTS: &str = "/run/rootlayer/points";
+
+/// Where the overlay is mounted (on the guest's root, not the scratch disk:
+/// one directory less to make there).
+const MERGED: &str = "/run/rootlayer/merged";
 
 /// Time a phase into the result.
 fn phase<T>(result: &mut JobResult, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -42,56 +53,56 @@ fn lowerdir_option(lowers: &[PathBuf]) -> String {
 
 pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
     let scratch = Path::new(SCRATCH_MOUNT);
-    // Topmost first, as overlayfs' lowerdir= lists them.
-    let lowers: Vec<PathBuf> = job.contents.iter().chain([&job.base]).map(PathBuf::from).collect();
+    let mount_paths: Vec<&str> =
+        SCRIPT_MOUNTS.iter().copied().chain(job.store_paths.iter().map(String::as_str)).collect();
+    // The image's layers, topmost first as overlayfs' lowerdir= lists them,
+    // then the mount points (see `POINTS`).
+    let image: Vec<PathBuf> = job.contents.iter().chain([&job.base]).map(PathBuf::from).collect();
+    let points = Path::new(POINTS);
+    let lowers: Vec<PathBuf> = image.iter().cloned().chain([points.to_path_buf()]).collect();
     let upper = scratch.join("upper");
     let work = scratch.join("work");
-    let merged = scratch.join("merged");
-    let mut mount_points = Vec::new();
+    let merged = Path::new(MERGED);
     phase(result, "overlay", || {
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
+        for d in [&upper, &work] {
+            std::fs::create_dir(d).with_context(|| format!("mkdir {}", d.display()))?;
         }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
-            lowerdir_option(&lowers),
-            upper.display(),
-            work.display()
-        );
-        mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-            .context("mount overlay")?;
-        for p in SCRIPT_MOUNTS.iter().map(|s| s.to_string()).chain(job.store_paths.iter().cloned()) {
-            create_missing(&merged, &p, &mut mount_points)?;
+        for p in &mount_paths {
+            let d = points.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
+        }
+        std::fs::create_dir_all(merged).with_context(|| format!("mkdir {}", merged.display()))?;
+        mount_overlay(&lowers, &upper, &work, merged).context("mount overlay")?;
+        for p in &mount_paths {
+            check_mount_point(merged, p)?;
         }
         Ok(())
     })?;
 
     let mut kernel_log = crate::kernel_log::Cursor::now();
-    let status = phase(result, "script", || run_script(&merged, job));
+    let status = phase(result, "script", || run_script(merged, job));
     result.oom_kills = kernel_log.oom_kills();
     let status = status?;
     result.script_status = Some(status);
     println!("rootlayer-agent: script exited with status {status}");
 
-    // Mount points we created go again, deepest first; a directory the
-    // script filled (not possible under a mount, but a parent of a store
-    // path could be) stays.
-    phase(result, "cleanup", || {
-        for p in mount_points.iter().rev() {
-            let _ = std::fs::remove_dir(p);
-        }
-        if let Some(listing) = &job.merged_listing {
-            write_listing(&merged, Path::new(listing)).context("write merged listing")?;
-        }
-        umount2(&merged, MntFlags::empty()).context("unmount overlay")?;
-        // Creating a mount point under a directory of the image copied that
-        // directory (and its ancestors) up; where nothing else changed it,
-        // drop the copy so it does not show up in the layer.
-        for p in SCRIPT_MOUNTS.iter().copied().chain(job.store_paths.iter().map(String::as_str)) {
-            drop_unchanged_copy_ups(&upper, &lowers, p);
-        }
-        Ok(())
-    })?;
+    // The overlay stays mounted unless the upper dir is wanted on its own
+    // (a listing of the result, the extra commands): unmounting it costs a
+    // sync and the eviction of every inode it holds, and the scratch disk's
+    // remount below writes everything out just the same.
+    if job.merged_listing.is_some() || (status == 0 && job.extra_commands.is_some()) {
+        phase(result, "cleanup", || {
+            umount2(merged, MntFlags::empty()).context("unmount overlay")?;
+            if let Some(listing) = &job.merged_listing {
+                // What the layer means: the image and the script's changes,
+                // without the mount points.
+                mount_overlay(&image, &upper, &work, merged).context("mount the overlay for the listing")?;
+                write_listing(merged, Path::new(listing)).context("write merged listing")?;
+                umount2(merged, MntFlags::empty()).context("unmount overlay")?;
+            }
+            Ok(())
+        })?;
+    }
     result.disk_full = disk_full(scratch);
     if status != 0 {
         return Ok(());
@@ -104,15 +115,10 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         let code = phase(result, "extra_commands", || match &job.contents {
             None => run_extra(extra, &upper, &job.path),
             Some(contents) => {
-                let opts = format!(
-                    "lowerdir={contents},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
-                    upper.display(),
-                    work.display()
-                );
-                mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+                mount_overlay(&[PathBuf::from(contents)], &upper, &work, merged)
                     .context("mount the layer dir for the extra commands")?;
-                let code = run_extra(extra, &merged, &job.path);
-                umount2(&merged, MntFlags::empty()).context("unmount the layer dir")?;
+                let code = run_extra(extra, merged, &job.path);
+                umount2(merged, MntFlags::empty()).context("unmount the layer dir")?;
                 code
             }
         });
@@ -125,10 +131,15 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         }
     }
 
-    // The host reads the upper dir straight off the scratch disk: unmount
-    // it cleanly (ext4 then marks it clean, which the host requires).
+    // The host reads the upper dir straight off the scratch disk: remount it
+    // read-only, which writes out every dirty page and inode and marks the
+    // file system clean (which the host requires), without the unmount's
+    // eviction of every cached inode and page.
     result.disk_full |= disk_full(scratch);
-    phase(result, "unmount", || umount2(scratch, MntFlags::empty()).context("unmount the scratch disk"))?;
+    phase(result, "writeback", || {
+        mount(None::<&str>, scratch, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+            .context("remount the scratch disk read-only")
+    })?;
     Ok(())
 }
 
@@ -144,53 +155,49 @@ fn disk_full(scratch: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// For each ancestor of `path` (deepest first), remove its copy in `upper`
-/// when that copy is an empty directory with the owner, mode and xattrs
-/// (other than overlayfs' own) of the topmost lower directory it shadows.
-fn drop_unchanged_copy_ups(upper: &Path, lowers: &[PathBuf], path: &str) {
-    let mut ancestors: Vec<&Path> = Path::new(path).ancestors().skip(1).collect();
-    ancestors.pop(); // "/" itself
-    for anc in ancestors {
-        let rel = anc.strip_prefix("/").unwrap_or(anc);
-        let up = upper.join(rel);
-        let Ok(um) = std::fs::symlink_metadata(&up) else { continue };
-        let empty = std::fs::read_dir(&up).map(|mut d| d.next().is_none()).unwrap_or(false);
-        let lower = lowers.iter().map(|l| l.join(rel)).find(|l| std::fs::symlink_metadata(l).is_ok());
-        let Some(lm) = lower.as_ref().and_then(|l| std::fs::symlink_metadata(l).ok()) else { return };
-        let same = um.is_dir()
-            && lm.is_dir()
-            && empty
-            && um.mode() == lm.mode()
-            && um.uid() == lm.uid()
-            && um.gid() == lm.gid()
-            && user_xattrs(&up) == user_xattrs(lower.as_deref().expect("found"));
-        if !same || std::fs::remove_dir(&up).is_err() {
-            return;
-        }
-    }
+/// Mount the overlay of `lowers` (topmost first) and `upper` at `merged`.
+fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -> nix::Result<()> {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
+        lowerdir_option(lowers),
+        upper.display(),
+        work.display()
+    );
+    mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
 }
 
-/// Xattrs of `p` except overlayfs' bookkeeping, sorted.
-fn user_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let all = crate::xattr::xattrs(p).unwrap_or_default();
-    all.into_iter().filter(|(n, _)| !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay.")).collect()
-}
-
-/// Create `path` (absolute) under `root` where missing, recording every
-/// directory created, outermost first.
-fn create_missing(root: &Path, path: &str, created: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut cur = root.to_path_buf();
-    for comp in Path::new(path).components().skip(1) {
-        cur.push(comp);
-        match std::fs::symlink_metadata(&cur) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => bail!("{path} exists in the image and is not a directory: cannot mount there"),
-            Err(_) => {
-                std::fs::create_dir(&cur).with_context(|| format!("mkdir {}", cur.display()))?;
-                created.push(cur.clone());
-            }
-        }
+/// Every component of `path` (absolute) under `root` is a directory: the
+/// host checked the image already (`runas::mount_point_blocked`); this
+/// guards the mounts themselves, in one system call per path (a file or a
+/// symlink of the image there would take the mount elsewhere).
+fn check_mount_point(root: &Path, path: &str) -> anyhow::Result<()> {
+    let rel = CString::new(path.trim_start_matches('/')).context("a mount point with a NUL byte")?;
+    let root_dir = std::fs::File::open(root).with_context(|| format!("open {}", root.display()))?;
+    // `struct open_how` of openat2(2).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
     }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: openat2(2) with a live directory descriptor, a NUL-terminated
+    // path and an `open_how` of the size passed; it only returns a new
+    // descriptor, which is closed right away.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root_dir.as_raw_fd(), rel.as_ptr(), &how, std::mem::size_of::<OpenHow>())
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        bail!("{path} is not a directory in the image ({err}): cannot mount there");
+    }
+    let fd = i32::try_from(fd).context("openat2 returned no descriptor")?;
+    // SAFETY: `fd` was just returned to us and is not used elsewhere.
+    drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     Ok(())
 }
 

@@ -38,6 +38,11 @@ pub const BASE_MOUNT: &str = "/run/rootlayer/base";
 /// Where the agent mounts the contents disk (EROFS of the merged
 /// `--contents`, made by the host): the overlay's topmost lower dir.
 pub const CONTENTS_MOUNT: &str = "/run/rootlayer/contents";
+/// What the agent mounts in the script's root besides the stores (as
+/// vmTools does): the guest's /dev and /sys, bound, and a fresh /proc. The
+/// host refuses an image where one of them, or a store's path, is not a
+/// directory (the mount would land elsewhere).
+pub const SCRIPT_MOUNTS: [&str; 3] = ["/dev", "/proc", "/sys"];
 pub const JOB_FILE: &str = "job.json";
 /// The guest kernel's doorbell to the VMM (kernel patch 0005): the agent
 /// writes an event number to it, the kernel passes it on to the VMM's port.

@@ -11,7 +11,7 @@
 //! recover, meta_bg, ea_inode) is refused. The image was written by an
 //! untrusted guest: every block number, offset, length, extent depth,
 //! directory size and entry count is bounded, and an image that was not
-//! cleanly unmounted is refused. Errors name the inode. Checksums are not
+//! marked clean (unmounted, or remounted read-only) is refused. Errors name the inode. Checksums are not
 //! needed for safety and not checked.
 //!
 //! [`upper_tar`] writes a directory of the image as the tar the layer
@@ -36,7 +36,7 @@ pub enum Ext4Error {
     Io(#[source] io::Error),
     #[error("the scratch disk is not ext4 as rootlayer formats it: {0}")]
     Unsupported(String),
-    #[error("the scratch disk was not cleanly unmounted")]
+    #[error("the scratch disk was not marked clean (unmounted or remounted read-only)")]
     NotClean,
     #[error("the scratch disk is corrupt at inode {ino}: {what}")]
     Corrupt { ino: u64, what: String },
