@@ -11,7 +11,7 @@
 //! a damaged entry is made again. Where the cache cannot be written the
 //! image goes to the job's work directory.
 
-use crate::image::{BaseImage, ImageError, Sha256Digest};
+use crate::image::{fingerprint, settled_fingerprint, BaseImage, ImageError, Sha256Digest};
 use crate::layer::erofs::{self, Layers};
 use crate::layer::flatten::Tree;
 use crate::layer::{HashingWriter, LayerError};
@@ -95,11 +95,38 @@ fn file_sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex_of(&hashed.finish().0))
 }
 
-/// A cached image whose recorded sha256 matches its bytes.
+/// A cached image whose recorded sha256 matches its bytes. The checksum
+/// file's second line is the image's fingerprint when its bytes last
+/// matched: while the file keeps it, the bytes are not read again (a base
+/// disk of a few hundred MB took a sha256 pass per job).
 fn cached(path: &Path) -> Option<u64> {
-    let want = std::fs::read_to_string(path.with_extension("erofs.sha256")).ok()?;
-    let got = file_sha256(path).ok()?;
-    (want.trim() == got).then(|| std::fs::metadata(path).map(|m| m.len()).ok())?
+    let sums = path.with_extension("erofs.sha256");
+    let text = std::fs::read_to_string(&sums).ok()?;
+    let mut lines = text.lines();
+    let want = lines.next()?.trim();
+    let meta = std::fs::metadata(path).ok()?;
+    let seen = fingerprint(&meta);
+    if lines.next() == Some(seen.as_str()) {
+        return Some(meta.len());
+    }
+    if file_sha256(path).ok()? != want {
+        return None;
+    }
+    if settled_fingerprint(&meta).is_some() {
+        write_sums(&sums, want, path);
+    }
+    Some(meta.len())
+}
+
+/// Write the checksum file of the image at `image`: its sha256 and its
+/// settled fingerprint, if it has one (atomically; a file that cannot be written only costs a
+/// check more next time).
+fn write_sums(sums: &Path, sum: &str, image: &Path) {
+    let seen = std::fs::metadata(image).ok().and_then(|m| settled_fingerprint(&m)).unwrap_or_default();
+    let tmp = sums.with_extension(format!("sha256.tmp-{}", std::process::id()));
+    if std::fs::write(&tmp, format!("{sum}\n{seen}\n")).is_err() || std::fs::rename(&tmp, sums).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 /// The staged layer tars, opened as the trees' data source.
@@ -170,10 +197,7 @@ pub fn prepare(base: Option<&BaseImage>, cache: &Path, work: &Path) -> Result<Ba
         file.sync_all().map_err(io_err(&tmp))?;
         // Image first, then the checksum that makes it valid.
         std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
-        let sum_path = target.with_extension("erofs.sha256");
-        let sum_tmp = sum_path.with_extension(format!("sha256.tmp-{}", std::process::id()));
-        std::fs::write(&sum_tmp, format!("{sum}\n")).map_err(io_err(&sum_tmp))?;
-        std::fs::rename(&sum_tmp, &sum_path).map_err(io_err(&sum_path))?;
+        write_sums(&target.with_extension("erofs.sha256"), &sum, &target);
         Ok(info.bytes)
     });
     for p in &staged {
@@ -205,6 +229,28 @@ mod tests {
         let ab = Sha256Digest::of(format!("{a} {b}").as_bytes()).to_string();
         assert_eq!(chain_id(&[a, b]), Some(ab.clone()));
         assert_ne!(chain_id(&[b, a]), Some(ab), "order matters");
+    }
+
+    #[test]
+    fn a_cached_disk_is_hashed_until_its_fingerprint_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("x.erofs");
+        let sums = disk.with_extension("erofs.sha256");
+        std::fs::write(&disk, b"disk image bytes").unwrap();
+        std::fs::write(&sums, format!("{}\n", file_sha256(&disk).unwrap())).unwrap();
+        assert_eq!(cached(&disk), Some(16), "checked by content");
+        assert_eq!(std::fs::read_to_string(&sums).unwrap().lines().count(), 1, "too young to be fingerprinted");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(cached(&disk), Some(16));
+        let recorded = std::fs::read_to_string(&sums).unwrap();
+        assert_eq!(recorded.lines().nth(1), Some(fingerprint(&std::fs::metadata(&disk).unwrap()).as_str()));
+        assert_eq!(cached(&disk), Some(16), "by fingerprint");
+        // Changed (same size): the fingerprint no longer matches, the
+        // bytes do not either.
+        std::fs::write(&disk, b"DISK image bytes").unwrap();
+        assert_eq!(cached(&disk), None);
+        std::fs::write(&sums, "0000\n").unwrap();
+        assert_eq!(cached(&disk), None, "a wrong sum is never taken");
     }
 
     #[test]

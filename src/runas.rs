@@ -15,7 +15,7 @@ use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, SCRIPT_
 use crate::layer::references::{ReferenceGraph, ScanWriter};
 use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
-use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir};
+use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir, VERIFIED_DIR};
 use crate::vmm::GuestExit;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -533,7 +533,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let xchg = workdir.xchg();
     let base = match &req.from_image {
         Some(p) => {
-            let img = BaseImage::open(p, &req.selector)?;
+            let img = BaseImage::open_remembering(p, &req.selector, Some(&cache_dir().join(VERIFIED_DIR)))?;
             if let Some(m) = img.selected().message() {
                 eprintln!("rootlayer: {m}");
             }
@@ -659,7 +659,7 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
     let start = Instant::now();
     check_out(out)?;
     let workdir = Workdir::new()?;
-    let base = BaseImage::open(image, selector)?;
+    let base = BaseImage::open_remembering(image, selector, Some(&cache_dir().join(VERIFIED_DIR)))?;
     if let Some(m) = base.selected().message() {
         eprintln!("rootlayer: {m}");
     }

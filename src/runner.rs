@@ -36,8 +36,12 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache/rootlayer")
 }
 
+/// The cache's memos of base image layers verified (`BaseImage::open_remembering`).
+pub const VERIFIED_DIR: &str = "verified";
+
 /// Refuse a cache (`$ROOTLAYER_CACHE` and the parts of it rootlayer trusts:
-/// base disks, snapshots, the built kernel and initramfs) that someone else
+/// base disks, snapshots, the built kernel and initramfs, the memos of
+/// verified layers) that someone else
 /// could have written: not this user's, or writable by its group or by
 /// others, as ssh refuses such a key file. A snapshot or base disk planted
 /// there would decide what every later guest runs. A missing directory is
@@ -45,7 +49,8 @@ pub fn cache_dir() -> PathBuf {
 pub fn check_cache_dir(dir: &Path) -> Result<(), RunError> {
     use std::os::unix::fs::MetadataExt;
     let uid = rustix::process::geteuid().as_raw();
-    for d in [dir.to_path_buf(), dir.join("base"), dir.join("snapshots"), dir.join("kernel"), dir.join("initramfs")] {
+    let trusted = ["base", "snapshots", "kernel", "initramfs", VERIFIED_DIR].map(|d| dir.join(d));
+    for d in [dir.to_path_buf()].into_iter().chain(trusted) {
         let bad = |reason: String| Err(RunError::Cache { path: d.clone(), reason });
         let meta = match std::fs::metadata(&d) {
             Ok(m) => m,

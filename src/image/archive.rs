@@ -28,8 +28,15 @@ enum Member {
 
 #[derive(Debug)]
 enum Backing {
-    Dir { root: PathBuf },
-    Tar { file: File, members: HashMap<String, Member> },
+    Dir {
+        root: PathBuf,
+    },
+    /// `spooled`: a compressed archive, decompressed into a temp file.
+    Tar {
+        file: File,
+        members: HashMap<String, Member>,
+        spooled: bool,
+    },
 }
 
 /// An opened image archive or layout directory.
@@ -80,9 +87,10 @@ impl Archive {
         let n = read_up_to(&mut file, &mut head).map_err(ImageError::io(path))?;
         file.seek(SeekFrom::Start(0)).map_err(ImageError::io(path))?;
         let compression = Compression::sniff(&head[..n]);
-        let file = if compression == Compression::None { file } else { spool(file, compression, path)? };
+        let spooled = compression != Compression::None;
+        let file = if spooled { spool(file, compression, path)? } else { file };
         let members = index_tar(&file, path)?;
-        Ok(Archive { path: path.to_path_buf(), backing: Backing::Tar { file, members } })
+        Ok(Archive { path: path.to_path_buf(), backing: Backing::Tar { file, members, spooled } })
     }
 
     /// The path the archive was opened from, for messages.
@@ -111,7 +119,7 @@ impl Archive {
                 }
                 Ok(Located::Path(real))
             }
-            Backing::Tar { file, members } => {
+            Backing::Tar { file, members, .. } => {
                 let mut current = name.to_string();
                 // Bounded, so a symlink loop is an error rather than a hang.
                 for _ in 0..40 {
@@ -151,6 +159,21 @@ impl Archive {
                 Ok(Box::new(SliceReader { file, pos: offset, end: offset + size }))
             }
         }
+    }
+
+    /// What identifies member `name`'s bytes without reading them: the
+    /// [`settled_fingerprint`](super::digest::settled_fingerprint) of the
+    /// file holding them and their place in it. None for a compressed
+    /// archive (spooled to a new temp file each time) and a file changed in
+    /// the last second.
+    pub(crate) fn fingerprint(&self, name: &str) -> Option<String> {
+        let n = normalize(name).ok()?;
+        let (meta, offset, size) = match (&self.backing, self.locate(&n).ok()?) {
+            (Backing::Tar { spooled: true, .. }, _) => return None,
+            (_, Located::Path(p)) => (std::fs::metadata(&p).ok()?, 0, None),
+            (_, Located::Slice { file, offset, size }) => (file.metadata().ok()?, offset, Some(size)),
+        };
+        Some(format!("{} at {offset} len {size:?}", super::digest::settled_fingerprint(&meta)?))
     }
 
     /// Reads a small member whole (at most [`MAX_JSON`] bytes).

@@ -102,12 +102,22 @@ pub(crate) type SharedTally = Rc<RefCell<Tally>>;
 pub(crate) struct HashingReader<R> {
     inner: R,
     tally: SharedTally,
+    /// False for a reader whose bytes another reader already hashes into
+    /// the same tally ([`HashingReader::same_as`]).
+    hashes: bool,
 }
 
 impl<R: Read> HashingReader<R> {
     pub(crate) fn new(inner: R) -> (Self, SharedTally) {
         let tally = SharedTally::default();
-        (HashingReader { inner, tally: tally.clone() }, tally)
+        (HashingReader { inner, tally: tally.clone(), hashes: true }, tally)
+    }
+
+    /// A reader of bytes that `tally` already counts (the same bytes, read
+    /// through a reader below this one): hashing them twice would give the
+    /// same digest at twice the cost.
+    pub(crate) fn same_as(inner: R, tally: &SharedTally) -> (Self, SharedTally) {
+        (HashingReader { inner, tally: tally.clone(), hashes: false }, tally.clone())
     }
 }
 
@@ -120,7 +130,9 @@ impl<R> HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.tally.borrow_mut().update(&buf[..n]);
+        if self.hashes {
+            self.tally.borrow_mut().update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -175,6 +187,35 @@ pub(crate) fn check(
         }
         _ => Ok(()),
     }
+}
+
+/// What identifies a file's bytes without reading them: its device, inode,
+/// size, mtime and ctime (every write moves the ctime, which no user can
+/// set). Equal fingerprints of the same path mean unchanged content, as git
+/// and ccache assume.
+pub fn fingerprint(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "dev {} ino {} size {} mtime {}.{} ctime {}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
+}
+
+/// [`fingerprint`] of a file whose last change is at least a second old: a
+/// file changed again within the same tick of the kernel's coarse clock
+/// would keep its ctime (git's "racy" entries), so a younger file's
+/// fingerprint is not recorded (it is checked by content once more).
+pub fn settled_fingerprint(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+    let changed = std::time::Duration::new(u64::try_from(meta.ctime()).ok()?, u32::try_from(meta.ctime_nsec()).ok()?);
+    (now.saturating_sub(changed) >= std::time::Duration::from_secs(1)).then(|| fingerprint(meta))
 }
 
 #[cfg(test)]

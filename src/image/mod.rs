@@ -33,7 +33,7 @@ mod select;
 mod types;
 mod write;
 
-pub use digest::Sha256Digest;
+pub use digest::{fingerprint, settled_fingerprint, Sha256Digest};
 pub use error::ImageError;
 pub use read::{BaseImage, BaseLayer, MAX_LAYERS};
 pub use select::{Selected, Selector};

@@ -56,6 +56,15 @@ impl BaseImage {
     /// Opens a docker-archive or OCI layout (directory or tar, plain or
     /// compressed), chooses the image `sel` names and verifies all of it.
     pub fn open(path: &Path, sel: &Selector) -> Result<BaseImage, ImageError> {
+        Self::open_remembering(path, sel, None)
+    }
+
+    /// [`BaseImage::open`], remembering in the directory `memo` (the user's
+    /// cache) each layer verified, by the fingerprint of the file holding
+    /// it ([`Archive::fingerprint`]) and all the image states about it: a
+    /// layer whose file has not changed since is not read again. (Streaming
+    /// a layer still checks its digests as it goes.)
+    pub fn open_remembering(path: &Path, sel: &Selector, memo: Option<&Path>) -> Result<BaseImage, ImageError> {
         let archive = Archive::open(path)?;
         let parsed = if archive.exists("manifest.json") {
             docker::read_manifest(&archive, sel)?
@@ -75,7 +84,17 @@ impl BaseImage {
         let mut layers = Vec::with_capacity(parsed.layers.len());
         let mut config = parsed.config;
         for (i, l) in parsed.layers.into_iter().enumerate() {
-            layers.push(verify_layer(&archive, i, l)?);
+            let memo = memo.and_then(|dir| Some(dir.join(memo_name(&archive.fingerprint(&l.path)?, &l))));
+            match memo.as_deref().and_then(|m| remembered(m, &l)) {
+                Some(layer) => layers.push(layer),
+                None => {
+                    let layer = verify_layer(&archive, i, l)?;
+                    if let Some(m) = memo {
+                        remember(&m, &layer);
+                    }
+                    layers.push(layer);
+                }
+            }
         }
         if parsed.format == SourceFormat::DockerArchiveLegacy {
             config.rootfs_mut().set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());
@@ -145,6 +164,80 @@ impl BaseImage {
     }
 }
 
+/// A memo whose file nothing has used for this long is removed when
+/// another is written.
+const MEMO_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// The memo file's name: a digest of the layer's bytes' fingerprint and
+/// everything the image states about it.
+fn memo_name(fingerprint: &str, l: &LayerRef) -> String {
+    let claims = format!(
+        "rootlayer verified layer 1\n{fingerprint}\n{}\n{:?}\n{:?}\n{:?}",
+        l.path, l.compression, l.blob, l.diff_id
+    );
+    Sha256Digest::of(claims.as_bytes()).hex()
+}
+
+fn compression_name(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "none",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
+
+/// The layer a memo remembers (`diff_id blob_digest blob_size
+/// compression`), if it is there, whole, and agrees with what the image
+/// states.
+fn remembered(memo: &Path, l: &LayerRef) -> Option<BaseLayer> {
+    let text = std::fs::read_to_string(memo).ok()?;
+    let mut f = text.split_whitespace();
+    let diff_id: Sha256Digest = f.next()?.parse().ok()?;
+    let blob_digest: Sha256Digest = f.next()?.parse().ok()?;
+    let blob_size: u64 = f.next()?.parse().ok()?;
+    let compression = [Compression::None, Compression::Gzip, Compression::Zstd]
+        .into_iter()
+        .find(|c| Some(compression_name(*c)) == f.next())?;
+    let agrees = l.diff_id.map_or(true, |d| d == diff_id)
+        && l.blob.map_or(true, |(d, size)| d == blob_digest && size.map_or(true, |s| s == blob_size))
+        && l.compression.map_or(true, |c| c == compression);
+    if !agrees {
+        return None;
+    }
+    // Used: kept from the pruning of memos nothing uses.
+    let _ = std::fs::File::options().write(true).open(memo).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    Some(BaseLayer { diff_id, path: l.path.clone(), compression, blob_digest, blob_size })
+}
+
+/// Write a memo (atomically; a memo that cannot be written is only a
+/// verification more next time), and remove memos unused for
+/// [`MEMO_MAX_AGE`].
+fn remember(memo: &Path, layer: &BaseLayer) {
+    let Some(dir) = memo.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if old.is_some_and(|age| age > MEMO_MAX_AGE) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let text = format!(
+        "{} {} {} {}\n",
+        layer.diff_id,
+        layer.blob_digest,
+        layer.blob_size,
+        compression_name(layer.compression)
+    );
+    let tmp = memo.with_extension(format!("tmp-{}", std::process::id()));
+    if std::fs::write(&tmp, text).is_err() || std::fs::rename(&tmp, memo).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
 fn verify_layer(archive: &Archive, index: usize, l: LayerRef) -> Result<BaseLayer, ImageError> {
     let what = format!("layer {} ({})", index + 1, l.path);
     let err_path = archive.path().join(&l.path);
@@ -197,7 +290,13 @@ impl<R: Read> LayerStream<R> {
         expected_diff: Option<Sha256Digest>,
     ) -> io::Result<Self> {
         let (raw, blob) = HashingReader::new(raw);
-        let (inner, diff) = HashingReader::new(Decoder::new(raw, compression)?);
+        let decoded = Decoder::new(raw, compression)?;
+        // An uncompressed blob is its own diff: one hash serves both.
+        let (inner, diff) = if compression == Compression::None {
+            HashingReader::same_as(decoded, &blob)
+        } else {
+            HashingReader::new(decoded)
+        };
         Ok(LayerStream { inner, blob, diff, what, expected_blob, expected_diff, done: false })
     }
 
@@ -224,5 +323,74 @@ impl<R: Read> Read for LayerStream<R> {
             self.finish().map_err(ImageError::into_io)?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A docker-archive at `path` of one uncompressed layer holding a file
+    /// with `marker` as its content.
+    fn archive(path: &Path, marker: &[u8]) {
+        let tar_of = |files: &[(&str, &[u8])]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in files {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_mtime(1);
+                b.append_data(&mut h, name, *data).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
+        let layer = tar_of(&[("marked", marker)]);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            Sha256Digest::of(&layer)
+        );
+        let manifest = r#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#;
+        let image =
+            tar_of(&[("c.json", config.as_bytes()), ("l/layer.tar", &layer), ("manifest.json", manifest.as_bytes())]);
+        std::fs::write(path, image).unwrap();
+    }
+
+    #[test]
+    fn a_verified_layer_is_remembered_only_while_its_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, memo) = (dir.path().join("image.tar"), dir.path().join("verified"));
+        let marker = b"remember-me-0123456789";
+        archive(&path, marker);
+        let sel = Selector::default();
+        let memos = || std::fs::read_dir(&memo).map(|d| d.count()).unwrap_or(0);
+        // A file changed in the last second may change again unseen by its
+        // ctime: not remembered yet.
+        BaseImage::open_remembering(&path, &sel, Some(&memo)).unwrap();
+        assert_eq!(memos(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let first = BaseImage::open_remembering(&path, &sel, Some(&memo)).unwrap();
+        assert_eq!(memos(), 1, "the verified layer is remembered");
+        let again = BaseImage::open_remembering(&path, &sel, Some(&memo)).unwrap();
+        assert_eq!(memos(), 1, "and the memo used, not another written");
+        assert_eq!(again.layers()[0].diff_id, first.layers()[0].diff_id);
+        assert_eq!(again.layers()[0].blob_size, first.layers()[0].blob_size);
+
+        // A memo that disagrees with what the image states is not used.
+        let name = std::fs::read_dir(&memo).unwrap().next().unwrap().unwrap().path();
+        let wrong = Sha256Digest::of(b"wrong");
+        std::fs::write(&name, format!("{wrong} {wrong} 1 none\n")).unwrap();
+        let checked = BaseImage::open_remembering(&path, &sel, Some(&memo)).unwrap();
+        assert_eq!(checked.layers()[0].diff_id, first.layers()[0].diff_id, "verified again");
+        assert!(std::fs::read_to_string(&name).unwrap().starts_with(&first.layers()[0].diff_id.to_string()));
+
+        // The layer's bytes changed in place (same size): verified again,
+        // and refused.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(marker.len()).position(|w| w == marker).unwrap();
+        bytes[at] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let e = BaseImage::open_remembering(&path, &sel, Some(&memo)).unwrap_err().to_string();
+        assert!(e.contains("digest") || e.contains("sha256"), "{e}");
     }
 }
