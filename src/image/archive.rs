@@ -176,6 +176,36 @@ impl Archive {
         Some(format!("{} at {offset} len {size:?}", super::digest::settled_fingerprint(&meta)?))
     }
 
+    /// Copies member `name` to `out` at its position, in the kernel; returns
+    /// the bytes copied.
+    pub(crate) fn copy_member(&self, name: &str, out: &File) -> Result<u64, ImageError> {
+        let n = normalize(name)?;
+        let (opened, offset, size);
+        let from: &File = match self.locate(&n)? {
+            Located::Path(p) => {
+                opened = File::open(&p).map_err(ImageError::io(&p))?;
+                size = opened.metadata().map_err(ImageError::io(&p))?.len();
+                offset = 0;
+                &opened
+            }
+            Located::Slice { file, offset: o, size: s } => {
+                (offset, size) = (o, s);
+                file
+            }
+        };
+        let mut pos = offset;
+        while pos < offset + size {
+            let want = usize::try_from(offset + size - pos).unwrap_or(usize::MAX).min(1 << 30);
+            match rustix::fs::copy_file_range(from, Some(&mut pos), out, None, want) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(ImageError::io(self.path.join(&n))(e.into())),
+            }
+        }
+        Ok(pos - offset)
+    }
+
     /// Reads a small member whole (at most [`MAX_JSON`] bytes).
     pub(crate) fn read_small(&self, name: &str) -> Result<Vec<u8>, ImageError> {
         let mut out = Vec::new();

@@ -24,6 +24,10 @@ pub struct BaseLayer {
     /// The digest and size of the blob as stored (compressed or not).
     pub blob_digest: Sha256Digest,
     pub blob_size: u64,
+    /// The fingerprint of the blob's file when its digests were found to
+    /// hold (see [`BaseImage::copy_layer_blob`]); None where it has none or
+    /// changed during the check.
+    pub(crate) verified_as: Option<String>,
 }
 
 impl BaseLayer {
@@ -84,12 +88,15 @@ impl BaseImage {
         let mut layers = Vec::with_capacity(parsed.layers.len());
         let mut config = parsed.config;
         for (i, l) in parsed.layers.into_iter().enumerate() {
-            let memo = memo.and_then(|dir| Some(dir.join(memo_name(&archive.fingerprint(&l.path)?, &l))));
+            let seen = archive.fingerprint(&l.path);
+            let memo = memo.zip(seen.as_deref()).map(|(dir, seen)| dir.join(memo_name(seen, &l)));
             match memo.as_deref().and_then(|m| remembered(m, &l)) {
-                Some(layer) => layers.push(layer),
+                Some(layer) => layers.push(BaseLayer { verified_as: seen, ..layer }),
                 None => {
-                    let layer = verify_layer(&archive, i, l)?;
-                    if let Some(m) = memo {
+                    let mut layer = verify_layer(&archive, i, l)?;
+                    // Unchanged while it was read: these bytes hold.
+                    layer.verified_as = seen.filter(|s| archive.fingerprint(&layer.path).as_ref() == Some(s));
+                    if let Some(m) = memo.filter(|_| layer.verified_as.is_some()) {
                         remember(&m, &layer);
                     }
                     layers.push(layer);
@@ -154,6 +161,26 @@ impl BaseImage {
         .map_err(|e| ImageError::from_io(e, self.archive.path().join(&layer.path)))
     }
 
+    /// Copy layer `index`'s blob as stored to `out` (at its position) in the
+    /// kernel (`copy_file_range`: no pass through this process, a reflink
+    /// where the file system shares extents), if its file still has the
+    /// fingerprint it had when its digests were found to hold, before and
+    /// after the copy; the bytes copied are then those bytes. Returns false,
+    /// copying nothing, where it cannot tell (stream the blob with
+    /// [`BaseImage::open_layer_blob`] instead, which checks as it goes).
+    pub fn copy_layer_blob(&self, index: usize, out: &std::fs::File) -> Result<bool, ImageError> {
+        let layer = self.layer(index)?;
+        let Some(verified) = &layer.verified_as else { return Ok(false) };
+        if self.archive.fingerprint(&layer.path).as_ref() != Some(verified) {
+            return Ok(false);
+        }
+        let copied = self.archive.copy_member(&layer.path, out)?;
+        if copied != layer.blob_size || self.archive.fingerprint(&layer.path).as_ref() != Some(verified) {
+            return Err(ImageError::Invalid(format!("layer {} changed while it was copied", layer.path)));
+        }
+        Ok(true)
+    }
+
     fn layer(&self, index: usize) -> Result<&BaseLayer, ImageError> {
         self.layers.get(index).ok_or_else(|| ImageError::Invalid(format!("no layer {index}")))
     }
@@ -206,7 +233,7 @@ fn remembered(memo: &Path, l: &LayerRef) -> Option<BaseLayer> {
     }
     // Used: kept from the pruning of memos nothing uses.
     let _ = std::fs::File::options().write(true).open(memo).and_then(|f| f.set_modified(std::time::SystemTime::now()));
-    Some(BaseLayer { diff_id, path: l.path.clone(), compression, blob_digest, blob_size })
+    Some(BaseLayer { diff_id, path: l.path.clone(), compression, blob_digest, blob_size, verified_as: None })
 }
 
 /// Write a memo (atomically; a memo that cannot be written is only a
@@ -267,7 +294,14 @@ fn verify_layer(archive: &Archive, index: usize, l: LayerRef) -> Result<BaseLaye
     })?;
     let blob = stream.blob.borrow();
     let diff = stream.diff.borrow();
-    Ok(BaseLayer { diff_id: diff.digest(), path: l.path, compression, blob_digest: blob.digest(), blob_size: blob.len })
+    Ok(BaseLayer {
+        diff_id: diff.digest(),
+        path: l.path,
+        compression,
+        blob_digest: blob.digest(),
+        blob_size: blob.len,
+        verified_as: None,
+    })
 }
 
 /// A layer blob decompressed, with both digests checked at its end.
@@ -392,5 +426,51 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let e = BaseImage::open_remembering(&path, &sel, Some(&memo)).unwrap_err().to_string();
         assert!(e.contains("digest") || e.contains("sha256"), "{e}");
+    }
+
+    #[test]
+    fn outputs_copy_a_settled_verified_layer_in_the_kernel_and_stream_others() {
+        use crate::image::{write_output, ImageMeta, NewLayer, OutputFormat};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.tar");
+        archive(&path, b"copied whole");
+        let sel = Selector::default();
+        let young = BaseImage::open(&path, &sel).unwrap();
+        assert!(young.layers()[0].verified_as.is_none(), "changed in the last second: no fingerprint");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let base = BaseImage::open(&path, &sel).unwrap();
+        assert!(base.layers()[0].verified_as.is_some());
+        let new = dir.path().join("new.tar");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "new", &b"new"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        std::fs::write(&new, &bytes).unwrap();
+        let layer = NewLayer { tar: new, diff_id: Sha256Digest::of(&bytes), size: bytes.len() as u64 };
+        let meta = ImageMeta {
+            name: "out".into(),
+            tag: "1".into(),
+            created: "1970-01-01T00:00:01Z".into(),
+            created_by: None,
+            comment: None,
+            base_json: None,
+        };
+        // Both ways give the same outputs, which read back with every digest
+        // holding, the base layer's bytes unchanged.
+        for (name, image) in [("young", &young), ("settled", &base)] {
+            let archive_out = dir.path().join(format!("{name}.tar"));
+            write_output(OutputFormat::DockerArchive, &archive_out, Some(image), &layer, &meta).unwrap();
+            let back = BaseImage::open(&archive_out, &sel).unwrap();
+            assert_eq!(back.layers().len(), 2);
+            assert_eq!(back.layers()[0].diff_id, base.layers()[0].diff_id);
+            let oci = dir.path().join(format!("{name}-oci"));
+            write_output(OutputFormat::Oci, &oci, Some(image), &layer, &meta).unwrap();
+            let back = BaseImage::open(&oci, &sel).unwrap();
+            assert_eq!(back.layers()[0].blob_digest, base.layers()[0].blob_digest);
+        }
+        let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
+        assert_eq!(read("young.tar"), read("settled.tar"), "the same archive, byte for byte");
     }
 }

@@ -370,7 +370,10 @@ fn write_docker_archive(
             let base = base.ok_or_else(|| ImageError::Invalid("no base image".into()))?;
             let bl = &base.layers()[i];
             let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
-            b.append_data(&mut h, &path, base.open_layer_blob(i)?).map_err(|e| ImageError::from_io(e, base.path()))?;
+            if !append_layer_blob(&mut b, &mut h, &path, base, i)? {
+                b.append_data(&mut h, &path, base.open_layer_blob(i)?)
+                    .map_err(|e| ImageError::from_io(e, base.path()))?;
+            }
         } else {
             let mut h = tar_header(layer.size, 0o644, tar::EntryType::Regular);
             b.append_data(&mut h, &path, open_new_layer(layer)?).map_err(|e| ImageError::from_io(e, &layer.tar))?;
@@ -393,6 +396,35 @@ fn write_docker_archive(
     sink.finish().map_err(|e| ImageError::from_io(e, out))?;
     file.sync_all().map_err(|e| ImageError::from_io(e, out))?;
     Ok(())
+}
+
+/// Append base layer `index`'s blob as the member `path` of a plain
+/// archive, copied in the kernel ([`BaseImage::copy_layer_blob`]) between
+/// the header and the padding the builder would write. False (nothing
+/// written) where the archive is compressed or the blob cannot be copied so.
+fn append_layer_blob(
+    b: &mut tar::Builder<Sink<'_>>,
+    h: &mut tar::Header,
+    path: &str,
+    base: &BaseImage,
+    index: usize,
+) -> Result<bool, ImageError> {
+    let out = Path::new("docker-archive output");
+    let Sink::Plain(w) = b.get_mut() else { return Ok(false) };
+    let file: &File = w.get_ref();
+    let layer = &base.layers()[index];
+    if layer.verified_as.is_none() || path.len() >= 100 {
+        return Ok(false);
+    }
+    h.set_path(path).map_err(|e| ImageError::from_io(e, out))?;
+    h.set_cksum();
+    w.write_all(h.as_bytes()).and_then(|()| w.flush()).map_err(|e| ImageError::from_io(e, out))?;
+    if !base.copy_layer_blob(index, file)? {
+        return Err(ImageError::Invalid(format!("layer {} changed while it was copied", index + 1)));
+    }
+    let pad = (512 - layer.blob_size % 512) % 512;
+    w.write_all(&[0u8; 512][..usize::try_from(pad).unwrap_or(0)]).map_err(|e| ImageError::from_io(e, out))?;
+    Ok(true)
 }
 
 /// The docker-archive's file, compressed as a whole or not.
@@ -469,7 +501,11 @@ fn write_oci_dir(dir: &Path, base: Option<&BaseImage>, layer: &NewLayer, meta: &
     if let Some(base) = base {
         for (i, l) in base.layers().iter().enumerate() {
             if written.insert(l.blob_digest) {
-                put_blob_stream(dir, &l.blob_digest, base.open_layer_blob(i)?)?;
+                let path = dir.join(blob_path(&l.blob_digest));
+                let file = File::create(&path).map_err(ImageError::io(&path))?;
+                if !base.copy_layer_blob(i, &file)? {
+                    put_blob_stream(dir, &l.blob_digest, base.open_layer_blob(i)?)?;
+                }
             }
             descriptors.push(Descriptor::new(l.oci_media_type(), l.blob_size, l.blob_digest));
         }
