@@ -120,6 +120,15 @@ pub struct Ext4<R> {
     /// First block of the group descriptor table.
     gdt_block: u64,
     groups: u64,
+    /// Extent tree nodes visited and extents read, over the whole read,
+    /// still allowed: an honest file system's extents and extent nodes
+    /// each take a block of their own, so their count is bounded by the
+    /// image's blocks; a crafted one reusing nodes is stopped there, however
+    /// many inodes share them.
+    extent_budget: u64,
+    /// Bytes of directories still to be read, likewise bounded by the
+    /// image's size.
+    dir_budget: u64,
 }
 
 impl<R: Read + Seek> Ext4<R> {
@@ -178,6 +187,8 @@ impl<R: Read + Seek> Ext4<R> {
             desc_size,
             gdt_block: first_data_block + 1,
             groups,
+            extent_budget: 2 * (len / block_size) + 4096,
+            dir_budget: len + (1 << 20),
         })
     }
 
@@ -199,12 +210,9 @@ impl<R: Read + Seek> Ext4<R> {
         Ok(buf)
     }
 
-    /// Inode `ino`.
-    pub fn inode(&mut self, ino: u64) -> Result<Inode, Ext4Error> {
+    /// Where inode `ino` (at most `inodes_count`) is in the image.
+    fn inode_offset(&mut self, ino: u64) -> Result<u64, Ext4Error> {
         let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
-        if ino == 0 || ino > self.inodes_count {
-            return Err(corrupt("no such inode"));
-        }
         let group = (ino - 1) / self.inodes_per_group;
         let index = (ino - 1) % self.inodes_per_group;
         if group >= self.groups {
@@ -214,11 +222,20 @@ impl<R: Read + Seek> Ext4<R> {
         self.read_at(self.gdt_block * self.block_size + group * self.desc_size, &mut desc)?;
         let table =
             u64::from(le32(&desc, 8)) | if self.desc_size >= 64 { u64::from(le32(&desc, 0x28)) << 32 } else { 0 };
-        let mut raw = vec![0u8; usize::try_from(self.inode_size).expect("bounded")];
-        let off = table
+        table
             .checked_mul(self.block_size)
             .and_then(|t| t.checked_add(index * self.inode_size))
-            .ok_or_else(|| corrupt("inode table address overflows"))?;
+            .ok_or_else(|| corrupt("inode table address overflows"))
+    }
+
+    /// Inode `ino`.
+    pub fn inode(&mut self, ino: u64) -> Result<Inode, Ext4Error> {
+        let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
+        if ino == 0 || ino > self.inodes_count {
+            return Err(corrupt("no such inode"));
+        }
+        let off = self.inode_offset(ino)?;
+        let mut raw = vec![0u8; usize::try_from(self.inode_size).expect("bounded")];
         self.read_at(off, &mut raw).map_err(|_| corrupt("inode table past the end of the image"))?;
         let mut block = [0u8; 60];
         block.copy_from_slice(&raw[0x28..0x28 + 60]);
@@ -260,8 +277,8 @@ impl<R: Read + Seek> Ext4<R> {
             return Err(Ext4Error::Unsupported(format!("a block-mapped file (inode {ino})")));
         }
         let mut out = Vec::new();
-        let mut budget = 1 << 20; // nodes visited
-        self.walk_extents(ino, &inode.block, MAX_DEPTH + 1, &mut out, &mut budget)?;
+        let mut nodes = std::collections::HashSet::new();
+        self.walk_extents(ino, &inode.block, MAX_DEPTH + 1, &mut out, &mut nodes)?;
         out.sort_by_key(|e| e.0);
         for w in out.windows(2) {
             if w[0].0 + w[0].2 > w[1].0 {
@@ -271,16 +288,27 @@ impl<R: Read + Seek> Ext4<R> {
         Ok(out)
     }
 
+    /// Take one from the extent budget (see `extent_budget`).
+    fn spend_extent(&mut self, ino: u64) -> Result<(), Ext4Error> {
+        self.extent_budget = self.extent_budget.checked_sub(1).ok_or_else(|| Ext4Error::Corrupt {
+            ino,
+            what: "more extents and extent nodes than the image has blocks".into(),
+        })?;
+        Ok(())
+    }
+
+    /// `nodes`: the blocks of the extent nodes below the inode seen so far
+    /// (a node reached twice is a crafted tree).
     fn walk_extents(
         &mut self,
         ino: u64,
         node: &[u8],
         depth_left: u16,
         out: &mut Vec<(u64, u64, u64, bool)>,
-        budget: &mut u32,
+        nodes: &mut std::collections::HashSet<u64>,
     ) -> Result<(), Ext4Error> {
         let corrupt = |what: &str| Ext4Error::Corrupt { ino, what: what.into() };
-        *budget = budget.checked_sub(1).ok_or_else(|| corrupt("too many extent nodes"))?;
+        self.spend_extent(ino)?;
         if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
             return Err(corrupt("bad extent header"));
         }
@@ -292,6 +320,7 @@ impl<R: Read + Seek> Ext4<R> {
         for i in 0..entries {
             let e = &node[12 + i * 12..24 + i * 12];
             if depth == 0 {
+                self.spend_extent(ino)?;
                 let logical = u64::from(le32(e, 0));
                 let raw_len = u64::from(le16(e, 4));
                 let (len, init) = if raw_len > 32768 { (raw_len - 32768, false) } else { (raw_len, true) };
@@ -306,8 +335,11 @@ impl<R: Read + Seek> Ext4<R> {
                 }
             } else {
                 let leaf = u64::from(le32(e, 4)) | u64::from(le16(e, 8)) << 32;
+                if !nodes.insert(leaf) {
+                    return Err(corrupt("an extent node reached twice"));
+                }
                 let child = self.block(ino, leaf)?;
-                self.walk_extents(ino, &child, depth, out, budget)?;
+                self.walk_extents(ino, &child, depth, out, nodes)?;
             }
         }
         Ok(())
@@ -354,6 +386,10 @@ impl<R: Read + Seek> Ext4<R> {
         if inode.size > MAX_DIR_BYTES {
             return Err(corrupt("directory too large"));
         }
+        self.dir_budget = self
+            .dir_budget
+            .checked_sub(inode.size)
+            .ok_or_else(|| corrupt("more directory bytes read than the image holds"))?;
         let bs = usize::try_from(self.block_size).expect("bounded");
         let mut block = vec![0u8; bs];
         let mut out = Vec::new();

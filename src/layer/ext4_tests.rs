@@ -284,3 +284,77 @@ fn a_directory_of_more_entries_than_the_budget_allows_is_refused_as_read() {
         matches!(upper_tar(&mut fs, "upper", std::io::sink(), 1 << 20), Err(Ext4Error::TooLarge(n)) if n == 1 << 20)
     );
 }
+
+/// Give inode `ino` of the image at `img` an extent tree of depth 1 whose
+/// index entries (`leaves`) point at the given blocks, and write `leaf` (a
+/// depth-0 node of `extents` one-block extents, logical block i on
+/// physical block `data`) at block `at`.
+fn craft_tree(img: &Path, ino: u64, leaves: &[u64], at: u64, extents: u16, data: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let mut fs = Ext4::open(f.try_clone().unwrap()).unwrap();
+    let off = fs.inode_offset(ino).unwrap();
+    let mut root = [0u8; 60];
+    root[0..2].copy_from_slice(&EXTENT_MAGIC.to_le_bytes());
+    root[2..4].copy_from_slice(&u16::try_from(leaves.len()).unwrap().to_le_bytes());
+    root[4..6].copy_from_slice(&4u16.to_le_bytes());
+    root[6..8].copy_from_slice(&1u16.to_le_bytes());
+    for (i, leaf) in leaves.iter().enumerate() {
+        let e = &mut root[12 + 12 * i..24 + 12 * i];
+        e[0..4].copy_from_slice(&(u32::try_from(i).unwrap() * 1000).to_le_bytes());
+        e[4..8].copy_from_slice(&u32::try_from(*leaf).unwrap().to_le_bytes());
+    }
+    f.write_all_at(&root, off + 0x28).unwrap();
+    let mut node = vec![0u8; usize::try_from(fs.block_size).unwrap()];
+    node[0..2].copy_from_slice(&EXTENT_MAGIC.to_le_bytes());
+    node[2..4].copy_from_slice(&extents.to_le_bytes());
+    node[4..6].copy_from_slice(&340u16.to_le_bytes());
+    for i in 0..usize::from(extents) {
+        let e = &mut node[12 + 12 * i..24 + 12 * i];
+        e[0..4].copy_from_slice(&u32::try_from(i).unwrap().to_le_bytes());
+        e[4..6].copy_from_slice(&1u16.to_le_bytes());
+        e[8..12].copy_from_slice(&u32::try_from(data).unwrap().to_le_bytes());
+    }
+    f.write_all_at(&node, at * fs.block_size).unwrap();
+}
+
+#[test]
+fn extent_nodes_reused_within_a_file_or_across_files_are_refused_in_bounded_time() {
+    let t = tempfile::tempdir().unwrap();
+    let up = t.path().join("root/upper");
+    std::fs::create_dir_all(&up).unwrap();
+    for i in 0..64 {
+        std::fs::write(up.join(format!("f{i:02}")), "x").unwrap();
+    }
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 16);
+    let inos: Vec<u64> = {
+        let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+        (0..64).map(|i| fs.lookup(&format!("upper/f{i:02}")).unwrap().ino).collect()
+    };
+    let data = {
+        let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+        let f = fs.lookup("upper/f00").unwrap();
+        fs.extents(&f).unwrap()[0].1
+    };
+    // A block past what mkfs used (the image is 16 MiB of 4 KiB blocks).
+    let spare = 4000;
+    let read = |img: &Path| {
+        let mut fs = Ext4::open(std::fs::File::open(img).unwrap()).unwrap();
+        upper_tar(&mut fs, "upper", std::io::sink(), u64::MAX).unwrap_err().to_string()
+    };
+    // One file's index reaching the same node twice.
+    let once = t.path().join("once.img");
+    std::fs::copy(&img, &once).unwrap();
+    craft_tree(&once, inos[0], &[spare, spare], spare, 1, data);
+    let e = read(&once);
+    assert!(e.contains("an extent node reached twice"), "{e}");
+    // Every file sharing one full node of 340 extents: each file alone is
+    // well formed, together they hold more extents than the image has
+    // blocks (4,096 here): stopped there, not read 64 times over.
+    for ino in &inos {
+        craft_tree(&img, *ino, &[spare], spare, 340, data);
+    }
+    let e = read(&img);
+    assert!(e.contains("more extents and extent nodes than the image has blocks"), "{e}");
+}
