@@ -47,7 +47,7 @@
 //! previous umask after those calls ([`UmaskGuard`]), so guest-created files
 //! get at most the permissions the invoking user's umask allows.
 
-use super::limit::{OutputLimit, NODE_COST};
+use super::limit::{OutputLimit, BLOCK, NODE_COST};
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::api::filesystem::{
@@ -133,6 +133,54 @@ impl<F> PolicyFs<F> {
     fn new_node<T>(&self, extra: usize, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         self.mutates()?;
         self.charged(NODE_COST + extra as u64, op, |_| NODE_COST + extra as u64)
+    }
+}
+
+/// The bytes of the host file system's blocks that `len` bytes at `offset`
+/// touch (whole [`BLOCK`]s).
+fn block_span(offset: u64, len: u64) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    let end = offset.saturating_add(len).div_ceil(BLOCK);
+    (end - offset / BLOCK).saturating_mul(BLOCK)
+}
+
+impl<F: FileSystem> PolicyFs<F> {
+    /// Bytes of disk the file `inode` takes (None if that cannot be read).
+    fn allocated(&self, ctx: &Context, inode: u64, handle: u64) -> Option<u64> {
+        let (st, _) = self.inner.getattr(ctx, F::Inode::from(inode), Some(F::Handle::from(handle))).ok()?;
+        u64::try_from(st.st_blocks).ok()?.checked_mul(512)
+    }
+
+    /// Run `op`, which writes `len` bytes at `offset` of `inode`: charged
+    /// first the whole blocks it touches (a byte written into a hole takes
+    /// a block of the host's disk), then refunded down to what it took: the
+    /// bytes it reports written (`written`), or the disk space the file
+    /// grew by, whichever is more (a rewrite is charged again).
+    fn charged_blocks<T>(
+        &self,
+        (ctx, inode, handle): (&Context, u64, u64),
+        (offset, len): (u64, u64),
+        op: impl FnOnce() -> io::Result<T>,
+        written: impl Fn(&T) -> u64,
+    ) -> io::Result<T> {
+        let Policy::ReadWrite { limit: Some(limit) } = &self.policy else { return op() };
+        let span = block_span(offset, len);
+        limit.charge(span)?;
+        let before = self.allocated(ctx, inode, handle);
+        let result = op();
+        // Where the file's size cannot be read, it took every block touched.
+        let grown = match (before, self.allocated(ctx, inode, handle)) {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            _ => span,
+        };
+        let used = match &result {
+            Ok(v) => written(v).max(grown),
+            Err(_) => grown,
+        };
+        limit.refund(span.saturating_sub(used));
+        result
     }
 }
 
@@ -455,9 +503,14 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.mutates()?;
-        self.charged(
-            u64::from(size),
-            || self.inner.write(ctx, inode, handle, r, size, offset, lock_owner, delayed_write, flags, fuse_flags),
+        let (inode, handle): (u64, u64) = (inode.into(), handle.into());
+        self.charged_blocks(
+            (ctx, inode, handle),
+            (offset, u64::from(size)),
+            || {
+                let (i, h) = (inode.into(), handle.into());
+                self.inner.write(ctx, i, h, r, size, offset, lock_owner, delayed_write, flags, fuse_flags)
+            },
             |&n| n as u64,
         )
     }
@@ -472,7 +525,13 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         length: u64,
     ) -> io::Result<()> {
         self.mutates()?;
-        self.charged(length, || self.inner.fallocate(ctx, inode, handle, mode, offset, length), |_| length)
+        let (inode, handle): (u64, u64) = (inode.into(), handle.into());
+        self.charged_blocks(
+            (ctx, inode, handle),
+            (offset, length),
+            || self.inner.fallocate(ctx, inode.into(), handle.into(), mode, offset, length),
+            |_| 0,
+        )
     }
 
     fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
@@ -635,17 +694,29 @@ mod tests {
     #[test]
     fn what_a_read_write_share_adds_is_charged_to_its_limit() {
         let ctx = Context::default();
-        let limit = Arc::new(OutputLimit::new(100));
+        let limit = Arc::new(OutputLimit::new(2 * BLOCK));
         let fs = PolicyFs::new(Counting::default(), Policy::ReadWrite { limit: Some(limit.clone()) });
+        // Counting has no getattr: the block the request touches is kept.
         fs.fallocate(&ctx, 1, 0, 0, 0, 60).unwrap();
-        assert_eq!(limit.used(), 60);
+        assert_eq!(limit.used(), BLOCK);
         // Counting has no mkdir: the trait's default (ENOSYS) is refunded.
         assert!(fs.mkdir(&ctx, 1, c"d", 0o755, 0).is_err());
-        assert_eq!(limit.used(), 60, "a failed request is refunded");
-        let e = fs.fallocate(&ctx, 1, 0, 0, 0, 41).unwrap_err();
+        assert_eq!(limit.used(), BLOCK, "a failed request is refunded");
+        assert!(!limit.exceeded());
+        // 4097 bytes from a block boundary touch two blocks.
+        let e = fs.fallocate(&ctx, 1, 0, 0, BLOCK, BLOCK + 1).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
         assert!(limit.exceeded());
         assert_eq!(fs.inner.0.load(Ordering::SeqCst), 1, "the refused request never ran");
+    }
+
+    #[test]
+    fn a_write_is_charged_the_blocks_it_touches() {
+        assert_eq!(block_span(0, 0), 0);
+        assert_eq!(block_span(0, 1), BLOCK);
+        assert_eq!(block_span(BLOCK - 1, 2), 2 * BLOCK);
+        assert_eq!(block_span(BLOCK, BLOCK), BLOCK);
+        assert!(block_span(u64::MAX - 1, 10) >= BLOCK, "no overflow");
     }
 
     #[test]
