@@ -22,8 +22,11 @@
 
 use super::{take, take_u16, take_u32};
 use crate::vmm::snapshot::file::{self, HEADER_MAX, MAX_STATE, PAGE, STATE_OFFSET};
+#[cfg(test)]
 use crate::vmm::snapshot::state::{VcpuState, VmState};
-use crate::vmm::snapshot::{DeviceKey, HostKey, Key, MachineState, FORMAT_VERSION};
+#[cfg(test)]
+use crate::vmm::snapshot::MachineState;
+use crate::vmm::snapshot::{DeviceKey, HostKey, Key, FORMAT_VERSION};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -84,6 +87,11 @@ pub(super) fn state() -> MachineState {
     }
 }
 
+/// An offset into the file's bytes (all in memory, so it fits).
+fn us(n: u64) -> usize {
+    usize::try_from(n).expect("an offset into bytes in memory")
+}
+
 fn scratch() -> PathBuf {
     thread_local! {
         static DIR: tempfile::TempDir = tempfile::tempdir().expect("temporary directory");
@@ -127,10 +135,10 @@ fn check_whole(bytes: &[u8], key: &Key) -> [(u64, u64); 3] {
     assert_eq!(mem_len, key.mem_mib << 20, "memory of another size accepted");
     assert_eq!(mem_offset + mem_len, bytes.len() as u64, "a file of the wrong length accepted");
     assert!(mem_offset >= STATE_OFFSET + state_len && mem_offset % PAGE as u64 == 0, "overlapping regions");
-    let state = &bytes[STATE_OFFSET as usize..(STATE_OFFSET + state_len) as usize];
+    let state = &bytes[us(STATE_OFFSET)..us(STATE_OFFSET + state_len)];
     assert_eq!(Some(format!("{:x}", Sha256::digest(state)).as_str()), header["state_sha256"].as_str());
     let mut hasher = Sha256::new();
-    for (i, page) in bytes[mem_offset as usize..].chunks(PAGE).enumerate() {
+    for (i, page) in bytes[us(mem_offset)..].chunks(PAGE).enumerate() {
         if page.iter().any(|&b| b != 0) {
             hasher.update((i as u64).to_le_bytes());
             hasher.update(page);
@@ -171,7 +179,7 @@ pub fn snapshot_file(data: &[u8]) {
     // have written (extra fields, spaces).
     let [head, state_region, memory] = regions;
     let text = (16, head.1 - 16);
-    let canonical = file::canonical_header(&bytes[16..head.1 as usize]);
+    let canonical = file::canonical_header(&bytes[16..us(head.1)]);
     let checks = [
         ((0, 12), true),
         ((12, 4), false),
@@ -185,7 +193,7 @@ pub fn snapshot_file(data: &[u8]) {
             continue;
         }
         let pos = at(i, region);
-        let old = bytes[pos as usize];
+        let old = bytes[us(pos)];
         let flip = old ^ (1 << (pick[31 - i] % 8));
         f.write_all_at(&[flip], pos).expect("flip");
         let again = file::load(&path, &key);
@@ -208,7 +216,7 @@ pub(super) fn describe(bytes: &[u8]) -> Vec<u8> {
     let u16le = |n: usize| u16::try_from(n).expect("fits").to_le_bytes().to_vec();
     let mut out = [u16le(16 + header_len), bytes[..16 + header_len].to_vec()].concat();
     out.extend(u16le(state_len));
-    out.extend(&bytes[STATE_OFFSET as usize..STATE_OFFSET as usize + state_len]);
+    out.extend(&bytes[us(STATE_OFFSET)..us(STATE_OFFSET) + state_len]);
     out.extend(u32::try_from(bytes.len()).expect("small").to_le_bytes());
     // Runs of non-zero bytes of memory, each one record.
     let mut i = mem_offset;
