@@ -148,7 +148,10 @@ fn on_disk(root: &Path, mut data: &[u8]) {
         let parent = dirs[usize::from(parent) % dirs.len()].clone();
         let path = parent.join(std::ffi::OsStr::from_bytes(&name(&mut data)));
         let mode = u32::from(take_u16(&mut data).unwrap_or(0o644)) & 0o7777;
+        // Never open what is there (writing to a FIFO waits for a reader).
+        let exists = std::fs::symlink_metadata(&path).is_ok();
         let made = match op % 8 {
+            _ if exists => continue,
             0 | 3 => std::fs::create_dir(&path).map(|()| dirs.push(path.clone())),
             1 | 4 => std::fs::write(&path, bytes(&mut data)).map(|()| files.push(path.clone())),
             2 => {
