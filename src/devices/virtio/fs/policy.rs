@@ -22,9 +22,11 @@
 //!
 //! # Read-write shares (the exchange share)
 //!
-//! Every operation is forwarded. What a request may add on the host's disk
-//! is charged against the share's [`OutputLimit`], when it has one, before
-//! the request runs.
+//! Every operation is forwarded but `mknod` of a character or block device
+//! (EPERM: a host running as root would otherwise make the node, and the
+//! guest could open the host's device through it). What a request may add
+//! on the host's disk is charged against the share's [`OutputLimit`], when
+//! it has one, before the request runs.
 //!
 //! # Every request as the host user
 //!
@@ -444,6 +446,13 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        self.mutates()?;
+        // No device nodes: as root, the passthrough would make any the guest
+        // asks for, and opening one through the share reaches the host's
+        // device (a block device: the host's disk).
+        if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         self.new_node(0, || self.inner.mknod(ctx, inode, name, mode, rdev, umask))
     }
 
@@ -708,6 +717,17 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
         assert!(limit.exceeded());
         assert_eq!(fs.inner.0.load(Ordering::SeqCst), 1, "the refused request never ran");
+    }
+
+    #[test]
+    fn a_read_write_share_makes_no_device_nodes() {
+        let ctx = Context::default();
+        let fs = PolicyFs::new(Counting::default(), Policy::ReadWrite { limit: None });
+        for mode in [libc::S_IFCHR | 0o666, libc::S_IFBLK | 0o600] {
+            let e = fs.mknod(&ctx, 1, c"dev", mode, 0x0800, 0).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        }
+        assert_eq!(fs.inner.0.load(Ordering::SeqCst), 0, "never passed on");
     }
 
     #[test]
