@@ -14,7 +14,9 @@
 //! times, xattrs, links); the budget holds: it never charges past its
 //! limit, and the disk space the share's files took (allocated blocks,
 //! not apparent sizes) grew by at most what was charged, plus one block
-//! per inode (a partly written block, an xattr block).
+//! per inode (a partly written block, an xattr block); no device node is
+//! made in the share (as root the passthrough would make one, and the guest
+//! could open the host's device through it).
 //!
 //! As root, the passthrough would create the device nodes a guest asks
 //! for: the work directory is then a `nodev` tmpfs in the thread's own
@@ -26,7 +28,7 @@ use super::snapshot::{snapshot_without, Snapshot};
 use super::{take, take_u16, take_u8};
 use crate::devices::virtio::fs::{Fs, OutputLimit};
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -78,10 +80,12 @@ fn outside(s: &Snapshot) -> Snapshot {
 }
 
 /// Allocated bytes of the distinct inodes under `dir` (not following
-/// links), and how many inodes there are.
+/// links), and how many inodes there are; panics at a device node.
 fn usage(dir: &Path) -> (u64, u64) {
     fn walk(p: &Path, seen: &mut BTreeMap<(u64, u64), u64>) {
         let Ok(m) = std::fs::symlink_metadata(p) else { return };
+        let t = m.file_type();
+        assert!(!t.is_char_device() && !t.is_block_device(), "a device node in the share: {}", p.display());
         seen.insert((m.dev(), m.ino()), m.blocks() * 512);
         if m.is_dir() {
             for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
