@@ -14,8 +14,8 @@
 //! times, xattrs, links); the budget holds: it never charges past its
 //! limit, and the disk space the share's files took (allocated blocks,
 //! not apparent sizes) grew by at most what was charged, plus one block
-//! per inode (a partly written block, an xattr block); no device node is
-//! made in the share (as root the passthrough would make one, and the guest
+//! per inode (a partly written block, an xattr block); no device node but
+//! a whiteout (0/0) is made in the share (as root the passthrough would make one, and the guest
 //! could open the host's device through it).
 //!
 //! As root, the passthrough would create the device nodes a guest asks
@@ -80,12 +80,16 @@ fn outside(s: &Snapshot) -> Snapshot {
 }
 
 /// Allocated bytes of the distinct inodes under `dir` (not following
-/// links), and how many inodes there are; panics at a device node.
+/// links), and how many inodes there are; panics at a device node (but a
+/// whiteout).
 fn usage(dir: &Path) -> (u64, u64) {
     fn walk(p: &Path, seen: &mut BTreeMap<(u64, u64), u64>) {
         let Ok(m) = std::fs::symlink_metadata(p) else { return };
         let t = m.file_type();
-        assert!(!t.is_char_device() && !t.is_block_device(), "a device node in the share: {}", p.display());
+        // (A 0/0 character device is a whiteout, which RENAME_WHITEOUT makes
+        // as root: it opens no device.)
+        let whiteout = t.is_char_device() && m.rdev() == 0;
+        assert!(whiteout || !t.is_char_device() && !t.is_block_device(), "a device node in the share: {}", p.display());
         seen.insert((m.dev(), m.ino()), m.blocks() * 512);
         if m.is_dir() {
             for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
