@@ -58,6 +58,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use rustix::fs::Mode;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -96,15 +97,41 @@ fn open_flags_write(flags: u32) -> bool {
 pub struct PolicyFs<F> {
     inner: F,
     policy: Policy,
+    /// The flags each open handle was opened with, as the passthrough
+    /// recorded them (see [`PolicyFs::handle_flags`]).
+    opened: Mutex<HashMap<u64, u32>>,
 }
 
 impl<F> PolicyFs<F> {
     pub fn new(inner: F, policy: Policy) -> Self {
-        Self { inner, policy }
+        Self { inner, policy, opened: Mutex::new(HashMap::new()) }
     }
 
     fn read_only(&self) -> bool {
         matches!(self.policy, Policy::ReadOnly)
+    }
+
+    fn opened(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
+        self.opened.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remember the flags a new handle was opened with.
+    fn opened_with<H: Into<u64> + From<u64>>(&self, handle: Option<H>, flags: u32) -> Option<H> {
+        let raw: u64 = handle?.into();
+        self.opened().insert(raw, flags);
+        Some(H::from(raw))
+    }
+
+    /// The flags to pass on with a read or write of `handle`: the ones it
+    /// was opened with, not the guest's. fuse-backend-rs's passthrough
+    /// (0.14) sets differing flags on the handle's descriptor with
+    /// `fcntl(F_SETFL)` through a `File` it borrowed from the handle, and
+    /// when that fails (O_DIRECT on tmpfs, say) it returns early and the
+    /// `File` closes the handle's descriptor: closed again at release, that
+    /// number may by then be another file of the VMM's (found by the
+    /// `exchange_fs` fuzz target, which aborts on the second close).
+    fn handle_flags(&self, handle: u64, guest: u32) -> u32 {
+        self.opened().get(&handle).copied().unwrap_or(guest)
     }
 
     /// Refuse (EROFS) an operation that would modify the share.
@@ -240,6 +267,7 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
 
     fn destroy(&self) {
         let _umask = UmaskGuard::save();
+        self.opened().clear();
         self.inner.destroy()
     }
 
@@ -288,7 +316,8 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         if open_flags_write(flags) {
             self.mutates()?;
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let (handle, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        Ok((self.opened_with(handle, flags), opts, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -303,7 +332,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        let handle: u64 = handle.into();
+        let flags = self.handle_flags(handle, flags);
+        self.inner.read(ctx, inode, handle.into(), w, size, offset, lock_owner, flags)
     }
 
     fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
@@ -321,7 +352,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let handle: u64 = handle.into();
+        self.opened().remove(&handle);
+        self.inner.release(ctx, inode, flags, handle.into(), flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
@@ -349,7 +382,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         if open_flags_write(flags) {
             self.mutates()?;
         }
-        self.inner.opendir(ctx, inode, flags)
+        let (handle, opts) = self.inner.opendir(ctx, inode, flags)?;
+        // (The passthrough records a directory's flags with O_DIRECTORY.)
+        Ok((self.opened_with(handle, flags | libc::O_DIRECTORY as u32), opts))
     }
 
     fn readdir(
@@ -377,7 +412,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
     }
 
     fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        let handle: u64 = handle.into();
+        self.opened().remove(&handle);
+        self.inner.releasedir(ctx, inode, flags, handle.into())
     }
 
     fn access(&self, ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
@@ -494,7 +531,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        self.new_node(0, || self.inner.create(ctx, parent, name, args))
+        let flags = args.flags;
+        let (entry, handle, opts, passthrough) = self.new_node(0, || self.inner.create(ctx, parent, name, args))?;
+        Ok((entry, self.opened_with(handle, flags), opts, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -517,7 +556,7 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
             (ctx, inode, handle),
             (offset, u64::from(size)),
             || {
-                let (i, h) = (inode.into(), handle.into());
+                let (i, h, flags) = (inode.into(), handle.into(), self.handle_flags(handle, flags));
                 self.inner.write(ctx, i, h, r, size, offset, lock_owner, delayed_write, flags, fuse_flags)
             },
             |&n| n as u64,
