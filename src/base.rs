@@ -14,6 +14,7 @@
 use crate::image::{fingerprint, settled_fingerprint, BaseImage, ImageError, Sha256Digest};
 use crate::layer::erofs::{self, Layers};
 use crate::layer::flatten::Tree;
+use crate::layer::tar_guard::Limits as TarLimits;
 use crate::layer::{HashingWriter, LayerError};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -141,11 +142,18 @@ pub fn open_staged(staged: &[PathBuf]) -> Result<Layers<BufReader<File>>, BaseEr
 /// Stage `base`'s layers uncompressed under `work` (`layer-N.tar`) and
 /// flatten them; returns the tree and the staged files (its data source).
 pub fn flatten(base: Option<&BaseImage>, work: &Path) -> Result<(Tree, Vec<PathBuf>), BaseError> {
-    flatten_within(base, work, staging_room(work))
+    flatten_within(base, work, staging_room(work), TarLimits::DEFAULT)
 }
 
-/// [`flatten`], the staged layers taking at most `room` bytes.
-fn flatten_within(base: Option<&BaseImage>, work: &Path, mut room: u64) -> Result<(Tree, Vec<PathBuf>), BaseError> {
+/// [`flatten`], the staged layers taking at most `room` bytes and each
+/// layer's archive read within `limits` (tests and the `base_bounds` fuzz
+/// target pass small ones).
+pub(crate) fn flatten_within(
+    base: Option<&BaseImage>,
+    work: &Path,
+    mut room: u64,
+    limits: TarLimits,
+) -> Result<(Tree, Vec<PathBuf>), BaseError> {
     let mut tree = Tree::default();
     let mut staged = Vec::new();
     // The layers decompressed must fit the disk they are staged on (less a
@@ -162,7 +170,7 @@ fn flatten_within(base: Option<&BaseImage>, work: &Path, mut room: u64) -> Resul
             room = room.checked_sub(copied).ok_or_else(|| BaseError::TooLarge { dir: work.to_path_buf() })?;
             out.flush().map_err(io_err(&p))?;
             drop(out);
-            tree.apply(i, BufReader::with_capacity(1 << 20, File::open(&p).map_err(io_err(&p))?))?;
+            tree.apply_within(i, BufReader::with_capacity(1 << 20, File::open(&p).map_err(io_err(&p))?), limits)?;
             staged.push(p);
         }
     }
@@ -287,9 +295,9 @@ mod tests {
         t.finish().unwrap();
         let image = BaseImage::open(&archive, &crate::image::Selector::default()).unwrap();
         let work = tempfile::tempdir().unwrap();
-        let e = flatten_within(Some(&image), work.path(), 100 << 10).unwrap_err();
+        let e = flatten_within(Some(&image), work.path(), 100 << 10, TarLimits::DEFAULT).unwrap_err();
         assert!(matches!(e, BaseError::TooLarge { .. }), "{e}");
-        flatten_within(Some(&image), work.path(), 2 << 20).unwrap();
+        flatten_within(Some(&image), work.path(), 2 << 20, TarLimits::DEFAULT).unwrap();
     }
 
     #[test]

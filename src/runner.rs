@@ -246,7 +246,7 @@ impl Drop for Workdir {
 
 /// `chmod u+rwx` every directory under `root` (itself included), never
 /// through a symlink; errors are left to the removal to meet.
-fn make_removable(root: &Path) {
+pub(crate) fn make_removable(root: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

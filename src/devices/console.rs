@@ -20,7 +20,7 @@ const OOM_MARKER: &str = "Out of memory: Killed process";
 /// Lines kept for error reports.
 pub const TAIL_LINES: usize = 40;
 /// Longest line kept; the rest of an overlong line is dropped.
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
 
 /// Where echoed lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

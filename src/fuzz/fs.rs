@@ -27,10 +27,10 @@ use virtio_queue::desc::RawDescriptor;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const MEM_SIZE: usize = 0x8_0000;
+pub(super) const MEM_SIZE: usize = 0x8_0000;
 const READ_A: u64 = 0x1_0000;
 const READ_B: u64 = 0x3_0000;
-const WRITE: u64 = 0x5_0000;
+pub(super) const WRITE: u64 = 0x5_0000;
 const QUEUE_SIZE: u16 = 8;
 
 struct Tree {
@@ -98,7 +98,7 @@ pub fn fs(mut data: &[u8]) {
 
 /// Lay `msg` out as one chain (readable part split at `split`, then the
 /// writable reply buffer) and serve it.
-fn serve(fs: &Fs, mem: &GuestMemoryMmap, msg: &[u8], split: usize, reply: u32) -> u32 {
+pub(super) fn serve(fs: &Fs, mem: &GuestMemoryMmap, msg: &[u8], split: usize, reply: u32) -> u32 {
     let (a, b) = if split > 0 && split < msg.len() { msg.split_at(split) } else { (msg, &[][..]) };
     mem.write_slice(a, GuestAddress(READ_A)).expect("message");
     mem.write_slice(b, GuestAddress(READ_B)).expect("message");

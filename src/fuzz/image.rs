@@ -60,7 +60,7 @@ fn hex(data: &[u8]) -> String {
     format!("{:x}", Sha256::digest(data))
 }
 
-fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub(super) fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();

@@ -151,7 +151,7 @@ fn mount_read_only(path: &Path, set: bool, recursive: bool) -> std::io::Result<(
 /// `nodev`, `nosuid` tmpfs on `dir` and the directories listed in
 /// `ROOTLAYER_FUZZ_WRITABLE` (colon-separated: libFuzzer's corpus and
 /// artifacts, set by scripts/fuzz).
-fn sandbox(dir: &Path) -> std::io::Result<()> {
+pub(super) fn sandbox(dir: &Path) -> std::io::Result<()> {
     let none = c"none";
     let tmpfs = c"tmpfs";
     let opts = c"size=64m,mode=0755";

@@ -11,7 +11,10 @@
 //! Built for the fuzz binaries (feature `fuzz`) and the unit tests only.
 
 mod base;
+mod base_bounds;
 mod blk;
+mod console;
+mod exchange;
 mod fs;
 mod image;
 mod job;
@@ -19,18 +22,25 @@ mod layer;
 mod mmio;
 mod scratch;
 #[cfg(test)]
-mod seeds;
+pub(crate) mod seeds;
 mod snapshot;
+mod snapshot_file;
+mod tree_tar;
 mod xstate;
 
 pub use base::base_image;
+pub use base_bounds::base_bounds;
 pub use blk::blk;
+pub use console::console;
+pub use exchange::exchange_fs;
 pub use fs::fs;
 pub use image::{image, image_json};
 pub use job::job;
 pub use layer::{layer_convert, layer_unpack};
 pub use mmio::mmio;
 pub use scratch::scratch_ext4;
+pub use snapshot_file::snapshot_file;
+pub use tree_tar::tree_tar;
 pub use xstate::xstate;
 
 /// A fuzz target's body.
@@ -41,6 +51,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mmio", mmio),
     ("blk", blk),
     ("fs", fs),
+    ("exchange_fs", exchange_fs),
     ("job", job),
     ("layer_convert", layer_convert),
     ("layer_unpack", layer_unpack),
@@ -49,6 +60,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("xstate", xstate),
     ("base_image", base_image),
     ("scratch_ext4", scratch_ext4),
+    ("console", console),
+    ("snapshot_file", snapshot_file),
+    ("tree_tar", tree_tar),
+    ("base_bounds", base_bounds),
 ];
 
 /// Cut `data` into the next `n` bytes (fewer at the end).

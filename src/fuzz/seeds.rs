@@ -262,6 +262,248 @@ fn fs_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![("mount-and-read", mount_and_read), ("mutations-get-erofs", mutations), ("odd-shapes", odd)]
 }
 
+/// FUSE_WRITE's arguments and data.
+fn write_in(fh: u64, offset: u64, data: &[u8]) -> Vec<u8> {
+    let size = u32::try_from(data.len()).expect("small write");
+    [u64le(fh), u64le(offset), u32le(size), u32le(0), u64le(0), u32le(0x8002), u32le(0), data.to_vec()].concat()
+}
+
+/// FUSE_CREATE's arguments (flags, mode, umask) and name.
+fn create_in(name: &str, flags: u32) -> Vec<u8> {
+    [u32le(flags), u32le(0o100644), u32le(0o022), u32le(0), cstr(name)].concat()
+}
+
+/// One-byte writes a block apart into a new file of the exchange share.
+pub(super) fn exchange_sparse_writes() -> Vec<u8> {
+    let mut s = [fuse_init(1), fuse(35, 1, 2, &[create_in("big", 0x8242)], BIG)].concat();
+    for i in 0..48u64 {
+        s.extend(fuse(16, 2, 3 + i, &[write_in(1, i * 4096, b"x")], BIG));
+    }
+    s
+}
+
+/// What the agent does in the exchange share (writes result.json, the
+/// output), and what a hostile guest tries there: links out of it, device
+/// nodes, renames over the host's files, xattrs, growth past the budget.
+fn exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let getattr = [u32le(0), u32le(0), u64le(0)].concat();
+    let result =
+        br#"{"protocol":1,"status":0,"error":null,"phases":[],"observations":[],"script_status":0,"disk_full":false}"#;
+    let agent = [
+        fuse_init(1),
+        fuse(3, 1, 2, std::slice::from_ref(&getattr), BIG),
+        fuse(1, 1, 3, &[cstr("job.json")], BIG),
+        fuse(14, 2, 4, &[[u32le(0x8000), u32le(0)].concat()], BIG),
+        fuse(15, 2, 5, &[[u64le(1), u64le(0), u32le(4096), u32le(0), u64le(0), u32le(0x8000), u32le(0)].concat()], BIG),
+        fuse(35, 1, 6, &[create_in("result.json.tmp", 0x8241)], BIG),
+        fuse(16, 3, 7, &[write_in(2, 0, result)], BIG),
+        fuse(25, 3, 8, &[[u64le(2), u64le(0)].concat()], BIG),
+        fuse(18, 3, 9, &[[u64le(2), u32le(0x8001), u32le(0), u64le(0)].concat()], BIG),
+        fuse(12, 1, 10, &[u64le(1), cstr("result.json.tmp"), cstr("result.json")], BIG),
+        fuse(9, 1, 11, &[u32le(0o755), u32le(0o022), cstr("out")], BIG),
+        fuse(35, 4, 12, &[create_in("upper.tar", 0x8241)], BIG),
+        fuse(16, 5, 13, &[write_in(3, 0, &[0x61; 3000])], BIG),
+        fuse(43, 5, 14, &[u64le(3), u64le(4096), u64le(8192), u32le(0), u32le(0)], BIG),
+        fuse(20, 1, 15, &[], BIG),
+    ]
+    .concat();
+    let setattr_size = |size: u64| {
+        [u32le(8), u32le(0), u64le(0), u64le(size), u64le(0), u64le(0), u64le(0), u64le(0), vec![0; 40]].concat()
+    };
+    let hostile = [
+        fuse_init(1),
+        fuse(1, 1, 2, &[cstr("up")], BIG),
+        fuse(5, 2, 3, &[], BIG),
+        fuse(1, 1, 4, &[cstr("updir")], BIG),
+        fuse(1, 3, 5, &[cstr("secret.txt")], BIG),
+        fuse(1, 1, 6, &[cstr("..")], BIG),
+        fuse(14, 2, 7, &[[u32le(0x8002), u32le(0)].concat()], BIG),
+        fuse(16, 2, 8, &[write_in(1, 0, b"overwritten")], BIG),
+        fuse(4, 2, 9, &[setattr_size(0)], BIG),
+        fuse(12, 1, 10, &[u64le(1), cstr("job.json"), cstr("up")], BIG),
+        fuse(45, 1, 11, &[[u64le(1), u32le(2), u32le(0)].concat(), cstr("script"), cstr("updir")], BIG),
+        fuse(8, 1, 12, &[u32le(0o60600), u32le(0x0800), u32le(0o022), u32le(0), cstr("sda")], BIG),
+        fuse(8, 1, 13, &[u32le(0o20666), u32le(0x0103), u32le(0o022), u32le(0), cstr("null")], BIG),
+        fuse(6, 1, 14, &[cstr("../../../../etc/passwd"), cstr("passwd")], BIG),
+        fuse(13, 2, 15, &[u64le(2), cstr("hardlink-out")], BIG),
+        fuse(21, 1, 16, &[u32le(1), u32le(0), u32le(0), u32le(0), cstr("user.x"), b"v".to_vec()], BIG),
+        fuse(21, 1, 17, &[u32le(1), u32le(0), u32le(0), u32le(0), cstr("trusted.overlay.opaque"), b"y".to_vec()], BIG),
+        fuse(35, 1, 18, &[create_in("grow", 0x8242)], BIG),
+        fuse(4, 7, 19, &[setattr_size(1 << 40)], BIG),
+        fuse(43, 7, 20, &[u64le(2), u64le(0), u64le(1 << 20), u32le(0), u32le(0)], BIG),
+        fuse(11, 1, 21, &[cstr("none")], BIG),
+        fuse(10, 1, 22, &[cstr("script")], BIG),
+    ]
+    .concat();
+    vec![("agent-writes-result", agent), ("hostile-guest", hostile), ("sparse-writes", exchange_sparse_writes())]
+}
+
+/// A real snapshot of a 1 MiB guest, written by the snapshot writer, as
+/// the `snapshot_file` target's input describes it.
+pub(super) fn snapshot_seed() -> Vec<u8> {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+    mem.write_slice(b"\x0f\x01\xd9kernel text", GuestAddress(0x1000)).expect("write");
+    mem.write_slice(&[0xab; 5000], GuestAddress(0x8_0000)).expect("write");
+    mem.write_slice(&[1], GuestAddress((1 << 20) - 1)).expect("write");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let key = super::snapshot_file::key();
+    let (path, _) =
+        crate::vmm::snapshot::file::write(dir.path(), &key, &super::snapshot_file::state(), &mem).expect("a snapshot");
+    super::snapshot_file::describe(&std::fs::read(path).expect("the snapshot"))
+}
+
+/// Console output: a boot as the guest prints it, a failed job, a kernel
+/// panic, and the hostile kind (overlong lines, invalid UTF-8, NULs, CRs,
+/// status lines that do not parse); then the same through the UART, as
+/// Linux's 8250 driver programs and writes it.
+fn console_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let chunks = |text: &[u8], n: usize| -> Vec<u8> {
+        let mut out = vec![0];
+        for c in text.chunks(n) {
+            out.push(u8::try_from(c.len()).expect("short chunk"));
+            out.extend(c);
+        }
+        out
+    };
+    let boot = b"[    0.000000] Linux version 6.1.0 (rootlayer)\r\n[    0.120000] virtio_blk virtio0: [vda] 2097152 512-byte logical blocks\r\nrootlayer-agent 0.1.0 ready (uptime 0.35s)\r\n+ echo hello\r\nhello\r\nrootlayer-agent: exit status 0\r\n";
+    let failed = b"rootlayer-agent 0.1.0 ready (uptime 0.35s)\nrootlayer-agent: error: script exited with status 3\nrootlayer-agent: exit status 3\n";
+    let panic = b"[    1.5] Out of memory: Killed process 123 (sh) total-vm:1000kB\n[    1.6] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009\n";
+    let mut hostile =
+        b"rootlayer-agent: exit status 99999999999\nrootlayer-agent: exit status  -1 \r\n\xff\xfe\x00\xc3(\n".to_vec();
+    hostile.extend(vec![b'x'; 5000]);
+    hostile.extend(b"\nrootlayer-agent ready\nrootlayer-agent x ready\r\r\n");
+    // The UART: DLAB on, divisor 1, 8N1, FIFO, DTR/RTS/OUT2, interrupts;
+    // then the boot's text, a loopback stretch, and the divisor latch again.
+    let reg = |r: u8, v: u8| vec![r, v];
+    let mut uart = vec![1];
+    for (r, v) in [(3, 0x80), (0, 1), (1, 0), (3, 0x03), (2, 0xc7), (4, 0x0b), (1, 0x0f)] {
+        uart.extend(reg(r, v));
+    }
+    for &b in boot.iter() {
+        uart.extend([0x85, 0]);
+        uart.extend(reg(0, b));
+    }
+    uart.extend(reg(4, 0x1b));
+    uart.extend(reg(0, b'L'));
+    uart.extend([0x80, 0]);
+    uart.extend(reg(4, 0x0b));
+    uart.extend(reg(3, 0x83));
+    uart.extend(reg(0, b'D'));
+    uart.extend(reg(3, 0x03));
+    uart.extend(reg(0, b'\n'));
+    vec![
+        ("boot-ok", chunks(boot, 16)),
+        ("job-failed", chunks(failed, 255)),
+        ("oom-panic", chunks(panic, 7)),
+        ("hostile-lines", chunks(&hostile, 200)),
+        ("uart-linux-8250", uart),
+    ]
+}
+
+/// tree_tar: a tree as flattening makes it (every kind, hardlinks, xattrs,
+/// a long path, big owners) and a contents directory on disk.
+fn tree_tar_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let lv = |b: &[u8]| [vec![u8::try_from(b.len()).expect("short")], b.to_vec()].concat();
+    // op, parent, name, mode, uid, gid, mtime, then the kind's data.
+    let node = |op: u8, parent: u8, name: &str, mode: u16, owner: u32, extra: Vec<u8>| {
+        [vec![op, parent], lv(name.as_bytes()), u16le(mode), u32le(owner), u32le(owner), u32le(1_700_000_000), extra]
+            .concat()
+    };
+    let long = "n".repeat(120);
+    let direct = [
+        vec![0],
+        node(0, 0, "etc", 0o755, 0, vec![]),
+        node(1, 1, "passwd", 0o644, 0, lv(b"root:x:0:0::/root:/bin/sh\n")),
+        node(1, 0, "setuid", 0o4755, 0, lv(b"\x7fELF")),
+        [vec![7, 0], lv(b"x"), lv(b"test"), lv(b"value")].concat(),
+        node(2, 1, "localtime", 0o777, 0, lv(b"/usr/share/zoneinfo/UTC")),
+        [vec![6, 0], lv(b"hardlink"), vec![0]].concat(),
+        node(3, 0, "null", 0o666, 0, [u32le(1), u32le(3)].concat()),
+        node(4, 0, "vda", 0o660, 6, [u32le(254), u32le(0)].concat()),
+        node(5, 0, "fifo", 0o600, 1000, vec![]),
+        node(0, 1, &long, 0o700, 4_000_000, vec![]),
+        node(1, 2, &long, 0o600, 65534, lv(&[0xab; 200])),
+        node(2, 2, "link", 0o777, 0, lv(long.as_bytes())),
+    ]
+    .concat();
+    // op, parent, name, mode, then the kind's data.
+    let disk_node = |op: u8, parent: u8, name: &str, mode: u16, extra: Vec<u8>| {
+        [vec![op, parent], lv(name.as_bytes()), u16le(mode), extra].concat()
+    };
+    let disk = [
+        vec![1],
+        disk_node(0, 0, "bin", 0o755, vec![]),
+        disk_node(1, 1, "sh", 0o755, lv(b"#!/bin/sh\n")),
+        disk_node(2, 0, "usr", 0o777, lv(b"\x01.")),
+        disk_node(2, 1, "up", 0o777, lv(b"../bin/sh")),
+        disk_node(6, 0, "sh-again", 0o644, vec![0]),
+        disk_node(5, 0, "fifo", 0o644, vec![]),
+        disk_node(0, 0, "private", 0o700, vec![]),
+        disk_node(1, 2, "key", 0o400, lv(b"secret")),
+    ]
+    .concat();
+    let mut keep = disk.clone();
+    keep[0] = 3;
+    vec![("flattened-tree", direct), ("contents-dir", disk), ("contents-dir-keep-dirlinks", keep)]
+}
+
+/// base_bounds: real layers (GNU tar's, our converter's) under roomy and
+/// tight bounds, a decompression bomb, a long name and a PAX header over a
+/// small cap, too many entries, too many layers.
+fn base_bounds_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let read = |name: &str| std::fs::read(seeds_dir().join("layer_unpack").join(name)).expect("layer seed");
+    let gnu = read("gnu-whiteouts-hardlink-symlink.tar");
+    let ours = read("rootlayer-converted-overlay-upper.tar");
+    let head =
+        |flags: u8, max_layers: u8, room: u8, meta: u8, entries: u8| vec![flags, max_layers, room, meta, entries];
+    let len = |l: &[u8]| u16le(u16::try_from(l.len()).expect("small layer"));
+    let tar_of = |entries: &[(String, usize)], pax: bool| {
+        let mut b = tar::Builder::new(Vec::new());
+        if pax {
+            b.append_pax_extensions([("SCHILY.xattr.user.big", &[b'v'; 300][..])]).expect("pax");
+        }
+        for (name, size) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(*size as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1);
+            b.append_data(&mut h, name, std::io::Read::take(std::io::repeat(0), *size as u64)).expect("append");
+        }
+        b.into_inner().expect("tar")
+    };
+    let bomb = {
+        let layer = tar_of(&[("zeros".to_string(), 1 << 20)], false);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &layer).expect("gzip");
+        gz.finish().expect("gzip")
+    };
+    let long = tar_of(&[(format!("d/{}", "n".repeat(300)), 3)], true);
+    let many = tar_of(&(0..20).map(|i| (format!("f{i}"), 1)).collect::<Vec<_>>(), false);
+    vec![
+        ("gnu-layer-roomy", [head(0, 0, 255, 255, 255), gnu.clone()].concat()),
+        ("two-layers-gzip", [head(5, 1, 255, 255, 255), len(&gnu), gnu.clone(), ours.clone()].concat()),
+        ("zstd-tight-room", [head(8, 0, 10, 255, 255), ours.clone()].concat()),
+        ("gzip-bomb", [head(12, 0, 255, 255, 255), bomb].concat()),
+        ("long-name-and-pax-over-a-small-cap", [head(0, 0, 255, 0, 255), long].concat()),
+        ("too-many-entries", [head(0, 0, 255, 255, 4), many].concat()),
+        (
+            "too-many-layers",
+            [
+                head(3, 0, 255, 255, 255),
+                len(&ours),
+                ours.clone(),
+                len(&ours),
+                ours.clone(),
+                len(&ours),
+                ours.clone(),
+                ours,
+            ]
+            .concat(),
+        ),
+    ]
+}
+
 fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let job = Job {
         protocol: crate::job::PROTOCOL_VERSION,
@@ -339,6 +581,19 @@ fn generated() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     for (name, bytes) in fs_seeds() {
         out.push(("fs", name.to_string(), bytes));
+    }
+    for (name, bytes) in exchange_seeds() {
+        out.push(("exchange_fs", name.to_string(), bytes));
+    }
+    out.push(("snapshot_file", "written-by-the-snapshot-writer".to_string(), snapshot_seed()));
+    for (name, bytes) in base_bounds_seeds() {
+        out.push(("base_bounds", name.to_string(), bytes));
+    }
+    for (name, bytes) in tree_tar_seeds() {
+        out.push(("tree_tar", name.to_string(), bytes));
+    }
+    for (name, bytes) in console_seeds() {
+        out.push(("console", name.to_string(), bytes));
     }
     for (name, bytes) in job_seeds() {
         out.push(("job", name.to_string(), bytes));

@@ -11,16 +11,27 @@ pub type Snapshot = BTreeMap<String, String>;
 
 /// The tree under `root` (not following symlinks), keyed by relative path.
 pub fn snapshot(root: &Path) -> Snapshot {
+    snapshot_without(root, &[])
+}
+
+/// [`snapshot`], leaving out what lies below the directories `skip`
+/// (relative paths; their own entries are kept): the parts a target may
+/// change, which may hold anything (a sparse file of a terabyte, say).
+pub fn snapshot_without(root: &Path, skip: &[&str]) -> Snapshot {
     let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
+    walk(root, root, skip, &mut out);
     out
 }
 
-fn walk(root: &Path, path: &Path, out: &mut Snapshot) {
+fn walk(root: &Path, path: &Path, skip: &[&str], out: &mut Snapshot) {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return;
     };
     let rel = path.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default();
+    if skip.contains(&rel.as_str()) {
+        out.insert(rel, String::new());
+        return;
+    }
     let mut desc = format!(
         "mode={:o} uid={} gid={} size={} mtime={}.{} rdev={} nlink={}",
         meta.mode(),
@@ -55,7 +66,7 @@ fn walk(root: &Path, path: &Path, out: &mut Snapshot) {
     if meta.is_dir() {
         if let Ok(rd) = std::fs::read_dir(path) {
             for e in rd.flatten() {
-                walk(root, &e.path(), out);
+                walk(root, &e.path(), skip, out);
             }
         }
     }

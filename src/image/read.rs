@@ -60,7 +60,13 @@ impl BaseImage {
     /// Opens a docker-archive or OCI layout (directory or tar, plain or
     /// compressed), chooses the image `sel` names and verifies all of it.
     pub fn open(path: &Path, sel: &Selector) -> Result<BaseImage, ImageError> {
-        Self::open_remembering(path, sel, None)
+        Self::load(path, sel, MAX_LAYERS, None)
+    }
+
+    /// [`BaseImage::open`], refusing more than `max_layers` layers (tests
+    /// and the `base_bounds` fuzz target pass fewer than [`MAX_LAYERS`]).
+    pub fn open_within(path: &Path, sel: &Selector, max_layers: usize) -> Result<BaseImage, ImageError> {
+        Self::load(path, sel, max_layers, None)
     }
 
     /// [`BaseImage::open`], remembering in the directory `memo` (the user's
@@ -69,6 +75,10 @@ impl BaseImage {
     /// layer whose file has not changed since is not read again. (Streaming
     /// a layer still checks its digests as it goes.)
     pub fn open_remembering(path: &Path, sel: &Selector, memo: Option<&Path>) -> Result<BaseImage, ImageError> {
+        Self::load(path, sel, MAX_LAYERS, memo)
+    }
+
+    fn load(path: &Path, sel: &Selector, max_layers: usize, memo: Option<&Path>) -> Result<BaseImage, ImageError> {
         let archive = Archive::open(path)?;
         let parsed = if archive.exists("manifest.json") {
             docker::read_manifest(&archive, sel)?
@@ -79,9 +89,9 @@ impl BaseImage {
         } else {
             return Err(ImageError::NoManifest { path: path.to_path_buf() });
         };
-        if parsed.layers.len() > MAX_LAYERS {
+        if parsed.layers.len() > max_layers {
             return Err(ImageError::Invalid(format!(
-                "{} layers: at most {MAX_LAYERS} (docker itself stops at 125)",
+                "{} layers: at most {max_layers} (docker itself stops at 125)",
                 parsed.layers.len()
             )));
         }

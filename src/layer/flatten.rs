@@ -22,6 +22,7 @@ use std::io::{self, Read};
 use tar::EntryType;
 
 use super::rules::{self, EntryName, Xattr};
+use super::tar_guard::Limits as TarLimits;
 use super::{show, LayerError};
 
 /// Linux's (and EROFS's) longest name.
@@ -99,7 +100,12 @@ impl Tree {
     /// Apply layer number `index`, read from `layer` (its uncompressed tar,
     /// from the start: data offsets count from there).
     pub fn apply<R: Read>(&mut self, index: usize, layer: R) -> Result<(), LayerError> {
-        let changes = read_layer(index, layer)?;
+        self.apply_within(index, layer, TarLimits::DEFAULT)
+    }
+
+    /// [`Tree::apply`], the layer's archive read within `limits`.
+    pub fn apply_within<R: Read>(&mut self, index: usize, layer: R, limits: TarLimits) -> Result<(), LayerError> {
+        let changes = read_layer(index, layer, limits)?;
         for (raw, dir) in &changes.opaque {
             if let Some(ino) = self.lookup_dir_for_change(dir, raw)? {
                 if let Kind::Dir(children) = &mut self.inodes[ino].kind {
@@ -250,10 +256,10 @@ impl Tree {
 }
 
 /// Read a layer's entries and markers, checking each as the unpacker does.
-fn read_layer<R: Read>(index: usize, layer: R) -> Result<Changes, LayerError> {
+fn read_layer<R: Read>(index: usize, layer: R, limits: TarLimits) -> Result<Changes, LayerError> {
     let mut changes = Changes::default();
     // Bounded: no header can make the tar crate buffer more than 1 MiB.
-    let mut archive = tar::Archive::new(super::tar_guard::TarGuard::new(layer));
+    let mut archive = tar::Archive::new(super::tar_guard::TarGuard::with_limits(layer, limits));
     for entry in archive.entries().map_err(super::error::read_err)? {
         let mut entry = entry.map_err(super::error::read_err)?;
         if let Some(e) = read_entry(index, &mut entry, &mut changes)? {

@@ -21,6 +21,26 @@ pub const MAX_ENTRIES: u64 = 10_000_000;
 
 const BLOCK: usize = 512;
 
+/// The guard's bounds: production uses [`Limits::DEFAULT`]; tests and the
+/// `base_bounds` fuzz target pass small ones to reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes one PAX header or GNU long name/link may hold.
+    pub max_meta: u64,
+    /// Most header blocks (entries, PAX headers, long names) one layer may hold.
+    pub max_entries: u64,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits { max_meta: MAX_META, max_entries: MAX_ENTRIES };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// What the guard refused (inside the `io::Error` its reads fail with).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -51,17 +71,21 @@ pub struct TarGuard<R> {
     /// A size the last PAX header set for the next entry.
     next_size: Option<u64>,
     entries: u64,
-    max_entries: u64,
+    limits: Limits,
     /// Two zero blocks end the archive: pass the rest through.
     zero_blocks: u8,
 }
 
 impl<R: Read> TarGuard<R> {
     pub fn new(inner: R) -> Self {
-        Self::with_max_entries(inner, MAX_ENTRIES)
+        Self::with_limits(inner, Limits::DEFAULT)
     }
 
     pub fn with_max_entries(inner: R, max_entries: u64) -> Self {
+        Self::with_limits(inner, Limits { max_entries, ..Limits::DEFAULT })
+    }
+
+    pub fn with_limits(inner: R, limits: Limits) -> Self {
         TarGuard {
             inner,
             header: [0; BLOCK],
@@ -71,7 +95,7 @@ impl<R: Read> TarGuard<R> {
             pax_left: 0,
             next_size: None,
             entries: 0,
-            max_entries,
+            limits,
             zero_blocks: 0,
         }
     }
@@ -85,20 +109,21 @@ impl<R: Read> TarGuard<R> {
         }
         self.zero_blocks = 0;
         self.entries += 1;
-        if self.entries > self.max_entries {
-            return Err(bad(format!("more than {} entries in a layer", self.max_entries)));
+        if self.entries > self.limits.max_entries {
+            return Err(bad(format!("more than {} entries in a layer", self.limits.max_entries)));
         }
         let kind = h[156];
         let size = header_size(&h[124..136]).ok_or_else(|| bad("a tar header with a malformed size".into()))?;
         let size = match kind {
             b'x' | b'g' | b'L' | b'K' => {
-                if size > MAX_META {
+                if size > self.limits.max_meta {
                     return Err(bad(format!(
-                        "a tar {} header of {size} bytes (at most {MAX_META})",
+                        "a tar {} header of {size} bytes (at most {})",
                         match kind {
                             b'x' | b'g' => "PAX",
                             _ => "GNU long name",
-                        }
+                        },
+                        self.limits.max_meta
                     )));
                 }
                 size

@@ -18,6 +18,9 @@ use super::erofs::DataSource;
 use super::flatten::{Inode, Kind, Tree};
 use super::{show, LayerError};
 
+/// Largest device number a tar header holds (7 octal digits).
+pub const MAX_DEVICE: u32 = 0o7777777;
+
 /// Write `tree` to `out` as a tar, file bytes taken from `data`.
 pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: W) -> Result<(), LayerError> {
     let mut b = tar::Builder::new(out);
@@ -135,6 +138,13 @@ fn entry<W: Write, D: DataSource>(
         }
         Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
             h.set_entry_type(if matches!(inode.kind, Kind::Char(..)) { EntryType::Char } else { EntryType::Block });
+            // The header's 8-byte octal fields hold 7 digits; the tar crate
+            // would keep only the low ones of a larger number.
+            for (n, field) in [(*ma, "device major"), (*mi, "device minor")] {
+                if n > MAX_DEVICE {
+                    return Err(LayerError::TooLarge { path: show(path), field });
+                }
+            }
             h.set_device_major(*ma).map_err(entry_err)?;
             h.set_device_minor(*mi).map_err(entry_err)?;
             b.append_data(&mut h, path_os, io::empty()).map_err(entry_err)

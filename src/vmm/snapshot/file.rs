@@ -28,10 +28,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRe
 const MAGIC: [u8; 8] = *b"RLSNAP\x00\x01";
 const PREFIX: usize = 16;
 /// Where the state starts: the header must fit before it.
-const STATE_OFFSET: u64 = 64 << 10;
+pub(crate) const STATE_OFFSET: u64 = 64 << 10;
 /// Room for the header after the prefix.
-const HEADER_MAX: usize = (64 << 10) - PREFIX;
-const PAGE: usize = 4096;
+pub(crate) const HEADER_MAX: usize = (64 << 10) - PREFIX;
+pub(crate) const PAGE: usize = 4096;
 /// Snapshots no job restored from for this long are removed when another
 /// is taken (a new kernel, initramfs or rootlayer leaves the old ones
 /// unused for good).
@@ -40,7 +40,7 @@ const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(14 * 24 *
 const ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest machine state read: a few hundred KiB in practice (the keeper's
 /// per-task state is bounded by [`crate::vmm::xstate::MAX_BYTES`]).
-const MAX_STATE: u64 = 128 << 20;
+pub(crate) const MAX_STATE: u64 = 128 << 20;
 
 /// Errors reading or writing a snapshot file; on load, each is a reason to
 /// boot cold.
@@ -86,6 +86,14 @@ struct Header {
     mem_offset: u64,
     mem_len: u64,
     mem_digest: String,
+}
+
+/// Whether `text` is a header exactly as [`write`] writes it (for the fuzz
+/// target: a header with extra fields or spaces can change and mean the
+/// same).
+#[cfg(any(test, feature = "fuzz"))]
+pub(crate) fn canonical_header(text: &[u8]) -> bool {
+    serde_json::from_slice::<Header>(text).is_ok_and(|h| serde_json::to_vec(&h).is_ok_and(|t| t == text))
 }
 
 /// A snapshot that passed every check: its state, and the open file whose

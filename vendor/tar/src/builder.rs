@@ -885,6 +885,16 @@ fn prepare_header_path(
             Ok(s) => s,
             Err(e) => str::from_utf8(&data[..e.valid_up_to()]).unwrap(),
         };
+        // rootlayer: a path whose first byte is not UTF-8 has no valid
+        // prefix, and an empty one is refused ("at least one component"):
+        // on Unix, keep its raw first bytes instead (README.rootlayer.md).
+        #[cfg(unix)]
+        let truncated: &Path = if truncated.is_empty() {
+            use std::os::unix::ffi::OsStrExt;
+            Path::new(std::ffi::OsStr::from_bytes(&data[..max]))
+        } else {
+            Path::new(truncated)
+        };
         header.set_truncated_path_for_gnu_header(truncated, allow_absolute)?;
 
         let header2 = prepare_header(data.len() as u64, b'L');

@@ -3,20 +3,25 @@
 //!
 //! The guest is untrusted and the exchange directory lives on the host's
 //! disk, so every request that can make the share take more space is
-//! charged against one budget before it reaches the file system: the bytes
-//! of each write, the growth of a file by truncate or fallocate, each new
-//! node (file, directory, link, device) as one block, and each xattr value.
-//! The count is of bytes asked for, not of blocks used, so it errs on the
-//! side of the host: rewriting a file charges again, and deleting refunds
-//! nothing. A request over budget fails with EFBIG and marks the budget
+//! charged against one budget before it reaches the file system: each
+//! write and fallocate the whole blocks it touches (a byte written into a
+//! hole takes a block of the host's disk: charging bytes alone let 1-byte
+//! writes a block apart take 4096 times the budget), refunded after it
+//! down to the bytes written or the disk space the file grew by, whichever
+//! is more; the growth of a file by truncate; each new node (file,
+//! directory, link, device) as one block; and each xattr value. It errs on
+//! the side of the host: rewriting a file charges again, and deleting
+//! refunds nothing. A request over budget fails with EFBIG and marks the budget
 //! exceeded, which the host reports as its own exit code; the guest sees an
 //! ordinary write error.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// A block of the host file system: what a write into a hole takes.
+pub const BLOCK: u64 = 4096;
 /// What one new directory entry costs (one block of the host file system).
-pub const NODE_COST: u64 = 4096;
+pub const NODE_COST: u64 = BLOCK;
 
 /// A byte budget shared by every request of a share.
 #[derive(Debug)]

@@ -22,9 +22,11 @@
 //!
 //! # Read-write shares (the exchange share)
 //!
-//! Every operation is forwarded. What a request may add on the host's disk
-//! is charged against the share's [`OutputLimit`], when it has one, before
-//! the request runs.
+//! Every operation is forwarded but `mknod` of a character or block device
+//! (EPERM: a host running as root would otherwise make the node, and the
+//! guest could open the host's device through it). What a request may add
+//! on the host's disk is charged against the share's [`OutputLimit`], when
+//! it has one, before the request runs.
 //!
 //! # Every request as the host user
 //!
@@ -47,7 +49,7 @@
 //! previous umask after those calls ([`UmaskGuard`]), so guest-created files
 //! get at most the permissions the invoking user's umask allows.
 
-use super::limit::{OutputLimit, NODE_COST};
+use super::limit::{OutputLimit, BLOCK, NODE_COST};
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::api::filesystem::{
@@ -56,6 +58,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use rustix::fs::Mode;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -94,15 +97,41 @@ fn open_flags_write(flags: u32) -> bool {
 pub struct PolicyFs<F> {
     inner: F,
     policy: Policy,
+    /// The flags each open handle was opened with, as the passthrough
+    /// recorded them (see [`PolicyFs::handle_flags`]).
+    opened: Mutex<HashMap<u64, u32>>,
 }
 
 impl<F> PolicyFs<F> {
     pub fn new(inner: F, policy: Policy) -> Self {
-        Self { inner, policy }
+        Self { inner, policy, opened: Mutex::new(HashMap::new()) }
     }
 
     fn read_only(&self) -> bool {
         matches!(self.policy, Policy::ReadOnly)
+    }
+
+    fn opened(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
+        self.opened.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remember the flags a new handle was opened with.
+    fn opened_with<H: Into<u64> + From<u64>>(&self, handle: Option<H>, flags: u32) -> Option<H> {
+        let raw: u64 = handle?.into();
+        self.opened().insert(raw, flags);
+        Some(H::from(raw))
+    }
+
+    /// The flags to pass on with a read or write of `handle`: the ones it
+    /// was opened with, not the guest's. fuse-backend-rs's passthrough
+    /// (0.14) sets differing flags on the handle's descriptor with
+    /// `fcntl(F_SETFL)` through a `File` it borrowed from the handle, and
+    /// when that fails (O_DIRECT on tmpfs, say) it returns early and the
+    /// `File` closes the handle's descriptor: closed again at release, that
+    /// number may by then be another file of the VMM's (found by the
+    /// `exchange_fs` fuzz target, which aborts on the second close).
+    fn handle_flags(&self, handle: u64, guest: u32) -> u32 {
+        self.opened().get(&handle).copied().unwrap_or(guest)
     }
 
     /// Refuse (EROFS) an operation that would modify the share.
@@ -133,6 +162,54 @@ impl<F> PolicyFs<F> {
     fn new_node<T>(&self, extra: usize, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         self.mutates()?;
         self.charged(NODE_COST + extra as u64, op, |_| NODE_COST + extra as u64)
+    }
+}
+
+/// The bytes of the host file system's blocks that `len` bytes at `offset`
+/// touch (whole [`BLOCK`]s).
+fn block_span(offset: u64, len: u64) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    let end = offset.saturating_add(len).div_ceil(BLOCK);
+    (end - offset / BLOCK).saturating_mul(BLOCK)
+}
+
+impl<F: FileSystem> PolicyFs<F> {
+    /// Bytes of disk the file `inode` takes (None if that cannot be read).
+    fn allocated(&self, ctx: &Context, inode: u64, handle: u64) -> Option<u64> {
+        let (st, _) = self.inner.getattr(ctx, F::Inode::from(inode), Some(F::Handle::from(handle))).ok()?;
+        u64::try_from(st.st_blocks).ok()?.checked_mul(512)
+    }
+
+    /// Run `op`, which writes `len` bytes at `offset` of `inode`: charged
+    /// first the whole blocks it touches (a byte written into a hole takes
+    /// a block of the host's disk), then refunded down to what it took: the
+    /// bytes it reports written (`written`), or the disk space the file
+    /// grew by, whichever is more (a rewrite is charged again).
+    fn charged_blocks<T>(
+        &self,
+        (ctx, inode, handle): (&Context, u64, u64),
+        (offset, len): (u64, u64),
+        op: impl FnOnce() -> io::Result<T>,
+        written: impl Fn(&T) -> u64,
+    ) -> io::Result<T> {
+        let Policy::ReadWrite { limit: Some(limit) } = &self.policy else { return op() };
+        let span = block_span(offset, len);
+        limit.charge(span)?;
+        let before = self.allocated(ctx, inode, handle);
+        let result = op();
+        // Where the file's size cannot be read, it took every block touched.
+        let grown = match (before, self.allocated(ctx, inode, handle)) {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            _ => span,
+        };
+        let used = match &result {
+            Ok(v) => written(v).max(grown),
+            Err(_) => grown,
+        };
+        limit.refund(span.saturating_sub(used));
+        result
     }
 }
 
@@ -190,6 +267,7 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
 
     fn destroy(&self) {
         let _umask = UmaskGuard::save();
+        self.opened().clear();
         self.inner.destroy()
     }
 
@@ -238,7 +316,8 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         if open_flags_write(flags) {
             self.mutates()?;
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let (handle, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        Ok((self.opened_with(handle, flags), opts, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -253,7 +332,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        let handle: u64 = handle.into();
+        let flags = self.handle_flags(handle, flags);
+        self.inner.read(ctx, inode, handle.into(), w, size, offset, lock_owner, flags)
     }
 
     fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
@@ -271,7 +352,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let handle: u64 = handle.into();
+        self.opened().remove(&handle);
+        self.inner.release(ctx, inode, flags, handle.into(), flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
@@ -299,7 +382,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         if open_flags_write(flags) {
             self.mutates()?;
         }
-        self.inner.opendir(ctx, inode, flags)
+        let (handle, opts) = self.inner.opendir(ctx, inode, flags)?;
+        // (The passthrough records a directory's flags with O_DIRECTORY.)
+        Ok((self.opened_with(handle, flags | libc::O_DIRECTORY as u32), opts))
     }
 
     fn readdir(
@@ -327,7 +412,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
     }
 
     fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        let handle: u64 = handle.into();
+        self.opened().remove(&handle);
+        self.inner.releasedir(ctx, inode, flags, handle.into())
     }
 
     fn access(&self, ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
@@ -396,6 +483,13 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        self.mutates()?;
+        // No device nodes: as root, the passthrough would make any the guest
+        // asks for, and opening one through the share reaches the host's
+        // device (a block device: the host's disk).
+        if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         self.new_node(0, || self.inner.mknod(ctx, inode, name, mode, rdev, umask))
     }
 
@@ -437,7 +531,9 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        self.new_node(0, || self.inner.create(ctx, parent, name, args))
+        let flags = args.flags;
+        let (entry, handle, opts, passthrough) = self.new_node(0, || self.inner.create(ctx, parent, name, args))?;
+        Ok((entry, self.opened_with(handle, flags), opts, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -455,9 +551,14 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.mutates()?;
-        self.charged(
-            u64::from(size),
-            || self.inner.write(ctx, inode, handle, r, size, offset, lock_owner, delayed_write, flags, fuse_flags),
+        let (inode, handle): (u64, u64) = (inode.into(), handle.into());
+        self.charged_blocks(
+            (ctx, inode, handle),
+            (offset, u64::from(size)),
+            || {
+                let (i, h, flags) = (inode.into(), handle.into(), self.handle_flags(handle, flags));
+                self.inner.write(ctx, i, h, r, size, offset, lock_owner, delayed_write, flags, fuse_flags)
+            },
             |&n| n as u64,
         )
     }
@@ -472,7 +573,13 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         length: u64,
     ) -> io::Result<()> {
         self.mutates()?;
-        self.charged(length, || self.inner.fallocate(ctx, inode, handle, mode, offset, length), |_| length)
+        let (inode, handle): (u64, u64) = (inode.into(), handle.into());
+        self.charged_blocks(
+            (ctx, inode, handle),
+            (offset, length),
+            || self.inner.fallocate(ctx, inode.into(), handle.into(), mode, offset, length),
+            |_| 0,
+        )
     }
 
     fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
@@ -635,17 +742,40 @@ mod tests {
     #[test]
     fn what_a_read_write_share_adds_is_charged_to_its_limit() {
         let ctx = Context::default();
-        let limit = Arc::new(OutputLimit::new(100));
+        let limit = Arc::new(OutputLimit::new(2 * BLOCK));
         let fs = PolicyFs::new(Counting::default(), Policy::ReadWrite { limit: Some(limit.clone()) });
+        // Counting has no getattr: the block the request touches is kept.
         fs.fallocate(&ctx, 1, 0, 0, 0, 60).unwrap();
-        assert_eq!(limit.used(), 60);
+        assert_eq!(limit.used(), BLOCK);
         // Counting has no mkdir: the trait's default (ENOSYS) is refunded.
         assert!(fs.mkdir(&ctx, 1, c"d", 0o755, 0).is_err());
-        assert_eq!(limit.used(), 60, "a failed request is refunded");
-        let e = fs.fallocate(&ctx, 1, 0, 0, 0, 41).unwrap_err();
+        assert_eq!(limit.used(), BLOCK, "a failed request is refunded");
+        assert!(!limit.exceeded());
+        // 4097 bytes from a block boundary touch two blocks.
+        let e = fs.fallocate(&ctx, 1, 0, 0, BLOCK, BLOCK + 1).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
         assert!(limit.exceeded());
         assert_eq!(fs.inner.0.load(Ordering::SeqCst), 1, "the refused request never ran");
+    }
+
+    #[test]
+    fn a_read_write_share_makes_no_device_nodes() {
+        let ctx = Context::default();
+        let fs = PolicyFs::new(Counting::default(), Policy::ReadWrite { limit: None });
+        for mode in [libc::S_IFCHR | 0o666, libc::S_IFBLK | 0o600] {
+            let e = fs.mknod(&ctx, 1, c"dev", mode, 0x0800, 0).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        }
+        assert_eq!(fs.inner.0.load(Ordering::SeqCst), 0, "never passed on");
+    }
+
+    #[test]
+    fn a_write_is_charged_the_blocks_it_touches() {
+        assert_eq!(block_span(0, 0), 0);
+        assert_eq!(block_span(0, 1), BLOCK);
+        assert_eq!(block_span(BLOCK - 1, 2), 2 * BLOCK);
+        assert_eq!(block_span(BLOCK, BLOCK), BLOCK);
+        assert!(block_span(u64::MAX - 1, 10) >= BLOCK, "no overflow");
     }
 
     #[test]

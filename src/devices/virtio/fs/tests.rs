@@ -724,7 +724,8 @@ fn reset_and_reactivation_serve_a_fresh_session() {
 #[test]
 fn output_limit_bounds_what_the_guest_adds_to_a_read_write_share() {
     let dir = tempfile::tempdir().unwrap();
-    let limit = std::sync::Arc::new(OutputLimit::new(2 * limit::NODE_COST + 10));
+    // Two nodes and the one block ten bytes take.
+    let limit = std::sync::Arc::new(OutputLimit::new(2 * limit::NODE_COST + limit::BLOCK));
     let mut fs = Fs::new("share", dir.path(), false).unwrap().with_output_limit(limit.clone()).unwrap();
     fs.start(&crate::devices::virtio::StartContext::unwatched(&crate::seccomp::Policy::disabled())).unwrap();
     let mut d = Driver::activate(fs);
@@ -747,6 +748,7 @@ fn output_limit_bounds_what_the_guest_adds_to_a_read_write_share() {
     assert_eq!(d.call(Opcode::Mkdir as u32, ROOT, &[mkdir.as_slice(), &cstr("d")]).errno(), 0);
     assert_eq!(write(&mut d, 0, b"0123456789"), 0, "within the bound");
     assert!(!limit.exceeded());
+    assert_eq!(limit.used(), limit.limit(), "the write took its block");
     assert_eq!(write(&mut d, 10, b"x"), libc::EFBIG, "one byte over");
     assert!(limit.exceeded());
     // Growing by truncate or fallocate, and new nodes, are charged too.
@@ -757,4 +759,37 @@ fn output_limit_bounds_what_the_guest_adds_to_a_read_write_share() {
     assert_eq!(d.call(Opcode::Mkdir as u32, ROOT, &[mkdir.as_slice(), &cstr("e")]).errno(), libc::EFBIG);
     assert_eq!(std::fs::metadata(dir.path().join("out.tar")).unwrap().len(), 10, "the file holds what was allowed");
     assert!(!dir.path().join("e").exists());
+}
+
+/// One-byte writes a block apart each take a block of the host's disk:
+/// each is charged one, and the budget stops them.
+#[test]
+fn output_limit_charges_sparse_writes_their_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = std::sync::Arc::new(OutputLimit::new(limit::NODE_COST + 8 * limit::BLOCK));
+    let mut fs = Fs::new("share", dir.path(), false).unwrap().with_output_limit(limit.clone()).unwrap();
+    fs.start(&crate::devices::virtio::StartContext::unwatched(&crate::seccomp::Policy::disabled())).unwrap();
+    let mut d = Driver::activate(fs);
+    d.init();
+    let create = CreateIn {
+        flags: u32::try_from(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).unwrap(),
+        mode: 0o644 | libc::S_IFREG,
+        umask: 0o022,
+        fuse_flags: 0,
+    };
+    let r = d.call(Opcode::Create as u32, ROOT, &[create.as_slice(), &cstr("sparse")]);
+    assert_eq!(r.errno(), 0);
+    let entry: EntryOut = r.body();
+    let open: OpenOut = read_obj(&r.data[16 + size_of::<EntryOut>()..]);
+    let mut written = 0;
+    for i in 0..64u64 {
+        let w = WriteIn { fh: open.fh, offset: i * limit::BLOCK, size: 1, ..Default::default() };
+        if d.call(Opcode::Write as u32, entry.nodeid, &[w.as_slice(), b"x"]).errno() == 0 {
+            written += 1;
+        }
+    }
+    assert_eq!(written, 8, "eight blocks in the budget");
+    assert!(limit.exceeded());
+    let disk = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(dir.path().join("sparse")).unwrap()) * 512;
+    assert!(disk <= 8 * limit::BLOCK + limit::BLOCK, "{disk} bytes of disk");
 }
