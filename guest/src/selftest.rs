@@ -194,6 +194,12 @@ fn pair(probe: Probe, rounds: u32) -> anyhow::Result<Option<(u32, u32)>> {
 }
 
 /// Load a pattern into YMM0, spin for ~30 ms, read it back; true if intact.
+///
+/// # Safety
+///
+/// Runs AVX instructions: on a CPU (or under a kernel) without AVX the
+/// first one raises SIGILL. Call it only in a forked probe child, whose
+/// death by SIGILL the parent reports as "the instructions fault".
 #[target_feature(enable = "avx")]
 unsafe fn hold_ymm(seed: u8) -> bool {
     let pattern = [seed; 32];
@@ -282,6 +288,10 @@ fn signal_probe(rounds: u32) -> anyhow::Result<Option<(u32, u32, u32)>> {
 
 /// Load a pattern into ZMM0, ZMM16 and k1, spin for ~30 ms, read them
 /// back; true if all intact.
+///
+/// # Safety
+///
+/// As [`hold_ymm`], for AVX-512F: only in a forked probe child.
 #[target_feature(enable = "avx512f")]
 unsafe fn hold_zmm(seed: u8) -> bool {
     let pattern = [seed; 64];
