@@ -259,6 +259,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     vmm::install_interrupt_handlers();
     rootlayer::runner::raise_nofile_limit();
+    rootlayer::runner::restrict_umask();
     if let Err(e) = rootlayer::runner::check_cache_dir(&cache_dir()) {
         eprintln!("rootlayer: {e}");
         return Exit::BadInput.into();

@@ -184,6 +184,19 @@ pub fn raise_nofile_limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
+/// Add group and world write to the process's umask, as at start: what
+/// rootlayer makes in `$ROOTLAYER_CACHE` (directories, base disks,
+/// snapshots, memos) must not be writable by others, whom
+/// [`check_cache_dir`] would then have to refuse (a directory) or could not
+/// see (a file a group member rewrites in place). A umask of 002, common
+/// where each user has a group of their own, would give both. Outputs too
+/// are then written without group write.
+pub fn restrict_umask() {
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+    rustix::process::umask(old | Mode::from_raw_mode(0o022));
+}
+
 /// [`crate::job::ENTROPY_BYTES`] fresh bytes from the host, hex.
 fn fresh_entropy() -> Result<String, RunError> {
     use std::io::Read;

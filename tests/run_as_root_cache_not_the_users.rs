@@ -1,7 +1,10 @@
 //! e2e: a `$ROOTLAYER_CACHE` that another user could write (world-writable,
 //! or owned by someone else) is refused before anything is read from it or
 //! written to it: exit 2 and one line naming it, as ssh refuses such a key
-//! file. The same job with a cache of the user's own succeeds.
+//! file. The same job with a cache of the user's own succeeds, and so do
+//! two jobs on a cache rootlayer makes itself under a umask of 002: nothing
+//! it makes there is writable by others (its next run would refuse such a
+//! directory; a group member could rewrite such a file).
 
 mod common;
 
@@ -39,4 +42,25 @@ fn run_as_root_refuses_a_cache_others_can_write() {
     std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let f = job.run_with(&g, &[], &[("ROOTLAYER_CACHE", dir)]);
     assert_eq!(f.code, 0, "{}", f.stderr);
+
+    // A cache that does not exist yet, made by rootlayer under umask 002
+    // (common where every user has a group of their own). The umask is
+    // the process's, inherited by rootlayer: this binary has this one test.
+    let fresh = cache.path().join("fresh");
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o002));
+    let runs: Vec<_> = (0..2).map(|_| job.run_with(&g, &[], &[("ROOTLAYER_CACHE", fresh.to_str().unwrap())])).collect();
+    rustix::process::umask(old);
+    for f in &runs {
+        assert_eq!(f.code, 0, "{}", f.stderr);
+    }
+    // Nothing in it (directory, base disk, snapshot, memo) others can write.
+    let mut paths = vec![fresh];
+    while let Some(p) = paths.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode();
+        assert_eq!(mode & 0o022, 0, "{} is mode {:o}", p.display(), mode & 0o7777);
+        if meta.is_dir() {
+            paths.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
 }
