@@ -48,7 +48,9 @@ fn run_as_root_refuses_a_cache_others_can_write() {
     // the process's, inherited by rootlayer: this binary has this one test.
     let fresh = cache.path().join("fresh");
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o002));
-    let runs: Vec<_> = (0..2).map(|_| job.run_with(&g, &[], &[("ROOTLAYER_CACHE", fresh.to_str().unwrap())])).collect();
+    let env = [("ROOTLAYER_CACHE", fresh.to_str().unwrap())];
+    let runs: Vec<_> =
+        (0..2).map(|i| job.run_cmd(&g, &job.out_dir.join(format!("umask-{i}")), &["--timeout", "600"], &env)).collect();
     rustix::process::umask(old);
     for f in &runs {
         assert_eq!(f.code, 0, "{}", f.stderr);
