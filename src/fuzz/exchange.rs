@@ -23,9 +23,8 @@
 //! mount namespace where nothing else is writable (the `layer_unpack`
 //! sandbox), so a node made by the fuzzer opens nothing of the host.
 
-use super::fs::{serve, MEM_SIZE};
+use super::fs::{next_message, serve, MEM_SIZE};
 use super::snapshot::{snapshot_without, Snapshot};
-use super::{take, take_u16, take_u8};
 use crate::devices::virtio::fs::{Fs, OutputLimit};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -114,14 +113,8 @@ pub fn exchange_fs(mut data: &[u8]) {
             .expect("exchange share");
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
         let mut requests = 0;
-        while let (Some(len), Some(reply), Some(shape)) = (take_u16(&mut data), take_u16(&mut data), take_u8(&mut data))
-        {
-            let mut msg = take(&mut data, usize::from(len)).to_vec();
-            if shape & 0x80 != 0 && msg.len() >= 4 {
-                let n = u32::try_from(msg.len()).expect("u16 length");
-                msg[..4].copy_from_slice(&n.to_le_bytes());
-            }
-            let used = serve(&fs, &mem, &msg, usize::from(shape & 0x7f), u32::from(reply));
+        while let Some((msg, split, reply)) = next_message(&mut data) {
+            let used = serve(&fs, &mem, &msg, split, u32::from(reply));
             assert!(used <= u32::from(reply), "used length {used} exceeds the {reply}-byte reply buffer");
             assert!(limit.used() <= LIMIT, "the budget charged {} of {LIMIT}", limit.used());
             requests += 1;

@@ -74,13 +74,8 @@ pub fn fs(mut data: &[u8]) {
     let fs = Fs::new("fuzz", &t.share, true).expect("share");
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
     let mut requests = 0;
-    while let (Some(len), Some(reply), Some(shape)) = (take_u16(&mut data), take_u16(&mut data), take_u8(&mut data)) {
-        let mut msg = take(&mut data, usize::from(len)).to_vec();
-        if shape & 0x80 != 0 && msg.len() >= 4 {
-            let n = u32::try_from(msg.len()).expect("u16 length");
-            msg[..4].copy_from_slice(&n.to_le_bytes());
-        }
-        let used = serve(&fs, &mem, &msg, usize::from(shape & 0x7f), u32::from(reply));
+    while let Some((msg, split, reply)) = next_message(&mut data) {
+        let used = serve(&fs, &mem, &msg, split, u32::from(reply));
         assert!(used <= u32::from(reply), "used length {used} exceeds the {reply}-byte reply buffer");
         requests += 1;
         if requests == 64 {
@@ -94,6 +89,20 @@ pub fn fs(mut data: &[u8]) {
         let gone: Vec<_> = t.before.keys().filter(|k| !after.contains_key(*k)).collect();
         panic!("the read-only share or its surroundings changed: {changed:?}, removed {gone:?}");
     }
+}
+
+/// The next FUSE message of a fuzz input: its length, the reply buffer's
+/// size and the chain's shape (bit 7: set the message's length field to its
+/// real length; bits 0-6: where the readable part splits), then the bytes.
+/// Returns (message, split, reply size).
+pub(super) fn next_message(data: &mut &[u8]) -> Option<(Vec<u8>, usize, u16)> {
+    let (len, reply, shape) = (take_u16(data)?, take_u16(data)?, take_u8(data)?);
+    let mut msg = take(data, usize::from(len)).to_vec();
+    if shape & 0x80 != 0 && msg.len() >= 4 {
+        let n = u32::try_from(msg.len()).expect("u16 length");
+        msg[..4].copy_from_slice(&n.to_le_bytes());
+    }
+    Some((msg, usize::from(shape & 0x7f), reply))
 }
 
 /// Lay `msg` out as one chain (readable part split at `split`, then the
