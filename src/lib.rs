@@ -19,6 +19,7 @@ pub mod image;
 pub mod layer;
 pub mod nar;
 pub mod outcome;
+pub mod persist;
 pub mod runas;
 pub mod runner;
 pub mod seccomp;

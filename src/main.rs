@@ -469,9 +469,9 @@ fn closure_info(args: ClosureInfoArgs) -> Exit {
 }
 
 fn boot(args: BootArgs) -> Exit {
-    let cmdline = format!("{} {}", vmm::builder::BASE_CMDLINE, args.cmdline).trim().to_string();
+    let cmdline = format!("{} {}", vmm::BASE_CMDLINE, args.cmdline).trim().to_string();
     if args.print_cmdline {
-        println!("{}", vmm::builder::kernel_cmdline(vmm::kvm::kind(), &cmdline));
+        println!("{}", vmm::kernel_cmdline(vmm::kvm::kind(), &cmdline));
         return Exit::Ok;
     }
     let kernel = default_kernel(args.kernel);
@@ -492,7 +492,7 @@ fn boot(args: BootArgs) -> Exit {
                 snapshot,
             })
         };
-        vmm::run_with_fallback(rootlayer::runner::snapshot_mode(!args.no_snapshot), config)
+        rootlayer::runner::run_machine(rootlayer::runner::snapshot_mode(!args.no_snapshot), config)
     })();
     match result {
         Ok(report) => {

@@ -4,7 +4,7 @@
 
 use crate::exit::{error_line, Exit};
 use crate::runas::{RunAsRootError, Summary};
-use crate::vmm::{GuestExit, RunReport};
+use crate::vmm::{RunEnd, RunReport};
 
 /// A run-as-root or export outcome, as the CLI reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,22 +82,22 @@ pub fn boot(report: &RunReport, timeout: u64) -> BootVerdict {
     let status = log.agent_status();
     drop(log);
     let bad = |exit, line: String| BootVerdict { exit, lines: vec![line], show_tail: true };
-    if report.interrupted {
+    if report.end == RunEnd::Interrupted {
         return BootVerdict {
             exit: Exit::Interrupted,
             lines: vec!["interrupted: the guest was stopped".into()],
             show_tail: false,
         };
     }
-    if report.timed_out {
+    if report.end == RunEnd::TimedOut {
         let stage = if ready.is_some() { "after the agent started" } else { "before the agent's ready line" };
         return bad(Exit::Timeout, format!("timeout: the guest did not finish within {timeout}s ({stage})"));
     }
     if let Some(line) = panic {
         return bad(Exit::GuestPanic, format!("the guest kernel panicked: {line}"));
     }
-    match (&report.exit, ready, status) {
-        (GuestExit::Reset, Some(at), Some(0)) => {
+    match (&report.end, ready, status) {
+        (end, Some(at), Some(0)) if end.is_clean() => {
             let wall = report.wall.as_secs_f64();
             let mut lines =
                 vec![format!("agent ready after {:.3}s, guest exited cleanly after {wall:.3}s", at.as_secs_f64())];
@@ -116,7 +116,7 @@ pub fn boot(report: &RunReport, timeout: u64) -> BootVerdict {
             }
             BootVerdict { exit: Exit::Ok, lines, show_tail: false }
         }
-        (exit, _, _) => bad(Exit::Internal, format!("guest ended badly: {exit}; agent status {status:?}")),
+        (end, _, _) => bad(Exit::Internal, format!("guest ended badly: {end}; agent status {status:?}")),
     }
 }
 
@@ -128,13 +128,11 @@ mod tests {
     use std::io::Write;
     use std::time::{Duration, Instant};
 
-    fn report(console: &str, exit: GuestExit, timed_out: bool) -> RunReport {
+    fn report(console: &str, end: RunEnd) -> RunReport {
         let (mut sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
         sink.write_all(console.as_bytes()).unwrap();
         RunReport {
-            exit,
-            timed_out,
-            interrupted: false,
+            end,
             wall: Duration::from_secs(2),
             console: log,
             peak_rss_kib: Some(300_000),
@@ -145,6 +143,8 @@ mod tests {
         }
     }
 
+    const RESET: RunEnd = RunEnd::Exited(crate::vmm::GuestExit::Reset);
+
     fn ready() -> String {
         format!("{}0.1.0{} (uptime 1.00s)\n", crate::job::AGENT_READY_PREFIX, crate::job::AGENT_READY_WORD)
     }
@@ -152,19 +152,19 @@ mod tests {
     #[test]
     fn a_clean_boot_needs_the_ready_line_status_zero_and_a_reset() {
         let ok = format!("{}{}0\n", ready(), crate::job::AGENT_STATUS_PREFIX);
-        let v = boot(&report(&ok, GuestExit::Reset, false), 60);
+        let v = boot(&report(&ok, RESET), 60);
         assert_eq!(v.exit, Exit::Ok, "{v:?}");
         assert!(v.lines[0].starts_with("agent ready after") && v.lines[1].contains("VMM overhead 100000 KiB"), "{v:?}");
         assert!(!v.show_tail);
 
         let failed = format!("{}{}3\n", ready(), crate::job::AGENT_STATUS_PREFIX);
-        assert_eq!(boot(&report(&failed, GuestExit::Reset, false), 60).exit, Exit::Internal);
+        assert_eq!(boot(&report(&failed, RESET), 60).exit, Exit::Internal);
         let no_ready = format!("{}0\n", crate::job::AGENT_STATUS_PREFIX);
-        assert_eq!(boot(&report(&no_ready, GuestExit::Reset, false), 60).exit, Exit::Internal);
-        let timed_out = boot(&report(&ready(), GuestExit::Reset, true), 60);
+        assert_eq!(boot(&report(&no_ready, RESET), 60).exit, Exit::Internal);
+        let timed_out = boot(&report(&ready(), RunEnd::TimedOut), 60);
         assert_eq!(timed_out.exit, Exit::Timeout);
         assert!(timed_out.lines[0].contains("within 60s (after the agent started)") && timed_out.show_tail);
-        let panic = boot(&report("Kernel panic - not syncing: oops\n", GuestExit::Reset, false), 60);
+        let panic = boot(&report("Kernel panic - not syncing: oops\n", RESET), 60);
         assert_eq!(panic.exit, Exit::GuestPanic, "{panic:?}");
     }
 

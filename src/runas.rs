@@ -16,7 +16,7 @@ use crate::layer::references::{ReferenceGraph, ScanWriter};
 use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
 use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir, VERIFIED_DIR};
-use crate::vmm::GuestExit;
+use crate::vmm::RunEnd;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -193,17 +193,17 @@ fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobRe
 /// only when the agent could not report at all.
 fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError> {
     let report = &outcome.report;
-    if report.interrupted {
+    if report.end == RunEnd::Interrupted {
         return Err(RunAsRootError::Interrupted);
     }
-    if report.timed_out {
+    if report.end == RunEnd::TimedOut {
         return Err(RunAsRootError::Timeout(timeout));
     }
     if let Some(limit) = outcome.output_exceeded() {
         return Err(RunAsRootError::OutputTooLarge(limit));
     }
     if let Some(result) = outcome.result.clone() {
-        return judge_result(result, &report.exit);
+        return judge_result(result, &report.end);
     }
     let log = report.console.lock().expect("console log poisoned");
     if let Some(line) = log.panic_line() {
@@ -212,12 +212,12 @@ fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError
     if log.oom_seen() {
         return Err(RunAsRootError::GuestOutOfMemory);
     }
-    Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.exit)))
+    Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.end)))
 }
 
 /// Judge the agent's result (the guest's word) once the VM ended cleanly
-/// enough to have one; `exit` is how the VM ended.
-pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobResult, RunAsRootError> {
+/// enough to have one; `end` is how the VM's run ended.
+pub(crate) fn judge_result(result: JobResult, end: &RunEnd) -> Result<JobResult, RunAsRootError> {
     // An agent that cannot read this host's job.json.
     if result.status == crate::job::STATUS_PROTOCOL {
         return Err(RunAsRootError::Run(RunError::AgentProtocol(result.error.unwrap_or_default())));
@@ -239,8 +239,8 @@ pub(crate) fn judge_result(result: JobResult, exit: &GuestExit) -> Result<JobRes
         }
         return Err(RunAsRootError::Guest(err.clone()));
     }
-    if *exit != GuestExit::Reset {
-        return Err(RunAsRootError::Guest(exit.to_string()));
+    if !end.is_clean() {
+        return Err(RunAsRootError::Guest(end.to_string()));
     }
     Ok(result)
 }

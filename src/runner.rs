@@ -10,7 +10,7 @@ use crate::job::{
     Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE,
     XCHG_TAG_ENV,
 };
-use crate::vmm::{self, builder::BASE_CMDLINE, RunReport, VmConfig, VmmError};
+use crate::vmm::{self, BootPath, RunReport, SnapshotMode, VmConfig, VmmError, BASE_CMDLINE};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,11 +162,11 @@ pub fn snapshot_dir() -> PathBuf {
 
 /// The snapshot mode for a guest: `enabled` and a device set of the fixed
 /// shape, else none.
-pub fn snapshot_mode(enabled: bool) -> vmm::SnapshotMode {
+pub fn snapshot_mode(enabled: bool) -> SnapshotMode {
     if enabled {
-        vmm::SnapshotMode::Use(snapshot_dir())
+        SnapshotMode::Use(snapshot_dir())
     } else {
-        vmm::SnapshotMode::Off
+        SnapshotMode::Off
     }
 }
 
@@ -379,7 +379,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
 
     let mut output = None;
-    let config = |mode: vmm::SnapshotMode| -> Result<VmConfig, RunError> {
+    let config = |mode: SnapshotMode| -> Result<VmConfig, RunError> {
         // A fresh scratch disk and no result for every attempt: a restored
         // guest that failed before STARTED may have mounted the disk.
         if let Some(mib) = spec.disk_mib {
@@ -433,9 +433,34 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             snapshot: mode,
         })
     };
-    let report = vmm::run_with_fallback(snapshot_mode(snapshot), config)?;
+    let report = run_machine(snapshot_mode(snapshot), config)?;
     let result = read_result(&xchg.join(RESULT_FILE))?;
     Ok(JobOutcome { report, result, workdir, output })
+}
+
+/// Run the machine `config` builds for `mode`. When a restored guest fails
+/// (its restore, or before its agent started the job), say so once, drop
+/// the snapshot, and run the machine again cold from a fresh `config` (the
+/// same device slots bound to fresh files), taking a new snapshot: the job
+/// never fails because of a snapshot.
+pub fn run_machine<E: From<VmmError>>(
+    mode: SnapshotMode,
+    mut config: impl FnMut(SnapshotMode) -> Result<VmConfig, E>,
+) -> Result<RunReport, E> {
+    let first = config(mode.clone())?;
+    let SnapshotMode::Use(dir) = mode else { return Ok(vmm::run(first)?) };
+    let why = match vmm::run(first) {
+        Ok(report) if report.restore_failed() => {
+            if let BootPath::Restored { file, .. } = &report.boot {
+                let _ = std::fs::remove_file(file);
+            }
+            format!("the restored guest stopped before its job started ({})", report.end)
+        }
+        Err(e @ VmmError::Restore(_)) => crate::exit::error_line(&e),
+        other => return other.map_err(E::from),
+    };
+    eprintln!("rootlayer: {why}; booting cold");
+    Ok(vmm::run(config(SnapshotMode::Take(dir))?)?)
 }
 
 /// A device's setup error, naming the device.

@@ -12,7 +12,7 @@ mod common;
 use rootlayer::devices::console::Echo;
 use rootlayer::job::{DeviceCheck, Task};
 use rootlayer::runner::{run_job, GuestSpec, Store, Workdir, SCRATCH_MOUNT};
-use rootlayer::vmm::GuestExit;
+use rootlayer::vmm::{GuestExit, RunEnd};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -91,7 +91,12 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         escapes: escapes.clone(),
     });
     let outcome = run_job(&spec, Workdir::new().unwrap(), task).expect("job runs");
-    assert_eq!(outcome.report.exit, GuestExit::Reset, "clean guest exit; console: {:?}", outcome.report.console_tail());
+    assert_eq!(
+        outcome.report.end,
+        RunEnd::Exited(GuestExit::Reset),
+        "clean guest exit; console: {:?}",
+        outcome.report.console_tail()
+    );
     let result = outcome.result.clone().expect("the agent wrote result.json");
     assert_eq!(result.status, 0, "agent error: {:?}", result.error);
     let obs: BTreeMap<String, String> = result.observations.into_iter().collect();

@@ -38,18 +38,32 @@ impl SerialDevice {
     pub fn new(irq: EventFd, sink: ConsoleSink) -> Self {
         Self { inner: Serial::new(EventFdTrigger(irq), sink) }
     }
+}
 
-    /// The UART's registers as a snapshot keeps them.
-    pub fn state(&self) -> SerialState {
-        SerialState::from(&self.inner.state())
+/// A snapshot's UART state no UART can be in.
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot's serial port state is not one a UART can be in")]
+pub struct BadSerialState;
+
+/// The UART's registers as a snapshot keeps them; restored in place, into
+/// this port's own console sink and interrupt line.
+impl crate::persist::Persist for SerialDevice {
+    type State = SerialState;
+    type Error = BadSerialState;
+    fn save(&mut self) -> Result<SerialState, BadSerialState> {
+        Ok(SerialState::from(&self.inner.state()))
     }
-
-    /// The UART as a snapshot left it, writing into `sink`; None for a
-    /// state no UART can be in (more input than its FIFO holds).
-    pub fn from_state(state: &SerialState, irq: EventFd, sink: ConsoleSink) -> Option<Self> {
+    fn restore(&mut self, state: &SerialState) -> Result<(), BadSerialState> {
+        let irq = self.inner.interrupt_evt().0.try_clone().map_err(|_| BadSerialState)?;
+        let spare = EventFdTrigger(irq.try_clone().map_err(|_| BadSerialState)?);
+        let (placeholder, _) = ConsoleSink::new(super::console::Echo::Off, None, std::time::Instant::now());
+        let sink = std::mem::replace(&mut self.inner, Serial::new(spare, placeholder)).into_writer();
         let state = vm_superio::serial::SerialState::from(state);
-        let inner = Serial::from_state(&state, EventFdTrigger(irq), vm_superio::serial::NoEvents, sink).ok()?;
-        Some(Self { inner })
+        // Refused: more input than the FIFO holds (the port keeps the
+        // placeholder, and the machine is not run).
+        self.inner = Serial::from_state(&state, EventFdTrigger(irq), vm_superio::serial::NoEvents, sink)
+            .map_err(|_| BadSerialState)?;
+        Ok(())
     }
 }
 
@@ -118,6 +132,7 @@ impl BusDevice for SerialDevice {
 mod tests {
     use super::*;
     use crate::devices::console::Echo;
+    use crate::persist::Persist;
     use std::time::Instant;
 
     #[test]
@@ -146,11 +161,12 @@ mod tests {
         dev.write(3, &[0x03]);
         dev.write(1, &[0x02]);
         dev.write(7, &[0x5a]); // scratch
-        let state = dev.state();
+        let state = dev.save().unwrap();
         let (sink, log) = ConsoleSink::new(Echo::Off, None, Instant::now());
         let json = serde_json::to_string(&state).unwrap();
         let back: SerialState = serde_json::from_str(&json).unwrap();
-        let mut restored = SerialDevice::from_state(&back, irq, sink).unwrap();
+        let mut restored = SerialDevice::new(irq, sink);
+        restored.restore(&back).unwrap();
         let mut b = [0u8];
         for (reg, want) in [(1, 0x02), (3, 0x03), (7, 0x5a)] {
             restored.read(reg, &mut b);
@@ -162,6 +178,6 @@ mod tests {
         let full = SerialState { in_buffer: vec![0; 1000], ..state };
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let (sink, _) = ConsoleSink::new(Echo::Off, None, Instant::now());
-        assert!(SerialDevice::from_state(&full, irq, sink).is_none());
+        assert!(SerialDevice::new(irq, sink).restore(&full).is_err());
     }
 }

@@ -22,7 +22,7 @@ use crate::devices::console::{ConsoleSink, Echo, MAX_LINE, READY_PREFIX, TAIL_LI
 use crate::devices::serial::SerialDevice;
 use crate::devices::BusDevice;
 use crate::job::{AGENT_READY_WORD, AGENT_STATUS_PREFIX};
-use crate::vmm::{BootPath, GuestExit, RunReport};
+use crate::vmm::{BootPath, GuestExit, RunEnd, RunReport};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -128,9 +128,7 @@ pub fn console(mut data: &[u8]) {
     assert_eq!(record.oom_seen(), model.oom, "the OOM killer");
     drop(record);
     let report = RunReport {
-        exit: GuestExit::Reset,
-        timed_out: false,
-        interrupted: false,
+        end: RunEnd::Exited(GuestExit::Reset),
         wall: Duration::from_secs(1),
         console: log,
         peak_rss_kib: None,

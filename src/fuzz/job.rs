@@ -9,7 +9,7 @@
 use crate::job::{Job, JobResult};
 use crate::runas::judge_result;
 use crate::runner::parse_result;
-use crate::vmm::GuestExit;
+use crate::vmm::{GuestExit, RunEnd};
 
 /// The result without its float timings, which serde_json parses back to
 /// the nearest float only up to the last bit.
@@ -22,10 +22,10 @@ pub fn job(data: &[u8]) {
         let text = serde_json::to_vec(&result).expect("serialize a result");
         let again = parse_result(&text).expect("a serialized result parses");
         assert_eq!(exact(&again), exact(&result), "result round trip");
-        for exit in [GuestExit::Reset, GuestExit::Halted] {
-            match judge_result(result.clone(), &exit) {
+        for end in [RunEnd::Exited(GuestExit::Reset), RunEnd::Exited(GuestExit::Halted), RunEnd::TimedOut] {
+            match judge_result(result.clone(), &end) {
                 Ok(r) => {
-                    assert!(r.error.is_none() && exit == GuestExit::Reset, "success judged from {result:?}");
+                    assert!(r.error.is_none() && end.is_clean(), "success judged from {result:?}");
                 }
                 Err(e) => {
                     let _ = e.to_string();

@@ -1,20 +1,36 @@
 //! The VMM: the only module that talks to KVM.
 //!
-//! [`builder::run`] is the one recipe: open KVM, create the VM and its guest
-//! memory, load kernel + initramfs + command line (or restore the guest's
-//! [`snapshot`]), attach the devices, set up the vCPU, run it until the
-//! guest resets, stops, fails or times out.
+//! [`run`] takes a [`VmConfig`] to a [`RunReport`], one file per step:
+//! - [`machine`]: the host's KVM and what it offers the guest, the VM, its
+//!   memory registered, the devices on their buses, the vCPU built;
+//! - [`cold`]: a cold boot (fresh memory, kernel, initramfs, MP table);
+//! - [`restore`]: which snapshot this guest is, finding it (or waiting for
+//!   the job taking it), its memory mapped; the machine's state goes back
+//!   through each part's [`Persist`](crate::persist::Persist);
+//! - [`supervise`]: the vCPU thread watched to its end (time limit,
+//!   signals, device failures, a restore that hangs, the pause at READY
+//!   where the snapshot is written), ending in one [`RunEnd`].
+//!
+//! Falling back from a failed restore to a cold boot is the job layer's
+//! ([`crate::runner::run_machine`]): it rebinds the same device slots to
+//! fresh files and runs again.
 
 pub mod arch;
-pub mod builder;
+mod cold;
+pub mod config;
 pub mod kvm;
+mod machine;
+mod restore;
 pub mod snapshot;
+mod supervise;
 pub mod vcpu;
 pub mod xstate;
 
-pub use builder::{run, RunReport, VmConfig};
+pub use config::{kernel_cmdline, RunEnd, RunReport, VmConfig, BASE_CMDLINE};
 pub use snapshot::{BootPath, SnapshotMode};
 pub use vcpu::GuestExit;
+
+use std::time::Instant;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,28 +62,54 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Run the guest `config` gives for `mode`; when a restored guest fails
-/// (its restore, or before its agent started the job), say so once, drop
-/// the snapshot, and run a fresh `config` cold, taking a new snapshot. The
-/// job never fails because of a snapshot.
-pub fn run_with_fallback<E: From<VmmError>>(
-    mode: SnapshotMode,
-    mut config: impl FnMut(SnapshotMode) -> Result<VmConfig, E>,
-) -> Result<RunReport, E> {
-    let first = config(mode.clone())?;
-    let SnapshotMode::Use(dir) = mode else { return Ok(run(first)?) };
-    let why = match run(first) {
-        Ok(report) if report.restore_failed() => {
-            if let BootPath::Restored { file, .. } = &report.boot {
-                let _ = std::fs::remove_file(file);
-            }
-            format!("the restored guest stopped before its job started ({})", report.exit)
-        }
-        Err(e @ VmmError::Restore(_)) => crate::exit::error_line(&e),
-        other => return other.map_err(E::from),
+/// Boot the guest `config` describes, or restore it from its snapshot,
+/// and run it to its end.
+pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
+    let mut start = Instant::now();
+    if !(arch::layout::MEM_MIN_MIB..=arch::layout::MEM_MAX_MIB).contains(&config.mem_mib) {
+        return Err(VmmError::MemSize {
+            mib: config.mem_mib,
+            min: arch::layout::MEM_MIN_MIB,
+            max: arch::layout::MEM_MAX_MIB,
+        });
+    }
+    let host = machine::Host::probe()?;
+    let seccomp = crate::seccomp::Policy::new(config.seccomp);
+    let cmdline = host.cmdline(&config)?;
+    let (vm, vcpu_fd) = host.create_vm()?;
+    let plan = restore::plan(&config, &cmdline, &host, &vcpu_fd, &mut start);
+    let mem = match &plan.loaded {
+        Some(loaded) => restore::memory(loaded, config.mem_mib).map_err(VmmError::Restore)?,
+        None => cold::memory(config.mem_mib)?,
     };
-    eprintln!("rootlayer: {why}; booting cold");
-    Ok(run(config(SnapshotMode::Take(dir))?)?)
+    let (machine, mut vcpu) = machine::Machine::assemble(&host, vm, mem, vcpu_fd, &mut config, &seccomp, start)?;
+    let mut take = None;
+    let boot = match plan.loaded {
+        Some(loaded) => {
+            if let Err(e) = machine.restore(&mut vcpu, &loaded.state) {
+                // Not this guest's to use: the next job takes a new one.
+                let _ = std::fs::remove_file(&loaded.path);
+                return Err(VmmError::Restore(e));
+            }
+            BootPath::Restored { file: loaded.path, restore: start.elapsed() }
+        }
+        None => {
+            cold::boot(&machine, &vcpu, &config, &cmdline)?;
+            if let Some(why) = plan.cold_because {
+                eprintln!("rootlayer: {why}: booting cold and taking a snapshot");
+            }
+            match plan.target {
+                Some((dir, key)) => {
+                    take = Some(supervise::Take { dir, key, msrs: host.snapshot_msrs()?, lock: plan.take_lock });
+                    BootPath::NotReady
+                }
+                None => BootPath::Cold,
+            }
+        }
+    };
+    let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(std::path::PathBuf::from);
+    let watch = supervise::Watch { start, timeout: config.timeout, boot, take, profile };
+    supervise::run(machine, vcpu, &seccomp, watch)
 }
 
 impl VmmError {

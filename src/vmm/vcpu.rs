@@ -3,11 +3,12 @@
 
 use super::arch::boot::EntryPoint;
 use super::arch::regs;
-use super::snapshot::state::{self as snap_state, VcpuState};
+use super::snapshot::state::VcpuState;
 use super::snapshot::SnapshotError;
 use super::xstate::{self, Action, Keeper, XstateError};
 use super::VmmError;
 use crate::devices::Bus;
+use crate::persist::Persist;
 use crate::seccomp::ThreadFilter;
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -54,11 +55,6 @@ pub enum GuestExit {
     /// Keeping the guest's extended register state failed: a vCPU ioctl
     /// (errno) or the keeper's bounds.
     Xstate(XstateFailure),
-    /// A device worker stopped serving (its epoll failed); the VMM stopped
-    /// the guest rather than let it wait for the device until the timeout.
-    DeviceFailed(String),
-    /// The vCPU thread panicked (a defect of the VMM): the message.
-    VcpuPanicked(String),
 }
 
 /// Why the VMM could not keep a guest task's extended register state.
@@ -97,8 +93,6 @@ impl std::fmt::Display for GuestExit {
             GuestExit::Xstate(XstateFailure::Keeper(e)) => {
                 write!(f, "keeping the guest's extended register state: {e}")
             }
-            GuestExit::DeviceFailed(what) => write!(f, "{what}; the guest was stopped"),
-            GuestExit::VcpuPanicked(what) => write!(f, "the vCPU thread panicked: {what}"),
         }
     }
 }
@@ -107,6 +101,11 @@ impl std::fmt::Display for GuestExit {
 #[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
+    /// What the vCPU is given (filtered: `arch::cpuid::filter`), at boot
+    /// and at a restore.
+    cpuid: CpuId,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST and the extras).
+    msr_indices: Vec<u32>,
     pio: Bus,
     mmio: Bus,
     reset: Arc<AtomicBool>,
@@ -128,8 +127,6 @@ pub struct Vcpu {
 /// How the vCPU thread hands a paused vCPU to the VMM for a snapshot.
 #[derive(Debug)]
 pub struct Pause {
-    /// The MSRs to save (KVM_GET_MSR_INDEX_LIST).
-    pub msr_indices: Vec<u32>,
     pub paused: mpsc::Sender<VcpuMsg>,
     /// The VMM answers once memory and devices are written down.
     pub resume: mpsc::Receiver<()>,
@@ -159,8 +156,10 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 }
 
 impl Vcpu {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         fd: VcpuFd,
+        cpuid: CpuId,
         pio: Bus,
         mmio: Bus,
         reset: Arc<AtomicBool>,
@@ -177,6 +176,8 @@ impl Vcpu {
         });
         Self {
             fd,
+            cpuid,
+            msr_indices: Vec::new(),
             pio,
             mmio,
             reset,
@@ -195,21 +196,11 @@ impl Vcpu {
         self.started.clone()
     }
 
-    /// Pause for a snapshot when the agent rings READY.
-    pub fn pause_at_ready(&mut self, pause: Pause) {
+    /// Pause for a snapshot when the agent rings READY, saving these MSRs
+    /// (what KVM_GET_MSR_INDEX_LIST gave, and the ones the boot sets).
+    pub fn pause_at_ready(&mut self, pause: Pause, msr_indices: Vec<u32>) {
         self.pause = Some(pause);
-    }
-
-    /// Put the vCPU where a snapshot left it: `cpuid` (filtered, the one
-    /// the snapshot's key names), then its registers and the keeper's
-    /// per-task state, checked against this host's layout.
-    pub fn restore(&mut self, cpuid: &CpuId, state: &VcpuState) -> Result<(), SnapshotError> {
-        self.fd.set_cpuid2(cpuid).map_err(|source| SnapshotError::Kvm { what: "set CPUID", source })?;
-        snap_state::restore_vcpu(&self.fd, state, self.xsave2.as_mut())?;
-        if let (Some(keeper), Some(kept)) = (self.xstate.as_mut(), &state.keeper) {
-            *keeper = Keeper::from_state(keeper.layout().clone(), kept.clone())?;
-        }
-        Ok(())
+        self.msr_indices = msr_indices;
     }
 
     /// READY with a pause armed: complete the doorbell's OUT without
@@ -227,14 +218,7 @@ impl Vcpu {
             }),
         };
         self.fd.set_kvm_immediate_exit(0);
-        let state = completed.and_then(|()| {
-            snap_state::capture_vcpu(
-                &self.fd,
-                self.xsave2.as_mut(),
-                &pause.msr_indices,
-                self.xstate.as_ref().map(Keeper::state),
-            )
-        });
+        let state = completed.and_then(|()| self.save());
         if pause.paused.send(VcpuMsg::Paused(Box::new(state))).is_ok() {
             let _ = pause.resume.recv();
         }
@@ -258,8 +242,8 @@ impl Vcpu {
 
     /// CPUID (filtered already: `arch::cpuid::filter`), registers, FPU and
     /// local APIC for the kernel entry point.
-    pub fn configure(&self, mem: &GuestMemoryMmap, cpuid: &CpuId, entry: EntryPoint) -> Result<(), VmmError> {
-        self.fd.set_cpuid2(cpuid).map_err(kvm_err("set CPUID"))?;
+    pub fn configure(&self, mem: &GuestMemoryMmap, entry: EntryPoint) -> Result<(), VmmError> {
+        self.fd.set_cpuid2(&self.cpuid).map_err(kvm_err("set CPUID"))?;
         let sregs = self.fd.get_sregs().map_err(kvm_err("get special registers"))?;
         let sregs = regs::setup_sregs(mem, entry.mode, sregs)?;
         self.fd.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
@@ -401,6 +385,27 @@ impl Vcpu {
     }
 }
 
+/// The vCPU's KVM state and the keeper's per-task state, read at the pause
+/// for a snapshot (an exit KVM completed) and put back into a fresh vCPU:
+/// its CPUID first (the one the snapshot's key names), then the registers,
+/// then the keeper's state, checked against this host's layout.
+impl Persist for Vcpu {
+    type State = VcpuState;
+    type Error = SnapshotError;
+    fn save(&mut self) -> Result<VcpuState, SnapshotError> {
+        let keeper = self.xstate.as_mut().map(Persist::save).transpose()?;
+        capture_vcpu(&self.fd, self.xsave2.as_mut(), &self.msr_indices, keeper)
+    }
+    fn restore(&mut self, state: &VcpuState) -> Result<(), SnapshotError> {
+        self.fd.set_cpuid2(&self.cpuid).map_err(snap_kvm("set CPUID"))?;
+        restore_vcpu(&self.fd, state, self.xsave2.as_mut())?;
+        if let (Some(keeper), Some(kept)) = (self.xstate.as_mut(), &state.keeper) {
+            keeper.restore(kept)?;
+        }
+        Ok(())
+    }
+}
+
 /// A failed XSAVE ioctl: its name and KVM's error.
 pub type XsaveIoctlError = (&'static str, kvm_ioctls::Error);
 
@@ -449,6 +454,87 @@ pub fn set_xsave_bytes(fd: &VcpuFd, xsave2: Option<&mut Xsave>, bytes: &[u8]) ->
             unsafe { fd.set_xsave2(area) }.map_err(|e| ("KVM_SET_XSAVE2", e))
         }
     }
+}
+
+fn snap_kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
+    move |source| SnapshotError::Kvm { what, source }
+}
+
+/// KVM_GET_MSRS reads in order and stops at the first MSR it refuses:
+/// read in batches, and step over a refused one alone.
+fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, SnapshotError> {
+    const BATCH: usize = 64;
+    let mut out = Vec::with_capacity(indices.len());
+    let mut rest = indices;
+    while !rest.is_empty() {
+        let n = rest.len().min(BATCH);
+        let entries: Vec<kvm_msr_entry> =
+            rest[..n].iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut msrs = Msrs::from_entries(&entries).expect("a batch fits");
+        let got = fd.get_msrs(&mut msrs).map_err(snap_kvm("get MSRs"))?;
+        out.extend(msrs.as_slice()[..got].iter().map(|e| (e.index, e.data)));
+        // The one at `got` was refused (not saved; KVM lists MSRs the
+        // vCPU's CPUID does not give it).
+        rest = &rest[(got + 1).min(n)..];
+    }
+    Ok(out)
+}
+
+/// Read a paused vCPU. `xsave2` is the vCPU's XSAVE2 buffer where it has
+/// one (the same the keeper uses), `msr_indices` what KVM_GET_MSR_INDEX_LIST
+/// gave.
+fn capture_vcpu(
+    fd: &VcpuFd,
+    xsave2: Option<&mut Xsave>,
+    msr_indices: &[u32],
+    keeper: Option<xstate::KeeperState>,
+) -> Result<VcpuState, SnapshotError> {
+    let xsave = get_xsave_bytes(fd, xsave2).map_err(|(what, source)| SnapshotError::Kvm { what, source })?;
+    // MP state first: reading it makes KVM accept pending APIC events,
+    // which may change the LAPIC and the events read after it.
+    let mp_state = fd.get_mp_state().map_err(snap_kvm("get MP state"))?;
+    Ok(VcpuState {
+        mp_state,
+        regs: fd.get_regs().map_err(snap_kvm("get registers"))?,
+        sregs: fd.get_sregs().map_err(snap_kvm("get special registers"))?,
+        xsave,
+        xcrs: fd.get_xcrs().map_err(snap_kvm("get XCRs"))?,
+        debugregs: fd.get_debug_regs().map_err(snap_kvm("get debug registers"))?,
+        lapic: fd.get_lapic().map_err(snap_kvm("get local APIC"))?,
+        msrs: read_msrs(fd, msr_indices)?,
+        events: fd.get_vcpu_events().map_err(snap_kvm("get vCPU events"))?,
+        keeper,
+    })
+}
+
+/// Put a vCPU back as [`capture_vcpu`] read it (its CPUID already set), in
+/// the order Firecracker restores it (`vstate/vcpu.rs`): MP state,
+/// registers, special registers, XSAVE, XCRs, debug registers, LAPIC, MSRs
+/// (TSC before the TSC deadline, as KVM lists them), the pending events last.
+/// `xsave2` as for capture: the saved area must be exactly that size.
+fn restore_vcpu(fd: &VcpuFd, state: &VcpuState, xsave2: Option<&mut Xsave>) -> Result<(), SnapshotError> {
+    fd.set_mp_state(state.mp_state).map_err(snap_kvm("set MP state"))?;
+    fd.set_regs(&state.regs).map_err(snap_kvm("set registers"))?;
+    fd.set_sregs(&state.sregs).map_err(snap_kvm("set special registers"))?;
+    let want = xsave_bytes_len(xsave2.as_deref());
+    if state.xsave.len() != want {
+        return Err(SnapshotError::XsaveSize { got: state.xsave.len(), want });
+    }
+    set_xsave_bytes(fd, xsave2, &state.xsave).map_err(|(what, source)| SnapshotError::Kvm { what, source })?;
+    fd.set_xcrs(&state.xcrs).map_err(snap_kvm("set XCRs"))?;
+    fd.set_debug_regs(&state.debugregs).map_err(snap_kvm("set debug registers"))?;
+    fd.set_lapic(&state.lapic).map_err(snap_kvm("set local APIC"))?;
+    let entries: Vec<kvm_msr_entry> =
+        state.msrs.iter().map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() }).collect();
+    for chunk in entries.chunks(64) {
+        let msrs = Msrs::from_entries(chunk).expect("a batch fits");
+        let got = fd.set_msrs(&msrs).map_err(snap_kvm("set MSRs"))?;
+        if got != chunk.len() {
+            return Err(SnapshotError::Msrs { got, want: chunk.len(), first: chunk[got].index });
+        }
+    }
+    fd.set_vcpu_events(&state.events).map_err(snap_kvm("set vCPU events"))?;
+    Ok(())
 }
 
 fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {

@@ -139,7 +139,7 @@ impl Layout {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Saved {
     bv: u64,
-    #[serde(with = "super::snapshot::hex")]
+    #[serde(with = "crate::persist::hex")]
     data: Vec<u8>,
 }
 
@@ -460,6 +460,20 @@ pub fn words_to_bytes(words: &[u32]) -> Vec<u8> {
 pub fn bytes_to_words(bytes: &[u8], words: &mut [u32]) {
     for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
         *word = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+    }
+}
+
+/// The per-task state a snapshot keeps; a restore is checked against this
+/// keeper's layout (this host's) and the bounds a live keeper keeps.
+impl crate::persist::Persist for Keeper {
+    type State = KeeperState;
+    type Error = XstateError;
+    fn save(&mut self) -> Result<KeeperState, XstateError> {
+        Ok(self.state())
+    }
+    fn restore(&mut self, state: &KeeperState) -> Result<(), XstateError> {
+        *self = Keeper::from_state(self.layout().clone(), state.clone())?;
+        Ok(())
     }
 }
 

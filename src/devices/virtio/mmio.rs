@@ -97,7 +97,7 @@ pub struct TransportState {
     pub config_generation: u32,
     pub interrupt_status: u32,
     pub queues: Vec<QueueConfig>,
-    #[serde(with = "crate::vmm::snapshot::hex")]
+    #[serde(with = "crate::persist::hex")]
     pub config: Vec<u8>,
     /// Whether the device has used any request since the driver set it up.
     pub served: bool,
@@ -154,7 +154,7 @@ impl MmioTransport {
     /// The transport's state for a snapshot. Refused while any ready queue
     /// has requests in flight (the driver made more available than the
     /// device used): only a quiet device can be restored from its rings.
-    pub fn state(&self) -> Result<TransportState, MmioError> {
+    fn state(&self) -> Result<TransportState, MmioError> {
         let mut queues = Vec::new();
         let mut served = false;
         for (i, q) in self.queues.iter().enumerate() {
@@ -195,7 +195,7 @@ impl MmioTransport {
     /// the driver had. A configuration space that differs from the one the
     /// driver read (a disk of another size) is announced with a
     /// config-change interrupt. Call before any vCPU runs.
-    pub fn restore(&mut self, state: &TransportState) -> Result<(), MmioError> {
+    fn restore_state(&mut self, state: &TransportState) -> Result<(), MmioError> {
         if state.device_type != self.device.device_type() {
             return Err(MmioError::Mismatch("device type"));
         }
@@ -429,11 +429,25 @@ impl BusDevice for MmioTransport {
     }
 }
 
+/// A transport's snapshot: see [`MmioTransport::state`] (refused while a
+/// ring has requests in flight) and [`MmioTransport::restore_state`].
+impl crate::persist::Persist for MmioTransport {
+    type State = TransportState;
+    type Error = MmioError;
+    fn save(&mut self) -> Result<TransportState, MmioError> {
+        self.state()
+    }
+    fn restore(&mut self, state: &TransportState) -> Result<(), MmioError> {
+        self.restore_state(state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::virtio::INT_CONFIG_CHANGE;
     use crate::devices::virtio::{ActivateError, TYPE_BLOCK};
+    use crate::persist::Persist;
     use std::sync::{Arc, Mutex};
 
     type Activated = Arc<Mutex<Option<(usize, u64)>>>;

@@ -185,20 +185,6 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     crate::image::Sha256Digest::of(bytes).hex()
 }
 
-/// serde for byte strings as hex (compact in JSON, unlike arrays of numbers).
-pub mod hex {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&rootlayer_protocol::hex::encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        rootlayer_protocol::hex::decode(&text).ok_or_else(|| serde::de::Error::custom("not a hex string"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,14 +229,5 @@ mod tests {
             assert_ne!(k.file_name(), base, "{k:?}");
         }
         assert_eq!(key().file_name(), base, "stable");
-    }
-
-    #[test]
-    fn byte_fields_are_hex_in_json() {
-        #[derive(Serialize, Deserialize, PartialEq, Debug)]
-        struct Bytes(#[serde(with = "hex")] Vec<u8>);
-        assert_eq!(serde_json::to_string(&Bytes(vec![0, 0xab])).unwrap(), r#""00ab""#);
-        assert_eq!(serde_json::from_str::<Bytes>(r#""00ab""#).unwrap(), Bytes(vec![0, 0xab]));
-        assert!(serde_json::from_str::<Bytes>(r#""0g""#).is_err());
     }
 }

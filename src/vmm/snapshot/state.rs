@@ -1,17 +1,14 @@
-//! The vCPU's and the VM's KVM state: what KVM_GET_* gives, put back with
-//! KVM_SET_* in the order Firecracker restores it (`vstate/vcpu.rs`): CPUID
-//! is set by the caller first, then MP state, registers, special
-//! registers, XSAVE, XCRs, debug registers, LAPIC, MSRs (TSC before the
-//! TSC deadline, as KVM lists them) and last the pending events.
+//! The vCPU's and the VM's KVM state as a snapshot holds it. The vCPU saves
+//! and restores its own ([`crate::vmm::vcpu::Vcpu`]'s [`Persist`](crate::persist::Persist));
+//! the VM's interrupt controllers, PIT and clock are read and put back here.
 
 use super::SnapshotError;
 use crate::vmm::xstate::KeeperState;
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs,
-    kvm_sregs, kvm_vcpu_events, kvm_xcrs, Msrs, Xsave, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
 
 /// MSRs saved beyond what KVM_GET_MSR_INDEX_LIST names: MISC_ENABLE
@@ -36,7 +33,7 @@ pub struct VcpuState {
     pub sregs: kvm_sregs,
     /// The whole XSAVE area (KVM_GET_XSAVE, or KVM_GET_XSAVE2 where the
     /// kept state passes 4 KiB), as bytes.
-    #[serde(with = "super::hex")]
+    #[serde(with = "crate::persist::hex")]
     pub xsave: Vec<u8>,
     pub xcrs: kvm_xcrs,
     pub debugregs: kvm_debugregs,
@@ -57,82 +54,6 @@ pub struct VmState {
     pub ioapic: kvm_irqchip,
     pub pit: kvm_pit_state2,
     pub clock: kvm_clock_data,
-}
-
-/// KVM_GET_MSRS reads in order and stops at the first MSR it refuses:
-/// read in batches, and step over a refused one alone.
-fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, SnapshotError> {
-    const BATCH: usize = 64;
-    let mut out = Vec::with_capacity(indices.len());
-    let mut rest = indices;
-    while !rest.is_empty() {
-        let n = rest.len().min(BATCH);
-        let entries: Vec<kvm_msr_entry> =
-            rest[..n].iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
-        let mut msrs = Msrs::from_entries(&entries).expect("a batch fits");
-        let got = fd.get_msrs(&mut msrs).map_err(kvm("get MSRs"))?;
-        out.extend(msrs.as_slice()[..got].iter().map(|e| (e.index, e.data)));
-        // The one at `got` was refused (not saved; KVM lists MSRs the
-        // vCPU's CPUID does not give it).
-        rest = &rest[(got + 1).min(n)..];
-    }
-    Ok(out)
-}
-
-/// Read a paused vCPU. `xsave2` is the vCPU's XSAVE2 buffer where it has
-/// one (the same the keeper uses), `msr_indices` what KVM_GET_MSR_INDEX_LIST
-/// gave.
-pub fn capture_vcpu(
-    fd: &VcpuFd,
-    xsave2: Option<&mut Xsave>,
-    msr_indices: &[u32],
-    keeper: Option<KeeperState>,
-) -> Result<VcpuState, SnapshotError> {
-    let xsave =
-        crate::vmm::vcpu::get_xsave_bytes(fd, xsave2).map_err(|(what, source)| SnapshotError::Kvm { what, source })?;
-    // MP state first: reading it makes KVM accept pending APIC events,
-    // which may change the LAPIC and the events read after it.
-    let mp_state = fd.get_mp_state().map_err(kvm("get MP state"))?;
-    Ok(VcpuState {
-        mp_state,
-        regs: fd.get_regs().map_err(kvm("get registers"))?,
-        sregs: fd.get_sregs().map_err(kvm("get special registers"))?,
-        xsave,
-        xcrs: fd.get_xcrs().map_err(kvm("get XCRs"))?,
-        debugregs: fd.get_debug_regs().map_err(kvm("get debug registers"))?,
-        lapic: fd.get_lapic().map_err(kvm("get local APIC"))?,
-        msrs: read_msrs(fd, msr_indices)?,
-        events: fd.get_vcpu_events().map_err(kvm("get vCPU events"))?,
-        keeper,
-    })
-}
-
-/// Put a vCPU back as [`capture_vcpu`] read it (its CPUID already set).
-/// `xsave2` as for capture: the saved area must be exactly that size.
-pub fn restore_vcpu(fd: &VcpuFd, state: &VcpuState, xsave2: Option<&mut Xsave>) -> Result<(), SnapshotError> {
-    fd.set_mp_state(state.mp_state).map_err(kvm("set MP state"))?;
-    fd.set_regs(&state.regs).map_err(kvm("set registers"))?;
-    fd.set_sregs(&state.sregs).map_err(kvm("set special registers"))?;
-    let want = crate::vmm::vcpu::xsave_bytes_len(xsave2.as_deref());
-    if state.xsave.len() != want {
-        return Err(SnapshotError::XsaveSize { got: state.xsave.len(), want });
-    }
-    crate::vmm::vcpu::set_xsave_bytes(fd, xsave2, &state.xsave)
-        .map_err(|(what, source)| SnapshotError::Kvm { what, source })?;
-    fd.set_xcrs(&state.xcrs).map_err(kvm("set XCRs"))?;
-    fd.set_debug_regs(&state.debugregs).map_err(kvm("set debug registers"))?;
-    fd.set_lapic(&state.lapic).map_err(kvm("set local APIC"))?;
-    let entries: Vec<kvm_msr_entry> =
-        state.msrs.iter().map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() }).collect();
-    for chunk in entries.chunks(64) {
-        let msrs = Msrs::from_entries(chunk).expect("a batch fits");
-        let got = fd.set_msrs(&msrs).map_err(kvm("set MSRs"))?;
-        if got != chunk.len() {
-            return Err(SnapshotError::Msrs { got, want: chunk.len(), first: chunk[got].index });
-        }
-    }
-    fd.set_vcpu_events(&state.events).map_err(kvm("set vCPU events"))?;
-    Ok(())
 }
 
 fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, SnapshotError> {
