@@ -6,8 +6,10 @@
 
 use super::config::{RunEnd, RunReport, RESTORE_WATCHDOG};
 use super::machine::Machine;
+use super::snapshot::state::VcpuState;
+use super::snapshot::SnapshotError;
 use super::snapshot::{self, lock::TakeLock, BootPath, Key};
-use super::vcpu::{GuestExit, Pause, Vcpu, VcpuMsg};
+use super::vcpu::{GuestExit, Pause, Vcpu, VcpuMsg, XstateStats};
 use super::VmmError;
 use crate::seccomp::{Policy, ThreadKind};
 use std::path::PathBuf;
@@ -66,31 +68,7 @@ pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch:
     if watch.profile.is_some() {
         vcpu.enable_profiling();
     }
-    let signal = kick_signal();
-    let filter = seccomp.thread(ThreadKind::Vcpu)?;
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let vcpu_mem = machine.mem.clone();
-    let thread = std::thread::Builder::new()
-        .name("vcpu0".into())
-        .spawn(move || {
-            // First thing: the filter; the guest has not run yet.
-            let installed = filter.install("vcpu0");
-            let ok = installed.is_ok();
-            let _ = ready_tx.send(installed);
-            if ok {
-                let exit = vcpu.run(&vcpu_mem, &filter);
-                let _ = tx.send(VcpuMsg::Done(exit, vcpu.take_samples(), vcpu.xstate_stats()));
-            }
-        })
-        .map_err(VmmError::Thread)?;
-    let installed = match ready_rx.recv() {
-        Ok(installed) => installed.map_err(VmmError::from),
-        Err(_) => Err(VmmError::Thread(std::io::Error::other("the vCPU thread ended at start"))),
-    };
-    if let Err(e) = installed {
-        let _ = thread.join();
-        return Err(e);
-    }
+    let thread = spawn(vcpu, &machine, seccomp, tx)?;
 
     // Wait for the guest, waking every 100 ms to notice SIGINT/SIGTERM
     // (every 5 ms while profiling, to sample the vCPU). A pause for the
@@ -105,19 +83,9 @@ pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch:
             Ok(VcpuMsg::Paused(state)) => {
                 let paused = Instant::now();
                 let take = watch.take.take().expect("a pause is armed with where the snapshot goes");
-                let written = (*state).and_then(|vcpu| machine.save(vcpu)).and_then(|state| {
-                    snapshot::file::write(&take.dir, &take.key, &state, &machine.mem).map_err(Into::into)
-                });
+                watch.boot = write_snapshot(&machine, *state, take, paused);
                 let _ = resume_tx.send(());
-                drop(take.lock);
                 paused_for += paused.elapsed();
-                watch.boot = match written {
-                    Ok((file, disk_bytes)) => BootPath::Took { file, disk_bytes, pause: paused.elapsed() },
-                    Err(e) => {
-                        eprintln!("rootlayer: no snapshot taken: {e}");
-                        BootPath::TakeFailed(e.to_string())
-                    }
-                };
             }
             Ok(VcpuMsg::Done(exit, samples, xstate)) => break Ok((exit, samples, xstate)),
             Err(mpsc::RecvTimeoutError::Timeout) if remaining.is_zero() => break Err(RunEnd::TimedOut),
@@ -135,7 +103,7 @@ pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch:
                     break Err(RunEnd::RestoreHung);
                 }
                 if watch.profile.is_some() {
-                    let _ = thread.kill(signal);
+                    let _ = thread.kill(kick_signal());
                 }
             }
             // The vCPU thread ended without a word: it panicked (below).
@@ -145,25 +113,7 @@ pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch:
     let (end, (samples, xstate)) = match stopped_for {
         Ok((exit, samples, xstate)) => (RunEnd::Exited(exit), (samples, xstate)),
         Err(end @ RunEnd::Exited(_)) => (end, (Vec::new(), None)),
-        Err(end) => {
-            // Ask the vCPU to stop and kick it out of KVM_RUN until it
-            // does; repeated, because a kick that lands just before KVM_RUN
-            // is lost.
-            machine.stop.store(true, Ordering::SeqCst);
-            let rest = loop {
-                let _ = thread.kill(signal);
-                match rx.recv_timeout(Duration::from_millis(20)) {
-                    Ok(VcpuMsg::Done(_, samples, xstate)) => break (samples, xstate),
-                    // Paused as the time ran out: let it go on to its stop.
-                    Ok(VcpuMsg::Paused(_)) => {
-                        let _ = resume_tx.send(());
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break (Vec::new(), None),
-                }
-            };
-            (end, rest)
-        }
+        Err(end) => (end, stop(&machine, &thread, &rx, &resume_tx)),
     };
     let end = ending(thread.join(), end);
     let peak_rss_kib = peak_rss_kib();
@@ -186,6 +136,84 @@ pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch:
         boot: watch.boot,
         started: started.load(Ordering::SeqCst),
     })
+}
+
+/// Start the vCPU thread: its seccomp filter first, before the guest runs;
+/// it reports its end on `tx`.
+fn spawn(
+    mut vcpu: Vcpu,
+    machine: &Machine,
+    seccomp: &Policy,
+    tx: mpsc::Sender<VcpuMsg>,
+) -> Result<std::thread::JoinHandle<()>, VmmError> {
+    let filter = seccomp.thread(ThreadKind::Vcpu)?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mem = machine.mem.clone();
+    let thread = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || {
+            let installed = filter.install("vcpu0");
+            let ok = installed.is_ok();
+            let _ = ready_tx.send(installed);
+            if ok {
+                let exit = vcpu.run(&mem, &filter);
+                let _ = tx.send(VcpuMsg::Done(exit, vcpu.take_samples(), vcpu.xstate_stats()));
+            }
+        })
+        .map_err(VmmError::Thread)?;
+    let installed = match ready_rx.recv() {
+        Ok(installed) => installed.map_err(VmmError::from),
+        Err(_) => Err(VmmError::Thread(std::io::Error::other("the vCPU thread ended at start"))),
+    };
+    match installed {
+        Ok(()) => Ok(thread),
+        Err(e) => {
+            let _ = thread.join();
+            Err(e)
+        }
+    }
+}
+
+/// The vCPU paused at READY with its state read (`vcpu`): write the
+/// snapshot, and say how the guest came up.
+fn write_snapshot(machine: &Machine, vcpu: Result<VcpuState, SnapshotError>, take: Take, paused: Instant) -> BootPath {
+    let Take { dir, key, lock, .. } = take;
+    let written = vcpu
+        .and_then(|vcpu| machine.save(vcpu))
+        .and_then(|state| snapshot::file::write(&dir, &key, &state, &machine.mem).map_err(Into::into));
+    // Written (or not): the jobs waiting for it go on.
+    drop(lock);
+    match written {
+        Ok((file, disk_bytes)) => BootPath::Took { file, disk_bytes, pause: paused.elapsed() },
+        Err(e) => {
+            eprintln!("rootlayer: no snapshot taken: {e}");
+            BootPath::TakeFailed(e.to_string())
+        }
+    }
+}
+
+/// Ask the vCPU to stop and kick it out of KVM_RUN until it does (repeated:
+/// a kick that lands just before KVM_RUN is lost); its profile samples and
+/// extended-state cost.
+fn stop(
+    machine: &Machine,
+    thread: &std::thread::JoinHandle<()>,
+    rx: &mpsc::Receiver<VcpuMsg>,
+    resume: &mpsc::Sender<()>,
+) -> (Vec<u64>, Option<XstateStats>) {
+    machine.stop.store(true, Ordering::SeqCst);
+    loop {
+        let _ = thread.kill(kick_signal());
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(VcpuMsg::Done(_, samples, xstate)) => return (samples, xstate),
+            // Paused as the time ran out: let it go on to its stop.
+            Ok(VcpuMsg::Paused(_)) => {
+                let _ = resume.send(());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return (Vec::new(), None),
+        }
+    }
 }
 
 /// How the run ended, from the vCPU thread's end (`joined`) and what the
