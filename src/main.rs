@@ -7,7 +7,7 @@ use rootlayer::image::{ImageMeta, OutputFormat, Selector};
 use rootlayer::outcome;
 use rootlayer::runas::{self, RunAsRootError, RunAsRootRequest, Summary};
 use rootlayer::runner::{GuestSpec, Store};
-use rootlayer::vmm::{self, RunReport, VmConfig, VmmError};
+use rootlayer::vmm::{self, RunReport, VmmError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -468,36 +468,53 @@ fn closure_info(args: ClosureInfoArgs) -> Exit {
     }
 }
 
+/// A job with no task: the guest comes up (restored from the snapshot
+/// every job shares, or cold), mounts its exchange share, reports and
+/// powers off; judged as any job is ([`outcome::boot`]).
 fn boot(args: BootArgs) -> Exit {
-    let cmdline = format!("{} {}", vmm::BASE_CMDLINE, args.cmdline).trim().to_string();
     if args.print_cmdline {
+        // The guest without a job (no exchange share), for booting it
+        // elsewhere, e.g. under QEMU in scripts/bench-boot.
+        let cmdline = format!("{} {}", vmm::BASE_CMDLINE, args.cmdline).trim().to_string();
         println!("{}", vmm::kernel_cmdline(vmm::kvm::kind(), &cmdline));
         return Exit::Ok;
     }
-    let kernel = default_kernel(args.kernel);
-    let initrd = default_initrd(args.initrd);
-    let result = (|| {
-        let (kernel, initrd) = (kernel?, initrd?);
-        let config = |snapshot| {
-            Ok::<_, VmmError>(VmConfig {
-                kernel: kernel.clone(),
-                initrd: Some(initrd.clone()),
-                cmdline: cmdline.clone(),
-                mem_mib: args.mem_size,
-                timeout: Duration::from_secs(args.timeout),
-                echo: if args.quiet { Echo::Off } else { Echo::Stderr },
-                echo_limit: Some(EchoLimit::DEFAULT),
-                virtio: Vec::new(),
-                seccomp: !args.no_seccomp,
-                snapshot,
-            })
+    let timeout = args.timeout;
+    let run = || -> Result<rootlayer::runner::JobOutcome, RunAsRootError> {
+        let kernel = default_kernel(args.kernel).map_err(rootlayer::runner::RunError::from)?;
+        let initrd = default_initrd(args.initrd).map_err(rootlayer::runner::RunError::from)?;
+        let spec = GuestSpec {
+            kernel,
+            initrd,
+            mem_mib: args.mem_size,
+            timeout: Duration::from_secs(timeout),
+            echo: if args.quiet { Echo::Off } else { Echo::Stderr },
+            extra_cmdline: args.cmdline,
+            disk_mib: None,
+            base_disk: None,
+            contents_disk: None,
+            stores: Vec::new(),
+            shares: Vec::new(),
+            max_output: Some(1 << 20),
+            echo_limit: Some(EchoLimit::DEFAULT),
+            seccomp: !args.no_seccomp,
+            snapshot: !args.no_snapshot,
         };
-        rootlayer::runner::run_machine(rootlayer::runner::snapshot_mode(!args.no_snapshot), config)
-    })();
-    match result {
-        Ok(report) => {
-            eprintln!("rootlayer: boot: {}", report.boot.describe());
-            boot_outcome(&report, args.timeout)
+        let workdir = rootlayer::runner::Workdir::new()?;
+        Ok(rootlayer::runner::run_job(&spec, workdir, rootlayer::job::Task::None)?)
+    };
+    match run() {
+        Ok(outcome) => {
+            eprintln!("rootlayer: boot: {}", outcome.report.boot.describe());
+            let host = outcome::HostFacts { timeout, output_exceeded: outcome.output_exceeded() };
+            let verdict = outcome::boot(&outcome.report, outcome.result.clone(), host);
+            for line in &verdict.lines {
+                eprintln!("rootlayer: {line}");
+            }
+            if verdict.show_tail {
+                print_tail(&outcome.report);
+            }
+            verdict.exit
         }
         Err(e) => {
             eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
@@ -511,16 +528,4 @@ fn print_tail(report: &RunReport) {
     for line in report.console_tail().iter().rev().take(15).rev() {
         eprintln!("  | {line}");
     }
-}
-
-/// Print the verdict on a finished boot and give its exit code.
-fn boot_outcome(report: &RunReport, timeout: u64) -> Exit {
-    let verdict = outcome::boot(report, timeout);
-    for line in &verdict.lines {
-        eprintln!("rootlayer: {line}");
-    }
-    if verdict.show_tail {
-        print_tail(report);
-    }
-    verdict.exit
 }

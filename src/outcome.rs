@@ -1,10 +1,86 @@
-//! What the CLI says about a finished command and which exit code it
-//! gives: the one-line summary or error, the `--json` result, and the
-//! judgement of a `boot`. Pure: `main.rs` only prints what this decides.
+//! The verdict on a finished guest, and what the CLI says about a finished
+//! command with which exit code: [`judge`] is the one judgement of a guest's
+//! run (how it ended, the agent's result.json, what the host saw), for a
+//! `run-as-root` and a `boot` alike; then the one-line summary or error and
+//! the `--json` result. Pure: `main.rs` only prints what this decides.
 
 use crate::exit::{error_line, Exit};
+use crate::job::JobResult;
 use crate::runas::{RunAsRootError, Summary};
+use crate::runner::{JobOutcome, RunError};
 use crate::vmm::{RunEnd, RunReport};
+
+/// What the host knows of a job besides how its run ended and its console.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts {
+    /// The job's time limit, in seconds.
+    pub timeout: u64,
+    /// The `--max-output` bound the guest ran into, if it did.
+    pub output_exceeded: Option<u64>,
+}
+
+impl JobOutcome {
+    /// This job's verdict ([`judge`]), its time limit `timeout` seconds.
+    pub fn judge(&self, timeout: u64) -> Result<JobResult, RunAsRootError> {
+        judge(&self.report, self.result.clone(), HostFacts { timeout, output_exceeded: self.output_exceeded() })
+    }
+}
+
+/// Judge a guest's job: how its run ended, the agent's result and what the
+/// host saw. What the host saw itself comes first (interrupt, timeout, the
+/// output bound), then the agent's result: the console carries the
+/// script's output, which can say anything, so its text (a panic or OOM
+/// line) counts only when the agent could not report at all.
+pub fn judge(report: &RunReport, result: Option<JobResult>, host: HostFacts) -> Result<JobResult, RunAsRootError> {
+    if report.end == RunEnd::Interrupted {
+        return Err(RunAsRootError::Interrupted);
+    }
+    if report.end == RunEnd::TimedOut {
+        return Err(RunAsRootError::Timeout(host.timeout));
+    }
+    if let Some(limit) = host.output_exceeded {
+        return Err(RunAsRootError::OutputTooLarge(limit));
+    }
+    if let Some(result) = result {
+        return judge_result(result, &report.end);
+    }
+    let log = report.console.lock().expect("console log poisoned");
+    if let Some(line) = log.panic_line() {
+        return Err(RunAsRootError::GuestPanic(line.to_string()));
+    }
+    if log.oom_seen() {
+        return Err(RunAsRootError::GuestOutOfMemory);
+    }
+    Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.end)))
+}
+
+/// Judge the agent's result (the guest's word) once the VM ended cleanly
+/// enough to have one; `end` is how the VM's run ended.
+pub(crate) fn judge_result(result: JobResult, end: &RunEnd) -> Result<JobResult, RunAsRootError> {
+    // An agent that cannot read this host's job.json.
+    if result.status == crate::job::STATUS_PROTOCOL {
+        return Err(RunAsRootError::Run(RunError::AgentProtocol(result.error.unwrap_or_default())));
+    }
+    // A full disk explains a failure (the agent says so: the scratch disk's
+    // free blocks, or ENOSPC in its error's causes); a job that succeeded
+    // with (nearly) no room left is still a success.
+    let failed = result.error.is_some() || result.script_status.is_some_and(|s| s != 0);
+    // The OOM killer explains a failure (the agent counted the kernel's own
+    // log records); a script that survived it succeeded.
+    if result.oom_kills > 0 && failed {
+        return Err(RunAsRootError::GuestOutOfMemory);
+    }
+    if result.disk_full && failed {
+        return Err(RunAsRootError::DiskFull);
+    }
+    if let Some(err) = &result.error {
+        return Err(RunAsRootError::Guest(err.clone()));
+    }
+    if !end.is_clean() {
+        return Err(RunAsRootError::Guest(end.to_string()));
+    }
+    Ok(result)
+}
 
 /// A run-as-root or export outcome, as the CLI reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,35 +148,15 @@ pub struct BootVerdict {
     pub show_tail: bool,
 }
 
-/// Judge a finished boot: clean only if the agent said it was ready, then
-/// reported status 0 and reset the guest; `timeout` is the limit it had, in
-/// seconds.
-pub fn boot(report: &RunReport, timeout: u64) -> BootVerdict {
-    let log = report.console.lock().expect("console log poisoned");
-    let ready = log.ready_at();
-    let panic = log.panic_line().map(str::to_string);
-    let status = log.agent_status();
-    drop(log);
-    let bad = |exit, line: String| BootVerdict { exit, lines: vec![line], show_tail: true };
-    if report.end == RunEnd::Interrupted {
-        return BootVerdict {
-            exit: Exit::Interrupted,
-            lines: vec!["interrupted: the guest was stopped".into()],
-            show_tail: false,
-        };
-    }
-    if report.end == RunEnd::TimedOut {
-        let stage = if ready.is_some() { "after the agent started" } else { "before the agent's ready line" };
-        return bad(Exit::Timeout, format!("timeout: the guest did not finish within {timeout}s ({stage})"));
-    }
-    if let Some(line) = panic {
-        return bad(Exit::GuestPanic, format!("the guest kernel panicked: {line}"));
-    }
-    match (&report.end, ready, status) {
-        (end, Some(at), Some(0)) if end.is_clean() => {
+/// Judge a finished `boot` (a job with no task): as any job ([`judge`]);
+/// when clean, its lines give the agent's ready time, the run's wall time,
+/// the VMM's memory overhead and what keeping vector state cost.
+pub fn boot(report: &RunReport, result: Option<JobResult>, host: HostFacts) -> BootVerdict {
+    match judge(report, result, host) {
+        Ok(_) => {
+            let ready = report.ready_at().map_or(f64::NAN, |at| at.as_secs_f64());
             let wall = report.wall.as_secs_f64();
-            let mut lines =
-                vec![format!("agent ready after {:.3}s, guest exited cleanly after {wall:.3}s", at.as_secs_f64())];
+            let mut lines = vec![format!("agent ready after {ready:.3}s, guest exited cleanly after {wall:.3}s")];
             if let (Some(peak), Some(guest)) = (report.peak_rss_kib, report.guest_rss_kib) {
                 lines.push(format!(
                     "peak RSS {peak} KiB, of which guest RAM {guest} KiB: VMM overhead {} KiB",
@@ -116,7 +172,11 @@ pub fn boot(report: &RunReport, timeout: u64) -> BootVerdict {
             }
             BootVerdict { exit: Exit::Ok, lines, show_tail: false }
         }
-        (end, _, _) => bad(Exit::Internal, format!("guest ended badly: {end}; agent status {status:?}")),
+        Err(e) => BootVerdict {
+            exit: e.exit(),
+            lines: vec![error_line(&e)],
+            show_tail: !matches!(e, RunAsRootError::Interrupted),
+        },
     }
 }
 
@@ -143,29 +203,63 @@ mod tests {
         }
     }
 
+    fn boot(console: &str, end: RunEnd, result: Option<JobResult>) -> BootVerdict {
+        super::boot(&report(console, end), result, HostFacts { timeout: 60, output_exceeded: None })
+    }
+
     const RESET: RunEnd = RunEnd::Exited(crate::vmm::GuestExit::Reset);
 
     fn ready() -> String {
         format!("{}0.1.0{} (uptime 1.00s)\n", crate::job::AGENT_READY_PREFIX, crate::job::AGENT_READY_WORD)
     }
 
-    #[test]
-    fn a_clean_boot_needs_the_ready_line_status_zero_and_a_reset() {
-        let ok = format!("{}{}0\n", ready(), crate::job::AGENT_STATUS_PREFIX);
-        let v = boot(&report(&ok, RESET), 60);
-        assert_eq!(v.exit, Exit::Ok, "{v:?}");
-        assert!(v.lines[0].starts_with("agent ready after") && v.lines[1].contains("VMM overhead 100000 KiB"), "{v:?}");
-        assert!(!v.show_tail);
+    fn result(status: i32, error: Option<&str>) -> Option<JobResult> {
+        Some(JobResult { status, error: error.map(str::to_string), ..JobResult::default() })
+    }
 
-        let failed = format!("{}{}3\n", ready(), crate::job::AGENT_STATUS_PREFIX);
-        assert_eq!(boot(&report(&failed, RESET), 60).exit, Exit::Internal);
-        let no_ready = format!("{}0\n", crate::job::AGENT_STATUS_PREFIX);
-        assert_eq!(boot(&report(&no_ready, RESET), 60).exit, Exit::Internal);
-        let timed_out = boot(&report(&ready(), RunEnd::TimedOut), 60);
+    #[test]
+    fn a_boot_is_judged_as_a_job_from_its_result_and_how_the_run_ended() {
+        let v = boot(&ready(), RESET, result(0, None));
+        assert_eq!(v.exit, Exit::Ok, "{v:?}");
+        assert!(
+            v.lines[0].starts_with("agent ready after 0.") && v.lines[1].contains("VMM overhead 100000 KiB"),
+            "{v:?}"
+        );
+        assert!(!v.show_tail);
+        // The console's text decides nothing the agent reported: a status
+        // line says nothing, result.json does.
+        let said_ok = format!("{}{}0\n", ready(), crate::job::AGENT_STATUS_PREFIX);
+        let v = boot(&said_ok, RESET, None);
+        assert_eq!(v.exit, Exit::Internal, "{v:?}");
+        assert!(v.lines[0].contains("no result from the agent") && v.show_tail, "{v:?}");
+        let failed = boot(&ready(), RESET, result(70, Some("mount: EIO")));
+        assert_eq!((failed.exit, failed.lines[0].as_str()), (Exit::Internal, "the guest failed: mount: EIO"));
+        let timed_out = boot(&ready(), RunEnd::TimedOut, result(0, None));
         assert_eq!(timed_out.exit, Exit::Timeout);
-        assert!(timed_out.lines[0].contains("within 60s (after the agent started)") && timed_out.show_tail);
-        let panic = boot(&report("Kernel panic - not syncing: oops\n", RESET), 60);
+        assert!(timed_out.lines[0].contains("within 60s") && timed_out.show_tail, "{timed_out:?}");
+        let panic = boot("Kernel panic - not syncing: oops\n", RESET, None);
         assert_eq!(panic.exit, Exit::GuestPanic, "{panic:?}");
+        let stopped = boot(&ready(), RunEnd::Interrupted, None);
+        assert_eq!((stopped.exit, stopped.show_tail), (Exit::Interrupted, false));
+        let hung = boot(&ready(), RunEnd::VcpuPanicked("oops".into()), result(0, None));
+        assert_eq!(hung.exit, Exit::Internal, "a result does not make a broken run clean: {hung:?}");
+    }
+
+    #[test]
+    fn the_agents_causes_are_typed_not_found_in_its_text() {
+        let mut r = result(70, Some("write upper tar: No space left on device (os error 28)")).unwrap();
+        // Without the agent's word, the text is only text.
+        assert!(matches!(judge_result(r.clone(), &RESET), Err(RunAsRootError::Guest(_))));
+        r.disk_full = true;
+        assert!(matches!(judge_result(r.clone(), &RESET), Err(RunAsRootError::DiskFull)));
+        r.oom_kills = 1;
+        assert!(matches!(judge_result(r, &RESET), Err(RunAsRootError::GuestOutOfMemory)));
+        // A job that succeeded with the disk nearly full, or past an OOM
+        // kill it survived, succeeded.
+        let ok = JobResult { disk_full: true, oom_kills: 2, script_status: Some(0), ..JobResult::default() };
+        assert!(judge_result(ok, &RESET).is_ok());
+        let protocol = JobResult { status: crate::job::STATUS_PROTOCOL, ..JobResult::default() };
+        assert_eq!(judge_result(protocol, &RESET).unwrap_err().exit(), Exit::BadInput);
     }
 
     #[test]

@@ -16,7 +16,6 @@ use crate::layer::references::{ReferenceGraph, ScanWriter};
 use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
 use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir, VERIFIED_DIR};
-use crate::vmm::RunEnd;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -133,9 +132,7 @@ impl RunAsRootError {
             RunAsRootError::Contents(_) => Exit::BadInput,
             RunAsRootError::StorePaths(LayerError::Write(_)) => Exit::Internal,
             RunAsRootError::StorePaths(_) => Exit::BadInput,
-            RunAsRootError::Scratch(crate::layer::ext4::Ext4Error::Unsupported(m)) if m.contains("socket") => {
-                Exit::Unrepresentable
-            }
+            RunAsRootError::Scratch(crate::layer::ext4::Ext4Error::Socket(_)) => Exit::Unrepresentable,
             RunAsRootError::Scratch(_) => Exit::Internal,
             RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
         }
@@ -172,9 +169,9 @@ fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, RunAsRootError
     Ok(guest_path(name))
 }
 
-/// Judge the VM's end and the agent's result.
+/// Judge the VM's end and the agent's result ([`crate::outcome::judge`]).
 fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobResult, RunAsRootError> {
-    let result = judge(outcome, timeout);
+    let result = outcome.judge(timeout);
     // When the console was not echoed live (--quiet), show the guest's last
     // lines with any failure of the guest itself.
     if echo == Echo::Off && matches!(&result, Err(e) if !matches!(e, RunAsRootError::ScriptFailed(_))) {
@@ -184,65 +181,6 @@ fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobRe
         }
     }
     result
-}
-
-///
-/// What the host saw itself comes first (interrupt, timeout, the output
-/// bound), then the agent's result: the console carries the script's
-/// output, which can say anything, so its text (a panic or OOM line) counts
-/// only when the agent could not report at all.
-fn judge(outcome: &JobOutcome, timeout: u64) -> Result<JobResult, RunAsRootError> {
-    let report = &outcome.report;
-    if report.end == RunEnd::Interrupted {
-        return Err(RunAsRootError::Interrupted);
-    }
-    if report.end == RunEnd::TimedOut {
-        return Err(RunAsRootError::Timeout(timeout));
-    }
-    if let Some(limit) = outcome.output_exceeded() {
-        return Err(RunAsRootError::OutputTooLarge(limit));
-    }
-    if let Some(result) = outcome.result.clone() {
-        return judge_result(result, &report.end);
-    }
-    let log = report.console.lock().expect("console log poisoned");
-    if let Some(line) = log.panic_line() {
-        return Err(RunAsRootError::GuestPanic(line.to_string()));
-    }
-    if log.oom_seen() {
-        return Err(RunAsRootError::GuestOutOfMemory);
-    }
-    Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.end)))
-}
-
-/// Judge the agent's result (the guest's word) once the VM ended cleanly
-/// enough to have one; `end` is how the VM's run ended.
-pub(crate) fn judge_result(result: JobResult, end: &RunEnd) -> Result<JobResult, RunAsRootError> {
-    // An agent that cannot read this host's job.json.
-    if result.status == crate::job::STATUS_PROTOCOL {
-        return Err(RunAsRootError::Run(RunError::AgentProtocol(result.error.unwrap_or_default())));
-    }
-    // A full disk explains a failure; a job that succeeded with (nearly) no
-    // room left is still a success.
-    let failed = result.error.is_some() || result.script_status.is_some_and(|s| s != 0);
-    // The OOM killer explains a failure (the agent counted the kernel's own
-    // log records); a script that survived it succeeded.
-    if result.oom_kills > 0 && failed {
-        return Err(RunAsRootError::GuestOutOfMemory);
-    }
-    if result.disk_full && failed {
-        return Err(RunAsRootError::DiskFull);
-    }
-    if let Some(err) = &result.error {
-        if err.contains("No space left on device") {
-            return Err(RunAsRootError::DiskFull);
-        }
-        return Err(RunAsRootError::Guest(err.clone()));
-    }
-    if !end.is_clean() {
-        return Err(RunAsRootError::Guest(end.to_string()));
-    }
-    Ok(result)
 }
 
 /// When the host's work on a job stops: at SIGINT/SIGTERM, and past the
@@ -694,6 +632,16 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn what_the_script_left_that_no_layer_holds_is_its_exit_8_by_type() {
+        use crate::layer::ext4::Ext4Error;
+        let socket = RunAsRootError::Scratch(Ext4Error::Socket("run/daemon.sock".into()));
+        assert_eq!(socket.exit(), Exit::Unrepresentable);
+        // A disk rootlayer does not format so is ours, whatever it names.
+        let other = RunAsRootError::Scratch(Ext4Error::Unsupported("a socket of a feature".into()));
+        assert_eq!(other.exit(), Exit::Internal);
+    }
 
     /// What a layer has, for `mount_point_blocked`: `dirs` are
     /// directories, `others` anything else.

@@ -24,7 +24,7 @@ fn timeout_stops_the_guest_and_prints_its_last_lines() {
     );
     let elapsed = started.elapsed();
     assert_eq!(code, 124, "timeout exit code");
-    assert!(stderr.contains(&format!("did not finish within {timeout}s (after the agent started)")), "{stderr}");
+    assert!(stderr.contains(&format!("timeout: the job did not finish within {timeout}s")), "{stderr}");
     assert!(stderr.contains("last guest console lines:"));
     assert!(
         stderr.lines().any(|l| l.starts_with("  | ") && l.ends_with("selftest hang: sleeping forever")),

@@ -39,6 +39,9 @@ pub fn run_if_requested(guard: (String, f64)) -> anyhow::Result<Option<i32>> {
         result.phases.push(("job".into(), t.elapsed().as_secs_f64()));
         if let Err(e) = execute(&job, &mut result) {
             result.status = crate::power::STATUS_INTERNAL;
+            // A full disk is the cause the host names: said by type, not
+            // left for the host to find in the text.
+            result.disk_full |= out_of_space(&e);
             result.error = Some(format!("{e:#}"));
         }
     }
@@ -48,6 +51,15 @@ pub fn run_if_requested(guard: (String, f64)) -> anyhow::Result<Option<i32>> {
     std::fs::write(&tmp, json).context("write result.json")?;
     std::fs::rename(&tmp, xchg.join(RESULT_FILE)).context("rename result.json")?;
     Ok(Some(result.status))
+}
+
+/// Whether any cause of `e` is ENOSPC.
+fn out_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
+        let errno = c.downcast_ref::<nix::errno::Errno>().map(|e| *e as i32);
+        io.or(errno) == Some(libc::ENOSPC)
+    })
 }
 
 /// The version first: a host of another version gets told so, not a parse

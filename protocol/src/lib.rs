@@ -217,7 +217,8 @@ pub struct JobResult {
     pub observations: Vec<(String, String)>,
     /// The runAsRoot script's exit status (or 128 + signal).
     pub script_status: Option<i32>,
-    /// Set when the scratch disk ran full.
+    /// Set when the scratch disk ran full, or the agent's own error was
+    /// ENOSPC.
     pub disk_full: bool,
     /// Processes the guest kernel's OOM killer killed during the task, as
     /// the agent read them from the kernel's own log records.

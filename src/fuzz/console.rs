@@ -14,8 +14,9 @@
 //! [`TAIL_LINES`] lines kept, each at most [`MAX_LINE`] bytes of guest
 //! output (as characters); the record agrees with a plain model of the
 //! stream (the bytes the UART passes, their lines, the first ready and
-//! panic lines, the last status, any OOM line); the verdict is clean exactly
-//! when the agent said ready, reported status 0 and no panic was seen.
+//! panic lines, the last status, any OOM line); the console decides no
+//! verdict: a boot the agent reported clean is clean whatever it printed,
+//! one it did not report never is (a panic line names the cause then).
 
 use super::take_u8;
 use crate::devices::console::{ConsoleSink, Echo, MAX_LINE, READY_PREFIX, TAIL_LINES};
@@ -137,7 +138,15 @@ pub fn console(mut data: &[u8]) {
         boot: BootPath::Cold,
         started: true,
     };
-    let verdict = crate::outcome::boot(&report, 60);
-    let clean = model.ready.is_some() && model.status == Some(0) && model.panic.is_none();
-    assert_eq!(verdict.exit == crate::exit::Exit::Ok, clean, "verdict {verdict:?} for {model:?}");
+    // The console decides no verdict the agent reported: a clean result
+    // is a clean boot whatever the guest printed; without one, nothing the
+    // guest printed makes it clean.
+    let host = crate::outcome::HostFacts { timeout: 60, output_exceeded: None };
+    let reported = crate::job::JobResult::default();
+    let verdict = crate::outcome::boot(&report, Some(reported), host);
+    assert_eq!(verdict.exit, crate::exit::Exit::Ok, "verdict {verdict:?} for {model:?}");
+    let verdict = crate::outcome::boot(&report, None, host);
+    assert_ne!(verdict.exit, crate::exit::Exit::Ok, "verdict {verdict:?} for {model:?}");
+    let panicked = verdict.exit == crate::exit::Exit::GuestPanic;
+    assert_eq!(panicked, model.panic.is_some(), "a panic line, only without a result: {verdict:?}");
 }

@@ -7,7 +7,7 @@
 //! parses serializes and parses back to the same message.
 
 use crate::job::{Job, JobResult};
-use crate::runas::judge_result;
+use crate::outcome::judge_result;
 use crate::runner::parse_result;
 use crate::vmm::{GuestExit, RunEnd};
 

@@ -40,6 +40,9 @@ pub enum Ext4Error {
     NotClean,
     #[error("the scratch disk is corrupt at inode {ino}: {what}")]
     Corrupt { ino: u64, what: String },
+    /// A socket the script left: a layer cannot hold one.
+    #[error("a socket at {0} in the upper dir: a layer cannot hold sockets")]
+    Socket(String),
     #[error("{0} not found on the scratch disk")]
     NotFound(String),
     #[error("the upper dir holds more than the output limit of {0} bytes (file data, headers, names and xattrs)")]
@@ -810,9 +813,7 @@ fn entry<R: Read + Seek, W: Write>(
             b.append_data(&mut h, p, io::empty()).map_err(w)
         }
         // A socket cannot be in a layer; the converter names it.
-        0o140_000 => {
-            Err(Ext4Error::Unsupported(format!("a socket at {} in the upper dir", String::from_utf8_lossy(path))))
-        }
+        0o140_000 => Err(Ext4Error::Socket(String::from_utf8_lossy(path).into_owned())),
         _ => Err(corrupt("unknown file type")),
     };
     written.map(|()| what)

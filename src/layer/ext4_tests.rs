@@ -358,3 +358,16 @@ fn extent_nodes_reused_within_a_file_or_across_files_are_refused_in_bounded_time
     let e = read(&img);
     assert!(e.contains("more extents and extent nodes than the image has blocks"), "{e}");
 }
+
+#[test]
+fn a_socket_in_the_upper_dir_is_named_as_one_not_as_an_unsupported_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let up = t.path().join("root/upper/run");
+    std::fs::create_dir_all(&up).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(up.join("daemon.sock")).unwrap();
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 16);
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    let e = upper_tar(&mut fs, "upper", &mut Vec::new(), u64::MAX).unwrap_err();
+    assert!(matches!(&e, Ext4Error::Socket(p) if p.ends_with("run/daemon.sock")), "{e:?}");
+}
