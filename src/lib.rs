@@ -9,21 +9,18 @@
 //! - [`layer`], [`image`]: OCI layers and image formats, pure code;
 //! - [`nar`]: Nix archives' hashes, for `closure-info` (buildImageWithNixDb).
 
-pub mod base;
-pub mod contents;
 pub mod devices;
 pub mod exit;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod image;
+pub mod job;
 pub mod layer;
 pub mod nar;
-pub mod outcome;
 pub mod persist;
-pub mod runas;
-pub mod runner;
 pub mod seccomp;
+pub mod signals;
 pub mod vmm;
 
 /// The host/agent protocol, shared with the agent as a crate of its own.
-pub use rootlayer_protocol as job;
+pub use rootlayer_protocol as protocol;

@@ -10,8 +10,8 @@
 mod common;
 
 use rootlayer::devices::console::Echo;
-use rootlayer::job::{DeviceCheck, Task};
-use rootlayer::runner::{run_job, GuestSpec, Store, Workdir, SCRATCH_MOUNT};
+use rootlayer::job::{run_job, GuestSpec, Store, Workdir, SCRATCH_MOUNT};
+use rootlayer::protocol::{DeviceCheck, Task};
 use rootlayer::vmm::{GuestExit, RunEnd};
 use std::collections::BTreeMap;
 use std::path::Path;

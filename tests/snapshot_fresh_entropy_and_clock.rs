@@ -37,7 +37,7 @@ fn snapshot_restored_guests_have_their_own_randomness_and_the_hosts_clock() {
         // The kernel's own timing jitter would likely tell two guests apart
         // too; the agent's line says the host's bytes went in.
         assert!(
-            f.stderr.contains(&format!("rootlayer-agent: {}", rootlayer::job::ENTROPY_LINE)),
+            f.stderr.contains(&format!("rootlayer-agent: {}", rootlayer::protocol::ENTROPY_LINE)),
             "job {i}: {}",
             f.stderr
         );

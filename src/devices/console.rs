@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The agent's ready line starts with this and contains ` ready`.
-pub use crate::job::AGENT_READY_PREFIX as READY_PREFIX;
-use crate::job::{AGENT_READY_WORD, AGENT_STATUS_PREFIX as STATUS_PREFIX};
+pub use crate::protocol::AGENT_READY_PREFIX as READY_PREFIX;
+use crate::protocol::{AGENT_READY_WORD, AGENT_STATUS_PREFIX as STATUS_PREFIX};
 const PANIC_MARKER: &str = "Kernel panic - not syncing";
 const OOM_MARKER: &str = "Out of memory: Killed process";
 /// Lines kept for error reports.

@@ -1,7 +1,7 @@
 //! `base_bounds`: the base image's path to the base disk with its bounds
 //! set small, so that the fuzzer reaches them: [`BaseImage::open_within`]
 //! (at most so many layers; production: [`crate::image::MAX_LAYERS`]) and
-//! [`crate::base::flatten_within`] (the layers staged decompressed in a
+//! [`crate::job::base::flatten_within`] (the layers staged decompressed in a
 //! work directory within a room; production: its free space less a
 //! reserve), each layer read through the tar guard with small
 //! [`Limits`] (production: 1 MiB per PAX header or long name, 10M
@@ -26,8 +26,8 @@
 
 use super::image::tar;
 use super::{take, take_u16, take_u8};
-use crate::base::{flatten_within, BaseError};
 use crate::image::{BaseImage, Selector, Sha256Digest};
+use crate::job::base::{flatten_within, BaseError};
 use crate::layer::tar_guard::Limits;
 use std::io::{Read, Write};
 use std::path::Path;

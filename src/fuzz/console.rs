@@ -2,7 +2,7 @@
 //! reads it: the UART ([`SerialDevice`]) into the [`ConsoleSink`], which
 //! splits lines and notes the agent's ready line, its exit status, a kernel
 //! panic and the OOM killer; and `rootlayer boot`'s verdict on those
-//! ([`crate::outcome::boot`]).
+//! ([`crate::job::verdict::boot`]).
 //!
 //! Input: `mode: u8`, then for mode 0 (bit 0 clear) chunks `n: u8` + `n`
 //! bytes written to the sink as the serial port's writes arrive, in pieces
@@ -22,7 +22,7 @@ use super::take_u8;
 use crate::devices::console::{ConsoleSink, Echo, MAX_LINE, READY_PREFIX, TAIL_LINES};
 use crate::devices::serial::SerialDevice;
 use crate::devices::BusDevice;
-use crate::job::{AGENT_READY_WORD, AGENT_STATUS_PREFIX};
+use crate::protocol::{AGENT_READY_WORD, AGENT_STATUS_PREFIX};
 use crate::vmm::{BootPath, GuestExit, RunEnd, RunReport};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -141,11 +141,11 @@ pub fn console(mut data: &[u8]) {
     // The console decides no verdict the agent reported: a clean result
     // is a clean boot whatever the guest printed; without one, nothing the
     // guest printed makes it clean.
-    let host = crate::outcome::HostFacts { timeout: 60, output_exceeded: None };
-    let reported = crate::job::JobResult::default();
-    let verdict = crate::outcome::boot(&report, Some(reported), host);
+    let host = crate::job::verdict::HostFacts { timeout: 60, output_exceeded: None };
+    let reported = crate::protocol::JobResult::default();
+    let verdict = crate::job::verdict::boot(&report, Some(reported), host);
     assert_eq!(verdict.exit, crate::exit::Exit::Ok, "verdict {verdict:?} for {model:?}");
-    let verdict = crate::outcome::boot(&report, None, host);
+    let verdict = crate::job::verdict::boot(&report, None, host);
     assert_ne!(verdict.exit, crate::exit::Exit::Ok, "verdict {verdict:?} for {model:?}");
     let panicked = verdict.exit == crate::exit::Exit::GuestPanic;
     assert_eq!(panicked, model.panic.is_some(), "a panic line, only without a result: {verdict:?}");

@@ -1,6 +1,6 @@
 //! `exchange_fs`: the read-write exchange share, the one directory the
 //! guest writes on the host (its `result.json` and output tar), built as
-//! `runner::run_job` builds it: [`Fs::new`] over the work directory's
+//! `job::run_job` builds it: [`Fs::new`] over the work directory's
 //! `xchg/`, not read-only, with an [`OutputLimit`] (`--max-output`).
 //!
 //! Input: the `fs` target's (a sequence of FUSE requests, each served as
@@ -54,7 +54,7 @@ thread_local! {
     };
 }
 
-/// A work directory as `runner::Workdir` lays it out, in `top`.
+/// A work directory as `job::Workdir` lays it out, in `top`.
 fn workdir(top: &Path) -> PathBuf {
     let xchg = top.join("xchg");
     let mk = |p: &Path| std::fs::create_dir_all(p).expect("mkdir");
@@ -108,7 +108,7 @@ pub fn exchange_fs(mut data: &[u8]) {
         let before = snapshot_without(top.path(), &["xchg"]);
         let (used_before, _) = usage(&xchg);
         let limit = Arc::new(OutputLimit::new(LIMIT));
-        let fs = Fs::new(crate::runner::XCHG_TAG, &xchg, false)
+        let fs = Fs::new(crate::job::XCHG_TAG, &xchg, false)
             .and_then(|fs| fs.with_output_limit(limit.clone()))
             .expect("exchange share");
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
@@ -137,7 +137,7 @@ pub fn exchange_fs(mut data: &[u8]) {
             "the share's files took {grown} more bytes of disk, {} charged ({inodes} inodes)",
             limit.used()
         );
-        crate::runner::make_removable(top.path());
+        crate::job::workdir::make_removable(top.path());
     });
 }
 

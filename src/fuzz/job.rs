@@ -6,9 +6,9 @@
 //! Invariants: no panic; a judged success carries no agent error; what
 //! parses serializes and parses back to the same message.
 
-use crate::job::{Job, JobResult};
-use crate::outcome::judge_result;
-use crate::runner::parse_result;
+use crate::job::parse_result;
+use crate::job::verdict::judge_result;
+use crate::protocol::{Job, JobResult};
 use crate::vmm::{GuestExit, RunEnd};
 
 /// The result without its float timings, which serde_json parses back to

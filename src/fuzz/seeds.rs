@@ -10,8 +10,8 @@
 //! what this writes; `ROOTLAYER_WRITE_SEEDS=1 cargo test --lib generated_seeds`
 //! rewrites them.
 
-use crate::job::{Job, JobResult, Mount, MountSource, RunAsRoot, Task};
 use crate::layer::{convert, ConvertOptions};
+use crate::protocol::{Job, JobResult, Mount, MountSource, RunAsRoot, Task};
 use std::path::{Path, PathBuf};
 
 fn u16le(v: u16) -> Vec<u8> {
@@ -506,7 +506,7 @@ fn base_bounds_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let job = Job {
-        protocol: crate::job::PROTOCOL_VERSION,
+        protocol: crate::protocol::PROTOCOL_VERSION,
         mounts: vec![
             Mount {
                 source: MountSource::VirtioFs { tag: "share0".into() },
@@ -520,7 +520,7 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
             },
         ],
         task: Task::RunAsRoot(RunAsRoot {
-            base: crate::job::BASE_MOUNT.into(),
+            base: crate::protocol::BASE_MOUNT.into(),
             contents: Some("/run/rootlayer/contents".into()),
             script: "/run/rootlayer/xchg/script".into(),
             extra_commands: Some("/run/rootlayer/xchg/extra-commands".into()),
@@ -528,11 +528,11 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
             path: "/bin:/usr/bin:/sbin:/usr/sbin".into(),
             merged_listing: None,
         }),
-        entropy: "5a".repeat(crate::job::ENTROPY_BYTES),
+        entropy: "5a".repeat(crate::protocol::ENTROPY_BYTES),
         host_time_ns: 1_764_633_600_000_000_000,
     };
     let ok = JobResult {
-        protocol: crate::job::PROTOCOL_VERSION,
+        protocol: crate::protocol::PROTOCOL_VERSION,
         oom_kills: 0,
         status: 0,
         error: None,

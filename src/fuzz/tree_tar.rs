@@ -26,7 +26,7 @@
 //! directories only has the bytes of the file on disk.
 
 use super::{take, take_u16, take_u32, take_u8};
-use crate::contents::Contents;
+use crate::job::contents::Contents;
 use crate::layer::erofs::DataSource;
 use crate::layer::flatten::{DataRef, Inode, Kind, Tree};
 use crate::layer::tree_tar::{self, MAX_DEVICE};
@@ -333,5 +333,5 @@ pub fn tree_tar(mut data: &[u8]) {
             let _ = e.to_string();
         }
     }
-    crate::runner::make_removable(dir.path());
+    crate::job::workdir::make_removable(dir.path());
 }

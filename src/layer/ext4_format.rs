@@ -29,7 +29,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
-/// The smallest filesystem [`format`] makes (`runas::MIN_DISK_MIB` is
+/// The smallest filesystem [`format`] makes (`job::run_as_root::MIN_DISK_MIB` is
 /// derived from it).
 pub const MIN_SIZE: u64 = 8 << 20;
 /// The largest (inode counts and descriptor tables stay far from their

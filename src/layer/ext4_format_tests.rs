@@ -352,7 +352,7 @@ fn first_difference(a: &Path, b: &Path) -> Option<u64> {
 
 #[test]
 fn too_small_too_large_and_wrong_length_are_refused() {
-    assert_eq!(MIN_SIZE, crate::runas::MIN_DISK_MIB << 20, "one smallest disk");
+    assert_eq!(MIN_SIZE, crate::job::run_as_root::MIN_DISK_MIB << 20, "one smallest disk");
     for size in [0, 4096, 1 << 20, MIN_SIZE - 1] {
         let mut out = std::io::Cursor::new(Vec::new());
         let err = format_to(&mut out, size).unwrap_err();

@@ -12,7 +12,7 @@
 //!   where the snapshot is written), ending in one [`RunEnd`].
 //!
 //! Falling back from a failed restore to a cold boot is the job layer's
-//! ([`crate::runner::run_machine`]): it rebinds the same device slots to
+//! ([`crate::job::run_machine`]): it rebinds the same device slots to
 //! fresh files and runs again.
 
 pub mod arch;
@@ -33,34 +33,6 @@ pub use vcpu::GuestExit;
 use std::time::Instant;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Catch SIGINT and SIGTERM: a running guest is stopped (its run returns
-/// with `interrupted`) and the caller cleans up, instead of the process
-/// dying with temporary files left behind.
-pub fn install_interrupt_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe);
-        // the sigaction struct is fully initialised.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Whether SIGINT or SIGTERM arrived since the handlers were installed.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
 
 /// Boot the guest `config` describes, or restore it from its snapshot,
 /// and run it to its end.
@@ -110,22 +82,6 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(std::path::PathBuf::from);
     let watch = supervise::Watch { start, timeout: config.timeout, boot, take, profile };
     supervise::run(machine, vcpu, &seccomp, watch)
-}
-
-impl VmmError {
-    /// The exit code for this error, the same for every command: what the
-    /// user gave (memory size, kernel, initramfs) is bad input; writing the
-    /// boot information into guest memory that was just allocated is ours.
-    pub fn exit(&self) -> crate::exit::Exit {
-        use crate::exit::Exit;
-        match self {
-            VmmError::KvmUnavailable(_) => Exit::KvmUnavailable,
-            VmmError::MemSize { .. } | VmmError::MissingFile { .. } => Exit::BadInput,
-            VmmError::Boot(arch::boot::BootError::Memory(_)) => Exit::Internal,
-            VmmError::Boot(_) => Exit::BadInput,
-            _ => Exit::Internal,
-        }
-    }
 }
 
 /// Errors starting or running a VM.

@@ -90,7 +90,7 @@ pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch:
             Ok(VcpuMsg::Done(exit, samples, xstate)) => break Ok((exit, samples, xstate)),
             Err(mpsc::RecvTimeoutError::Timeout) if remaining.is_zero() => break Err(RunEnd::TimedOut),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if super::interrupted() {
+                if crate::signals::interrupted() {
                     break Err(RunEnd::Interrupted);
                 }
                 if let Some(what) = machine.failures.first() {

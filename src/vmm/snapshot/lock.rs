@@ -67,7 +67,7 @@ pub fn claim(dir: &Path, file_name: &str, bound: Duration) -> Claim {
             eprintln!("rootlayer: another job is taking the snapshot of this guest: waiting for it");
             said = true;
         }
-        if crate::vmm::interrupted() {
+        if crate::signals::interrupted() {
             return Claim::Waited { waited: start.elapsed(), lock: None };
         }
         std::thread::sleep(Duration::from_millis(50));

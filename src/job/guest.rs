@@ -2,11 +2,12 @@
 //! disk, describe the job, boot the guest with its devices, collect the
 //! result.
 
+use super::{snapshot_mode, Workdir};
 use crate::devices::console::{Echo, EchoLimit};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::{Fs, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
-use crate::job::{
+use crate::protocol::{
     Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE,
     XCHG_TAG_ENV,
 };
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 /// virtio-fs tag of the exchange share.
 pub const XCHG_TAG: &str = "xchg";
-pub use crate::job::SCRATCH_MOUNT;
+pub use crate::protocol::SCRATCH_MOUNT;
 /// Guest device of the scratch disk (the first virtio-blk device).
 pub const SCRATCH_DEVICE: &str = "/dev/vda";
 /// The base image disk, read-only, always the second (after the scratch
@@ -26,53 +27,9 @@ pub const BASE_DEVICE: &str = "/dev/vdb";
 /// The contents disk, read-only, always the third.
 pub const CONTENTS_DEVICE: &str = "/dev/vdc";
 
-/// $ROOTLAYER_CACHE, or ~/.cache/rootlayer: what the scripts build (kernel,
-/// initramfs) and the base image disks.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ROOTLAYER_CACHE") {
-        return dir.into();
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/nonexistent".into());
-    home.join(".cache/rootlayer")
-}
-
-/// The cache's memos of base image layers verified (`BaseImage::open_remembering`).
-pub const VERIFIED_DIR: &str = "verified";
-
-/// Refuse a cache (`$ROOTLAYER_CACHE` and the parts of it rootlayer trusts:
-/// base disks, snapshots, the built kernel and initramfs, the memos of
-/// verified layers) that someone else
-/// could have written: not this user's, or writable by its group or by
-/// others, as ssh refuses such a key file. A snapshot or base disk planted
-/// there would decide what every later guest runs. A missing directory is
-/// fine: rootlayer makes it, with this user's umask.
-pub fn check_cache_dir(dir: &Path) -> Result<(), RunError> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = rustix::process::geteuid().as_raw();
-    let trusted = ["base", "snapshots", "kernel", "initramfs", VERIFIED_DIR].map(|d| dir.join(d));
-    for d in [dir.to_path_buf()].into_iter().chain(trusted) {
-        let bad = |reason: String| Err(RunError::Cache { path: d.clone(), reason });
-        let meta = match std::fs::metadata(&d) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return bad(e.to_string()),
-        };
-        if !meta.is_dir() {
-            return bad("not a directory".into());
-        }
-        if meta.uid() != uid {
-            return bad(format!("owned by uid {}, not by this user (uid {uid})", meta.uid()));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return bad(format!("writable by its group or by others (mode {:o})", meta.mode() & 0o7777));
-        }
-    }
-    Ok(())
-}
-
 /// Errors preparing or collecting a job.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub enum GuestError {
     #[error("creating the exchange directory")]
     Xchg(#[source] std::io::Error),
     #[error("creating the {mib} MiB scratch disk {path}")]
@@ -155,128 +112,16 @@ pub struct GuestSpec {
 /// job shares. A job with more boots with as many as it needs, cold.
 pub const SHARE_SLOTS: usize = 4;
 
-/// Where snapshots of the booted guest are kept.
-pub fn snapshot_dir() -> PathBuf {
-    cache_dir().join("snapshots")
-}
-
-/// The snapshot mode for a guest: `enabled` and a device set of the fixed
-/// shape, else none.
-pub fn snapshot_mode(enabled: bool) -> SnapshotMode {
-    if enabled {
-        SnapshotMode::Use(snapshot_dir())
-    } else {
-        SnapshotMode::Off
-    }
-}
-
-/// Raise the soft limit on open descriptors to the hard one, as servers
-/// do at start: the virtio-fs shares hold a host descriptor for each file
-/// the guest has looked up, and the usual soft limit is 1024. Returns the
-/// limit now in force.
-pub fn raise_nofile_limit() -> Option<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        setrlimit(Resource::Nofile, lim).ok()?;
-    }
-    getrlimit(Resource::Nofile).current
-}
-
-/// Add group and world write to the process's umask, as at start: what
-/// rootlayer makes in `$ROOTLAYER_CACHE` (directories, base disks,
-/// snapshots, memos) must not be writable by others, whom
-/// [`check_cache_dir`] would then have to refuse (a directory) or could not
-/// see (a file a group member rewrites in place). A umask of 002, common
-/// where each user has a group of their own, would give both. Outputs too
-/// are then written without group write.
-pub fn restrict_umask() {
-    use rustix::fs::Mode;
-    let old = rustix::process::umask(Mode::from_raw_mode(0o022));
-    rustix::process::umask(old | Mode::from_raw_mode(0o022));
-}
-
-/// [`crate::job::ENTROPY_BYTES`] fresh bytes from the host, hex.
-fn fresh_entropy() -> Result<String, RunError> {
+/// [`crate::protocol::ENTROPY_BYTES`] fresh bytes from the host, hex.
+fn fresh_entropy() -> Result<String, GuestError> {
     use std::io::Read;
-    let mut bytes = [0u8; crate::job::ENTROPY_BYTES];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(RunError::WriteJob)?;
-    Ok(crate::job::hex::encode(&bytes))
+    let mut bytes = [0u8; crate::protocol::ENTROPY_BYTES];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(GuestError::WriteJob)?;
+    Ok(crate::protocol::hex::encode(&bytes))
 }
 
 fn now_ns() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-}
-
-/// The job's private directory on the host: `xchg/` (shared with the guest)
-/// and the scratch disk image. Removed when dropped.
-#[derive(Debug)]
-pub struct Workdir {
-    dir: tempfile::TempDir,
-}
-
-impl Workdir {
-    pub fn new() -> Result<Self, RunError> {
-        let dir = tempfile::Builder::new().prefix("rootlayer-").tempdir().map_err(RunError::Xchg)?;
-        std::fs::create_dir(dir.path().join("xchg")).map_err(RunError::Xchg)?;
-        Ok(Self { dir })
-    }
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    /// The exchange directory (the guest sees it at [`crate::job::XCHG_MOUNT`]).
-    pub fn xchg(&self) -> PathBuf {
-        self.dir.path().join("xchg")
-    }
-    /// The scratch disk image.
-    pub fn disk(&self) -> PathBuf {
-        self.dir.path().join("scratch.img")
-    }
-    /// An empty file, for a disk slot the job does not use.
-    fn no_disk(&self) -> Result<PathBuf, RunError> {
-        let path = self.dir.path().join("none.img");
-        std::fs::File::create(&path).map_err(|source| RunError::Disk { path: path.clone(), mib: 0, source })?;
-        Ok(path)
-    }
-    /// An empty directory, for a share slot the job does not use.
-    fn no_share(&self) -> Result<PathBuf, RunError> {
-        let path = self.dir.path().join("none");
-        std::fs::create_dir_all(&path).map_err(RunError::Xchg)?;
-        Ok(path)
-    }
-}
-
-impl Drop for Workdir {
-    /// The guest may have left directories in the exchange share that its
-    /// owner (this user) cannot list or empty (mode 000, say): give every
-    /// directory under the work dir back its owner's rwx, without following
-    /// any link, so that the TempDir's removal takes all of it.
-    fn drop(&mut self) {
-        make_removable(self.dir.path());
-    }
-}
-
-/// `chmod u+rwx` every directory under `root` (itself included), never
-/// through a symlink; errors are left to the removal to meet.
-pub(crate) fn make_removable(root: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
-        if !meta.is_dir() {
-            continue;
-        }
-        if meta.permissions().mode() & 0o700 != 0o700 {
-            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
-        }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
 }
 
 /// A finished job: the VM's report, the agent's result (None when the
@@ -309,11 +154,11 @@ impl JobOutcome {
 /// Create a sparse `mib` MiB file and put an empty ext4 on it
 /// ([`crate::layer::ext4_format`]: no journal, the disk lives for one job;
 /// root-owned root directory; only the metadata is written).
-pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
-    let disk_err = |source| RunError::Disk { path: path.into(), mib, source };
+pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), GuestError> {
+    let disk_err = |source| GuestError::Disk { path: path.into(), mib, source };
     let f = std::fs::File::create(path).map_err(disk_err)?;
     f.set_len(mib << 20).map_err(disk_err)?;
-    crate::layer::ext4_format::format(&f, mib << 20).map_err(|source| RunError::Format { path: path.into(), source })
+    crate::layer::ext4_format::format(&f, mib << 20).map_err(|source| GuestError::Format { path: path.into(), source })
 }
 
 /// Boot a guest for `task`, with the exchange share, the stores and the
@@ -323,16 +168,16 @@ pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), RunError> {
 /// Every guest has the same devices (scratch disk, base disk, contents
 /// disk, exchange share, [`SHARE_SLOTS`] read-only shares; a slot the job leaves empty is
 /// an empty file or directory), so that one snapshot serves every job.
-pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutcome, RunError> {
+pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutcome, GuestError> {
     let xchg = workdir.xchg();
 
     // Read-only shares, in slot order: (host dir, guest mount point).
     let mut shares: Vec<(PathBuf, String)> = Vec::new();
     for store in &spec.stores {
         let dir = std::fs::canonicalize(&store.dir)
-            .map_err(|e| RunError::Store { path: store.dir.clone(), reason: e.to_string() })?;
+            .map_err(|e| GuestError::Store { path: store.dir.clone(), reason: e.to_string() })?;
         if !dir.is_dir() {
-            return Err(RunError::Store { path: dir, reason: "not a directory".into() });
+            return Err(GuestError::Store { path: dir, reason: "not a directory".into() });
         }
         let guest = dir.to_string_lossy().into_owned();
         shares.push((dir, guest));
@@ -379,14 +224,14 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
 
     let mut output = None;
-    let config = |mode: SnapshotMode| -> Result<VmConfig, RunError> {
+    let config = |mode: SnapshotMode| -> Result<VmConfig, GuestError> {
         // A fresh scratch disk and no result for every attempt: a restored
         // guest that failed before STARTED may have mounted the disk.
         if let Some(mib) = spec.disk_mib {
             make_scratch_disk(&scratch, mib)?;
         }
         match std::fs::remove_file(xchg.join(RESULT_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(RunError::Xchg(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(GuestError::Xchg(e)),
             _ => {}
         }
         // Written last thing before the guest starts: its time is what a
@@ -398,8 +243,8 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             entropy: fresh_entropy()?,
             host_time_ns: now_ns(),
         };
-        let text = serde_json::to_vec_pretty(&job).map_err(|e| RunError::WriteJob(e.into()))?;
-        std::fs::write(xchg.join(JOB_FILE), text).map_err(RunError::WriteJob)?;
+        let text = serde_json::to_vec_pretty(&job).map_err(|e| GuestError::WriteJob(e.into()))?;
+        std::fs::write(xchg.join(JOB_FILE), text).map_err(GuestError::WriteJob)?;
 
         let limit = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
         output.clone_from(&limit);
@@ -464,9 +309,9 @@ pub fn run_machine<E: From<VmmError>>(
 }
 
 /// A device's setup error, naming the device.
-fn device_err<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> RunError {
+fn device_err<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> GuestError {
     let what = what.into();
-    move |e| RunError::Device { what, source: Box::new(e) }
+    move |e| GuestError::Device { what, source: Box::new(e) }
 }
 
 /// Largest result.json the host reads: the agent's is a few hundred bytes.
@@ -476,10 +321,10 @@ pub const MAX_RESULT_BYTES: u64 = 1 << 20;
 /// controls the exchange directory: a symlink (to a host file, or
 /// `/dev/zero`), a FIFO or a huge file is refused, never followed, waited
 /// on or read whole.
-pub fn read_result(path: &Path) -> Result<Option<JobResult>, RunError> {
+pub fn read_result(path: &Path) -> Result<Option<JobResult>, GuestError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let bad = |e: String| RunError::BadResult(e);
+    let bad = |e: String| GuestError::BadResult(e);
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -504,17 +349,17 @@ pub fn read_result(path: &Path) -> Result<Option<JobResult>, RunError> {
 /// Parse result.json as the guest wrote it: first its protocol version (an
 /// agent of another version is named as such, whatever else it wrote),
 /// then the whole.
-pub fn parse_result(bytes: &[u8]) -> Result<JobResult, RunError> {
+pub fn parse_result(bytes: &[u8]) -> Result<JobResult, GuestError> {
     #[derive(serde::Deserialize)]
     struct Versioned {
         #[serde(default)]
         protocol: u32,
     }
-    let version: Versioned = serde_json::from_slice(bytes).map_err(|e| RunError::BadResult(e.to_string()))?;
+    let version: Versioned = serde_json::from_slice(bytes).map_err(|e| GuestError::BadResult(e.to_string()))?;
     if version.protocol != PROTOCOL_VERSION {
-        return Err(RunError::Protocol { guest: version.protocol });
+        return Err(GuestError::Protocol { guest: version.protocol });
     }
-    serde_json::from_slice(bytes).map_err(|e| RunError::BadResult(e.to_string()))
+    serde_json::from_slice(bytes).map_err(|e| GuestError::BadResult(e.to_string()))
 }
 
 #[cfg(test)]
@@ -522,74 +367,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cache_someone_else_could_write_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("cache");
-        check_cache_dir(&cache).unwrap();
-        std::fs::create_dir_all(cache.join("snapshots")).unwrap();
-        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(cache.join("snapshots"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        check_cache_dir(&cache).unwrap();
-        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = check_cache_dir(&cache).unwrap_err().to_string();
-        assert!(e.contains("writable by its group or by others (mode 777)"), "{e}");
-        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(cache.join("snapshots"), std::fs::Permissions::from_mode(0o775)).unwrap();
-        assert!(check_cache_dir(&cache).unwrap_err().to_string().contains("snapshots"));
-        std::fs::set_permissions(cache.join("snapshots"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        if rustix::process::geteuid().is_root() {
-            std::os::unix::fs::chown(cache.join("snapshots"), Some(65534), None).unwrap();
-            let e = check_cache_dir(&cache).unwrap_err().to_string();
-            assert!(e.contains("owned by uid 65534"), "{e}");
-        }
-    }
-
-    #[test]
-    fn a_work_dir_the_guest_locked_up_is_removed_whole() {
-        use std::os::unix::fs::PermissionsExt;
-        let w = Workdir::new().unwrap();
-        let path = w.path().to_path_buf();
-        let locked = w.xchg().join("a/b");
-        std::fs::create_dir_all(&locked).unwrap();
-        std::fs::write(locked.join("f"), "x").unwrap();
-        // A link out of the work dir: its target's mode is never touched.
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
-        std::os::unix::fs::symlink(outside.path(), w.xchg().join("out")).unwrap();
-        for d in [&locked, &w.xchg().join("a")] {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o000)).unwrap();
-        }
-        // (Root could remove them anyway: check the modes themselves.)
-        make_removable(w.path());
-        for d in [&locked, &w.xchg().join("a")] {
-            assert_eq!(std::fs::metadata(d).unwrap().permissions().mode() & 0o700, 0o700, "{}", d.display());
-        }
-        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
-        drop(w);
-        assert!(!path.exists(), "the work dir is gone");
-        let mode = std::fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o500, "nothing outside was changed");
-        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-
-    #[test]
-    fn the_descriptor_limit_is_raised_to_the_hard_one() {
-        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
-        assert_eq!(raise_nofile_limit(), hard);
-        assert_eq!(rustix::process::getrlimit(rustix::process::Resource::Nofile).current, hard);
-    }
-
-    #[test]
     fn a_result_of_another_protocol_says_to_rebuild_the_initramfs() {
         let ok = r#""status":0,"error":null,"phases":[],"observations":[],"script_status":0,"disk_full":false"#;
         let old = format!("{{{ok}}}");
         let e = parse_result(old.as_bytes()).unwrap_err();
-        assert!(matches!(e, RunError::Protocol { guest: 0 }), "{e}");
+        assert!(matches!(e, GuestError::Protocol { guest: 0 }), "{e}");
         assert!(e.to_string().contains("rebuild it") && e.to_string().contains("scripts/build-initramfs"), "{e}");
         let newer = format!(r#"{{"protocol":{},"status":"whatever"}}"#, PROTOCOL_VERSION + 1);
-        assert!(matches!(parse_result(newer.as_bytes()), Err(RunError::Protocol { .. })), "version before shape");
-        assert!(matches!(parse_result(b"[1,2]"), Err(RunError::BadResult(_))));
+        assert!(matches!(parse_result(newer.as_bytes()), Err(GuestError::Protocol { .. })), "version before shape");
+        assert!(matches!(parse_result(b"[1,2]"), Err(GuestError::BadResult(_))));
     }
 
     #[test]
@@ -604,13 +390,13 @@ mod tests {
         // What a hostile guest could leave in the exchange share instead.
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
-        assert!(matches!(read_result(&p), Err(RunError::BadResult(_))), "symlink followed");
+        assert!(matches!(read_result(&p), Err(GuestError::BadResult(_))), "symlink followed");
         std::fs::remove_file(&p).unwrap();
         rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
-        assert!(matches!(read_result(&p), Err(RunError::BadResult(_))), "FIFO waited on");
+        assert!(matches!(read_result(&p), Err(GuestError::BadResult(_))), "FIFO waited on");
         std::fs::remove_file(&p).unwrap();
         let f = std::fs::File::create(&p).unwrap();
         f.set_len(MAX_RESULT_BYTES + 1).unwrap();
-        assert!(matches!(read_result(&p), Err(RunError::BadResult(e)) if e.contains("larger")));
+        assert!(matches!(read_result(&p), Err(GuestError::BadResult(e)) if e.contains("larger")));
     }
 }

@@ -6,16 +6,17 @@
 //! upper dir off the scratch disk the guest left (plus any `--store-paths`),
 //! and write it as the OCI layer, atomically, in the asked-for format.
 
-use crate::base::{BaseDisk, BaseError};
-use crate::contents::{Contents, ContentsError};
+use super::stop::{check_out, Stop};
+use super::verdict::Summary;
+use super::{cache_dir, run_job, GuestError, GuestSpec, JobError, JobOutcome, Workdir, VERIFIED_DIR};
 use crate::devices::console::Echo;
-use crate::exit::Exit;
-use crate::image::{write_output, BaseImage, ImageError, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
-use crate::job::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, SCRIPT_MOUNTS, XCHG_MOUNT};
+use crate::image::{write_output, BaseImage, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
+use crate::job::base::{BaseDisk, BaseError};
+use crate::job::contents::Contents;
 use crate::layer::references::{ReferenceGraph, ScanWriter};
 use crate::layer::store_paths::StorePath;
 use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
-use crate::runner::{cache_dir, run_job, GuestSpec, JobOutcome, RunError, Workdir, VERIFIED_DIR};
+use crate::protocol::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, SCRIPT_MOUNTS, XCHG_MOUNT};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -57,124 +58,27 @@ pub struct RunAsRootRequest {
     pub merged_listing: Option<PathBuf>,
 }
 
-/// Why a job failed, with the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-pub enum RunAsRootError {
-    #[error("{0}")]
-    BadInput(String),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Run(#[from] RunError),
-    #[error("the script failed with exit status {0}; nothing written")]
-    ScriptFailed(i32),
-    #[error("the guest kernel panicked: {0}")]
-    GuestPanic(String),
-    #[error("the guest ran out of memory (raise --mem-size)")]
-    GuestOutOfMemory,
-    #[error("the scratch disk is full (raise --disk-size)")]
-    DiskFull,
-    #[error("the guest wrote more than --max-output ({} MiB) back to the host (raise it); nothing written", .0 >> 20)]
-    OutputTooLarge(u64),
-    #[error("timeout: the job did not finish within {0}s")]
-    Timeout(u64),
-    #[error("interrupted: the guest was stopped and temporary files removed")]
-    Interrupted,
-    #[error("the guest failed: {0}")]
-    Guest(String),
-    #[error("converting the upper directory into a layer: {0}")]
-    Layer(#[from] LayerError),
-    /// A base layer that cannot be flattened (hostile paths and the like).
-    #[error("flattening the base image: {0}")]
-    BaseLayer(#[source] LayerError),
-    #[error(transparent)]
-    Base(BaseError),
-    #[error(transparent)]
-    Contents(ContentsError),
-    /// The scratch disk the guest left cannot be read as the upper dir.
-    #[error("reading the new layer off the scratch disk: {0}")]
-    Scratch(#[source] crate::layer::ext4::Ext4Error),
-    /// A `--store-paths` entry that cannot be added to the layer.
-    #[error("adding --store-paths to the layer: {0}")]
-    StorePaths(#[source] LayerError),
-    /// What the script left that a layer cannot hold: its doing, not ours.
-    #[error("the script's changes cannot be written as an OCI layer: {0}; nothing written")]
-    Unrepresentable(#[source] LayerError),
-}
-
-impl RunAsRootError {
-    pub fn exit(&self) -> Exit {
-        match self {
-            RunAsRootError::BadInput(_) => Exit::BadInput,
-            RunAsRootError::Image(ImageError::OutputExists(_)) => Exit::BadInput,
-            RunAsRootError::Image(ImageError::Io { .. }) => Exit::Internal,
-            RunAsRootError::Image(_) => Exit::BadInput,
-            RunAsRootError::Run(RunError::Vmm(e)) => e.exit(),
-            RunAsRootError::Run(RunError::Store { .. } | RunError::Protocol { .. } | RunError::AgentProtocol(_)) => {
-                Exit::BadInput
-            }
-            RunAsRootError::Run(_) => Exit::Internal,
-            RunAsRootError::ScriptFailed(_) => Exit::ScriptFailed,
-            RunAsRootError::GuestPanic(_) => Exit::GuestPanic,
-            RunAsRootError::GuestOutOfMemory => Exit::GuestOutOfMemory,
-            RunAsRootError::DiskFull => Exit::DiskFull,
-            RunAsRootError::OutputTooLarge(_) => Exit::OutputTooLarge,
-            RunAsRootError::Timeout(_) => Exit::Timeout,
-            RunAsRootError::Interrupted => Exit::Interrupted,
-            RunAsRootError::Unrepresentable(_) => Exit::Unrepresentable,
-            RunAsRootError::BaseLayer(LayerError::Read(_) | LayerError::Write(_) | LayerError::Spool(_)) => {
-                Exit::Internal
-            }
-            RunAsRootError::BaseLayer(_) => Exit::BadInput,
-            RunAsRootError::Base(BaseError::TooLarge { .. }) => Exit::BadInput,
-            RunAsRootError::Base(_) => Exit::Internal,
-            RunAsRootError::Contents(ContentsError::Disk(LayerError::Write(_))) => Exit::Internal,
-            RunAsRootError::Contents(_) => Exit::BadInput,
-            RunAsRootError::StorePaths(LayerError::Write(_)) => Exit::Internal,
-            RunAsRootError::StorePaths(_) => Exit::BadInput,
-            RunAsRootError::Scratch(crate::layer::ext4::Ext4Error::Socket(_)) => Exit::Unrepresentable,
-            RunAsRootError::Scratch(_) => Exit::Internal,
-            RunAsRootError::Guest(_) | RunAsRootError::Layer(_) => Exit::Internal,
-        }
-    }
-}
-
-/// What a successful job produced.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub diff_id: String,
-    pub size: u64,
-    pub out: PathBuf,
-    pub format: OutputFormat,
-    /// (phase, seconds): host phases and the agent's.
-    pub phases: Vec<(String, f64)>,
-    pub script_status: i32,
-    /// How the guest came up ([`crate::vmm::BootPath::word`]); None
-    /// without a guest (`export`).
-    pub boot: Option<&'static str>,
-}
-
 fn guest_path(name: &str) -> String {
     format!("{XCHG_MOUNT}/{name}")
 }
 
 /// Stage a script in the exchange dir, executable: the agent runs it
 /// through its `#!` line whatever mode the builder's file had.
-fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, RunAsRootError> {
+fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, JobError> {
     use std::os::unix::fs::PermissionsExt;
     let dest = xchg.join(name);
-    std::fs::copy(src, &dest).map_err(|e| RunAsRootError::BadInput(format!("cannot read {}: {e}", src.display())))?;
+    std::fs::copy(src, &dest).map_err(|e| JobError::BadInput(format!("cannot read {}: {e}", src.display())))?;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| RunAsRootError::Run(RunError::Xchg(e)))?;
+        .map_err(|e| JobError::Run(GuestError::Xchg(e)))?;
     Ok(guest_path(name))
 }
 
-/// Judge the VM's end and the agent's result ([`crate::outcome::judge`]).
-fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobResult, RunAsRootError> {
+/// Judge the VM's end and the agent's result ([`crate::job::verdict::judge`]).
+fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobResult, JobError> {
     let result = outcome.judge(timeout);
     // When the console was not echoed live (--quiet), show the guest's last
     // lines with any failure of the guest itself.
-    if echo == Echo::Off && matches!(&result, Err(e) if !matches!(e, RunAsRootError::ScriptFailed(_))) {
+    if echo == Echo::Off && matches!(&result, Err(e) if !matches!(e, JobError::ScriptFailed(_))) {
         eprintln!("rootlayer: last guest console lines:");
         for line in outcome.report.console_tail().iter().rev().take(15).rev() {
             eprintln!("  | {line}");
@@ -183,82 +87,14 @@ fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobRe
     result
 }
 
-/// When the host's work on a job stops: at SIGINT/SIGTERM, and past the
-/// job's `--timeout` (a wall-clock limit for the whole job, host phases
-/// included: a crafted scratch disk cannot keep the host busy past it).
-#[derive(Debug, Clone, Copy)]
-struct Stop {
-    deadline: Option<Instant>,
-    timeout: u64,
-}
-
-impl Stop {
-    fn interrupts_only() -> Self {
-        Stop { deadline: None, timeout: 0 }
-    }
-
-    fn within(start: Instant, timeout: std::time::Duration) -> Self {
-        Stop { deadline: start.checked_add(timeout), timeout: timeout.as_secs() }
-    }
-
-    /// Whether to stop now.
-    fn now(&self) -> bool {
-        crate::vmm::interrupted() || self.deadline.is_some_and(|d| Instant::now() > d)
-    }
-
-    /// A host phase's outcome: once the signal came (or the time ran out),
-    /// its failure (its writers stop at the next write) is the interruption
-    /// (or the timeout), and so is a phase that got done.
-    fn judge<T>(&self, r: Result<T, RunAsRootError>) -> Result<T, RunAsRootError> {
-        if crate::vmm::interrupted() {
-            Err(RunAsRootError::Interrupted)
-        } else if self.deadline.is_some_and(|d| Instant::now() > d) {
-            Err(RunAsRootError::Timeout(self.timeout))
-        } else {
-            r
-        }
-    }
-
-    /// A checkpoint between phases: the interruption or the timeout, if
-    /// either came.
-    fn check(&self) -> Result<(), RunAsRootError> {
-        self.judge(Ok(()))
-    }
-
-    /// An output file writer that stops when this says so.
-    fn file(self, path: &Path) -> std::io::Result<impl std::io::Write> {
-        let file = std::fs::File::create(path)?;
-        let inner = std::io::BufWriter::with_capacity(1 << 20, file);
-        Ok(crate::layer::Stoppable { inner, stop: move || self.now() })
-    }
-}
-
 /// The smallest scratch disk a job can use (its ext4 metadata, the
 /// overlay's work dir): the smallest `layer::ext4_format` makes.
 pub const MIN_DISK_MIB: u64 = crate::layer::ext4_format::MIN_SIZE >> 20;
 
-/// `--out`: free, in an existing directory this process may write to.
-fn check_out(out: &Path) -> Result<(), RunAsRootError> {
-    let bad = |m: String| Err(RunAsRootError::BadInput(m));
-    if out.symlink_metadata().is_ok() {
-        return bad(format!("output {} already exists", out.display()));
-    }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    match std::fs::metadata(parent) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return bad(format!("--out {}: {} is not a directory", out.display(), parent.display())),
-        Err(e) => return bad(format!("--out {}: directory {}: {e}", out.display(), parent.display())),
-    }
-    if rustix::fs::access(parent, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_err() {
-        return bad(format!("--out {}: directory {} is not writable", out.display(), parent.display()));
-    }
-    Ok(())
-}
-
 /// Everything about the inputs that can be checked before the guest boots,
 /// each a one-line bad-input error.
-fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), RunAsRootError> {
-    let bad = |m: String| Err(RunAsRootError::BadInput(m));
+fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), JobError> {
+    let bad = |m: String| Err(JobError::BadInput(m));
     check_out(&req.out)?;
     for (flag, file) in [("--script", Some(&req.script)), ("--extra-commands", req.extra_commands.as_ref())] {
         if let Some(f) = file {
@@ -294,19 +130,9 @@ fn preflight(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<(), RunAsRootEr
     Ok(())
 }
 
-impl From<BaseError> for RunAsRootError {
-    fn from(e: BaseError) -> Self {
-        match e {
-            BaseError::Image(e) => RunAsRootError::Image(e),
-            BaseError::Layer(e) => RunAsRootError::BaseLayer(e),
-            other => RunAsRootError::Base(other),
-        }
-    }
-}
-
-/// The base image as the guest's read-only disk (cached, [`crate::base`]).
-fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, RunAsRootError> {
-    Ok(crate::base::prepare(base, &cache_dir(), workdir.path())?)
+/// The base image as the guest's read-only disk (cached, [`super::base`]).
+fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, JobError> {
+    Ok(crate::job::base::prepare(base, &cache_dir(), workdir.path())?)
 }
 
 /// Write the new layer's tree as a tar at `out`: the scratch disk's `upper`
@@ -326,16 +152,16 @@ fn read_upper(
     (contents, base): (&Contents, &Path),
     (store_paths, references, base_json): (&[StorePath], &ReferenceGraph, Option<&serde_json::Value>),
     base_has: HashSet<Vec<u8>>,
-) -> Result<(), RunAsRootError> {
+) -> Result<(), JobError> {
     use crate::layer::ext4::{self, Ext4, Ext4Error, Upper};
     use crate::layer::tree_tar::{self, Visit};
-    let io = |e: std::io::Error| RunAsRootError::Scratch(Ext4Error::Io(e));
+    let io = |e: std::io::Error| JobError::Scratch(Ext4Error::Io(e));
     let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
-    let mut fs = Ext4::open(image).map_err(RunAsRootError::Scratch)?;
+    let mut fs = Ext4::open(image).map_err(JobError::Scratch)?;
     let scan = ScanWriter::new(stop.file(out).map_err(io)?, references.scanner());
     let mut b = tar::Builder::new(scan);
     b.mode(tar::HeaderMode::Complete);
-    let base_io = |e: std::io::Error| RunAsRootError::Base(BaseError::Io { path: base.to_path_buf(), source: e });
+    let base_io = |e: std::io::Error| JobError::Base(BaseError::Io { path: base.to_path_buf(), source: e });
     let mut base_disk = std::io::BufReader::with_capacity(1 << 14, std::fs::File::open(base).map_err(base_io)?);
     let mut lookup_err = None;
     let mut only_contents = |p: &[u8]| {
@@ -349,8 +175,8 @@ fn read_upper(
             )
     };
     let upper = ext4::upper_entries(&mut fs, "upper", &mut b, limit, &mut only_contents).map_err(|e| match e {
-        Ext4Error::TooLarge(n) => RunAsRootError::OutputTooLarge(n),
-        other => RunAsRootError::Scratch(other),
+        Ext4Error::TooLarge(n) => JobError::OutputTooLarge(n),
+        other => JobError::Scratch(other),
     })?;
     if let Some(e) = lookup_err {
         return Err(base_io(e));
@@ -367,30 +193,30 @@ fn read_upper(
         }
         visit
     })
-    .map_err(RunAsRootError::Layer)?;
+    .map_err(JobError::Layer)?;
     skip.extend(base_has);
     let json = base_json.map(|j| j.to_string()).unwrap_or_default();
     let closure =
         crate::layer::store_paths::layer_closure(store_paths, references, b.get_mut().scanner(), json.as_bytes())
-            .map_err(RunAsRootError::StorePaths)?;
+            .map_err(JobError::StorePaths)?;
     if !references.is_empty() {
         eprintln!("rootlayer: {closure}");
     }
     let store_paths = closure.paths;
-    crate::layer::store_paths::append(&mut b, &store_paths, &skip).map_err(RunAsRootError::StorePaths)?;
+    crate::layer::store_paths::append(&mut b, &store_paths, &skip).map_err(JobError::StorePaths)?;
     let (mut w, _) = b.into_inner().map_err(io)?.into_inner();
     std::io::Write::flush(&mut w).map_err(io)
 }
 
 /// The contents disk for `contents`, written into the job's work dir.
-fn contents_disk(contents: &Contents, workdir: &Workdir) -> Result<Option<PathBuf>, RunAsRootError> {
+fn contents_disk(contents: &Contents, workdir: &Workdir) -> Result<Option<PathBuf>, JobError> {
     if contents.is_empty() {
         return Ok(None);
     }
     let path = workdir.path().join("contents.erofs");
-    let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
+    let io = |e: std::io::Error| JobError::Run(GuestError::Xchg(e));
     let mut out = Stop::interrupts_only().file(&path).map_err(io)?;
-    contents.write_disk(&mut out).map_err(RunAsRootError::Contents)?;
+    contents.write_disk(&mut out).map_err(JobError::Contents)?;
     std::io::Write::flush(&mut out).map_err(io)?;
     Ok(Some(path))
 }
@@ -429,16 +255,16 @@ fn mount_point_blocked<E>(
 
 /// Refuse, before boot, a job whose image (contents over base) has a file
 /// or a symlink where the script's mounts go.
-fn check_mount_points(contents: &Contents, base_disk: &Path, store_paths: &[String]) -> Result<(), RunAsRootError> {
+fn check_mount_points(contents: &Contents, base_disk: &Path, store_paths: &[String]) -> Result<(), JobError> {
     use crate::layer::flatten::Kind;
-    let base_io = |e: std::io::Error| RunAsRootError::Base(BaseError::Io { path: base_disk.to_path_buf(), source: e });
+    let base_io = |e: std::io::Error| JobError::Base(BaseError::Io { path: base_disk.to_path_buf(), source: e });
     let mut disk = std::io::BufReader::with_capacity(1 << 14, std::fs::File::open(base_disk).map_err(base_io)?);
     for path in SCRIPT_MOUNTS.iter().copied().chain(store_paths.iter().map(String::as_str)) {
         let in_contents =
             |p: &[u8]| Ok(contents.tree.lookup(p).map(|i| matches!(contents.tree.inodes[i].kind, Kind::Dir(_))));
         let in_base = |p: &[u8]| crate::layer::erofs::lookup(&mut disk, p).map(|t| t.map(|t| t == libc::S_IFDIR));
         if let Some(at) = mount_point_blocked(path, in_contents, in_base).map_err(base_io)? {
-            return Err(RunAsRootError::BadInput(format!(
+            return Err(JobError::BadInput(format!(
                 "{at} is not a directory in the image (contents over the base): cannot mount {path} there"
             )));
         }
@@ -448,10 +274,10 @@ fn check_mount_points(contents: &Contents, base_disk: &Path, store_paths: &[Stri
 
 /// Which of `paths` (and their parents) the base image already holds:
 /// dockerTools leaves those out of the new layer.
-fn base_store_paths(base: Option<&BaseImage>, paths: &[StorePath]) -> Result<HashSet<Vec<u8>>, RunAsRootError> {
+fn base_store_paths(base: Option<&BaseImage>, paths: &[StorePath]) -> Result<HashSet<Vec<u8>>, JobError> {
     let Some(base) = base.filter(|_| !paths.is_empty()) else { return Ok(HashSet::new()) };
     let layers = (0..base.layers().len()).map(|i| base.open_layer(i)).collect::<Result<Vec<_>, _>>()?;
-    crate::layer::store_paths::present_in_layers(paths, layers).map_err(RunAsRootError::BaseLayer)
+    crate::layer::store_paths::present_in_layers(paths, layers).map_err(JobError::BaseLayer)
 }
 
 /// The name of the base phase in the summary: whether the disk was made.
@@ -464,7 +290,7 @@ fn base_phase(disk: &BaseDisk) -> String {
 }
 
 /// Run `req` in a guest described by `spec`.
-pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, RunAsRootError> {
+pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, JobError> {
     let start = Instant::now();
     preflight(spec, req)?;
     let workdir = Workdir::new()?;
@@ -483,7 +309,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let stop = Stop::within(start, spec.timeout);
     let disk = stop.judge(base_disk(base.as_ref(), &workdir))?;
     let candidates = crate::layer::store_paths::with_paths(&req.store_paths, req.references.paths())
-        .map_err(RunAsRootError::StorePaths)?;
+        .map_err(JobError::StorePaths)?;
     let base_has = base_store_paths(base.as_ref(), &candidates)?;
     let base_seconds = t.elapsed().as_secs_f64();
     let script = copy_in(&req.script, &xchg, "script")?;
@@ -492,7 +318,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         None => None,
     };
     let t = Instant::now();
-    let contents = Contents::gather(&req.contents, req.keep_contents_dirlinks).map_err(RunAsRootError::Contents)?;
+    let contents = Contents::gather(&req.contents, req.keep_contents_dirlinks).map_err(JobError::Contents)?;
     let mut spec = spec.clone();
     spec.base_disk = Some(disk.path.clone());
     spec.contents_disk = stop.judge(contents_disk(&contents, &workdir))?;
@@ -502,7 +328,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .iter()
         .map(|s| std::fs::canonicalize(&s.dir).map(|p| p.to_string_lossy().into_owned()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RunAsRootError::BadInput(format!("--store: {e}")))?;
+        .map_err(|e| JobError::BadInput(format!("--store: {e}")))?;
     check_mount_points(&contents, &disk.path, &store_paths)?;
     let task = Task::RunAsRoot(RunAsRoot {
         base: BASE_MOUNT.into(),
@@ -519,11 +345,11 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
     let script_status = result.script_status.unwrap_or(-1);
     if script_status != 0 {
-        return Err(RunAsRootError::ScriptFailed(script_status));
+        return Err(JobError::ScriptFailed(script_status));
     }
     if let Some(dest) = &req.merged_listing {
         std::fs::copy(outcome.xchg().join("merged.list"), dest)
-            .map_err(|e| RunAsRootError::Guest(format!("merged listing: {e}")))?;
+            .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
     }
 
     // The upper dir, read straight off the scratch disk the guest left.
@@ -541,16 +367,16 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let info =
         stop.judge(convert_file_to_path(&upper_tar, &layer_tar, &opts, &|| stop.now()).map_err(|e| match e {
             LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
-                RunAsRootError::Unrepresentable(e)
+                JobError::Unrepresentable(e)
             }
-            other => RunAsRootError::Layer(other),
+            other => JobError::Layer(other),
         }))?;
     let convert = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let diff_id: Sha256Digest = info
         .diff_id
         .parse()
-        .map_err(|_| RunAsRootError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
+        .map_err(|_| JobError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
     let new_layer = NewLayer { tar: layer_tar, diff_id, size: info.size };
     stop.check()?;
     write_output(req.format, &req.out, base.as_ref(), &new_layer, &req.meta)?;
@@ -589,59 +415,10 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     })
 }
 
-/// `rootlayer export`: flatten `image` to one root-filesystem tar at `out`
-/// (dockerTools' exportImage), on the host, with no guest: the same
-/// flattening as the base disk, written as a tar and made deterministic by
-/// the layer writer.
-pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, RunAsRootError> {
-    let start = Instant::now();
-    check_out(out)?;
-    let workdir = Workdir::new()?;
-    let base = BaseImage::open_remembering(image, selector, Some(&cache_dir().join(VERIFIED_DIR)))?;
-    if let Some(m) = base.selected().message() {
-        eprintln!("rootlayer: {m}");
-    }
-    let stop = Stop::interrupts_only();
-    let (tree, staged) = stop.judge(crate::base::flatten(Some(&base), workdir.path()).map_err(Into::into))?;
-    let flattened = start.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let tar_path = workdir.path().join("rootfs.tar");
-    let io = |e: std::io::Error| RunAsRootError::Run(RunError::Xchg(e));
-    let mut layers = crate::base::open_staged(&staged)?;
-    let file = stop.file(&tar_path).map_err(io)?;
-    stop.judge(crate::layer::tree_tar::write(&tree, &mut layers, file).map_err(Into::into))?;
-    // Same deterministic writer as the layers (no whiteouts in a merged tree).
-    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default(), &|| stop.now());
-    let info = stop.judge(info.map_err(Into::into))?;
-    Ok(Summary {
-        diff_id: info.diff_id,
-        size: info.size,
-        out: out.to_path_buf(),
-        format: OutputFormat::Layer,
-        phases: vec![
-            ("flatten".into(), flattened),
-            ("write".into(), t.elapsed().as_secs_f64()),
-            ("total".into(), start.elapsed().as_secs_f64()),
-        ],
-        script_status: 0,
-        boot: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn what_the_script_left_that_no_layer_holds_is_its_exit_8_by_type() {
-        use crate::layer::ext4::Ext4Error;
-        let socket = RunAsRootError::Scratch(Ext4Error::Socket("run/daemon.sock".into()));
-        assert_eq!(socket.exit(), Exit::Unrepresentable);
-        // A disk rootlayer does not format so is ours, whatever it names.
-        let other = RunAsRootError::Scratch(Ext4Error::Unsupported("a socket of a feature".into()));
-        assert_eq!(other.exit(), Exit::Internal);
-    }
 
     /// What a layer has, for `mount_point_blocked`: `dirs` are
     /// directories, `others` anything else.
@@ -696,7 +473,7 @@ mod tests {
         let long_ago = Instant::now() - Duration::from_secs(5);
         let stop = Stop::within(long_ago, Duration::from_secs(2));
         assert!(stop.now());
-        assert!(matches!(stop.judge(Ok(())), Err(RunAsRootError::Timeout(2))));
+        assert!(matches!(stop.judge(Ok(())), Err(JobError::Timeout(2))));
         let dir = tempfile::tempdir().unwrap();
         let mut w = stop.file(&dir.path().join("out")).unwrap();
         assert!(std::io::Write::write_all(&mut w, b"x").is_err(), "the writer stops");

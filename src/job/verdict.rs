@@ -4,11 +4,28 @@
 //! `run-as-root` and a `boot` alike; then the one-line summary or error and
 //! the `--json` result. Pure: `main.rs` only prints what this decides.
 
+use super::JobError;
 use crate::exit::{error_line, Exit};
-use crate::job::JobResult;
-use crate::runas::{RunAsRootError, Summary};
-use crate::runner::{JobOutcome, RunError};
+use crate::image::OutputFormat;
+use crate::job::{GuestError, JobOutcome};
+use crate::protocol::JobResult;
 use crate::vmm::{RunEnd, RunReport};
+use std::path::PathBuf;
+
+/// What a successful job produced.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub diff_id: String,
+    pub size: u64,
+    pub out: PathBuf,
+    pub format: OutputFormat,
+    /// (phase, seconds): host phases and the agent's.
+    pub phases: Vec<(String, f64)>,
+    pub script_status: i32,
+    /// How the guest came up ([`crate::vmm::BootPath::word`]); None
+    /// without a guest (`export`).
+    pub boot: Option<&'static str>,
+}
 
 /// What the host knows of a job besides how its run ended and its console.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +38,7 @@ pub struct HostFacts {
 
 impl JobOutcome {
     /// This job's verdict ([`judge`]), its time limit `timeout` seconds.
-    pub fn judge(&self, timeout: u64) -> Result<JobResult, RunAsRootError> {
+    pub fn judge(&self, timeout: u64) -> Result<JobResult, JobError> {
         judge(&self.report, self.result.clone(), HostFacts { timeout, output_exceeded: self.output_exceeded() })
     }
 }
@@ -31,35 +48,35 @@ impl JobOutcome {
 /// output bound), then the agent's result: the console carries the
 /// script's output, which can say anything, so its text (a panic or OOM
 /// line) counts only when the agent could not report at all.
-pub fn judge(report: &RunReport, result: Option<JobResult>, host: HostFacts) -> Result<JobResult, RunAsRootError> {
+pub fn judge(report: &RunReport, result: Option<JobResult>, host: HostFacts) -> Result<JobResult, JobError> {
     if report.end == RunEnd::Interrupted {
-        return Err(RunAsRootError::Interrupted);
+        return Err(JobError::Interrupted);
     }
     if report.end == RunEnd::TimedOut {
-        return Err(RunAsRootError::Timeout(host.timeout));
+        return Err(JobError::Timeout(host.timeout));
     }
     if let Some(limit) = host.output_exceeded {
-        return Err(RunAsRootError::OutputTooLarge(limit));
+        return Err(JobError::OutputTooLarge(limit));
     }
     if let Some(result) = result {
         return judge_result(result, &report.end);
     }
     let log = report.console.lock().expect("console log poisoned");
     if let Some(line) = log.panic_line() {
-        return Err(RunAsRootError::GuestPanic(line.to_string()));
+        return Err(JobError::GuestPanic(line.to_string()));
     }
     if log.oom_seen() {
-        return Err(RunAsRootError::GuestOutOfMemory);
+        return Err(JobError::GuestOutOfMemory);
     }
-    Err(RunAsRootError::Guest(format!("no result from the agent ({})", report.end)))
+    Err(JobError::Guest(format!("no result from the agent ({})", report.end)))
 }
 
 /// Judge the agent's result (the guest's word) once the VM ended cleanly
 /// enough to have one; `end` is how the VM's run ended.
-pub(crate) fn judge_result(result: JobResult, end: &RunEnd) -> Result<JobResult, RunAsRootError> {
+pub(crate) fn judge_result(result: JobResult, end: &RunEnd) -> Result<JobResult, JobError> {
     // An agent that cannot read this host's job.json.
-    if result.status == crate::job::STATUS_PROTOCOL {
-        return Err(RunAsRootError::Run(RunError::AgentProtocol(result.error.unwrap_or_default())));
+    if result.status == crate::protocol::STATUS_PROTOCOL {
+        return Err(JobError::Run(GuestError::AgentProtocol(result.error.unwrap_or_default())));
     }
     // A full disk explains a failure (the agent says so: the scratch disk's
     // free blocks, or ENOSPC in its error's causes); a job that succeeded
@@ -68,16 +85,16 @@ pub(crate) fn judge_result(result: JobResult, end: &RunEnd) -> Result<JobResult,
     // The OOM killer explains a failure (the agent counted the kernel's own
     // log records); a script that survived it succeeded.
     if result.oom_kills > 0 && failed {
-        return Err(RunAsRootError::GuestOutOfMemory);
+        return Err(JobError::GuestOutOfMemory);
     }
     if result.disk_full && failed {
-        return Err(RunAsRootError::DiskFull);
+        return Err(JobError::DiskFull);
     }
     if let Some(err) = &result.error {
-        return Err(RunAsRootError::Guest(err.clone()));
+        return Err(JobError::Guest(err.clone()));
     }
     if !end.is_clean() {
-        return Err(RunAsRootError::Guest(end.to_string()));
+        return Err(JobError::Guest(end.to_string()));
     }
     Ok(result)
 }
@@ -93,7 +110,7 @@ pub struct JobVerdict {
 }
 
 /// The verdict on `result`; `what` names the output ("layer", "root filesystem").
-pub fn job(result: &Result<Summary, RunAsRootError>, what: &str) -> JobVerdict {
+pub fn job(result: &Result<Summary, JobError>, what: &str) -> JobVerdict {
     match result {
         Ok(sum) => {
             let phases: Vec<String> = sum.phases.iter().map(|(n, t)| format!("{n} {t:.2}s")).collect();
@@ -122,7 +139,7 @@ pub fn job(result: &Result<Summary, RunAsRootError>, what: &str) -> JobVerdict {
         Err(e) => {
             let exit = e.exit();
             let script_status = match e {
-                RunAsRootError::ScriptFailed(c) => Some(*c),
+                JobError::ScriptFailed(c) => Some(*c),
                 _ => None,
             };
             JobVerdict {
@@ -172,11 +189,9 @@ pub fn boot(report: &RunReport, result: Option<JobResult>, host: HostFacts) -> B
             }
             BootVerdict { exit: Exit::Ok, lines, show_tail: false }
         }
-        Err(e) => BootVerdict {
-            exit: e.exit(),
-            lines: vec![error_line(&e)],
-            show_tail: !matches!(e, RunAsRootError::Interrupted),
-        },
+        Err(e) => {
+            BootVerdict { exit: e.exit(), lines: vec![error_line(&e)], show_tail: !matches!(e, JobError::Interrupted) }
+        }
     }
 }
 
@@ -210,7 +225,7 @@ mod tests {
     const RESET: RunEnd = RunEnd::Exited(crate::vmm::GuestExit::Reset);
 
     fn ready() -> String {
-        format!("{}0.1.0{} (uptime 1.00s)\n", crate::job::AGENT_READY_PREFIX, crate::job::AGENT_READY_WORD)
+        format!("{}0.1.0{} (uptime 1.00s)\n", crate::protocol::AGENT_READY_PREFIX, crate::protocol::AGENT_READY_WORD)
     }
 
     fn result(status: i32, error: Option<&str>) -> Option<JobResult> {
@@ -228,7 +243,7 @@ mod tests {
         assert!(!v.show_tail);
         // The console's text decides nothing the agent reported: a status
         // line says nothing, result.json does.
-        let said_ok = format!("{}{}0\n", ready(), crate::job::AGENT_STATUS_PREFIX);
+        let said_ok = format!("{}{}0\n", ready(), crate::protocol::AGENT_STATUS_PREFIX);
         let v = boot(&said_ok, RESET, None);
         assert_eq!(v.exit, Exit::Internal, "{v:?}");
         assert!(v.lines[0].contains("no result from the agent") && v.show_tail, "{v:?}");
@@ -249,16 +264,16 @@ mod tests {
     fn the_agents_causes_are_typed_not_found_in_its_text() {
         let mut r = result(70, Some("write upper tar: No space left on device (os error 28)")).unwrap();
         // Without the agent's word, the text is only text.
-        assert!(matches!(judge_result(r.clone(), &RESET), Err(RunAsRootError::Guest(_))));
+        assert!(matches!(judge_result(r.clone(), &RESET), Err(JobError::Guest(_))));
         r.disk_full = true;
-        assert!(matches!(judge_result(r.clone(), &RESET), Err(RunAsRootError::DiskFull)));
+        assert!(matches!(judge_result(r.clone(), &RESET), Err(JobError::DiskFull)));
         r.oom_kills = 1;
-        assert!(matches!(judge_result(r, &RESET), Err(RunAsRootError::GuestOutOfMemory)));
+        assert!(matches!(judge_result(r, &RESET), Err(JobError::GuestOutOfMemory)));
         // A job that succeeded with the disk nearly full, or past an OOM
         // kill it survived, succeeded.
         let ok = JobResult { disk_full: true, oom_kills: 2, script_status: Some(0), ..JobResult::default() };
         assert!(judge_result(ok, &RESET).is_ok());
-        let protocol = JobResult { status: crate::job::STATUS_PROTOCOL, ..JobResult::default() };
+        let protocol = JobResult { status: crate::protocol::STATUS_PROTOCOL, ..JobResult::default() };
         assert_eq!(judge_result(protocol, &RESET).unwrap_err().exit(), Exit::BadInput);
     }
 
@@ -281,11 +296,11 @@ mod tests {
         assert_eq!(v.json["format"], "layer");
         assert_eq!(v.json["boot"], "restored");
 
-        let v = job(&Err(RunAsRootError::ScriptFailed(3)), "layer");
+        let v = job(&Err(JobError::ScriptFailed(3)), "layer");
         assert_eq!(v.exit, Exit::ScriptFailed);
         assert_eq!(v.json["script_status"], 3);
         assert_eq!(v.json["exit_code"], Exit::ScriptFailed.code());
-        let v = job(&Err(RunAsRootError::DiskFull), "layer");
+        let v = job(&Err(JobError::DiskFull), "layer");
         assert_eq!((v.exit, v.json["script_status"].is_null()), (Exit::DiskFull, true));
     }
 }

@@ -164,7 +164,7 @@ pub(crate) fn flatten_within(
             // Stopped by SIGINT/SIGTERM at its next write: a big base image
             // is not staged whole after the user asked to stop.
             let file = BufWriter::with_capacity(1 << 20, File::create(&p).map_err(io_err(&p))?);
-            let mut out = crate::layer::Stoppable { inner: file, stop: crate::vmm::interrupted };
+            let mut out = crate::layer::Stoppable { inner: file, stop: crate::signals::interrupted };
             let copied = std::io::copy(&mut std::io::Read::take(b.open_layer(i)?, room.saturating_add(1)), &mut out)
                 .map_err(|e| ImageError::from_io(e, b.path()))?;
             room = room.checked_sub(copied).ok_or_else(|| BaseError::TooLarge { dir: work.to_path_buf() })?;

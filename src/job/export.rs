@@ -1,0 +1,48 @@
+//! `rootlayer export`: dockerTools' exportImage, on the host.
+
+use super::stop::{check_out, Stop};
+use super::verdict::Summary;
+use super::{cache_dir, GuestError, JobError, Workdir, VERIFIED_DIR};
+use crate::image::{BaseImage, OutputFormat, Selector};
+use crate::layer::{convert_file_to_path, ConvertOptions};
+use std::path::Path;
+use std::time::Instant;
+
+/// `rootlayer export`: flatten `image` to one root-filesystem tar at `out`
+/// (dockerTools' exportImage), on the host, with no guest: the same
+/// flattening as the base disk, written as a tar and made deterministic by
+/// the layer writer.
+pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, JobError> {
+    let start = Instant::now();
+    check_out(out)?;
+    let workdir = Workdir::new()?;
+    let base = BaseImage::open_remembering(image, selector, Some(&cache_dir().join(VERIFIED_DIR)))?;
+    if let Some(m) = base.selected().message() {
+        eprintln!("rootlayer: {m}");
+    }
+    let stop = Stop::interrupts_only();
+    let (tree, staged) = stop.judge(crate::job::base::flatten(Some(&base), workdir.path()).map_err(Into::into))?;
+    let flattened = start.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let tar_path = workdir.path().join("rootfs.tar");
+    let io = |e: std::io::Error| JobError::Run(GuestError::Xchg(e));
+    let mut layers = crate::job::base::open_staged(&staged)?;
+    let file = stop.file(&tar_path).map_err(io)?;
+    stop.judge(crate::layer::tree_tar::write(&tree, &mut layers, file).map_err(Into::into))?;
+    // Same deterministic writer as the layers (no whiteouts in a merged tree).
+    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default(), &|| stop.now());
+    let info = stop.judge(info.map_err(Into::into))?;
+    Ok(Summary {
+        diff_id: info.diff_id,
+        size: info.size,
+        out: out.to_path_buf(),
+        format: OutputFormat::Layer,
+        phases: vec![
+            ("flatten".into(), flattened),
+            ("write".into(), t.elapsed().as_secs_f64()),
+            ("total".into(), start.elapsed().as_secs_f64()),
+        ],
+        script_status: 0,
+        boot: None,
+    })
+}
