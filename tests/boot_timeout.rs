@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn timeout_stops_the_guest_and_prints_its_last_lines() {
-    let Some(g) = common::guest("timeout_stops_the_guest_and_prints_its_last_lines") else {
+    let Some(g) = common::test_guest("timeout_stops_the_guest_and_prints_its_last_lines") else {
         return;
     };
     // Long enough for the slowest (software-emulated) KVM to boot 128 MiB.

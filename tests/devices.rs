@@ -40,7 +40,7 @@ fn listing(root: &Path) -> BTreeMap<String, (u32, u64, u64)> {
 #[test]
 fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
     let test = "shares_and_scratch_disk_work_and_the_store_stays_read_only";
-    let Some(g) = common::guest(test) else { return };
+    let Some(g) = common::test_guest(test) else { return };
     // The VMM runs in this process: run the whole test as the test user.
     if common::rerun_as_test_user(test) {
         return;

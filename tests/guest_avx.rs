@@ -25,7 +25,7 @@ fn boot(g: &common::Guest, cmdline: &str) -> (i32, String) {
 
 #[test]
 fn guest_processes_do_not_corrupt_each_others_vector_state() {
-    let Some(g) = common::guest("guest_processes_do_not_corrupt_each_others_vector_state") else {
+    let Some(g) = common::test_guest("guest_processes_do_not_corrupt_each_others_vector_state") else {
         return;
     };
     let (code, stderr) = boot(&g, "ROOTLAYER_SELFTEST=avx");

@@ -50,7 +50,7 @@ fn by_path(entries: &[(String, LayerEntry)]) -> BTreeMap<String, LayerEntry> {
 
 #[test]
 fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
-    let Some(g) = common::guest("run_as_root_changes_are_exact_deterministic_and_match_umoci") else { return };
+    let Some(g) = common::test_guest("run_as_root_changes_are_exact_deterministic_and_match_umoci") else { return };
     let tmp = common::tempdir();
     let store = make_store(tmp.path());
     let base = make_base_image(tmp.path());

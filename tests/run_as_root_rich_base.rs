@@ -93,7 +93,7 @@ fn base_image(root: &Path, long: &str) -> std::path::PathBuf {
 
 #[test]
 fn the_merged_tree_of_a_rich_base_equals_umoci_unpack() {
-    let Some(g) = common::guest("run_as_root_rich_base") else { return };
+    let Some(g) = common::test_guest("run_as_root_rich_base") else { return };
     let tmp = common::tempdir();
     let store = make_store(tmp.path());
     let long = format!("long/{}/{}", "d".repeat(150), "n".repeat(200));

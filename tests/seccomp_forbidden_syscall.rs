@@ -50,7 +50,7 @@ fn assert_stopped(code: i32, stderr: &str, thread: &str) {
 
 #[test]
 fn a_forbidden_call_on_the_vcpu_thread_stops_the_process() {
-    let Some(g) = common::guest("a_forbidden_call_on_the_vcpu_thread_stops_the_process") else {
+    let Some(g) = common::test_guest("a_forbidden_call_on_the_vcpu_thread_stops_the_process") else {
         return;
     };
     let (code, stderr) = common::run(&mut boot(&g));
@@ -59,7 +59,7 @@ fn a_forbidden_call_on_the_vcpu_thread_stops_the_process() {
 
 #[test]
 fn without_seccomp_the_vcpu_probe_runs_and_the_boot_completes() {
-    let Some(g) = common::guest("without_seccomp_the_vcpu_probe_runs_and_the_boot_completes") else {
+    let Some(g) = common::test_guest("without_seccomp_the_vcpu_probe_runs_and_the_boot_completes") else {
         return;
     };
     let (code, stderr) = common::run(boot(&g).arg("--no-seccomp"));
@@ -69,7 +69,7 @@ fn without_seccomp_the_vcpu_probe_runs_and_the_boot_completes() {
 
 #[test]
 fn a_forbidden_call_on_a_device_thread_stops_the_process() {
-    let Some(g) = common::guest("a_forbidden_call_on_a_device_thread_stops_the_process") else {
+    let Some(g) = common::test_guest("a_forbidden_call_on_a_device_thread_stops_the_process") else {
         return;
     };
     let store = tempfile::tempdir().unwrap();
@@ -79,7 +79,7 @@ fn a_forbidden_call_on_a_device_thread_stops_the_process() {
 
 #[test]
 fn without_seccomp_the_device_probe_runs_and_the_job_completes() {
-    let Some(g) = common::guest("without_seccomp_the_device_probe_runs_and_the_job_completes") else {
+    let Some(g) = common::test_guest("without_seccomp_the_device_probe_runs_and_the_job_completes") else {
         return;
     };
     let store = tempfile::tempdir().unwrap();

@@ -89,9 +89,15 @@ fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
     let t = Instant::now();
     match &job.task {
         Task::None => {}
-        Task::DeviceCheck(check) => crate::device_check::run(check, result)?,
         Task::RunAsRoot(job) => crate::run_as_root::run(job, result)?,
-        Task::IoBench(b) => crate::device_check::io_bench(b, result)?,
+        #[cfg(feature = "test-tasks")]
+        Task::DeviceCheck(check) => crate::test_tasks::device_check::run(check, result)?,
+        #[cfg(feature = "test-tasks")]
+        Task::IoBench(b) => crate::test_tasks::device_check::io_bench(b, result)?,
+        #[cfg(not(feature = "test-tasks"))]
+        Task::DeviceCheck(_) | Task::IoBench(_) => {
+            anyhow::bail!("the device check and I/O benchmark: {}", crate::NO_TEST_TASKS)
+        }
     }
     result.phases.push(("task".into(), t.elapsed().as_secs_f64()));
     Ok(())

@@ -4,21 +4,22 @@
 //! report, sync and power off. It never returns and never panics the guest
 //! kernel: every failure is printed and followed by a power-off.
 
-mod device_check;
 mod job_run;
 mod kernel_log;
 mod mounts;
 mod power;
 mod resume;
 mod run_as_root;
-mod selftest;
+#[cfg(feature = "test-tasks")]
+mod test_tasks;
 mod vector_guard;
 
 use rootlayer_protocol::{AGENT_READY_PREFIX, AGENT_READY_WORD};
 
 fn main() {
     // A self-test child re-executed by the agent: not PID 1.
-    if let Some(code) = selftest::child_main() {
+    #[cfg(feature = "test-tasks")]
+    if let Some(code) = test_tasks::selftest::child_main() {
         std::process::exit(code);
     }
     std::panic::set_hook(Box::new(|info| {
@@ -49,7 +50,7 @@ fn run() -> anyhow::Result<()> {
         resume::ring(rootlayer_protocol::VMM_EVENT_STARTED);
     }
     if let Ok(name) = std::env::var("ROOTLAYER_SELFTEST") {
-        selftest::run(&name)?;
+        self_test(&name)?;
     }
     // Every boot: no job where user code could lose vector state.
     let t = std::time::Instant::now();
@@ -63,4 +64,16 @@ fn run() -> anyhow::Result<()> {
         println!("rootlayer-agent: job finished with status {status}");
     }
     Ok(())
+}
+
+/// Why this agent refuses a test task, a self-test or a merged listing.
+pub const NO_TEST_TASKS: &str = "not in this agent: the test initramfs's has it (scripts/build-initramfs --test)";
+
+/// The self-test the command line names (test initramfs only): this agent
+/// says it has none rather than boot as if one had run.
+fn self_test(name: &str) -> anyhow::Result<()> {
+    #[cfg(feature = "test-tasks")]
+    return test_tasks::selftest::run(name);
+    #[cfg(not(feature = "test-tasks"))]
+    anyhow::bail!("self-test {name}: {NO_TEST_TASKS}")
 }

@@ -64,7 +64,8 @@ dmesg | grep -i -E 'kvm|svm' | tail -5
 echo "@@ cmdline $(rootlayer boot --print-cmdline)"
 step boot rootlayer boot --no-snapshot --timeout "$T"
 # With the guest kernel's log: how it found the hypervisor, its clock and XSAVE.
-step avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cmdline "ROOTLAYER_SELFTEST=avx loglevel=7"
+step avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cmdline "ROOTLAYER_SELFTEST=avx loglevel=7" \
+	--initrd /opt/rootlayer/share/rootlayer/initramfs-test.cpio
 
 # A boot that takes a snapshot at READY, then one restored from it.
 step boot-take rootlayer boot --timeout "$T"

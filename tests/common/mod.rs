@@ -32,6 +32,17 @@ fn cache_dir() -> PathBuf {
 /// ROOTLAYER_REQUIRE_VM set (scripts/test, CI), a missing kernel or
 /// initramfs is a failure, not a skip.
 pub fn guest(test: &str) -> Option<Guest> {
+    guest_with(test, "ROOTLAYER_INITRD", "initramfs/current.cpio")
+}
+
+/// The guest with the test initramfs (`scripts/build-initramfs --test`):
+/// for the tests that need its self-tests, device check, I/O benchmark or
+/// merged listing, which the product's agent refuses.
+pub fn test_guest(test: &str) -> Option<Guest> {
+    guest_with(test, "ROOTLAYER_TEST_INITRD", "initramfs/test.cpio")
+}
+
+fn guest_with(test: &str, initrd_env: &str, initrd_cached: &str) -> Option<Guest> {
     // Read first: where VM tests are required, nothing may turn into a skip.
     let required = std::env::var_os("ROOTLAYER_REQUIRE_VM").is_some();
     if !std::path::Path::new("/dev/kvm").exists() {
@@ -44,9 +55,7 @@ pub fn guest(test: &str) -> Option<Guest> {
     let kernel = std::env::var_os("ROOTLAYER_KERNEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("kernel/current/vmlinux"));
-    let initrd = std::env::var_os("ROOTLAYER_INITRD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("initramfs/current.cpio"));
+    let initrd = std::env::var_os(initrd_env).map(PathBuf::from).unwrap_or_else(|| cache_dir().join(initrd_cached));
     for p in [&kernel, &initrd] {
         if !p.exists() {
             let msg = format!("{} not found (run scripts/build-kernel and scripts/build-initramfs)", p.display());
