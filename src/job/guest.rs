@@ -169,66 +169,23 @@ pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), GuestError> {
 /// disk, exchange share, [`SHARE_SLOTS`] read-only shares; a slot the job leaves empty is
 /// an empty file or directory), so that one snapshot serves every job.
 pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutcome, GuestError> {
+    let (slots, mounts) = Slots::of(spec, &workdir)?;
     let xchg = workdir.xchg();
-
-    // Read-only shares, in slot order: (host dir, guest mount point).
-    let mut shares: Vec<(PathBuf, String)> = Vec::new();
-    for store in &spec.stores {
-        let dir = std::fs::canonicalize(&store.dir)
-            .map_err(|e| GuestError::Store { path: store.dir.clone(), reason: e.to_string() })?;
-        if !dir.is_dir() {
-            return Err(GuestError::Store { path: dir, reason: "not a directory".into() });
-        }
-        let guest = dir.to_string_lossy().into_owned();
-        shares.push((dir, guest));
+    // More shares than slots: a device set of another shape, cold.
+    let snapshot = spec.snapshot && slots.shares.len() <= SHARE_SLOTS;
+    if spec.snapshot && !snapshot {
+        eprintln!(
+            "rootlayer: {} shares are more than the snapshot's {SHARE_SLOTS} slots: booting cold",
+            slots.shares.len()
+        );
     }
-    shares.extend(spec.shares.iter().cloned());
-    let mut snapshot = spec.snapshot;
-    if shares.len() > SHARE_SLOTS && snapshot {
-        eprintln!("rootlayer: {} shares are more than the snapshot's {SHARE_SLOTS} slots: booting cold", shares.len());
-        snapshot = false;
-    }
-    let slots = shares.len().max(SHARE_SLOTS);
-    let slot_tag = |i: usize| format!("share{i}");
-
-    let mut mounts = Vec::new();
-    let scratch = match spec.disk_mib {
-        Some(mib) => {
-            mounts.push(Mount {
-                source: MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into(), size: mib << 20 },
-                target: SCRATCH_MOUNT.into(),
-                read_only: false,
-            });
-            workdir.disk()
-        }
-        None => workdir.no_disk()?,
-    };
-    let mut read_only_disk = |disk: &Option<PathBuf>, what: &str, device: &str, target: &str| {
-        let Some(path) = disk else { return workdir.no_disk() };
-        assert!(spec.disk_mib.is_some(), "the {what} is a lower dir of the scratch disk's overlay");
-        let size = std::fs::metadata(path).map_err(device_err(what))?.len();
-        let source = MountSource::Disk { device: device.into(), fstype: "erofs".into(), size: size / 512 * 512 };
-        mounts.push(Mount { source, target: target.into(), read_only: true });
-        Ok(path.clone())
-    };
-    let base = read_only_disk(&spec.base_disk, "the base image disk", BASE_DEVICE, BASE_MOUNT)?;
-    let contents = read_only_disk(&spec.contents_disk, "the contents disk", CONTENTS_DEVICE, CONTENTS_MOUNT)?;
-    for (i, (_, guest)) in shares.iter().enumerate() {
-        mounts.push(Mount {
-            source: MountSource::VirtioFs { tag: slot_tag(i) },
-            target: guest.clone(),
-            read_only: true,
-        });
-    }
-    let empty = workdir.no_share()?;
     let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
-
     let mut output = None;
     let config = |mode: SnapshotMode| -> Result<VmConfig, GuestError> {
         // A fresh scratch disk and no result for every attempt: a restored
         // guest that failed before STARTED may have mounted the disk.
         if let Some(mib) = spec.disk_mib {
-            make_scratch_disk(&scratch, mib)?;
+            make_scratch_disk(&slots.scratch, mib)?;
         }
         match std::fs::remove_file(xchg.join(RESULT_FILE)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(GuestError::Xchg(e)),
@@ -245,26 +202,8 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
         };
         let text = serde_json::to_vec_pretty(&job).map_err(|e| GuestError::WriteJob(e.into()))?;
         std::fs::write(xchg.join(JOB_FILE), text).map_err(GuestError::WriteJob)?;
-
         let limit = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
         output.clone_from(&limit);
-        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-        let block = Block::new(&scratch, false, "rootlayer-scratch").map_err(device_err("the scratch disk"))?;
-        devices.push(Box::new(block));
-        let block = Block::new(&base, true, "rootlayer-base").map_err(device_err("the base image disk"))?;
-        devices.push(Box::new(block));
-        let block = Block::new(&contents, true, "rootlayer-contents").map_err(device_err("the contents disk"))?;
-        devices.push(Box::new(block));
-        let share = |host: &Path| format!("share {}", host.display());
-        let mut fs = Fs::new(XCHG_TAG, &xchg, false).map_err(device_err(share(&xchg)))?;
-        if let Some(limit) = &limit {
-            fs = fs.with_output_limit(limit.clone()).map_err(device_err(share(&xchg)))?;
-        }
-        devices.push(Box::new(fs));
-        for i in 0..slots {
-            let host = shares.get(i).map_or(empty.as_path(), |(host, _)| host.as_path());
-            devices.push(Box::new(Fs::new(&slot_tag(i), host, true).map_err(device_err(share(host)))?));
-        }
         Ok(VmConfig {
             kernel: spec.kernel.clone(),
             initrd: Some(spec.initrd.clone()),
@@ -273,7 +212,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             timeout: spec.timeout,
             echo: spec.echo,
             echo_limit: spec.echo_limit,
-            virtio: devices,
+            virtio: slots.devices(&xchg, limit)?,
             seccomp: spec.seccomp,
             snapshot: mode,
         })
@@ -281,6 +220,94 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     let report = run_machine(snapshot_mode(snapshot), config)?;
     let result = read_result(&xchg.join(RESULT_FILE))?;
     Ok(JobOutcome { report, result, workdir, output })
+}
+
+/// What backs every guest's fixed device slots for one job (an empty file
+/// or directory where the job leaves a slot unused), so that the device
+/// set, and with it the snapshot, is the same whatever a job uses: the
+/// scratch disk, the base and contents disks, the exchange share, then the
+/// read-only shares (at least [`SHARE_SLOTS`]).
+#[derive(Debug)]
+struct Slots {
+    scratch: PathBuf,
+    base: PathBuf,
+    contents: PathBuf,
+    /// (host directory, guest mount point), stores first.
+    shares: Vec<(PathBuf, String)>,
+    /// What an unused share slot serves.
+    empty: PathBuf,
+}
+
+impl Slots {
+    /// The slots `spec` fills in `workdir`, and what the guest mounts.
+    fn of(spec: &GuestSpec, workdir: &Workdir) -> Result<(Slots, Vec<Mount>), GuestError> {
+        let mut shares: Vec<(PathBuf, String)> = Vec::new();
+        for store in &spec.stores {
+            let dir = std::fs::canonicalize(&store.dir)
+                .map_err(|e| GuestError::Store { path: store.dir.clone(), reason: e.to_string() })?;
+            if !dir.is_dir() {
+                return Err(GuestError::Store { path: dir, reason: "not a directory".into() });
+            }
+            let guest = dir.to_string_lossy().into_owned();
+            shares.push((dir, guest));
+        }
+        shares.extend(spec.shares.iter().cloned());
+        let mut mounts = Vec::new();
+        let scratch = match spec.disk_mib {
+            Some(mib) => {
+                let source =
+                    MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into(), size: mib << 20 };
+                mounts.push(Mount { source, target: SCRATCH_MOUNT.into(), read_only: false });
+                workdir.disk()
+            }
+            None => workdir.no_disk()?,
+        };
+        let mut read_only_disk = |disk: &Option<PathBuf>, what: &str, device: &str, target: &str| {
+            let Some(path) = disk else { return workdir.no_disk() };
+            assert!(spec.disk_mib.is_some(), "the {what} is a lower dir of the scratch disk's overlay");
+            let size = std::fs::metadata(path).map_err(device_err(what))?.len();
+            let source = MountSource::Disk { device: device.into(), fstype: "erofs".into(), size: size / 512 * 512 };
+            mounts.push(Mount { source, target: target.into(), read_only: true });
+            Ok(path.clone())
+        };
+        let base = read_only_disk(&spec.base_disk, "the base image disk", BASE_DEVICE, BASE_MOUNT)?;
+        let contents = read_only_disk(&spec.contents_disk, "the contents disk", CONTENTS_DEVICE, CONTENTS_MOUNT)?;
+        for (i, (_, guest)) in shares.iter().enumerate() {
+            let source = MountSource::VirtioFs { tag: share_tag(i) };
+            mounts.push(Mount { source, target: guest.clone(), read_only: true });
+        }
+        let empty = workdir.no_share()?;
+        Ok((Slots { scratch, base, contents, shares, empty }, mounts))
+    }
+
+    /// Fresh devices on the slots' files, in bus order; the exchange share
+    /// `xchg` within `limit`.
+    fn devices(&self, xchg: &Path, limit: Option<Arc<OutputLimit>>) -> Result<Vec<Box<dyn VirtioDevice>>, GuestError> {
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for (file, read_only, serial, what) in [
+            (&self.scratch, false, "rootlayer-scratch", "the scratch disk"),
+            (&self.base, true, "rootlayer-base", "the base image disk"),
+            (&self.contents, true, "rootlayer-contents", "the contents disk"),
+        ] {
+            devices.push(Box::new(Block::new(file, read_only, serial).map_err(device_err(what))?));
+        }
+        let share = |host: &Path| format!("share {}", host.display());
+        let mut fs = Fs::new(XCHG_TAG, xchg, false).map_err(device_err(share(xchg)))?;
+        if let Some(limit) = limit {
+            fs = fs.with_output_limit(limit).map_err(device_err(share(xchg)))?;
+        }
+        devices.push(Box::new(fs));
+        for i in 0..self.shares.len().max(SHARE_SLOTS) {
+            let host = self.shares.get(i).map_or(self.empty.as_path(), |(host, _)| host.as_path());
+            devices.push(Box::new(Fs::new(&share_tag(i), host, true).map_err(device_err(share(host)))?));
+        }
+        Ok(devices)
+    }
+}
+
+/// virtio-fs tag of read-only share slot `i`.
+fn share_tag(i: usize) -> String {
+    format!("share{i}")
 }
 
 /// Run the machine `config` builds for `mode`. When a restored guest fails

@@ -293,7 +293,56 @@ fn base_phase(disk: &BaseDisk) -> String {
 pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, JobError> {
     let start = Instant::now();
     preflight(spec, req)?;
+    let stop = Stop::within(start, spec.timeout);
     let workdir = Workdir::new()?;
+    let prepared = prepare(spec, req, &workdir, stop)?;
+    let mut phases = prepared.phases.clone();
+    phases.push(("prepare".to_string(), start.elapsed().as_secs_f64()));
+    stop.check()?;
+    let outcome = run_job(&prepared.spec, workdir, prepared.task.clone())?;
+    let result = check_outcome(&outcome, prepared.spec.timeout.as_secs(), prepared.spec.echo)?;
+    let script_status = result.script_status.unwrap_or(-1);
+    if script_status != 0 {
+        return Err(JobError::ScriptFailed(script_status));
+    }
+    if let Some(dest) = &req.merged_listing {
+        std::fs::copy(outcome.xchg().join("merged.list"), dest)
+            .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
+    }
+    phases.extend(guest_phases(&outcome, &result));
+    let (info, host_phases) = write_layer(&outcome, req, &prepared, stop)?;
+    phases.extend(host_phases);
+    phases.push(("total".into(), start.elapsed().as_secs_f64()));
+    Ok(Summary {
+        diff_id: info.diff_id,
+        size: info.size,
+        out: req.out.clone(),
+        format: req.format,
+        phases,
+        script_status,
+        boot: Some(outcome.report.boot.word()),
+    })
+}
+
+/// What the guest gets for a run-as-root job, made on the host before it
+/// boots.
+#[derive(Debug)]
+struct Prepared {
+    base: Option<BaseImage>,
+    disk: BaseDisk,
+    /// The store paths the base image already has (left out of the layer).
+    base_has: HashSet<Vec<u8>>,
+    contents: Contents,
+    /// The guest, with the base and contents disks.
+    spec: GuestSpec,
+    task: Task,
+    /// The host phases so far (base disk, contents).
+    phases: Vec<(String, f64)>,
+}
+
+/// The base image and its disk, the contents disk, the scripts in the
+/// exchange share, the mount points checked, the task.
+fn prepare(spec: &GuestSpec, req: &RunAsRootRequest, workdir: &Workdir, stop: Stop) -> Result<Prepared, JobError> {
     let xchg = workdir.xchg();
     let base = match &req.from_image {
         Some(p) => {
@@ -306,12 +355,11 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         None => None,
     };
     let t = Instant::now();
-    let stop = Stop::within(start, spec.timeout);
-    let disk = stop.judge(base_disk(base.as_ref(), &workdir))?;
+    let disk = stop.judge(base_disk(base.as_ref(), workdir))?;
     let candidates = crate::layer::store_paths::with_paths(&req.store_paths, req.references.paths())
         .map_err(JobError::StorePaths)?;
     let base_has = base_store_paths(base.as_ref(), &candidates)?;
-    let base_seconds = t.elapsed().as_secs_f64();
+    let mut phases = vec![(base_phase(&disk), t.elapsed().as_secs_f64())];
     let script = copy_in(&req.script, &xchg, "script")?;
     let extra_commands = match &req.extra_commands {
         Some(p) => Some(copy_in(p, &xchg, "extra-commands")?),
@@ -321,8 +369,10 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let contents = Contents::gather(&req.contents, req.keep_contents_dirlinks).map_err(JobError::Contents)?;
     let mut spec = spec.clone();
     spec.base_disk = Some(disk.path.clone());
-    spec.contents_disk = stop.judge(contents_disk(&contents, &workdir))?;
-    let contents_seconds = t.elapsed().as_secs_f64();
+    spec.contents_disk = stop.judge(contents_disk(&contents, workdir))?;
+    if !contents.is_empty() {
+        phases.push((format!("contents ({} files)", contents.files()), t.elapsed().as_secs_f64()));
+    }
     let store_paths = spec
         .stores
         .iter()
@@ -339,28 +389,45 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         path: script_path(base.as_ref()),
         merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
     });
-    let prepared = start.elapsed().as_secs_f64();
-    stop.check()?;
-    let outcome = run_job(&spec, workdir, task)?;
-    let result = check_outcome(&outcome, spec.timeout.as_secs(), spec.echo)?;
-    let script_status = result.script_status.unwrap_or(-1);
-    if script_status != 0 {
-        return Err(JobError::ScriptFailed(script_status));
-    }
-    if let Some(dest) = &req.merged_listing {
-        std::fs::copy(outcome.xchg().join("merged.list"), dest)
-            .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
-    }
+    Ok(Prepared { base, disk, base_has, contents, spec, task, phases })
+}
 
-    // The upper dir, read straight off the scratch disk the guest left.
+/// The guest's phases: its boot (to the agent's ready line), the agent's
+/// own, and what came after its last (its result, the kernel's sync and
+/// power-off).
+fn guest_phases(outcome: &JobOutcome, result: &JobResult) -> Vec<(String, f64)> {
+    let boot = outcome.report.ready_at().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let boot_phase = match &outcome.report.boot {
+        crate::vmm::BootPath::Restored { .. } => "boot (restored)",
+        _ => "boot",
+    };
+    let mut phases = vec![(boot_phase.to_string(), boot)];
+    let agent: Vec<(String, f64)> = result.phases.iter().filter(|(n, _)| n != "task").cloned().collect();
+    let wall = outcome.report.wall.as_secs_f64();
+    let finish = wall - boot - agent.iter().map(|(_, s)| s).sum::<f64>();
+    phases.extend(agent);
+    phases.push(("finish".into(), finish.max(0.0)));
+    phases.push(("guest_total".into(), wall));
+    phases
+}
+
+/// The new layer: the upper dir read straight off the scratch disk the
+/// guest left (with the store paths), converted to the OCI layer, written
+/// in the asked-for format; its digest and size, and the host phases.
+fn write_layer(
+    outcome: &JobOutcome,
+    req: &RunAsRootRequest,
+    p: &Prepared,
+    stop: Stop,
+) -> Result<(crate::layer::LayerInfo, Vec<(String, f64)>), JobError> {
     let t = Instant::now();
     let upper_tar = outcome.workdir.path().join("upper.tar");
-    let limit = spec.max_output.unwrap_or(u64::MAX);
+    let limit = p.spec.max_output.unwrap_or(u64::MAX);
     let store = (req.store_paths.as_slice(), &req.references, req.meta.base_json.as_ref());
     let to = (upper_tar.as_path(), stop);
-    let read = read_upper(&outcome.workdir.disk(), to, limit, (&contents, &disk.path), store, base_has);
+    let read = read_upper(&outcome.workdir.disk(), to, limit, (&p.contents, &p.disk.path), store, p.base_has.clone());
     stop.judge(read)?;
-    let read_upper_seconds = t.elapsed().as_secs_f64();
+    let mut phases = vec![("read_upper".to_string(), t.elapsed().as_secs_f64())];
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
     let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
@@ -371,7 +438,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
             }
             other => JobError::Layer(other),
         }))?;
-    let convert = t.elapsed().as_secs_f64();
+    phases.push(("convert".into(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     let diff_id: Sha256Digest = info
         .diff_id
@@ -379,40 +446,9 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         .map_err(|_| JobError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
     let new_layer = NewLayer { tar: layer_tar, diff_id, size: info.size };
     stop.check()?;
-    write_output(req.format, &req.out, base.as_ref(), &new_layer, &req.meta)?;
-    let write = t.elapsed().as_secs_f64();
-
-    let boot = outcome.report.ready_at().map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let boot_phase = match &outcome.report.boot {
-        crate::vmm::BootPath::Restored { .. } => "boot (restored)".to_string(),
-        _ => "boot".to_string(),
-    };
-    let mut phases = vec![(base_phase(&disk), base_seconds)];
-    if !contents.is_empty() {
-        phases.push((format!("contents ({} files)", contents.files()), contents_seconds));
-    }
-    phases.extend([("prepare".to_string(), prepared), (boot_phase, boot)]);
-    let agent: Vec<(String, f64)> = result.phases.iter().filter(|(n, _)| n != "task").cloned().collect();
-    // What the guest did after the agent's last phase: its result, the
-    // kernel's sync and power-off (and before its first: starting up).
-    let wall = outcome.report.wall.as_secs_f64();
-    let finish = wall - boot - agent.iter().map(|(_, s)| s).sum::<f64>();
-    phases.extend(agent);
-    phases.push(("finish".into(), finish.max(0.0)));
-    phases.push(("guest_total".into(), wall));
-    phases.push(("read_upper".into(), read_upper_seconds));
-    phases.push(("convert".into(), convert));
-    phases.push(("write".into(), write));
-    phases.push(("total".into(), start.elapsed().as_secs_f64()));
-    Ok(Summary {
-        diff_id: info.diff_id,
-        size: info.size,
-        out: req.out.clone(),
-        format: req.format,
-        phases,
-        script_status,
-        boot: Some(outcome.report.boot.word()),
-    })
+    write_output(req.format, &req.out, p.base.as_ref(), &new_layer, &req.meta)?;
+    phases.push(("write".into(), t.elapsed().as_secs_f64()));
+    Ok((info, phases))
 }
 
 #[cfg(test)]
