@@ -40,6 +40,11 @@ pub mod rules;
 pub mod store_paths;
 pub mod tar_guard;
 pub mod tree_tar;
+/// Test support: the layer applied the overlayfs way, the independent
+/// reader the crosscheck tests and the `layer_unpack` fuzz target hold the
+/// converter's layers against (rootlayer itself flattens base images on
+/// the host, [`flatten`]).
+#[cfg(any(test, feature = "fuzz"))]
 pub mod unpack;
 mod writer;
 
@@ -51,6 +56,7 @@ mod crosscheck_tests;
 mod test_util;
 
 pub use convert::{convert, convert_file_to_path, convert_seekable, stopped, ConvertOptions, LayerInfo, Stoppable};
+#[cfg(any(test, feature = "fuzz"))]
 pub use unpack::{unpack, UnpackOptions};
 pub(crate) use writer::HashingWriter;
 

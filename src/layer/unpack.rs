@@ -14,8 +14,7 @@
 //! no write goes through a symlinked parent, and hardlinks may only name
 //! entries already unpacked inside the target. Nothing is created by following
 //! a symlink: files are created with `O_EXCL`, an existing path is removed
-//! first ("Changeset over existing files"). Only `std`, `tar` and `rustix` are
-//! used, so the guest agent can call this.
+//! first ("Changeset over existing files").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
