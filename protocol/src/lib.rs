@@ -2,13 +2,16 @@
 //! as JSON files in the exchange share (`job.json`, `result.json`).
 //!
 //! The host decides everything and writes it down once; the agent only
-//! executes. Both the host crate (as `rootlayer::job`) and the agent depend
+//! executes. Both the host crate (as `rootlayer::protocol`) and the agent depend
 //! on this crate, so every type and literal they share is written once; it
 //! depends on nothing but serde and holds no unsafe code.
 
 #![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "listing")]
+pub mod listing;
 
 /// The version of this protocol (job.json, result.json and the console
 /// lines below). Each side refuses the other's files of another version:

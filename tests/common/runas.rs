@@ -220,45 +220,10 @@ pub fn rootlayer(g: &super::Guest, args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
-fn fnv1a_file(p: &Path) -> u64 {
-    super::fnv1a(&std::fs::read(p).unwrap())
-}
-
-/// The same listing the agent writes of the merged tree (guest/src/run_as_root.rs
-/// `write_listing`): path, type, mode, uid, gid, size, link, FNV-1a.
+/// The same listing the test agent writes of the merged tree
+/// ([`rootlayer_protocol::listing`]).
 pub fn listing(root: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
-    let mut lines = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap();
-            let ft = m.file_type();
-            let (kind, link, hash) = if ft.is_dir() {
-                stack.push(p.clone());
-                ("d", String::new(), 0)
-            } else if ft.is_symlink() {
-                ("l", std::fs::read_link(&p).unwrap().display().to_string(), 0)
-            } else if ft.is_file() {
-                ("f", String::new(), fnv1a_file(&p))
-            } else {
-                ("o", format!("{:x}", m.rdev()), 0)
-            };
-            let size = if ft.is_file() { m.len() } else { 0 };
-            lines.push(format!(
-                "{}\t{kind}\t{:o}\t{}\t{}\t{size}\t{link}\t{hash:016x}",
-                String::from_utf8_lossy(rel.as_os_str().as_bytes()),
-                m.mode() & 0o7777,
-                m.uid(),
-                m.gid()
-            ));
-        }
-    }
-    lines.sort();
-    lines.join("\n") + "\n"
+    rootlayer_protocol::listing::of_tree(root).unwrap()
 }
 
 /// The first lines of a test script: the store's busybox shell, `set -e`,
