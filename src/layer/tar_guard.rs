@@ -143,7 +143,12 @@ impl<R: Read> TarGuard<R> {
             b'1' | b'2' | b'3' | b'4' | b'5' | b'6' => 0,
             _ => size,
         };
-        self.data_left = stored.div_ceil(BLOCK as u64) * BLOCK as u64;
+        // Padded to whole blocks: a size field (or PAX `size` record) near
+        // 2^64 has no such length; refused, never wrapped.
+        self.data_left = stored
+            .div_ceil(BLOCK as u64)
+            .checked_mul(BLOCK as u64)
+            .ok_or_else(|| bad(format!("a tar entry of {size} bytes")))?;
         self.pax = (kind == b'x').then(|| Vec::with_capacity(usize::try_from(size).unwrap_or(0)));
         self.pax_left = if kind == b'x' { size } else { 0 };
         if self.data_left == 0 {
@@ -304,6 +309,22 @@ mod tests {
             let e = guarded(&tar).unwrap_err();
             assert!(e.to_string().contains("at most 1048576"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_size_with_no_length_in_blocks_is_refused_not_wrapped() {
+        // A PAX `size` record just under 2^64: padded to whole blocks it
+        // would overflow (found by the base_image fuzz target).
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", u64::MAX.to_string().as_bytes())]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("huge").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let e = guarded(&tar).unwrap_err();
+        assert!(e.to_string().contains(&format!("a tar entry of {} bytes", u64::MAX)), "{e}");
     }
 
     #[test]
