@@ -158,6 +158,30 @@ fn rootlayer_tree(
     common::image::umoci_unpack(&out, "t", &bundle)
 }
 
+/// The whiteouts of the image's new (last) layer whose path the base layer
+/// does not have.
+fn stray_whiteouts(oci: &Path, base_layer: &Path) -> Vec<String> {
+    let json = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let blob = |d: &serde_json::Value| oci.join("blobs/sha256").join(d.as_str().unwrap().trim_start_matches("sha256:"));
+    let index = json(oci.join("index.json"));
+    let manifest = json(blob(&index["manifests"][0]["digest"]));
+    let layers = manifest["layers"].as_array().unwrap();
+    let new = std::fs::read(blob(&layers[layers.len() - 1]["digest"])).unwrap();
+    let base: std::collections::HashSet<String> = common::runas::read_layer(&std::fs::read(base_layer).unwrap())
+        .into_iter()
+        .map(|(p, _)| p.trim_start_matches("./").trim_end_matches('/').to_string())
+        .collect();
+    common::runas::read_layer(&new)
+        .into_iter()
+        .filter_map(|(p, _)| {
+            let (dir, name) = p.rsplit_once('/').map_or(("", p.as_str()), |(d, n)| (d, n));
+            let hidden = name.strip_prefix(".wh.").filter(|n| !n.starts_with(".wh."))?;
+            let hidden = if dir.is_empty() { hidden.to_string() } else { format!("{dir}/{hidden}") };
+            (!base.contains(&hidden)).then_some(hidden)
+        })
+        .collect()
+}
+
 fn base_docker_archive(tmp: &Path, layer: &Path) -> PathBuf {
     let archive = tmp.join("base-image.tar");
     let layers = vec![std::fs::read(layer).unwrap()];
@@ -212,5 +236,10 @@ fn run_as_root_contents_match_the_seed_recipe() {
         assert!(ours.contains_key(extra), "{extra}");
         assert!(!ours.contains_key("share/data/d005/f0500") && ours.contains_key("share/data/d006/extra"));
         assert!(ours["share/data/d008"].contains(" 700 "), "extraCommands see the contents");
+        // A whiteout only where the base has the path: what the script
+        // deleted of the contents alone is simply not in the layer.
+        let name = if keep { "keep" } else { "follow" };
+        let stray = stray_whiteouts(&tmp.path().join(format!("out-{name}")), &layer);
+        assert!(stray.is_empty(), "whiteouts of paths the base does not have: {stray:?}");
     }
 }

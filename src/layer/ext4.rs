@@ -746,14 +746,18 @@ fn entry<R: Read + Seek, W: Write>(
     if path.len() >= 100 {
         ctx.charge(TAR_BLOCK + path.len() as u64)?;
     }
-    if !inode.is_dir() && inode.links > 1 {
+    // Overlayfs (Linux 5.8 on) gives every whiteout one shared inode: each
+    // is written as a whiteout of its own, never as a hardlink of another,
+    // so that the check below applies to each (a whiteout of a path only
+    // the contents had is left out, whichever the walk meets first).
+    if !inode.is_dir() && inode.links > 1 && !is_whiteout(inode) {
         if let Some(target) = ctx.first.get(&inode.ino).cloned() {
             if target.len() >= 100 {
                 ctx.charge(TAR_BLOCK + target.len() as u64)?;
             }
             h.set_entry_type(EntryType::Link);
             b.append_link(&mut h, p, Path::new(OsStr::from_bytes(&target))).map_err(w)?;
-            return Ok(if is_whiteout(inode) { Upper::Whiteout } else { Upper::Other });
+            return Ok(Upper::Other);
         }
         ctx.first.insert(inode.ino, path.to_vec());
     }

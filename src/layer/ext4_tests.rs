@@ -371,3 +371,39 @@ fn a_socket_in_the_upper_dir_is_named_as_one_not_as_an_unsupported_disk() {
     let e = upper_tar(&mut fs, "upper", &mut Vec::new(), u64::MAX).unwrap_err();
     assert!(matches!(&e, Ext4Error::Socket(p) if p.ends_with("run/daemon.sock")), "{e:?}");
 }
+
+#[test]
+fn whiteouts_sharing_one_inode_are_each_left_out_or_written_by_their_own_path() {
+    if !is_root() {
+        eprintln!("skipping whiteouts_sharing_one_inode_...: needs root (mknod)");
+        return;
+    }
+    // As overlayfs leaves them: one 0/0 device inode, hardlinked for every
+    // whiteout. Some hide a base path, some only a contents path (left out,
+    // whichever the walk meets first).
+    let t = tempfile::tempdir().unwrap();
+    let up = t.path().join("root/upper");
+    std::fs::create_dir_all(&up).unwrap();
+    let first = up.join("w0");
+    rustix::fs::mknodat(rustix::fs::CWD, &first, rustix::fs::FileType::CharacterDevice, 0.into(), 0).unwrap();
+    for i in 1..12 {
+        std::fs::hard_link(&first, up.join(format!("w{i}"))).unwrap();
+    }
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 16);
+    // Odd names hide only contents paths.
+    let contents_only = |p: &[u8]| p.last().is_some_and(|c| (c - b'0') % 2 == 1);
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let written = upper_entries(&mut fs, "upper", &mut b, u64::MAX, &mut |p: &[u8]| contents_only(p)).unwrap();
+    let tar = b.into_inner().unwrap();
+    assert_eq!(written.len(), 12);
+    let entries = read_layer(&tar);
+    let mut names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["w0", "w10", "w2", "w4", "w6", "w8"], "each base whiteout once, no contents one");
+    assert!(
+        entries.iter().all(|e| e.ty == b'3' && e.dev == (0, 0) && e.link.is_empty()),
+        "whiteouts, not hardlinks: {entries:?}"
+    );
+}
