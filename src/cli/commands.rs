@@ -8,7 +8,7 @@ use rootlayer::image::{ImageMeta, OutputFormat, Selector};
 use rootlayer::job::run_as_root::{self, RunAsRootRequest};
 use rootlayer::job::verdict::{self, Summary};
 use rootlayer::job::{default_initrd, default_kernel, GuestSpec, JobError, Store};
-use rootlayer::vmm::{self, RunReport};
+use rootlayer::vmm;
 use std::time::Duration;
 
 pub(crate) fn bench_io(args: BenchIoArgs) -> Exit {
@@ -250,7 +250,7 @@ pub(crate) fn boot(args: BootArgs) -> Exit {
                 eprintln!("rootlayer: {line}");
             }
             if verdict.show_tail {
-                print_tail(&outcome.report);
+                verdict::print_console_tail(&outcome.report);
             }
             verdict.exit
         }
@@ -258,12 +258,5 @@ pub(crate) fn boot(args: BootArgs) -> Exit {
             eprintln!("rootlayer: {}", rootlayer::exit::error_line(&e));
             e.exit()
         }
-    }
-}
-
-fn print_tail(report: &RunReport) {
-    eprintln!("rootlayer: last guest console lines:");
-    for line in report.console_tail().iter().rev().take(15).rev() {
-        eprintln!("  | {line}");
     }
 }

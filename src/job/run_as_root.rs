@@ -79,10 +79,7 @@ fn check_outcome(outcome: &JobOutcome, timeout: u64, echo: Echo) -> Result<JobRe
     // When the console was not echoed live (--quiet), show the guest's last
     // lines with any failure of the guest itself.
     if echo == Echo::Off && matches!(&result, Err(e) if !matches!(e, JobError::ScriptFailed(_))) {
-        eprintln!("rootlayer: last guest console lines:");
-        for line in outcome.report.console_tail().iter().rev().take(15).rev() {
-            eprintln!("  | {line}");
-        }
+        super::verdict::print_console_tail(&outcome.report);
     }
     result
 }

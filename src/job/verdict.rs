@@ -27,6 +27,15 @@ pub struct Summary {
     pub boot: Option<&'static str>,
 }
 
+/// Print the guest's last console lines (when they were not echoed live,
+/// with a failure of the guest itself).
+pub fn print_console_tail(report: &RunReport) {
+    eprintln!("rootlayer: last guest console lines:");
+    for line in report.console_tail().iter().rev().take(15).rev() {
+        eprintln!("  | {line}");
+    }
+}
+
 /// What the host knows of a job besides how its run ended and its console.
 #[derive(Debug, Clone, Copy)]
 pub struct HostFacts {

@@ -1,17 +1,15 @@
 //! A cold boot: fresh anonymous guest memory, the kernel, initramfs, boot
 //! parameters and MP table written into it, the vCPU at the entry point.
 
-use super::arch::{boot, layout, mptable};
+use super::arch::{boot, mptable};
 use super::config::VmConfig;
 use super::machine::Machine;
 use super::vcpu::Vcpu;
 use super::VmmError;
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
-/// `mib` MiB of zeroed guest RAM at guest address 0.
-pub(super) fn memory(mib: u64) -> Result<GuestMemoryMmap, VmmError> {
-    let bytes = usize::try_from(mib << 20).expect("bounded by MEM_MAX_MIB");
-    debug_assert!(mib <= layout::MEM_MAX_MIB);
+/// `bytes` (`mib` MiB) of zeroed guest RAM at guest address 0.
+pub(super) fn memory(mib: u64, bytes: usize) -> Result<GuestMemoryMmap, VmmError> {
     let mem =
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).map_err(|source| VmmError::Memory { mib, source })?;
     for region in mem.iter() {

@@ -30,9 +30,8 @@ pub use config::{kernel_cmdline, RunEnd, RunReport, VmConfig, BASE_CMDLINE};
 pub use snapshot::{BootPath, SnapshotMode};
 pub use vcpu::GuestExit;
 
-use std::time::Instant;
-
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Boot the guest `config` describes, or restore it from its snapshot,
 /// and run it to its end.
@@ -45,14 +44,15 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             max: arch::layout::MEM_MAX_MIB,
         });
     }
+    let mem_bytes = usize::try_from(config.mem_mib << 20).expect("bounded by MEM_MAX_MIB");
     let host = machine::Host::probe()?;
     let seccomp = crate::seccomp::Policy::new(config.seccomp);
     let cmdline = host.cmdline(&config)?;
     let (vm, vcpu_fd) = host.create_vm()?;
     let plan = restore::plan(&config, &cmdline, &host, &vcpu_fd, &mut start);
     let mem = match &plan.loaded {
-        Some(loaded) => restore::memory(loaded, config.mem_mib).map_err(VmmError::Restore)?,
-        None => cold::memory(config.mem_mib)?,
+        Some(loaded) => restore::memory(loaded, mem_bytes).map_err(VmmError::Restore)?,
+        None => cold::memory(config.mem_mib, mem_bytes)?,
     };
     let (machine, mut vcpu) = machine::Machine::assemble(&host, vm, mem, vcpu_fd, &mut config, &seccomp, start)?;
     let mut take = None;
@@ -79,7 +79,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             }
         }
     };
-    let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(std::path::PathBuf::from);
+    let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(PathBuf::from);
     let watch = supervise::Watch { start, timeout: config.timeout, boot, take, profile };
     supervise::run(machine, vcpu, &seccomp, watch)
 }

@@ -104,9 +104,8 @@ fn key(config: &VmConfig, cmdline: &str, host: snapshot::HostKey) -> std::io::Re
 
 /// Guest memory from a snapshot: the file's memory image mapped private,
 /// so that the guest's writes are its own and the file never changes.
-pub(super) fn memory(loaded: &Loaded, mib: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+pub(super) fn memory(loaded: &Loaded, bytes: usize) -> Result<GuestMemoryMmap, SnapshotError> {
     use vm_memory::mmap::{GuestRegionMmap, MmapRegionBuilder};
-    let bytes = usize::try_from(mib << 20).expect("bounded by MEM_MAX_MIB");
     let file = loaded.file.try_clone().map_err(|e| {
         SnapshotError::File(snapshot::file::FileError::Io { what: "reopening the snapshot", source: e })
     })?;
