@@ -1,6 +1,6 @@
-//! `tree_tar`: a merged tree written as a tar ([`tree_tar::write`]), as
-//! `export` writes a flattened base image and a job writes its
-//! `--contents` into the new layer.
+//! `tree_tar`: a merged tree written as a layer ([`Changeset::add_tree`],
+//! then [`changeset::write`]), as `export` writes a flattened base image
+//! and a job writes its `--contents` into the new layer.
 //!
 //! Input: `mode: u8`, then operations that build a tree. Mode bit 0 clear:
 //! a [`Tree`] made directly, as flattening makes it (any owner, mode,
@@ -16,20 +16,18 @@
 //!
 //! Invariants: no panic; the tar reads back (tar crate) with exactly one
 //! entry per name the tree reaches, each after its parent directory, with
-//! the inode's type, mode, owner, mtime, device numbers, link target,
-//! xattrs and data; every later name of a file is a hardlink to an earlier
-//! name of the same inode; a symlink's target may come back with empty and
-//! `.` components dropped (the tar crate writes it so; it resolves the
-//! same). Writing fails only for what a tar header cannot hold (a device
-//! number over 7 octal digits, an empty symlink target). For gathered
+//! the inode's type, mode, owner, mtime, device numbers, link target (byte
+//! for byte), xattrs and data; every later name of a file is a hardlink to
+//! an earlier name of the same inode. Writing fails only for what a layer
+//! cannot hold (a device number over 7 octal digits, an empty symlink
+//! target, a name starting with `.wh.`). For gathered
 //! contents, also: everything is owned by 0:0, and a file reached through
 //! directories only has the bytes of the file on disk.
 
 use super::{take, take_u16, take_u32, take_u8};
 use crate::job::contents::Contents;
-use crate::layer::erofs::DataSource;
+use crate::layer::changeset::{self, Changeset, ConvertOptions, Data, Source, Visit};
 use crate::layer::flatten::{DataRef, Inode, Kind, Tree};
-use crate::layer::tree_tar::{self, MAX_DEVICE};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::path::Path;
@@ -40,8 +38,12 @@ const MAX_OPS: usize = 64;
 /// File bytes from one in-memory blob.
 struct Blob(Vec<u8>);
 
-impl DataSource for Blob {
-    fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>> {
+/// Largest device number a tar header holds (7 octal digits).
+const MAX_DEVICE: u32 = 0o7777777;
+
+impl Source for Blob {
+    fn open(&mut self, d: &Data) -> io::Result<Box<dyn Read + '_>> {
+        let Data::Layer(r) = d else { return Err(io::Error::other("not the blob's")) };
         let start = usize::try_from(r.offset).map_err(io::Error::other)?;
         let end = start + usize::try_from(r.len).map_err(io::Error::other)?;
         Ok(Box::new(self.0.get(start..end).ok_or_else(|| io::Error::other("past the blob"))?))
@@ -196,21 +198,25 @@ fn reachable(tree: &Tree) -> BTreeMap<Vec<u8>, usize> {
     out
 }
 
-/// Write `tree` and check the tar against it; `disk`: the contents
-/// directory it was gathered from.
-fn write_and_check(tree: &Tree, src: &mut dyn DataSource, disk: Option<&Path>) {
+/// Write `tree` and check the layer against it; `data`: where its files'
+/// bytes are in `src`; `disk`: the contents directory it was gathered from.
+fn write_and_check(tree: &Tree, src: &mut dyn Source, data: &dyn Fn(&DataRef) -> Data, disk: Option<&Path>) {
     let names = reachable(tree);
     let too_big = names.values().any(
         |&i| matches!(tree.inodes[i].kind, Kind::Char(a, b) | Kind::Block(a, b) if a > MAX_DEVICE || b > MAX_DEVICE),
     );
-    // The tar crate refuses an empty link name (no symlink can have one).
+    // No symlink can have an empty target; a `.wh.` name would read as a whiteout.
     let empty_link = names.values().any(|&i| matches!(&tree.inodes[i].kind, Kind::Symlink(t) if t.is_empty()));
+    let whiteout_name = names.keys().any(|p| p.rsplit(|&b| b == b'/').next().is_some_and(|n| n.starts_with(b".wh.")));
     let mut out = Vec::new();
-    let mut source = Src(src);
-    match tree_tar::write(tree, &mut source, &mut out) {
-        Ok(()) => assert!(!too_big, "a device number over {MAX_DEVICE:#o} written into a tar header"),
+    let mut cs = Changeset::default();
+    let written = cs
+        .add_tree(tree, data, |_, _| Visit::Entry)
+        .and_then(|()| changeset::write(cs, src, &mut out, &ConvertOptions::default()));
+    match written {
+        Ok(_) => assert!(!too_big && !empty_link && !whiteout_name, "a tree no layer can hold was written"),
         Err(e) => {
-            assert!(too_big || empty_link, "writing a tree failed: {e:?}");
+            assert!(too_big || empty_link || whiteout_name, "writing a tree failed: {e:?}");
             return;
         }
     }
@@ -227,10 +233,22 @@ fn write_and_check(tree: &Tree, src: &mut dyn DataSource, disk: Option<&Path>) {
         }
         let inode = &tree.inodes[ino];
         let h = e.header().clone();
+        let mut pax: HashMap<String, Vec<u8>> = HashMap::new();
+        if let Some(records) = e.pax_extensions().expect("pax") {
+            for x in records {
+                let x = x.expect("a pax record");
+                pax.insert(x.key().expect("a pax key").to_string(), x.value_bytes().to_vec());
+            }
+        }
+        // A number too large for its header field is a PAX record.
+        let number = |key: &str, field: u64| match pax.get(key) {
+            Some(v) => std::str::from_utf8(v).expect("digits").parse::<u64>().expect("a number"),
+            None => field,
+        };
         assert_eq!(h.mode().expect("mode"), inode.mode, "{show:?} mode");
-        assert_eq!(h.uid().expect("uid"), u64::from(inode.uid), "{show:?} uid");
-        assert_eq!(h.gid().expect("gid"), u64::from(inode.gid), "{show:?} gid");
-        assert_eq!(h.mtime().expect("mtime"), inode.mtime, "{show:?} mtime");
+        assert_eq!(number("uid", h.uid().expect("uid")), u64::from(inode.uid), "{show:?} uid");
+        assert_eq!(number("gid", h.gid().expect("gid")), u64::from(inode.gid), "{show:?} gid");
+        assert_eq!(number("mtime", h.mtime().expect("mtime")), inode.mtime, "{show:?} mtime");
         if disk.is_some() {
             assert_eq!((inode.uid, inode.gid), (0, 0), "{show:?}: contents are owned by 0:0");
         }
@@ -244,15 +262,10 @@ fn write_and_check(tree: &Tree, src: &mut dyn DataSource, disk: Option<&Path>) {
             ));
         } else {
             assert!(!seen.values().any(|&i| i == ino) || matches!(inode.kind, Kind::Dir(_)), "{show:?}: a second copy");
-            let mut xattrs = BTreeMap::new();
-            if let Some(pax) = e.pax_extensions().expect("pax") {
-                for x in pax {
-                    let x = x.expect("a pax record");
-                    if let Some(k) = x.key().expect("a pax key").strip_prefix("SCHILY.xattr.") {
-                        xattrs.insert(k.to_string(), x.value_bytes().to_vec());
-                    }
-                }
-            }
+            let xattrs: BTreeMap<String, Vec<u8>> = pax
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("SCHILY.xattr.")?.to_string(), v.clone())))
+                .collect();
             assert_eq!(xattrs, inode.xattrs, "{show:?} xattrs");
             let mut content = Vec::new();
             e.read_to_end(&mut content).expect("entry data");
@@ -261,7 +274,7 @@ fn write_and_check(tree: &Tree, src: &mut dyn DataSource, disk: Option<&Path>) {
                 Kind::File(r) => {
                     assert_eq!(ty, tar::EntryType::Regular, "{show:?}");
                     let mut want = Vec::new();
-                    source.0.open(r).expect("data").read_to_end(&mut want).expect("data");
+                    src.open(&data(r)).expect("data").take(r.len).read_to_end(&mut want).expect("data");
                     assert!(content == want, "{show:?} data");
                     if let Some(root) = disk {
                         check_on_disk(root, &path, &content);
@@ -270,7 +283,7 @@ fn write_and_check(tree: &Tree, src: &mut dyn DataSource, disk: Option<&Path>) {
                 Kind::Symlink(t) => {
                     assert_eq!(ty, tar::EntryType::Symlink, "{show:?}");
                     let got = e.link_name_bytes().expect("a symlink's target").into_owned();
-                    assert_eq!(same_target(&got), same_target(t), "{show:?} target");
+                    assert!(&got == t, "{show:?} target");
                 }
                 Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
                     let want =
@@ -287,15 +300,6 @@ fn write_and_check(tree: &Tree, src: &mut dyn DataSource, disk: Option<&Path>) {
     assert_eq!(seen.len(), names.len(), "names of the tree missing from the tar");
 }
 
-/// A symlink target as the kernel follows it: the tar crate writes a short
-/// one through `Path::components`, which drops empty and `.` components
-/// inside it ("a//./b" is written "a/b", which resolves the same).
-fn same_target(t: &[u8]) -> (Vec<Vec<u8>>, bool) {
-    use std::os::unix::ffi::OsStrExt;
-    let p = Path::new(std::ffi::OsStr::from_bytes(t));
-    (p.components().map(|c| c.as_os_str().as_bytes().to_vec()).collect(), t.ends_with(b"/"))
-}
-
 /// A file whose path on disk has no symlink holds the bytes written.
 fn check_on_disk(root: &Path, path: &[u8], content: &[u8]) {
     use std::os::unix::ffi::OsStrExt;
@@ -309,26 +313,20 @@ fn check_on_disk(root: &Path, path: &[u8], content: &[u8]) {
     assert!(std::fs::read(&p).expect("the file on disk") == content, "{} differs on disk", p.display());
 }
 
-/// A `&mut dyn DataSource` as a `DataSource`.
-struct Src<'a>(&'a mut dyn DataSource);
-
-impl DataSource for Src<'_> {
-    fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>> {
-        self.0.open(r)
-    }
-}
-
 pub fn tree_tar(mut data: &[u8]) {
     let Some(mode) = take_u8(&mut data) else { return };
     if mode & 1 == 0 {
         let (tree, mut blob) = direct(data);
-        write_and_check(&tree, &mut blob, None);
+        write_and_check(&tree, &mut blob, &|r| Data::Layer(*r), None);
         return;
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     on_disk(dir.path(), data);
     match Contents::gather(&[dir.path().to_path_buf()], mode & 2 != 0) {
-        Ok(c) => write_and_check(&c.tree, &mut c.data(), Some(dir.path())),
+        Ok(c) => {
+            let host = |r: &DataRef| Data::Host { file: r.layer, len: r.len };
+            write_and_check(&c.tree, &mut c.data().clone(), &host, Some(dir.path()));
+        }
         Err(e) => {
             let _ = e.to_string();
         }

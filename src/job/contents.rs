@@ -19,6 +19,7 @@
 //! through a link that leaves the tree (the seed's rsync would write into
 //! the store) is refused.
 
+use crate::layer::changeset::HostFiles;
 use crate::layer::erofs::{self, DataSource};
 use crate::layer::flatten::{DataRef, Inode, Kind, Tree};
 use crate::layer::LayerError;
@@ -65,7 +66,7 @@ pub const MAX_DEPTH: usize = 1024;
 #[derive(Debug, Default)]
 pub struct Contents {
     pub tree: Tree,
-    files: Vec<PathBuf>,
+    files: HostFiles,
 }
 
 impl Contents {
@@ -88,12 +89,12 @@ impl Contents {
 
     /// Regular files met in the contents dirs (one a later dir replaced too).
     pub fn files(&self) -> usize {
-        self.files.len()
+        self.files.0.len()
     }
 
     /// The files' bytes, read from the host.
-    pub fn data(&self) -> HostFiles<'_> {
-        HostFiles(&self.files)
+    pub fn data(&self) -> &HostFiles {
+        &self.files
     }
 
     /// Write the tree as an EROFS image to `out`; returns its size.
@@ -197,8 +198,8 @@ impl Walk {
                 continue;
             }
             let kind = if ft.is_file() {
-                c.files.push(from.clone());
-                Kind::File(DataRef { layer: c.files.len() - 1, offset: 0, len: meta.len() })
+                let file = c.files.push(from.clone());
+                Kind::File(DataRef { layer: file, offset: 0, len: meta.len() })
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&from).map_err(read_err(&from, "read link"))?;
                 Kind::Symlink(target.as_os_str().as_bytes().to_vec())
@@ -276,25 +277,11 @@ fn resolve(tree: &Tree, rel: &[u8], kind: &Kind) -> Option<usize> {
     tree.lookup(&at.join(&b'/')).filter(|&i| matches!(tree.inodes[i].kind, Kind::Dir(_)))
 }
 
-/// Reads the contents' files from the host, by [`DataRef::layer`] index.
-#[derive(Debug)]
-pub struct HostFiles<'a>(&'a [PathBuf]);
-
-impl DataSource for HostFiles<'_> {
+/// The contents' files, read from the host by [`DataRef::layer`] index
+/// (as [`crate::layer::changeset::Data::Host`] in a changeset).
+impl DataSource for &HostFiles {
     fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.0.get(r.layer).ok_or_else(|| io::Error::other("no such contents file"))?;
-        // The file was a regular file when the tree was made: refuse
-        // anything else now rather than follow or wait on it.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        if !f.metadata()?.is_file() {
-            return Err(io::Error::other(format!("{} is no longer a regular file", path.display())));
-        }
-        Ok(Box::new(f.take(r.len)))
+        Ok(Box::new(HostFiles::open(self, r.layer, r.len)?))
     }
 }
 

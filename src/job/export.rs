@@ -2,16 +2,16 @@
 
 use super::stop::{check_out, Stop};
 use super::verdict::Summary;
-use super::{cache_dir, GuestError, JobError, Workdir, VERIFIED_DIR};
+use super::{cache_dir, JobError, Workdir, VERIFIED_DIR};
 use crate::image::{BaseImage, OutputFormat, Selector};
-use crate::layer::{convert_file_to_path, ConvertOptions};
+use crate::layer::changeset::{self, Changeset, Data, Visit};
+use crate::layer::{write_atomically, ConvertOptions};
 use std::path::Path;
 use std::time::Instant;
 
 /// `rootlayer export`: flatten `image` to one root-filesystem tar at `out`
 /// (dockerTools' exportImage), on the host, with no guest: the same
-/// flattening as the base disk, written as a tar and made deterministic by
-/// the layer writer.
+/// flattening as the base disk, written by the layers' deterministic writer.
 pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, JobError> {
     let start = Instant::now();
     check_out(out)?;
@@ -24,14 +24,12 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
     let (tree, staged) = stop.judge(crate::job::base::flatten(Some(&base), workdir.path()).map_err(Into::into))?;
     let flattened = start.elapsed().as_secs_f64();
     let t = Instant::now();
-    let tar_path = workdir.path().join("rootfs.tar");
-    let io = |e: std::io::Error| JobError::Run(GuestError::Xchg(e));
+    let mut changes = Changeset::default();
+    changes.add_tree(&tree, |r| Data::Layer(*r), |_, _| Visit::Entry)?;
     let mut layers = crate::job::base::open_staged(&staged)?;
-    let file = stop.file(&tar_path).map_err(io)?;
-    stop.judge(crate::layer::tree_tar::write(&tree, &mut layers, file).map_err(Into::into))?;
-    // Same deterministic writer as the layers (no whiteouts in a merged tree).
-    let info = convert_file_to_path(&tar_path, out, &ConvertOptions::default(), &|| stop.now());
-    let info = stop.judge(info.map_err(Into::into))?;
+    // The layers' writer, straight to `out` (no whiteouts in a merged tree).
+    let write = |out: &mut dyn std::io::Write| changeset::write(changes, &mut layers, out, &ConvertOptions::default());
+    let info = stop.judge(write_atomically(out, &|| stop.now(), write).map_err(Into::into))?;
     Ok(Summary {
         diff_id: info.diff_id,
         size: info.size,

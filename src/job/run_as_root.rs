@@ -13,9 +13,11 @@ use crate::devices::console::Echo;
 use crate::image::{write_output, BaseImage, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
 use crate::job::base::{BaseDisk, BaseError};
 use crate::job::contents::Contents;
-use crate::layer::references::{ReferenceGraph, ScanWriter};
+use crate::layer::changeset::{self, Changeset, Data, HostFiles, Source, Visit};
+use crate::layer::ext4::{Ext4Error, Ext4Files};
+use crate::layer::references::{scan_changeset, ReferenceGraph};
 use crate::layer::store_paths::StorePath;
-use crate::layer::{convert_file_to_path, ConvertOptions, LayerError};
+use crate::layer::{write_atomically, ConvertOptions, LayerError};
 use crate::protocol::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, SCRIPT_MOUNTS, XCHG_MOUNT};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -132,32 +134,31 @@ fn base_disk(base: Option<&BaseImage>, workdir: &Workdir) -> Result<BaseDisk, Jo
     Ok(crate::job::base::prepare(base, &cache_dir(), workdir.path())?)
 }
 
-/// Write the new layer's tree as a tar at `out`: the scratch disk's `upper`
-/// dir (the untrusted guest's image: [`crate::layer::ext4`] bounds every
-/// read; at most `limit` bytes of file data) over the contents, as if the
-/// contents had been copied into the upper dir before the overlay was
-/// mounted (the seed's way): a contents path the script replaced, deleted
-/// or emptied is left out, and a whiteout or opaque mark that only hid the
-/// contents' copy (the base disk `base` has no such path) is dropped.
-/// `store_paths` and the closure of the `references` the tar (contents
-/// included) and `base_json` (the layer's json) name are added after it,
-/// leaving out what the layer or (`base_has`) the base image holds.
+/// The new layer's tree: the scratch disk's `upper` dir (the untrusted
+/// guest's image: [`crate::layer::ext4`] bounds every read; at most `limit`
+/// bytes of layer) over the contents, as if the contents had been copied
+/// into the upper dir before the overlay was mounted (the seed's way): a
+/// contents path the script replaced, deleted or emptied is left out, and a
+/// whiteout or opaque mark that only hid the contents' copy (the base disk
+/// `base` has no such path) is dropped. `store_paths` and the closure of the
+/// `references` the tree (contents included) and `base_json` (the layer's
+/// json) name are added after it, leaving out what the layer or (`base_has`)
+/// the base image holds. File bytes stay where they are until the layer is
+/// written: returned is where to read them.
 fn read_upper(
     disk: &Path,
-    (out, stop): (&Path, Stop),
-    limit: u64,
+    (stop, limit): (Stop, u64),
     (contents, base): (&Contents, &Path),
     (store_paths, references, base_json): (&[StorePath], &ReferenceGraph, Option<&serde_json::Value>),
     base_has: HashSet<Vec<u8>>,
-) -> Result<(), JobError> {
-    use crate::layer::ext4::{self, Ext4, Ext4Error, Upper};
-    use crate::layer::tree_tar::{self, Visit};
+) -> Result<(Changeset, LayerFiles), JobError> {
+    use crate::layer::ext4::{self, Bounds, Ext4, Upper};
     let io = |e: std::io::Error| JobError::Scratch(Ext4Error::Io(e));
-    let image = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
-    let mut fs = Ext4::open(image).map_err(JobError::Scratch)?;
-    let scan = ScanWriter::new(stop.file(out).map_err(io)?, references.scanner());
-    let mut b = tar::Builder::new(scan);
-    b.mode(tar::HeaderMode::Complete);
+    let image = || -> Result<_, JobError> {
+        let file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
+        Ext4::open(file).map_err(JobError::Scratch)
+    };
+    let mut fs = image()?;
     let base_io = |e: std::io::Error| JobError::Base(BaseError::Io { path: base.to_path_buf(), source: e });
     let mut base_disk = std::io::BufReader::with_capacity(1 << 14, std::fs::File::open(base).map_err(base_io)?);
     let mut lookup_err = None;
@@ -171,15 +172,18 @@ fn read_upper(
                 |found| found.is_none(),
             )
     };
-    let upper = ext4::upper_entries(&mut fs, "upper", &mut b, limit, &mut only_contents).map_err(|e| match e {
+    let mut changes = Changeset::default();
+    let bounds = Bounds { limit, stop: &|| stop.now() };
+    let upper = ext4::changes(&mut fs, "upper", bounds, &mut only_contents, &mut changes).map_err(|e| match e {
         Ext4Error::TooLarge(n) => JobError::OutputTooLarge(n),
+        Ext4Error::Entry(e) => layer_error(e, &[]),
         other => JobError::Scratch(other),
     })?;
     if let Some(e) = lookup_err {
         return Err(base_io(e));
     }
     let mut skip: HashSet<Vec<u8>> = upper.keys().cloned().collect();
-    tree_tar::append(&contents.tree, &mut contents.data(), &mut b, |p, inode| {
+    let visit = |p: &[u8], inode: &crate::layer::flatten::Inode| {
         let visit = match upper.get(p) {
             None => Visit::Entry,
             Some(Upper::Dir) if matches!(inode.kind, crate::layer::flatten::Kind::Dir(_)) => Visit::Below,
@@ -189,20 +193,72 @@ fn read_upper(
             skip.insert(p.to_vec());
         }
         visit
-    })
-    .map_err(JobError::Layer)?;
+    };
+    let host = |r: &crate::layer::flatten::DataRef| Data::Host { file: r.layer, len: r.len };
+    changes.add_tree(&contents.tree, host, visit).map_err(|e| layer_error(e, &[]))?;
+    let mut files = LayerFiles { ext4: Ext4Files(image()?), host: contents.data().clone(), store: Vec::new() };
+    let mut scanner = references.scanner();
+    if !references.is_empty() {
+        let scan = scan_changeset(&changes, &mut files, &mut scanner, &|| stop.now());
+        scan.map_err(|e| layer_error(e, &[]))?;
+    }
     skip.extend(base_has);
     let json = base_json.map(|j| j.to_string()).unwrap_or_default();
-    let closure =
-        crate::layer::store_paths::layer_closure(store_paths, references, b.get_mut().scanner(), json.as_bytes())
-            .map_err(JobError::StorePaths)?;
+    let closure = crate::layer::store_paths::layer_closure(store_paths, references, &mut scanner, json.as_bytes())
+        .map_err(JobError::StorePaths)?;
     if !references.is_empty() {
         eprintln!("rootlayer: {closure}");
     }
-    let store_paths = closure.paths;
-    crate::layer::store_paths::append(&mut b, &store_paths, &skip).map_err(JobError::StorePaths)?;
-    let (mut w, _) = b.into_inner().map_err(io)?.into_inner();
-    std::io::Write::flush(&mut w).map_err(io)
+    crate::layer::store_paths::add(&mut changes, &closure.paths, &skip, &mut files.host).map_err(|e| match e {
+        LayerError::UserWhiteoutName { .. } => JobError::Unrepresentable(e),
+        other => JobError::StorePaths(other),
+    })?;
+    files.store = closure.paths;
+    Ok((changes, files))
+}
+
+/// Where the new layer's file bytes are: the scratch disk's files, and the
+/// host's (the contents', then the store paths').
+struct LayerFiles {
+    ext4: Ext4Files<std::io::BufReader<std::fs::File>>,
+    host: HostFiles,
+    /// The store paths added, whose files a read error is blamed on
+    /// (`--store-paths` names them: bad input).
+    store: Vec<StorePath>,
+}
+
+impl Source for LayerFiles {
+    fn open(&mut self, data: &Data) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        match data {
+            Data::Ext4 { .. } => self.ext4.open(data),
+            _ => Source::open(&mut self.host, data),
+        }
+    }
+}
+
+/// The job's error for what the layer engine refused: what a layer cannot
+/// hold (exit 8), a store path's file that could not be read as listed
+/// (bad input), anything else internal.
+fn layer_error(e: LayerError, store: &[StorePath]) -> JobError {
+    let in_store = |path: &str| {
+        store.iter().any(|p| {
+            let p = &p.layer[..];
+            path.as_bytes().starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+        })
+    };
+    match e {
+        LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
+            JobError::Unrepresentable(e)
+        }
+        LayerError::Entry { ref path, .. } | LayerError::Truncated { ref path } if in_store(path) => {
+            JobError::StorePaths(e)
+        }
+        // The scratch disk's own error, met when a file's bytes were read.
+        LayerError::Entry { source, .. } if source.get_ref().is_some_and(|i| i.is::<Ext4Error>()) => {
+            JobError::Scratch(Ext4Error::from_io(source))
+        }
+        other => JobError::Layer(other),
+    }
 }
 
 /// The contents disk for `contents`, written into the job's work dir.
@@ -418,23 +474,18 @@ fn write_layer(
     stop: Stop,
 ) -> Result<(crate::layer::LayerInfo, Vec<(String, f64)>), JobError> {
     let t = Instant::now();
-    let upper_tar = outcome.workdir.path().join("upper.tar");
     let limit = p.spec.max_output.unwrap_or(u64::MAX);
     let store = (req.store_paths.as_slice(), &req.references, req.meta.base_json.as_ref());
-    let to = (upper_tar.as_path(), stop);
-    let read = read_upper(&outcome.workdir.disk(), to, limit, (&p.contents, &p.disk.path), store, p.base_has.clone());
-    stop.judge(read)?;
+    let read =
+        read_upper(&outcome.workdir.disk(), (stop, limit), (&p.contents, &p.disk.path), store, p.base_has.clone());
+    let (changes, mut files) = stop.judge(read)?;
     let mut phases = vec![("read_upper".to_string(), t.elapsed().as_secs_f64())];
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
     let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
-    let info =
-        stop.judge(convert_file_to_path(&upper_tar, &layer_tar, &opts, &|| stop.now()).map_err(|e| match e {
-            LayerError::UserWhiteoutName { .. } | LayerError::UnsupportedType { .. } | LayerError::TooLarge { .. } => {
-                JobError::Unrepresentable(e)
-            }
-            other => JobError::Layer(other),
-        }))?;
+    let write = |out: &mut dyn std::io::Write| changeset::write(changes, &mut files, out, &opts);
+    let info = write_atomically(&layer_tar, &|| stop.now(), write);
+    let info = stop.judge(info.map_err(|e| layer_error(e, &files.store)))?;
     phases.push(("convert".into(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     let diff_id: Sha256Digest = info

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::layer::test_util::{paths, read_layer, require_root, tar_of, Got, E};
+use crate::layer::writer;
 
 fn conv(entries: &[E]) -> Result<(Vec<u8>, LayerInfo), LayerError> {
     conv_opts(entries, &ConvertOptions::default())

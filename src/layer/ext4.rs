@@ -14,20 +14,17 @@
 //! marked clean (unmounted, or remounted read-only) is refused. Errors name the inode. Checksums are not
 //! needed for safety and not checked.
 //!
-//! [`upper_tar`] writes a directory of the image as the tar the layer
-//! engine's converter takes (the form the guest agent used to write):
-//! whiteouts as the 0/0 character devices they are, every xattr as a PAX
-//! `SCHILY.xattr.*` record, hardlinks as entries to the first path.
+//! [`changes`] reads a directory of the image (the overlay's upper dir) into
+//! the new layer's [`Changeset`], whiteouts and opaque directories decoded;
+//! [`Ext4Files`] reads its files' bytes when the layer is written.
+//! [`upper_tar`] (test support) writes the same directory as the tar the
+//! guest agent used to stream.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::io::{self, Read, Seek, SeekFrom};
 
-use tar::EntryType;
-
-use super::tree_tar::{append_xattrs, header};
+use super::changeset::{self, Changeset, Data, Kind, Node};
+use super::LayerError;
 
 /// Why the image cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +48,20 @@ pub enum Ext4Error {
     TooManyEntries { ino: u64, max: usize },
     #[error("writing the upper dir's tar")]
     Write(#[source] io::Error),
+    /// What a layer cannot hold, or a check of the layer's model.
+    #[error("the upper dir's entry cannot be in the layer")]
+    Entry(#[source] LayerError),
+}
+
+impl Ext4Error {
+    /// The reader's own error back out of an `io::Error` that carries it
+    /// (what [`Ext4Files`] gives the layer writer), else a read error.
+    pub fn from_io(e: io::Error) -> Ext4Error {
+        match e.get_ref().is_some_and(|inner| inner.is::<Ext4Error>()) {
+            true => *e.into_inner().and_then(|inner| inner.downcast().ok()).expect("checked above"),
+            false => Ext4Error::Io(e),
+        }
+    }
 }
 
 const MAGIC: u16 = 0xEF53;
@@ -615,15 +626,6 @@ impl<R: Read + Seek> Read for FileReader<'_, R> {
     }
 }
 
-/// Write the directory `dir` of `fs` (its contents, not itself) as a tar
-/// to `out`; at most `limit` bytes of file data.
-pub fn upper_tar<R: Read + Seek, W: Write>(fs: &mut Ext4<R>, dir: &str, out: W, limit: u64) -> Result<(), Ext4Error> {
-    let mut b = tar::Builder::new(out);
-    b.mode(tar::HeaderMode::Complete);
-    upper_entries(fs, dir, &mut b, limit, &mut |_| false)?;
-    b.into_inner().map_err(Ext4Error::Write)?.flush().map_err(Ext4Error::Write)
-}
-
 /// What the upper dir holds at a path, as far as what lies below it (a
 /// lower dir's copy of the path) is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -638,9 +640,37 @@ pub enum Upper {
     Other,
 }
 
-/// [`upper_tar`]'s entries, appended to `b` (which the caller finishes);
-/// returns every path of the upper dir and what it is there, so that more
-/// entries can be added after them without a duplicate.
+/// The walk's bounds: at most `limit` bytes of layer (file data, headers,
+/// names, xattrs, each counted as the layer's tar will hold it), and a
+/// `stop` asked at every entry (the caller's signal or timeout: the image
+/// is the guest's, and a crafted one must not outlive `--timeout`).
+#[derive(Clone, Copy)]
+pub struct Bounds<'a> {
+    pub limit: u64,
+    pub stop: &'a dyn Fn() -> bool,
+}
+
+impl std::fmt::Debug for Bounds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bounds").field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
+impl Bounds<'_> {
+    /// No stop, at most `limit` bytes.
+    pub fn limit(limit: u64) -> Bounds<'static> {
+        Bounds { limit, stop: &|| false }
+    }
+}
+
+/// Read the directory `dir` of `fs` (its contents, not itself) into `out`,
+/// file data by reference ([`Data::Ext4`], read by [`Ext4Files`]). Returns
+/// every path of the directory and what it is there, so that more entries
+/// can be added after them without a duplicate.
+///
+/// Overlayfs' forms are decoded as they come: a 0/0 character device (or
+/// an empty file with `trusted.overlay.whiteout`) is a whiteout, a
+/// directory with `trusted.overlay.opaque=y` is opaque.
 ///
 /// `hides_only_contents(path)`: whether a lower dir's copy of `path` comes
 /// from the job's contents alone, which the layer holds itself (the base
@@ -648,17 +678,18 @@ pub enum Upper {
 /// directory written as a plain one: the layer just leaves out the contents'
 /// copy, as the seed's layer (contents copied into the upper dir before the
 /// overlay was mounted) never had one to hide.
-pub fn upper_entries<R: Read + Seek, W: Write>(
+pub fn changes<R: Read + Seek>(
     fs: &mut Ext4<R>,
     dir: &str,
-    b: &mut tar::Builder<W>,
-    limit: u64,
+    bounds: Bounds<'_>,
     hides_only_contents: &mut dyn FnMut(&[u8]) -> bool,
+    out: &mut Changeset,
 ) -> Result<HashMap<Vec<u8>, Upper>, Ext4Error> {
     let root = fs.lookup(dir)?;
     if !root.is_dir() {
         return Err(Ext4Error::NotFound(format!("{dir} as a directory")));
     }
+    let limit = bounds.limit;
     let mut written = HashMap::new();
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut budget = limit;
@@ -682,14 +713,13 @@ pub fn upper_entries<R: Read + Seek, W: Write>(
             other => other,
         })?;
         for (name, child) in entries {
-            let mut p = path.clone();
-            if !p.is_empty() {
-                p.push(b'/');
+            if (bounds.stop)() {
+                return Err(Ext4Error::Io(super::stopped()));
             }
-            p.extend_from_slice(&name);
+            let p = super::rules::join(&path, &name);
             let inode = fs.inode(child)?;
             let mut ctx = EntryCtx { first: &mut first, budget: &mut budget, limit };
-            let what = entry(fs, b, &inode, &p, &mut ctx, &mut || hides_only_contents(&p))?;
+            let what = entry(fs, out, &inode, &p, &mut ctx, &mut || hides_only_contents(&p))?;
             written.insert(p.clone(), what);
             if inode.is_dir() {
                 if !dirs_seen.insert(inode.ino) {
@@ -724,20 +754,19 @@ impl EntryCtx<'_> {
     }
 }
 
-/// The overlay's mark of an opaque directory, as the guest mounts it.
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-
-fn entry<R: Read + Seek, W: Write>(
+fn entry<R: Read + Seek>(
     fs: &mut Ext4<R>,
-    b: &mut tar::Builder<W>,
+    out: &mut Changeset,
     inode: &Inode,
     path: &[u8],
     ctx: &mut EntryCtx<'_>,
     hides_only_contents: &mut dyn FnMut() -> bool,
 ) -> Result<Upper, Ext4Error> {
-    let w = Ext4Error::Write;
-    let p = Path::new(OsStr::from_bytes(path));
-    let mut h = header(u32::from(inode.mode & 0o7777), inode.uid, inode.gid, u64::try_from(inode.mtime).unwrap_or(0));
+    let mtime = u64::try_from(inode.mtime).unwrap_or(0);
+    let node = |kind| {
+        Node::new(path.to_vec(), kind, u32::from(inode.mode & 0o7777), inode.uid.into(), inode.gid.into(), mtime)
+    };
+    let push = |out: &mut Changeset, node| out.push(node, path).map_err(Ext4Error::Entry);
     // Every byte the layer will hold counts against the limit, not only
     // file data: the header, and a long name's own header and record (so
     // that many files under deep long names cannot make a huge layer, nor
@@ -747,16 +776,15 @@ fn entry<R: Read + Seek, W: Write>(
         ctx.charge(TAR_BLOCK + path.len() as u64)?;
     }
     // Overlayfs (Linux 5.8 on) gives every whiteout one shared inode: each
-    // is written as a whiteout of its own, never as a hardlink of another,
-    // so that the check below applies to each (a whiteout of a path only
-    // the contents had is left out, whichever the walk meets first).
+    // is a whiteout of its own, never a hardlink of another, so that the
+    // check below applies to each (a whiteout of a path only the contents
+    // had is left out, whichever the walk meets first).
     if !inode.is_dir() && inode.links > 1 && !is_whiteout(inode) {
         if let Some(target) = ctx.first.get(&inode.ino).cloned() {
             if target.len() >= 100 {
                 ctx.charge(TAR_BLOCK + target.len() as u64)?;
             }
-            h.set_entry_type(EntryType::Link);
-            b.append_link(&mut h, p, Path::new(OsStr::from_bytes(&target))).map_err(w)?;
+            push(out, node(Kind::Link(target)))?;
             return Ok(Upper::Other);
         }
         ctx.first.insert(inode.ino, path.to_vec());
@@ -764,35 +792,27 @@ fn entry<R: Read + Seek, W: Write>(
     if is_whiteout(inode) && hides_only_contents() {
         return Ok(Upper::Whiteout);
     }
-    let mut xattrs = fs.xattrs(inode)?;
-    let opaque = inode.is_dir() && xattrs.iter().any(|(k, v)| k == OPAQUE_XATTR && v == b"y");
-    if opaque && hides_only_contents() {
-        xattrs.retain(|(k, _)| k != OPAQUE_XATTR);
-    }
-    if !xattrs.is_empty() {
+    let raw_xattrs = fs.xattrs(inode)?;
+    if !raw_xattrs.is_empty() {
         // A PAX header and its records ("len SCHILY.xattr.name=value\n").
-        let records: u64 = xattrs.iter().map(|(k, v)| 32 + k.len() as u64 + v.len() as u64).sum();
+        let records: u64 = raw_xattrs.iter().map(|(k, v)| 32 + k.len() as u64 + v.len() as u64).sum();
         ctx.charge(TAR_BLOCK + records)?;
     }
-    append_xattrs(b, xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(w)?;
-    let what = match inode.kind() {
-        0o040_000 if opaque => Upper::Opaque,
-        0o040_000 => Upper::Dir,
-        _ if is_whiteout(inode) => Upper::Whiteout,
-        _ => Upper::Other,
-    };
+    let xattrs = changeset::sort_xattrs(raw_xattrs, path).map_err(Ext4Error::Entry)?;
+    let xattr_whiteout = inode.kind() == 0o100_000 && inode.size == 0 && xattrs.whiteout;
+    if xattr_whiteout && hides_only_contents() {
+        return Ok(Upper::Whiteout);
+    }
+    // An opaque directory hides the contents' copy below it either way; the
+    // layer marks it opaque only where the base has the path too.
+    let opaque = inode.is_dir() && xattrs.opaque;
     let corrupt = |what: &str| Ext4Error::Corrupt { ino: inode.ino, what: what.into() };
-    let written = match inode.kind() {
-        0o040_000 => {
-            h.set_entry_type(EntryType::Directory);
-            b.append_data(&mut h, p, io::empty()).map_err(w)
-        }
+    let (kind, what) = match inode.kind() {
+        0o040_000 => (Kind::Dir, if opaque { Upper::Opaque } else { Upper::Dir }),
+        _ if is_whiteout(inode) || xattr_whiteout => (Kind::Whiteout, Upper::Whiteout),
         0o100_000 => {
             ctx.charge(inode.size)?;
-            h.set_entry_type(EntryType::Regular);
-            h.set_size(inode.size);
-            let reader = fs.contents(inode)?;
-            b.append_data(&mut h, p, reader).map_err(w)
+            (Kind::File(Data::Ext4 { ino: inode.ino, len: inode.size }), Upper::Other)
         }
         0o120_000 => {
             let target = fs.symlink(inode)?;
@@ -802,25 +822,120 @@ fn entry<R: Read + Seek, W: Write>(
             if target.len() >= 100 {
                 ctx.charge(TAR_BLOCK + target.len() as u64)?;
             }
-            h.set_entry_type(EntryType::Symlink);
-            b.append_link(&mut h, p, Path::new(OsStr::from_bytes(&target))).map_err(w)
+            (Kind::Symlink(target), Upper::Other)
         }
-        0o020_000 | 0o060_000 => {
+        0o020_000 => {
             let (major, minor) = device(inode);
-            h.set_entry_type(if inode.kind() == 0o020_000 { EntryType::Char } else { EntryType::Block });
-            h.set_device_major(major).map_err(w)?;
-            h.set_device_minor(minor).map_err(w)?;
-            b.append_data(&mut h, p, io::empty()).map_err(w)
+            (Kind::Char(major, minor), Upper::Other)
         }
-        0o010_000 => {
-            h.set_entry_type(EntryType::Fifo);
-            b.append_data(&mut h, p, io::empty()).map_err(w)
+        0o060_000 => {
+            let (major, minor) = device(inode);
+            (Kind::Block(major, minor), Upper::Other)
         }
+        0o010_000 => (Kind::Fifo, Upper::Other),
         // A socket cannot be in a layer; the converter names it.
-        0o140_000 => Err(Ext4Error::Socket(String::from_utf8_lossy(path).into_owned())),
-        _ => Err(corrupt("unknown file type")),
+        0o140_000 => return Err(Ext4Error::Socket(String::from_utf8_lossy(path).into_owned())),
+        _ => return Err(corrupt("unknown file type")),
     };
-    written.map(|()| what)
+    let mut n = node(kind);
+    n.opaque = opaque && !hides_only_contents();
+    n.xattrs = xattrs.keep;
+    push(out, n)?;
+    Ok(what)
+}
+
+/// The upper dir's file bytes, read off the image by [`Data::Ext4`] inode
+/// when the layer is written (every read bounded as the walk's are).
+#[derive(Debug)]
+pub struct Ext4Files<R>(pub Ext4<R>);
+
+impl<R: Read + Seek> changeset::Source for Ext4Files<R> {
+    fn open(&mut self, data: &Data) -> io::Result<Box<dyn Read + '_>> {
+        let &Data::Ext4 { ino, len } = data else {
+            return Err(io::Error::other(format!("not a scratch disk file: {data:?}")));
+        };
+        let inode = self.0.inode(ino).map_err(io::Error::other)?;
+        if inode.kind() != 0o100_000 || inode.size != len {
+            return Err(io::Error::other(format!("inode {ino} is no longer the file the walk read")));
+        }
+        Ok(Box::new(self.0.contents(&inode).map_err(io::Error::other)?))
+    }
+}
+
+/// Test support: the directory `dir` of `fs` (its contents, not itself) as
+/// the tar the guest agent used to stream, the form [`super::convert`]
+/// takes: whiteouts as 0/0 character devices, an opaque directory with
+/// `trusted.overlay.opaque=y`, every kept xattr as a PAX `SCHILY.xattr.*`
+/// record, hardlinks as entries to the first path; at most `limit` bytes.
+#[cfg(any(test, feature = "fuzz"))]
+pub fn upper_tar<R: Read + Seek, W: io::Write>(
+    fs: &mut Ext4<R>,
+    dir: &str,
+    out: W,
+    limit: u64,
+) -> Result<(), Ext4Error> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use tar::EntryType;
+    let mut cs = Changeset::default();
+    changes(fs, dir, Bounds::limit(limit), &mut |_| false, &mut cs)?;
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Complete);
+    let mut files = Ext4Files(Ext4::open(&mut fs.dev)?);
+    let w = Ext4Error::Write;
+    for n in cs.nodes() {
+        let p = Path::new(OsStr::from_bytes(&n.path));
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(n.mode);
+        h.set_uid(n.uid);
+        h.set_gid(n.gid);
+        h.set_mtime(n.mtime);
+        h.set_size(0);
+        h.set_device_major(0).map_err(w)?;
+        h.set_device_minor(0).map_err(w)?;
+        let mut records: Vec<(String, &[u8])> =
+            n.xattrs.iter().map(|(k, v)| (format!("{}{k}", super::rules::PAX_XATTR_PREFIX), v.as_slice())).collect();
+        if n.opaque {
+            records.push((format!("{}{}", super::rules::PAX_XATTR_PREFIX, super::rules::OVERLAY_OPAQUE_XATTR), b"y"));
+        }
+        if !records.is_empty() && !matches!(n.kind, Kind::Link(_)) {
+            b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v))).map_err(w)?;
+        }
+        let link = |b: &mut tar::Builder<W>, h: &mut tar::Header, ty, t: &[u8]| {
+            h.set_entry_type(ty);
+            b.append_link(h, p, Path::new(OsStr::from_bytes(t))).map_err(w)
+        };
+        let mut device = |ty, (ma, mi)| -> Result<(), Ext4Error> {
+            h.set_entry_type(ty);
+            h.set_device_major(ma).map_err(w)?;
+            h.set_device_minor(mi).map_err(w)?;
+            b.append_data(&mut h, p, io::empty()).map_err(w)
+        };
+        match &n.kind {
+            Kind::Link(t) => link(&mut b, &mut h, EntryType::Link, t)?,
+            Kind::Symlink(t) => link(&mut b, &mut h, EntryType::Symlink, t)?,
+            Kind::Whiteout => device(EntryType::Char, (0, 0))?,
+            Kind::Char(ma, mi) => device(EntryType::Char, (*ma, *mi))?,
+            Kind::Block(ma, mi) => device(EntryType::Block, (*ma, *mi))?,
+            Kind::Dir => {
+                h.set_entry_type(EntryType::Directory);
+                b.append_data(&mut h, p, io::empty()).map_err(w)?;
+            }
+            Kind::Fifo => {
+                h.set_entry_type(EntryType::Fifo);
+                b.append_data(&mut h, p, io::empty()).map_err(w)?;
+            }
+            Kind::File(d) => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_size(d.len());
+                let r = changeset::Source::open(&mut files, d).map_err(Ext4Error::from_io)?;
+                b.append_data(&mut h, p, r).map_err(w)?;
+            }
+            Kind::OpaqueMarker => unreachable!("a source makes no markers"),
+        }
+    }
+    b.into_inner().map_err(w)?.flush().map_err(w)
 }
 
 /// An inode's mtime in seconds: the signed 32-bit `i_mtime`, plus the two

@@ -5,6 +5,7 @@
 use super::*;
 use crate::layer::test_util::{assert_upper_fixture, is_root, read_layer};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 fn mkfs(dir: &Path, img: &Path, mib: u64) {
@@ -394,16 +395,40 @@ fn whiteouts_sharing_one_inode_are_each_left_out_or_written_by_their_own_path() 
     // Odd names hide only contents paths.
     let contents_only = |p: &[u8]| p.last().is_some_and(|c| (c - b'0') % 2 == 1);
     let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    let written = upper_entries(&mut fs, "upper", &mut b, u64::MAX, &mut |p: &[u8]| contents_only(p)).unwrap();
-    let tar = b.into_inner().unwrap();
+    let mut cs = Changeset::default();
+    let written =
+        changes(&mut fs, "upper", Bounds::limit(u64::MAX), &mut |p: &[u8]| contents_only(p), &mut cs).unwrap();
     assert_eq!(written.len(), 12);
-    let entries = read_layer(&tar);
-    let mut names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    let mut names: Vec<&[u8]> = cs.nodes().iter().map(|n| n.path.as_slice()).collect();
     names.sort();
-    assert_eq!(names, ["w0", "w10", "w2", "w4", "w6", "w8"], "each base whiteout once, no contents one");
-    assert!(
-        entries.iter().all(|e| e.ty == b'3' && e.dev == (0, 0) && e.link.is_empty()),
-        "whiteouts, not hardlinks: {entries:?}"
-    );
+    assert_eq!(names, [&b"w0"[..], b"w10", b"w2", b"w4", b"w6", b"w8"], "each base whiteout once, no contents one");
+    assert!(cs.nodes().iter().all(|n| n.kind == Kind::Whiteout), "whiteouts, not hardlinks: {:?}", cs.nodes());
+}
+
+#[test]
+fn an_opaque_directory_hides_the_contents_below_it_but_is_marked_only_over_the_base() {
+    if !is_root() {
+        eprintln!("skipping an_opaque_directory_...: needs root (trusted.* xattrs)");
+        return;
+    }
+    // A script that emptied and refilled two directories: `c` the contents
+    // alone had, `b` the base had too.
+    let t = tempfile::tempdir().unwrap();
+    for d in ["b", "c"] {
+        let dir = t.path().join("root/upper").join(d);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("fresh"), "new").unwrap();
+        rustix::fs::setxattr(&dir, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
+    }
+    let img = t.path().join("scratch.img");
+    mkfs(&t.path().join("root"), &img, 16);
+    let mut fs = Ext4::open(std::fs::File::open(&img).unwrap()).unwrap();
+    let mut cs = Changeset::default();
+    let contents_only = &mut |p: &[u8]| p == b"c";
+    let upper = changes(&mut fs, "upper", Bounds::limit(u64::MAX), contents_only, &mut cs).unwrap();
+    assert_eq!((upper[&b"b"[..]], upper[&b"c"[..]]), (Upper::Opaque, Upper::Opaque), "both hide what is below");
+    let mut opaque: Vec<(&[u8], bool)> =
+        cs.nodes().iter().filter(|n| n.kind == Kind::Dir).map(|n| (n.path.as_slice(), n.opaque)).collect();
+    opaque.sort();
+    assert_eq!(opaque, [(&b"b"[..], true), (&b"c"[..], false)], "marked only where the base has the path");
 }

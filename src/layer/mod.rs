@@ -6,17 +6,19 @@
 //! whiteouts are 0/0 character devices or `overlay.whiteout` files, opaque
 //! directories carry `overlay.opaque=y`).
 //!
-//! - [`convert`]: the tar of an upper dir (as the guest agent streams it, with
-//!   `trusted.overlay.*` xattrs, whiteout devices and hardlinks) -> a
-//!   deterministic OCI layer tar, with its diff_id computed while writing.
+//! - [`changeset`]: the one model of a new layer (paths with their inode,
+//!   whiteouts, opaque directories, hardlinks, file data by reference) and
+//!   the one writer of OCI layers: deterministic, its diff_id computed while
+//!   writing. Every source below decodes its own form into it.
+//! - [`convert`]: the tar of an upper dir (as the guest agent used to stream
+//!   it, with `trusted.overlay.*` xattrs, whiteout devices and hardlinks) ->
+//!   a changeset -> the layer.
 //! - [`flatten`] + [`erofs`]: a base image's layers -> one merged tree ->
-//!   the read-only EROFS disk the guest mounts as its lower dir; [`tree_tar`]
-//!   writes the same tree as a tar (`export`).
+//!   the read-only EROFS disk the guest mounts as its lower dir; the same
+//!   tree as a changeset is `export`'s layer.
 //! - [`ext4`]: the overlay upper dir read off the scratch disk's image the
-//!   guest left, as the tar [`convert`] takes; [`ext4_format`] makes that
-//!   disk's empty ext4 before the job.
-//! - [`references`]: the Nix store paths the new layer's bytes name (Nix's
-//!   reference scan) and their closure, from `exportReferencesGraph` files.
+//!   guest left, into a changeset; [`ext4_format`] makes that disk's empty
+//!   ext4 before the job.
 //! - [`references`]: the Nix store paths the new layer's bytes name (Nix's
 //!   reference scan) and their closure, from `exportReferencesGraph` files.
 //! - [`store_paths`]: host store paths (a Nix closure) added to the new
@@ -30,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod changeset;
 pub mod convert;
 pub mod erofs;
 pub mod ext4;
@@ -39,7 +42,6 @@ pub mod references;
 pub mod rules;
 pub mod store_paths;
 pub mod tar_guard;
-pub mod tree_tar;
 /// Test support: the layer applied the overlayfs way, the independent
 /// reader the crosscheck tests and the `layer_unpack` fuzz target hold the
 /// converter's layers against (rootlayer itself flattens base images on
@@ -55,7 +57,9 @@ mod crosscheck_tests;
 #[cfg(test)]
 mod test_util;
 
-pub use convert::{convert, convert_file_to_path, convert_seekable, stopped, ConvertOptions, LayerInfo, Stoppable};
+pub use convert::{
+    convert, convert_file_to_path, convert_seekable, stopped, write_atomically, ConvertOptions, LayerInfo, Stoppable,
+};
 #[cfg(any(test, feature = "fuzz"))]
 pub use unpack::{unpack, UnpackOptions};
 pub(crate) use writer::HashingWriter;

@@ -12,13 +12,17 @@
 //!   its name occurs anywhere in the bytes. It is fed in pieces
 //!   ([`Scanner::scan`]) as the bytes pass by, a hash split across two
 //!   pieces included, and a name on its own ([`Scanner::scan_name`]);
-//!   [`ScanWriter`] feeds it everything written through it (the tar stream
-//!   of the layer: names, symlink targets and file contents alike).
+//!   [`scan_changeset`] feeds it what a layer's changeset holds, as a NAR
+//!   would (each path, symlink target and xattr value as a name, each
+//!   file's bytes as one stream).
 //! - [`ReferenceGraph::closure`]: the referenced paths and everything they
 //!   reference, as the store paths to add.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Write};
+use std::io::Read;
+
+use super::changeset::{Changeset, Kind, Source};
+use super::{show, LayerError};
 
 /// Length of a store path's hash part (160 bits in nix-base32).
 pub const HASH_LEN: usize = 32;
@@ -279,37 +283,46 @@ fn trailing_run(data: &[u8]) -> &[u8] {
     &tail[start..]
 }
 
-/// A writer that scans what it passes on.
-#[derive(Debug)]
-pub struct ScanWriter<W> {
-    inner: W,
-    scanner: Scanner,
-}
-
-impl<W: Write> ScanWriter<W> {
-    pub fn new(inner: W, scanner: Scanner) -> ScanWriter<W> {
-        ScanWriter { inner, scanner }
+/// Scan what a changeset's nodes put in the layer, as Nix scans a NAR:
+/// each path, symlink target and kept xattr value as a name of its own,
+/// each file's bytes (read from `src`) as one stream. `stop` is asked
+/// every megabyte.
+pub fn scan_changeset(
+    changes: &Changeset,
+    src: &mut dyn Source,
+    scanner: &mut Scanner,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), LayerError> {
+    let mut buf = vec![0u8; 1 << 20];
+    for n in changes.nodes() {
+        scanner.scan_name(&n.path);
+        for (_, v) in &n.xattrs {
+            scanner.scan_name(v);
+        }
+        let data = match &n.kind {
+            Kind::Symlink(t) => {
+                scanner.scan_name(t);
+                continue;
+            }
+            Kind::File(d) => d,
+            _ => continue,
+        };
+        let err = |source| LayerError::Entry { path: show(&n.path), source };
+        let mut r = src.open(data).map_err(err)?.take(data.len());
+        scanner.break_stream();
+        loop {
+            if stop() {
+                return Err(LayerError::Read(super::stopped()));
+            }
+            let got = r.read(&mut buf).map_err(err)?;
+            if got == 0 {
+                break;
+            }
+            scanner.scan(&buf[..got]);
+        }
+        scanner.break_stream();
     }
-
-    pub fn scanner(&mut self) -> &mut Scanner {
-        &mut self.scanner
-    }
-
-    pub fn into_inner(self) -> (W, Scanner) {
-        (self.inner, self.scanner)
-    }
-}
-
-impl<W: Write> Write for ScanWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.scanner.scan(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -496,16 +509,26 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_writer_scans_what_it_writes() {
+    fn a_changeset_is_scanned_by_name_target_xattr_and_file_data() {
+        use crate::layer::changeset::{Changeset, Data, HostFiles, Node};
         let g = graph();
-        let mut w = ScanWriter::new(Vec::new(), g.scanner());
-        let text = format!("link -> {D}/share");
-        for piece in text.as_bytes().chunks(7) {
-            w.write_all(piece).unwrap();
-        }
-        let (out, s) = w.into_inner();
-        assert_eq!(out, text.as_bytes());
-        assert_eq!(found(&s), [D]);
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("f");
+        let text = format!("#!{D}/bin/sh\n");
+        std::fs::write(&file, &text).unwrap();
+        let mut files = HostFiles::default();
+        let f = files.push(file);
+        let mut cs = Changeset::default();
+        let node = |path: &str, kind| Node::new(path.as_bytes().to_vec(), kind, 0o644, 0, 0, 0);
+        cs.push(node("bin", Kind::File(Data::Host { file: f, len: text.len() as u64 })), b"bin").unwrap();
+        cs.push(node("link", Kind::Symlink(format!("{A}/x").into_bytes())), b"link").unwrap();
+        let mut named = node(&format!("share/{}", &C[11..]), Kind::Dir);
+        named.xattrs.push(("user.ref".into(), B.as_bytes().to_vec()));
+        cs.push(named, b"share").unwrap();
+        let mut s = g.scanner();
+        scan_changeset(&cs, &mut files, &mut s, &|| false).unwrap();
+        assert_eq!(found(&s), [A, B, C, D]);
+        assert!(scan_changeset(&cs, &mut files, &mut g.scanner(), &|| true).is_err(), "stopped");
     }
 
     #[test]

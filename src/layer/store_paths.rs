@@ -19,16 +19,14 @@
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tar::EntryType;
-
+use super::changeset::{Changeset, Data, HostFiles, Kind, Node};
 use super::references::{ReferenceGraph, Scanner};
 use super::rules::{self, EntryName};
-use super::tree_tar::header;
 use super::{show, LayerError};
 
 /// Directories nested deeper than this in a store path are refused (a
@@ -183,44 +181,42 @@ pub fn present_in_layers<R: Read>(
     Ok(present)
 }
 
-/// Append `paths` to the tar being built in `b`, leaving out every path in
-/// `skip` (what the upper dir or the base already has); the missing parents
-/// come first. Returns how many store paths were added.
-pub fn append<W: Write>(
-    b: &mut tar::Builder<W>,
+/// Add `paths` to the new layer's changeset `out`, leaving out every path
+/// in `skip` (what the upper dir or the base already has); the missing
+/// parents come first. File bytes are read when the layer is written, from
+/// `files` ([`Data::Host`]). Returns how many store paths were added.
+pub fn add(
+    out: &mut Changeset,
     paths: &[StorePath],
     skip: &HashSet<Vec<u8>>,
+    files: &mut HostFiles,
 ) -> Result<usize, LayerError> {
     let mut parents = BTreeSet::new();
     let todo: Vec<&StorePath> = paths.iter().filter(|p| !skip.contains(&p.layer)).collect();
     for p in &todo {
         parents.extend(p.parents().filter(|d| !skip.contains(*d)).map(<[u8]>::to_vec));
     }
-    for dir in &parents {
-        let mut h = header(0o755, 0, 0, 0);
-        h.set_entry_type(EntryType::Directory);
-        let path = Path::new(OsStr::from_bytes(dir));
-        b.append_data(&mut h, path, io::empty()).map_err(|source| LayerError::Entry { path: show(dir), source })?;
+    for dir in parents {
+        out.push(Node::new(dir.clone(), Kind::Dir, 0o755, 0, 0, 0), &dir)?;
     }
     for p in &todo {
-        walk(b, &p.host, &p.layer, 0)?;
+        walk(out, files, &p.host, &p.layer, 0)?;
     }
     Ok(todo.len())
 }
 
-fn walk<W: Write>(b: &mut tar::Builder<W>, host: &Path, layer: &[u8], depth: usize) -> Result<(), LayerError> {
+fn walk(out: &mut Changeset, files: &mut HostFiles, host: &Path, layer: &[u8], depth: usize) -> Result<(), LayerError> {
     let err = |source: io::Error| LayerError::Entry { path: host.display().to_string(), source };
     if depth > MAX_DEPTH {
         return Err(err(io::Error::other("directories nested too deep")));
     }
     let meta = fs::symlink_metadata(host).map_err(err)?;
     let mode = meta.permissions().mode() & 0o7777;
-    let mut h = header(mode, 0, 0, u64::try_from(meta.mtime()).unwrap_or(0));
-    let path = Path::new(OsStr::from_bytes(layer));
+    let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+    let node = |kind| Node::new(layer.to_vec(), kind, mode, 0, 0, mtime);
     let ft = meta.file_type();
     if ft.is_dir() {
-        h.set_entry_type(EntryType::Directory);
-        b.append_data(&mut h, path, io::empty()).map_err(err)?;
+        out.push(node(Kind::Dir), layer)?;
         let mut names = fs::read_dir(host)
             .map_err(err)?
             .map(|e| e.map(|e| e.file_name()))
@@ -228,24 +224,17 @@ fn walk<W: Write>(b: &mut tar::Builder<W>, host: &Path, layer: &[u8], depth: usi
             .map_err(err)?;
         names.sort();
         for name in names {
-            walk(b, &host.join(&name), &rules::join(layer, name.as_bytes()), depth + 1)?;
+            walk(out, files, &host.join(&name), &rules::join(layer, name.as_bytes()), depth + 1)?;
         }
         Ok(())
     } else if ft.is_file() {
-        h.set_entry_type(EntryType::Regular);
-        h.set_size(meta.len());
-        let file = fs::File::open(host).map_err(err)?;
-        // A file that changes length while read is an error, not a short entry.
-        let mut data = file.take(meta.len());
-        b.append_data(&mut h, path, &mut data).map_err(err)?;
-        if data.limit() != 0 {
-            return Err(LayerError::Truncated { path: host.display().to_string() });
-        }
-        Ok(())
+        // Read when the layer is written: a file that changes length by
+        // then is an error, not a short entry.
+        let file = files.push(host.to_path_buf());
+        out.push(node(Kind::File(Data::Host { file, len: meta.len() })), layer)
     } else if ft.is_symlink() {
-        h.set_entry_type(EntryType::Symlink);
         let target = fs::read_link(host).map_err(err)?;
-        b.append_link(&mut h, path, &target).map_err(err)
+        out.push(node(Kind::Symlink(target.into_os_string().into_vec())), layer)
     } else {
         Err(LayerError::UnsupportedType { path: host.display().to_string(), kind: 'S' })
     }
@@ -254,7 +243,28 @@ fn walk<W: Write>(b: &mut tar::Builder<W>, host: &Path, layer: &[u8], depth: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::changeset::{self, ConvertOptions};
     use std::os::unix::fs::symlink;
+    use tar::EntryType;
+
+    fn header(mode: u32, uid: u64, gid: u64, mtime: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(mtime);
+        h.set_size(0);
+        h
+    }
+
+    /// `paths` added to an empty changeset, written as a layer.
+    fn append(paths: &[StorePath], skip: &HashSet<Vec<u8>>) -> Result<(usize, Vec<u8>), LayerError> {
+        let (mut cs, mut files) = (Changeset::default(), HostFiles::default());
+        let n = add(&mut cs, paths, skip, &mut files)?;
+        let mut out = Vec::new();
+        changeset::write(cs, &mut files, &mut out, &ConvertOptions::default())?;
+        Ok((n, out))
+    }
 
     fn sp(s: &str) -> StorePath {
         StorePath::parse(Path::new(s)).unwrap()
@@ -375,9 +385,8 @@ mod tests {
         let list = format!("{}\n{}\n{}\n", pkg.display(), single.display(), have.display());
         let paths = parse_list(list.as_bytes()).unwrap();
         let skip: HashSet<Vec<u8>> = [have.as_os_str().as_bytes()[1..].to_vec()].into();
-        let mut b = tar::Builder::new(Vec::new());
-        assert_eq!(append(&mut b, &paths, &skip).unwrap(), 2);
-        let tar = b.into_inner().unwrap();
+        let (added, tar) = append(&paths, &skip).unwrap();
+        assert_eq!(added, 2);
         let got = names(&tar);
         let rel = |p: &Path| show(&p.as_os_str().as_bytes()[1..]);
         // Every parent of the store dir first, then the trees in name order.
@@ -387,7 +396,8 @@ mod tests {
             cur.push(c);
             expect_parents.push(show(cur.as_os_str().as_bytes()));
         }
-        let dirs: Vec<_> = got.iter().take(expect_parents.len()).map(|g| g.0.clone()).collect();
+        let dirs: Vec<_> =
+            got.iter().take(expect_parents.len()).map(|g| g.0.trim_end_matches('/').to_string()).collect();
         assert_eq!(dirs, expect_parents);
         let find = |p: &Path| {
             got.iter()
@@ -405,21 +415,17 @@ mod tests {
         // With the parents present nothing but the trees is written.
         let mut skip2 = skip.clone();
         skip2.extend(expect_parents.iter().map(|p| p.as_bytes().to_vec()));
-        let mut b = tar::Builder::new(Vec::new());
-        append(&mut b, &paths, &skip2).unwrap();
-        assert!(names(&b.into_inner().unwrap())[0].0.starts_with(&rel(&pkg)));
+        assert!(names(&append(&paths, &skip2).unwrap().1)[0].0.starts_with(&rel(&pkg)));
     }
 
     #[test]
     fn sockets_and_missing_paths_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let missing = parse_list(format!("{}/nope\n", tmp.path().display()).as_bytes()).unwrap();
-        let mut b = tar::Builder::new(Vec::new());
-        assert!(append(&mut b, &missing, &HashSet::new()).is_err());
+        assert!(append(&missing, &HashSet::new()).is_err());
         let sock_path = tmp.path().join("s");
         let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
         let socket = parse_list(format!("{}\n", sock_path.display()).as_bytes()).unwrap();
-        let mut b = tar::Builder::new(Vec::new());
-        assert!(matches!(append(&mut b, &socket, &HashSet::new()), Err(LayerError::UnsupportedType { .. })));
+        assert!(matches!(append(&socket, &HashSet::new()), Err(LayerError::UnsupportedType { .. })));
     }
 }
