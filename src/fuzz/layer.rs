@@ -41,7 +41,7 @@ pub fn layer_convert(data: &[u8]) {
         (a, b) => panic!("streaming and seekable conversion disagree: {a:?} / {b:?}"),
     };
     assert_eq!(info.size, streamed.len() as u64, "reported size");
-    assert_eq!(info.diff_id, format!("sha256:{:x}", Sha256::digest(&streamed)), "reported diff_id");
+    assert_eq!(info.diff_id.to_string(), format!("sha256:{:x}", Sha256::digest(&streamed)), "reported diff_id");
     check_layer(&streamed);
 }
 

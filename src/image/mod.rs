@@ -24,7 +24,7 @@
 mod archive;
 mod compression;
 pub mod created;
-mod digest;
+pub(crate) mod digest;
 mod docker;
 mod error;
 mod oci;

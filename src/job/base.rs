@@ -11,11 +11,12 @@
 //! a damaged entry is made again. Where the cache cannot be written the
 //! image goes to the job's work directory.
 
+use crate::image::digest::HashingWriter;
 use crate::image::{fingerprint, settled_fingerprint, BaseImage, ImageError, Sha256Digest};
 use crate::layer::erofs::{self, Layers};
 use crate::layer::flatten::Tree;
 use crate::layer::tar_guard::Limits as TarLimits;
-use crate::layer::{HashingWriter, LayerError};
+use crate::layer::LayerError;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -84,16 +85,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BaseError + '_ {
     move |source| BaseError::Io { path: path.to_path_buf(), source }
 }
 
-/// The hex digits of a `sha256:<hex>` digest (the checksum file holds them).
-fn hex_of(digest: &str) -> String {
-    digest.trim_start_matches("sha256:").to_string()
-}
-
 /// sha256 of a file, hex.
 fn file_sha256(path: &Path) -> std::io::Result<String> {
     let mut hashed = HashingWriter::new(std::io::sink());
     std::io::copy(&mut BufReader::with_capacity(1 << 20, File::open(path)?), &mut hashed)?;
-    Ok(hex_of(&hashed.finish().0))
+    Ok(hashed.into_inner().1.digest().hex())
 }
 
 /// A cached image whose recorded sha256 matches its bytes. The checksum
@@ -199,8 +195,8 @@ pub fn prepare(base: Option<&BaseImage>, cache: &Path, work: &Path) -> Result<Ba
     let written = erofs::write(&tree, &mut layers, &mut out);
     let result = written.map_err(BaseError::from).and_then(|info| {
         out.flush().map_err(io_err(&tmp))?;
-        let (digest, _, buffered) = out.finish();
-        let sum = hex_of(&digest);
+        let (buffered, tally) = out.into_inner();
+        let sum = tally.digest().hex();
         let file = buffered.into_inner().map_err(|e| BaseError::Io { path: tmp.clone(), source: e.into_error() })?;
         file.sync_all().map_err(io_err(&tmp))?;
         // Image first, then the checksum that makes it valid.

@@ -31,7 +31,7 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
     let write = |out: &mut dyn std::io::Write| changeset::write(changes, &mut layers, out, &ConvertOptions::default());
     let info = stop.judge(write_atomically(out, &|| stop.now(), write).map_err(Into::into))?;
     Ok(Summary {
-        diff_id: info.diff_id,
+        diff_id: info.diff_id.to_string(),
         size: info.size,
         out: out.to_path_buf(),
         format: OutputFormat::Layer,

@@ -10,7 +10,7 @@ use super::stop::{check_out, Stop};
 use super::verdict::Summary;
 use super::{cache_dir, run_job, GuestError, GuestSpec, JobError, JobOutcome, Workdir, VERIFIED_DIR};
 use crate::devices::console::Echo;
-use crate::image::{write_output, BaseImage, ImageMeta, NewLayer, OutputFormat, Selector, Sha256Digest};
+use crate::image::{write_output, BaseImage, ImageMeta, NewLayer, OutputFormat, Selector};
 use crate::job::base::{BaseDisk, BaseError};
 use crate::job::contents::Contents;
 use crate::layer::changeset::{self, Changeset, Data, HostFiles, Source, Visit};
@@ -367,7 +367,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     phases.extend(host_phases);
     phases.push(("total".into(), start.elapsed().as_secs_f64()));
     Ok(Summary {
-        diff_id: info.diff_id,
+        diff_id: info.diff_id.to_string(),
         size: info.size,
         out: req.out.clone(),
         format: req.format,
@@ -488,11 +488,7 @@ fn write_layer(
     let info = stop.judge(info.map_err(|e| layer_error(e, &files.store)))?;
     phases.push(("convert".into(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
-    let diff_id: Sha256Digest = info
-        .diff_id
-        .parse()
-        .map_err(|_| JobError::Guest(format!("layer engine gave a malformed digest {}", info.diff_id)))?;
-    let new_layer = NewLayer { tar: layer_tar, diff_id, size: info.size };
+    let new_layer = NewLayer { tar: layer_tar, diff_id: info.diff_id, size: info.size };
     stop.check()?;
     write_output(req.format, &req.out, p.base.as_ref(), &new_layer, &req.meta)?;
     phases.push(("write".into(), t.elapsed().as_secs_f64()));

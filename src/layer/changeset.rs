@@ -24,8 +24,9 @@ use std::path::PathBuf;
 
 use super::flatten::{self, DataRef, Tree};
 use super::rules::{self, Xattr};
-use super::writer::{self, flag, EntryHeader, HashingWriter};
+use super::writer::{self, flag, EntryHeader};
 use super::{show, LayerError};
+use crate::image::digest::{HashingWriter, Sha256Digest};
 
 /// How to write the layer.
 #[derive(Debug, Clone, Default)]
@@ -39,12 +40,12 @@ pub struct ConvertOptions {
 /// Digests and sizes of a written layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerInfo {
-    /// `sha256:<hex>` of the uncompressed tar (the OCI diff_id).
-    pub diff_id: String,
+    /// sha256 of the uncompressed tar (the OCI diff_id).
+    pub diff_id: Sha256Digest,
     /// Size of the uncompressed tar.
     pub size: u64,
     /// `(sha256:<hex>, size)` of the gzip stream, when gzip was asked for.
-    pub compressed: Option<(String, u64)>,
+    pub compressed: Option<(Sha256Digest, u64)>,
 }
 
 /// Where a file's bytes are, for its [`Source`] to read at write time.
@@ -475,8 +476,8 @@ pub fn write<W: Write>(
             let mut hw = HashingWriter::new(out);
             write_entries(&nodes, src, &mut hw, opts)?;
             hw.flush().map_err(LayerError::Write)?;
-            let (diff_id, size, _) = hw.finish();
-            Ok(LayerInfo { diff_id, size, compressed: None })
+            let (_, tally) = hw.into_inner();
+            Ok(LayerInfo { diff_id: tally.digest(), size: tally.len, compressed: None })
         }
         Some(level) => {
             let gz = flate2::GzBuilder::new()
@@ -484,11 +485,12 @@ pub fn write<W: Write>(
                 .write(HashingWriter::new(out), flate2::Compression::new(level.min(9)));
             let mut hw = HashingWriter::new(gz);
             write_entries(&nodes, src, &mut hw, opts)?;
-            let (diff_id, size, gz) = hw.finish();
+            let (gz, tally) = hw.into_inner();
             let mut comp = gz.finish().map_err(LayerError::Write)?;
             comp.flush().map_err(LayerError::Write)?;
-            let (digest, csize, _) = comp.finish();
-            Ok(LayerInfo { diff_id, size, compressed: Some((digest, csize)) })
+            let (_, ctally) = comp.into_inner();
+            let compressed = Some((ctally.digest(), ctally.len));
+            Ok(LayerInfo { diff_id: tally.digest(), size: tally.len, compressed })
         }
     }
 }

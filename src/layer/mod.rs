@@ -62,7 +62,6 @@ pub use convert::{
 };
 #[cfg(any(test, feature = "fuzz"))]
 pub use unpack::{unpack, UnpackOptions};
-pub(crate) use writer::HashingWriter;
 
 mod error;
 pub(crate) use error::show;

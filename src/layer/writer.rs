@@ -1,54 +1,10 @@
 //! A deterministic tar writer (POSIX ustar headers plus PAX `x` records when
-//! a value does not fit) and a writer that hashes what passes through it.
+//! a value does not fit).
 
-use std::io::{self, Write};
-
-use sha2::{Digest, Sha256};
+use std::io::Write;
 
 use super::rules::pax_record;
 use super::{show, LayerError};
-
-/// Counts and sha256-hashes every byte written through it.
-#[derive(Debug)]
-pub(crate) struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), count: 0 }
-    }
-
-    /// `("sha256:<hex>", size)` and the inner writer.
-    pub(crate) fn finish(self) -> (String, u64, W) {
-        (digest_string(&self.hasher.finalize()), self.count, self.inner)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-pub(crate) fn digest_string(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(7 + 2 * bytes.len());
-    s.push_str("sha256:");
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
 
 /// Tar type flags we write.
 pub(crate) mod flag {
