@@ -113,7 +113,7 @@ fn direct(mut data: &[u8]) -> (Tree, Blob) {
                 let d = bytes(&mut data);
                 let r = DataRef { layer: 0, offset: blob.len() as u64, len: d.len() as u64 };
                 blob.extend_from_slice(d);
-                Kind::File(r)
+                Kind::File(Data::Layer(r))
             }
             2 => Kind::Symlink(bytes(&mut data).iter().map(|&b| if b == 0 { b'_' } else { b }).collect()),
             3 | 4 => {
@@ -198,9 +198,9 @@ fn reachable(tree: &Tree) -> BTreeMap<Vec<u8>, usize> {
     out
 }
 
-/// Write `tree` and check the layer against it; `data`: where its files'
-/// bytes are in `src`; `disk`: the contents directory it was gathered from.
-fn write_and_check(tree: &Tree, src: &mut dyn Source, data: &dyn Fn(&DataRef) -> Data, disk: Option<&Path>) {
+/// Write `tree` and check the layer against it, its files' bytes read from
+/// `src`; `disk`: the contents directory it was gathered from.
+fn write_and_check(tree: &Tree, src: &mut dyn Source, disk: Option<&Path>) {
     let names = reachable(tree);
     let too_big = names.values().any(
         |&i| matches!(tree.inodes[i].kind, Kind::Char(a, b) | Kind::Block(a, b) if a > MAX_DEVICE || b > MAX_DEVICE),
@@ -211,7 +211,7 @@ fn write_and_check(tree: &Tree, src: &mut dyn Source, data: &dyn Fn(&DataRef) ->
     let mut out = Vec::new();
     let mut cs = Changeset::default();
     let written = cs
-        .add_tree(tree, data, |_, _| Visit::Entry)
+        .add_tree(tree, |_, _| Visit::Entry)
         .and_then(|()| changeset::write(cs, src, &mut out, &ConvertOptions::default()));
     match written {
         Ok(_) => assert!(!too_big && !empty_link && !whiteout_name, "a tree no layer can hold was written"),
@@ -274,7 +274,7 @@ fn write_and_check(tree: &Tree, src: &mut dyn Source, data: &dyn Fn(&DataRef) ->
                 Kind::File(r) => {
                     assert_eq!(ty, tar::EntryType::Regular, "{show:?}");
                     let mut want = Vec::new();
-                    src.open(&data(r)).expect("data").take(r.len).read_to_end(&mut want).expect("data");
+                    src.open(r).expect("data").take(r.len()).read_to_end(&mut want).expect("data");
                     assert!(content == want, "{show:?} data");
                     if let Some(root) = disk {
                         check_on_disk(root, &path, &content);
@@ -317,15 +317,14 @@ pub fn tree_tar(mut data: &[u8]) {
     let Some(mode) = take_u8(&mut data) else { return };
     if mode & 1 == 0 {
         let (tree, mut blob) = direct(data);
-        write_and_check(&tree, &mut blob, &|r| Data::Layer(*r), None);
+        write_and_check(&tree, &mut blob, None);
         return;
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     on_disk(dir.path(), data);
     match Contents::gather(&[dir.path().to_path_buf()], mode & 2 != 0) {
         Ok(c) => {
-            let host = |r: &DataRef| Data::Host { file: r.layer, len: r.len };
-            write_and_check(&c.tree, &mut c.data().clone(), &host, Some(dir.path()));
+            write_and_check(&c.tree, &mut c.data(), Some(dir.path()));
         }
         Err(e) => {
             let _ = e.to_string();

@@ -19,12 +19,13 @@
 //! through a link that leaves the tree (the seed's rsync would write into
 //! the store) is refused.
 
+use crate::layer::changeset::Data;
 use crate::layer::changeset::HostFiles;
-use crate::layer::erofs::{self, DataSource};
-use crate::layer::flatten::{DataRef, Inode, Kind, Tree};
+use crate::layer::erofs;
+use crate::layer::flatten::{Inode, Kind, Tree};
 use crate::layer::LayerError;
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ fn show(b: &[u8]) -> String {
 pub const MAX_DEPTH: usize = 1024;
 
 /// The merged contents: the tree, and the host file behind each of its
-/// files' [`DataRef::layer`].
+/// files' [`Data::Host`] index.
 #[derive(Debug, Default)]
 pub struct Contents {
     pub tree: Tree,
@@ -199,7 +200,7 @@ impl Walk {
             }
             let kind = if ft.is_file() {
                 let file = c.files.push(from.clone());
-                Kind::File(DataRef { layer: file, offset: 0, len: meta.len() })
+                Kind::File(Data::Host { file, len: meta.len() })
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&from).map_err(read_err(&from, "read link"))?;
                 Kind::Symlink(target.as_os_str().as_bytes().to_vec())
@@ -277,14 +278,6 @@ fn resolve(tree: &Tree, rel: &[u8], kind: &Kind) -> Option<usize> {
     tree.lookup(&at.join(&b'/')).filter(|&i| matches!(tree.inodes[i].kind, Kind::Dir(_)))
 }
 
-/// The contents' files, read from the host by [`DataRef::layer`] index
-/// (as [`crate::layer::changeset::Data::Host`] in a changeset).
-impl DataSource for &HostFiles {
-    fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(HostFiles::open(self, r.layer, r.len)?))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +294,7 @@ mod tests {
     fn data_at(c: &Contents, p: &str) -> Vec<u8> {
         let Some(Kind::File(r)) = kind_at(c, p) else { panic!("{p} is not a file") };
         let mut out = Vec::new();
-        c.data().copy_to(r, &mut out).unwrap();
+        crate::layer::changeset::copy_exact(&mut c.data().clone(), r, &mut out).unwrap();
         out
     }
 

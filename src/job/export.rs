@@ -4,7 +4,7 @@ use super::stop::{check_out, Stop};
 use super::verdict::Summary;
 use super::{cache_dir, JobError, Workdir, VERIFIED_DIR};
 use crate::image::{BaseImage, OutputFormat, Selector};
-use crate::layer::changeset::{self, Changeset, Data, Visit};
+use crate::layer::changeset::{self, Changeset, Visit};
 use crate::layer::{write_atomically, ConvertOptions};
 use std::path::Path;
 use std::time::Instant;
@@ -25,7 +25,7 @@ pub fn export(image: &Path, selector: &Selector, out: &Path) -> Result<Summary, 
     let flattened = start.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut changes = Changeset::default();
-    changes.add_tree(&tree, |r| Data::Layer(*r), |_, _| Visit::Entry)?;
+    changes.add_tree(&tree, |_, _| Visit::Entry)?;
     let mut layers = crate::job::base::open_staged(&staged)?;
     // The layers' writer, straight to `out` (no whiteouts in a merged tree).
     let write = |out: &mut dyn std::io::Write| changeset::write(changes, &mut layers, out, &ConvertOptions::default());

@@ -194,8 +194,7 @@ fn read_upper(
         }
         visit
     };
-    let host = |r: &crate::layer::flatten::DataRef| Data::Host { file: r.layer, len: r.len };
-    changes.add_tree(&contents.tree, host, visit).map_err(|e| layer_error(e, &[]))?;
+    changes.add_tree(&contents.tree, visit).map_err(|e| layer_error(e, &[]))?;
     let mut files = LayerFiles { ext4: Ext4Files(image()?), host: contents.data().clone(), store: Vec::new() };
     let mut scanner = references.scanner();
     if !references.is_empty() {

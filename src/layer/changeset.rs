@@ -85,6 +85,16 @@ pub trait Source {
     fn open(&mut self, data: &Data) -> io::Result<Box<dyn Read + '_>>;
 }
 
+/// Copy exactly the file's bytes from `src` to `out`; a source that ends
+/// early is an error.
+pub fn copy_exact<S: Source + ?Sized>(src: &mut S, data: &Data, out: &mut dyn Write) -> io::Result<()> {
+    let n = io::copy(&mut src.open(data)?.take(data.len()), out)?;
+    if n != data.len() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file's data ends early"));
+    }
+    Ok(())
+}
+
 /// What a path of the changeset is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -209,14 +219,12 @@ impl Changeset {
     }
 
     /// Add the merged `tree`'s paths, depth first and siblings by name,
-    /// each as `visit` says for (its path, its inode); file data as `data`
-    /// maps it. A later name of a hardlinked inode becomes a hardlink to the
+    /// each as `visit` says for (its path, its inode). A later name of a hardlinked inode becomes a hardlink to the
     /// first; the root itself is not added. Only the xattrs a layer carries
     /// are kept.
     pub fn add_tree(
         &mut self,
         tree: &Tree,
-        data: impl Fn(&DataRef) -> Data,
         mut visit: impl FnMut(&[u8], &flatten::Inode) -> Visit,
     ) -> Result<(), LayerError> {
         let mut first_path: HashMap<usize, Vec<u8>> = HashMap::new();
@@ -234,7 +242,7 @@ impl Changeset {
                     let kind = match &inode.kind {
                         flatten::Kind::Dir(_) => Kind::Dir,
                         _ if first_path.contains_key(&ino) => Kind::Link(first_path[&ino].clone()),
-                        flatten::Kind::File(r) => Kind::File(data(r)),
+                        flatten::Kind::File(d) => Kind::File(*d),
                         flatten::Kind::Symlink(t) if t.is_empty() => {
                             let empty = io::Error::other("a symlink with an empty target");
                             return Err(LayerError::Entry { path: show(&p), source: empty });
@@ -525,21 +533,24 @@ impl HostFiles {
     }
 }
 
-impl Source for HostFiles {
-    fn open(&mut self, data: &Data) -> io::Result<Box<dyn Read + '_>> {
+impl HostFiles {
+    fn open_data(&self, data: &Data) -> io::Result<Box<dyn Read>> {
         match *data {
-            Data::Host { file, len } => Ok(Box::new(HostFiles::open(self, file, len)?)),
+            Data::Host { file, len } => Ok(Box::new(self.open(file, len)?)),
             other => Err(io::Error::other(format!("not a host file: {other:?}"))),
         }
     }
 }
 
-impl<R: Read + io::Seek> Source for super::erofs::Layers<R> {
+impl Source for HostFiles {
     fn open(&mut self, data: &Data) -> io::Result<Box<dyn Read + '_>> {
-        match data {
-            Data::Layer(r) => super::erofs::DataSource::open(self, r),
-            other => Err(io::Error::other(format!("not a layer's data: {other:?}"))),
-        }
+        self.open_data(data)
+    }
+}
+
+impl Source for &HostFiles {
+    fn open(&mut self, data: &Data) -> io::Result<Box<dyn Read + '_>> {
+        self.open_data(data)
     }
 }
 
@@ -559,9 +570,9 @@ mod tests {
             t.inodes.push(Inode { kind, mode, uid: 0, gid: 0, mtime: 7, xattrs: BTreeMap::new() });
             t.inodes.len() - 1
         };
-        let file = add(flatten::Kind::File(DataRef { layer: 0, offset: 0, len: 3 }), 0o644);
+        let file = add(flatten::Kind::File(Data::Layer(DataRef { layer: 0, offset: 0, len: 3 })), 0o644);
         let link = add(flatten::Kind::Symlink(b"../x//./y/".to_vec()), 0o777);
-        let inner = add(flatten::Kind::File(DataRef { layer: 0, offset: 3, len: 2 }), 0o600);
+        let inner = add(flatten::Kind::File(Data::Layer(DataRef { layer: 0, offset: 3, len: 2 })), 0o600);
         let d = add(flatten::Kind::Dir([(b"z".to_vec(), file), (b"a".to_vec(), file)].into()), 0o755);
         let skip = add(flatten::Kind::Dir([(b"f".to_vec(), inner)].into()), 0o700);
         let root = [(b"d".to_vec(), d), (b"b".to_vec(), file), (b"l".to_vec(), link), (b"skip".to_vec(), skip)];
@@ -580,7 +591,7 @@ mod tests {
 
     fn layer(visit: impl FnMut(&[u8], &flatten::Inode) -> Visit) -> Vec<crate::layer::test_util::Got> {
         let mut cs = Changeset::default();
-        cs.add_tree(&tree(), |r| Data::Layer(*r), visit).unwrap();
+        cs.add_tree(&tree(), visit).unwrap();
         let mut out = Vec::new();
         write(cs, &mut Bytes(b"abcde"), &mut out, &ConvertOptions::default()).unwrap();
         read_layer(&out)

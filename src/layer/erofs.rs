@@ -24,7 +24,8 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use super::flatten::{DataRef, Kind, Tree, NAME_MAX};
+use super::changeset::{copy_exact, Data, Source};
+use super::flatten::{Kind, Tree, NAME_MAX};
 use super::{show, LayerError};
 
 /// Bump when the bytes written for the same tree change (the host's cache of
@@ -60,27 +61,15 @@ const FT_BLK: u8 = 4;
 const FT_FIFO: u8 = 5;
 const FT_SYMLINK: u8 = 7;
 
-/// Where file bytes come from: the layers' uncompressed tars, by index.
-pub trait DataSource {
-    /// The `r.len` bytes at `r.offset` of layer `r.layer`.
-    fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>>;
-
-    /// Write them to `out`; a layer that ends early is an error.
-    fn copy_to(&mut self, r: &DataRef, out: &mut dyn Write) -> io::Result<()> {
-        let n = io::copy(&mut self.open(r)?, out)?;
-        if n != r.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer ends inside a file"));
-        }
-        Ok(())
-    }
-}
-
 /// Seekable readers of the layers' tars, in layer order.
 #[derive(Debug)]
 pub struct Layers<R>(pub Vec<R>);
 
-impl<R: Read + Seek> DataSource for Layers<R> {
-    fn open(&mut self, r: &DataRef) -> io::Result<Box<dyn Read + '_>> {
+impl<R: Read + Seek> Source for Layers<R> {
+    fn open(&mut self, data: &Data) -> io::Result<Box<dyn Read + '_>> {
+        let Data::Layer(r) = data else {
+            return Err(io::Error::other(format!("not a layer's data: {data:?}")));
+        };
         let src = self.0.get_mut(r.layer).ok_or_else(|| io::Error::other("no such layer"))?;
         src.seek(SeekFrom::Start(r.offset))?;
         Ok(Box::new(src.take(r.len)))
@@ -218,7 +207,7 @@ fn blocks_for(size: u64) -> u64 {
 }
 
 /// Write `tree` as an EROFS image to `out`, taking file bytes from `data`.
-pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: &mut W) -> Result<ImageInfo, LayerError> {
+pub fn write<W: Write, S: Source + ?Sized>(tree: &Tree, data: &mut S, out: &mut W) -> Result<ImageInfo, LayerError> {
     let write_err = LayerError::Write;
     // 1. Every reachable inode once, breadth first from the root, children
     //    in name order; hardlinks count names.
@@ -298,7 +287,7 @@ pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: &mut W) ->
                 dirs.insert(p.ino, blocks);
                 size
             }
-            Kind::File(r) => r.len,
+            Kind::File(d) => d.len(),
             Kind::Symlink(target) => target.len() as u64,
             Kind::Char(..) | Kind::Block(..) | Kind::Fifo => 0,
         };
@@ -376,9 +365,8 @@ pub fn write<W: Write, D: DataSource>(tree: &Tree, data: &mut D, out: &mut W) ->
                     }
                 }
             }
-            Kind::File(r) => {
-                data.copy_to(r, &mut counter).map_err(|source| LayerError::Entry { path: show(&order[i].2), source })?
-            }
+            Kind::File(d) => copy_exact(data, d, &mut counter)
+                .map_err(|source| LayerError::Entry { path: show(&order[i].2), source })?,
             Kind::Symlink(target) => counter.write_all(target).map_err(write_err)?,
             _ => {}
         }

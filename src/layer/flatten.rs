@@ -21,6 +21,7 @@ use std::io::{self, Read};
 
 use tar::EntryType;
 
+use super::changeset::Data;
 use super::rules::{self, EntryName, Xattr};
 use super::tar_guard::Limits as TarLimits;
 use super::{show, LayerError};
@@ -42,7 +43,7 @@ pub struct DataRef {
 pub enum Kind {
     /// Children by name (sorted bytewise), each an inode index.
     Dir(BTreeMap<Vec<u8>, usize>),
-    File(DataRef),
+    File(Data),
     Symlink(Vec<u8>),
     Char(u32, u32),
     Block(u32, u32),
@@ -319,7 +320,7 @@ fn read_entry<R: Read>(
         EntryType::Directory => Kind::Dir(BTreeMap::new()),
         EntryType::Regular | EntryType::Continuous => {
             let len = num(entry.header().entry_size())?;
-            Kind::File(DataRef { layer: index, offset: entry.raw_file_position(), len })
+            Kind::File(Data::Layer(DataRef { layer: index, offset: entry.raw_file_position(), len }))
         }
         EntryType::Symlink => match link.clone() {
             Some(target) if !target.is_empty() && !target.contains(&0) => Kind::Symlink(target),
@@ -369,7 +370,7 @@ mod tests {
 
     fn file<'a>(t: &Tree, layers: &'a [Vec<u8>], path: &[u8]) -> &'a [u8] {
         match t.inodes[t.lookup(path).expect("file")].kind {
-            Kind::File(r) => {
+            Kind::File(Data::Layer(r)) => {
                 let start = usize::try_from(r.offset).unwrap();
                 &layers[r.layer][start..start + usize::try_from(r.len).unwrap()]
             }
