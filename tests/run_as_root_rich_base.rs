@@ -2,7 +2,8 @@
 //! file whiteout, an opaque directory, hardlinks, a whiteout of one name of
 //! a hardlinked file, character and block devices, a fifo, xattrs, long
 //! names, a 10,000-file directory) is flattened on the host into the EROFS
-//! disk the guest mounts; the merged tree the script sees must equal what
+//! disk the guest mounts; the merged tree the script sees (the test agent's
+//! listing) and the host's listing of base + layer must both equal what
 //! `umoci unpack` makes of the same image plus the new layer.
 
 mod common;
@@ -102,6 +103,7 @@ fn the_merged_tree_of_a_rich_base_equals_umoci_unpack() {
     write_script(&script, &format!("{}echo from the script > /new-file\n", script_header(&store)));
     let out = tmp.path().join("out");
     let listing = tmp.path().join("merged.list");
+    let host_listing = tmp.path().join("host.list");
     let (code, _, stderr) = rootlayer(
         &g,
         &[
@@ -114,8 +116,10 @@ fn the_merged_tree_of_a_rich_base_equals_umoci_unpack() {
             script.to_str().unwrap(),
             "--format",
             "oci",
-            "--merged-listing",
+            "--guest-merged-listing",
             listing.to_str().unwrap(),
+            "--merged-listing",
+            host_listing.to_str().unwrap(),
             "--timeout",
             "1200",
             "--out",
@@ -143,6 +147,12 @@ fn the_merged_tree_of_a_rich_base_equals_umoci_unpack() {
     let only_ours: Vec<_> = ours.iter().filter(|l| !theirs.contains(l)).take(20).collect();
     let only_theirs: Vec<_> = theirs.iter().filter(|l| !ours.contains(l)).take(20).collect();
     assert!(only_ours.is_empty() && only_theirs.is_empty(), "guest: {only_ours:#?}\numoci: {only_theirs:#?}");
+    // The host's listing, from the flattened base and the layer's changes.
+    let host = std::fs::read_to_string(&host_listing).unwrap();
+    let host: Vec<&str> = host.lines().collect();
+    let only_host: Vec<_> = host.iter().filter(|l| !theirs.contains(l)).take(20).collect();
+    let only_theirs: Vec<_> = theirs.iter().filter(|l| !host.contains(l)).take(20).collect();
+    assert!(only_host.is_empty() && only_theirs.is_empty(), "host: {only_host:#?}\numoci: {only_theirs:#?}");
     // umoci kept the hardlinks as one inode and the xattrs, from the same layers.
     use std::os::unix::fs::MetadataExt;
     let a = std::fs::metadata(rootfs.join("links/a")).unwrap();

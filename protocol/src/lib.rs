@@ -10,7 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "listing")]
 pub mod listing;
 
 /// The version of this protocol (job.json, result.json and the console

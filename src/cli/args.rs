@@ -147,9 +147,16 @@ pub(crate) struct RunAsRootArgs {
     /// Where to write the result (must not exist).
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Write the agent's listing of the merged tree here (for tests).
-    #[arg(long, hide = true)]
+    /// Write a listing of the image's tree with the new layer applied here
+    /// (one sorted line per path: type, mode, owner, size, link target or
+    /// device, FNV-1a of the contents), made on the host from the base
+    /// image and the layer's changes.
+    #[arg(long, value_name = "FILE")]
     pub(crate) merged_listing: Option<PathBuf>,
+    /// Write the test agent's listing of the merged tree it saw after the
+    /// script here (for tests: needs the test initramfs).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub(crate) guest_merged_listing: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) guest: GuestArgs,
 }

@@ -184,6 +184,7 @@ pub(crate) fn run_as_root(args: RunAsRootArgs) -> Exit {
             base_json,
         },
         merged_listing: args.merged_listing,
+        guest_merged_listing: args.guest_merged_listing,
     };
     report(run_as_root::run_as_root(&spec, &req), args.json, "layer")
 }

@@ -56,8 +56,10 @@ pub struct RunAsRootRequest {
     pub format: OutputFormat,
     pub out: PathBuf,
     pub meta: ImageMeta,
-    /// Write the agent's listing of the merged tree here (tests).
+    /// Write the listing of the image's tree with the new layer here.
     pub merged_listing: Option<PathBuf>,
+    /// Write the test agent's listing of the merged tree it saw here.
+    pub guest_merged_listing: Option<PathBuf>,
 }
 
 fn guest_path(name: &str) -> String {
@@ -235,6 +237,22 @@ impl Source for LayerFiles {
     }
 }
 
+/// Where the merged tree's file bytes are: the base image's staged layers,
+/// and the new layer's files.
+struct ListingFiles<'a> {
+    layers: crate::layer::erofs::Layers<std::io::BufReader<std::fs::File>>,
+    layer: &'a mut LayerFiles,
+}
+
+impl Source for ListingFiles<'_> {
+    fn open(&mut self, data: &Data) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        match data {
+            Data::Layer(_) => self.layers.open(data),
+            _ => self.layer.open(data),
+        }
+    }
+}
+
 /// The job's error for what the layer engine refused: what a layer cannot
 /// hold (exit 8), a store path's file that could not be read as listed
 /// (bad input), anything else internal.
@@ -357,7 +375,7 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     if script_status != 0 {
         return Err(JobError::ScriptFailed(script_status));
     }
-    if let Some(dest) = &req.merged_listing {
+    if let Some(dest) = &req.guest_merged_listing {
         std::fs::copy(outcome.xchg().join("merged.list"), dest)
             .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
     }
@@ -439,7 +457,7 @@ fn prepare(spec: &GuestSpec, req: &RunAsRootRequest, workdir: &Workdir, stop: St
         extra_commands,
         store_paths,
         path: script_path(base.as_ref()),
-        merged_listing: req.merged_listing.as_ref().map(|_| guest_path("merged.list")),
+        merged_listing: req.guest_merged_listing.as_ref().map(|_| guest_path("merged.list")),
     });
     Ok(Prepared { base, disk, base_has, contents, spec, task, phases })
 }
@@ -479,6 +497,16 @@ fn write_layer(
         read_upper(&outcome.workdir.disk(), (stop, limit), (&p.contents, &p.disk.path), store, p.base_has.clone());
     let (changes, mut files) = stop.judge(read)?;
     let mut phases = vec![("read_upper".to_string(), t.elapsed().as_secs_f64())];
+    // The base tree with the layer's changes, for the listing (the changes
+    // go into the layer next).
+    let merged = match &req.merged_listing {
+        Some(_) => {
+            let (mut tree, staged) = crate::job::base::flatten(p.base.as_ref(), outcome.workdir.path())?;
+            tree.apply_changeset(&changes).map_err(JobError::Layer)?;
+            Some((tree, crate::job::base::open_staged(&staged)?))
+        }
+        None => None,
+    };
     let t = Instant::now();
     let layer_tar = outcome.workdir.path().join("layer.tar");
     let opts = ConvertOptions { source_date_epoch: req.source_date_epoch, gzip: None };
@@ -486,6 +514,13 @@ fn write_layer(
     let info = write_atomically(&layer_tar, &|| stop.now(), write);
     let info = stop.judge(info.map_err(|e| layer_error(e, &files.store)))?;
     phases.push(("convert".into(), t.elapsed().as_secs_f64()));
+    if let (Some(dest), Some((tree, layers))) = (&req.merged_listing, merged) {
+        let mut src = ListingFiles { layers, layer: &mut files };
+        let listing =
+            crate::layer::listing::of_tree(&tree, &mut src).map_err(|e| JobError::Layer(LayerError::Read(e)))?;
+        std::fs::write(dest, listing)
+            .map_err(|e| JobError::BadInput(format!("--merged-listing {}: {e}", dest.display())))?;
+    }
     let t = Instant::now();
     let new_layer = NewLayer { tar: layer_tar, diff_id: info.diff_id, size: info.size };
     stop.check()?;

@@ -21,7 +21,7 @@ use std::io::{self, Read};
 
 use tar::EntryType;
 
-use super::changeset::Data;
+use super::changeset::{Changeset, Data, Kind as ChangeKind};
 use super::rules::{self, EntryName, Xattr};
 use super::tar_guard::Limits as TarLimits;
 use super::{show, LayerError};
@@ -124,6 +124,52 @@ impl Tree {
         }
         for e in changes.entries {
             self.entry(e)?;
+        }
+        Ok(())
+    }
+
+    /// Apply a new layer's `changes` over the tree, as an unpacker applies
+    /// the layer written from them (OCI "Applying Changesets"): a whiteout
+    /// removes the name; a directory over a directory merges, with the
+    /// changeset's attributes, and an opaque one loses what was below it
+    /// before its own children come (every source gives a directory before
+    /// what is in it); anything else replaces the name; a hardlink names the
+    /// inode its target has by then.
+    pub fn apply_changeset(&mut self, changes: &Changeset) -> Result<(), LayerError> {
+        for n in changes.nodes() {
+            let too = |field| LayerError::TooLarge { path: show(&n.path), field };
+            let kind = match &n.kind {
+                ChangeKind::Whiteout => {
+                    let (parent, name) = rules::split(&n.path);
+                    if let Some(dir) = self.lookup_dir_for_change(parent, &n.path)? {
+                        self.children_mut(dir).remove(name);
+                    }
+                    continue;
+                }
+                ChangeKind::OpaqueMarker => continue,
+                ChangeKind::Dir => Kind::Dir(BTreeMap::new()),
+                ChangeKind::File(d) => Kind::File(*d),
+                ChangeKind::Symlink(t) => Kind::Symlink(t.clone()),
+                ChangeKind::Char(a, b) => Kind::Char(*a, *b),
+                ChangeKind::Block(a, b) => Kind::Block(*a, *b),
+                ChangeKind::Fifo => Kind::Fifo,
+                // The inode is the target's (`entry` takes it from there).
+                ChangeKind::Link(_) => Kind::Fifo,
+            };
+            let link = match &n.kind {
+                ChangeKind::Link(t) => Some(t.clone()),
+                _ => None,
+            };
+            let (uid, gid) =
+                (u32::try_from(n.uid).map_err(|_| too("uid"))?, u32::try_from(n.gid).map_err(|_| too("gid"))?);
+            let xattrs = n.xattrs.iter().cloned().collect();
+            let inode = Inode { kind, mode: n.mode, uid, gid, mtime: n.mtime, xattrs };
+            self.entry(Entry { raw: n.path.clone(), path: n.path.clone(), inode, link })?;
+            if n.opaque {
+                if let Some(dir) = self.lookup(&n.path) {
+                    self.children_mut(dir).clear();
+                }
+            }
         }
         Ok(())
     }
@@ -447,6 +493,37 @@ mod tests {
         assert!(matches!(tree(&[bad_wh]), Err(LayerError::BadWhiteout { .. })));
         let root_file = tar_of(&[E::file("./", b"")]);
         assert!(tree(&[root_file]).is_err(), "the root must stay a directory");
+    }
+
+    #[test]
+    fn a_changeset_applies_as_its_layer_would() {
+        use crate::layer::changeset::{Changeset, Node};
+        let l0 =
+            tar_of(&[E::file("a", b"1"), E::dir("d"), E::file("d/x", b"x"), E::dir("keep"), E::file("keep/y", b"y")]);
+        let mut t = tree(&[l0]).unwrap();
+        let mut cs = Changeset::default();
+        let node = |p: &str, kind, mode| Node::new(p.as_bytes().to_vec(), kind, mode, 0, 0, 5);
+        let file = ChangeKind::File(Data::Host { file: 0, len: 0 });
+        let mut d = node("d", ChangeKind::Dir, 0o755);
+        d.opaque = true;
+        for n in [
+            node("a", ChangeKind::Whiteout, 0),
+            d,
+            node("d/new", file.clone(), 0o644),
+            node("keep", ChangeKind::Dir, 0o700),
+            node("keep/z", file, 0o600),
+            node("keep/h", ChangeKind::Link(b"keep/y".to_vec()), 0),
+            node("gone", ChangeKind::Whiteout, 0),
+        ] {
+            let raw = n.path.clone();
+            cs.push(n, &raw).unwrap();
+        }
+        t.apply_changeset(&cs).unwrap();
+        assert_eq!(names(&t, b""), ["d", "keep"]);
+        assert_eq!(names(&t, b"d"), ["new"], "the opaque directory hides what was below");
+        assert_eq!(names(&t, b"keep"), ["h", "y", "z"], "a directory merges");
+        assert_eq!(t.inodes[t.lookup(b"keep").unwrap()].mode, 0o700);
+        assert_eq!(t.lookup(b"keep/h"), t.lookup(b"keep/y"), "a hardlink is the target's inode");
     }
 
     #[test]

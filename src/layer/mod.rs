@@ -38,6 +38,7 @@ pub mod erofs;
 pub mod ext4;
 pub mod ext4_format;
 pub mod flatten;
+pub mod listing;
 pub mod references;
 pub mod rules;
 pub mod store_paths;
