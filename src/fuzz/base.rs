@@ -19,7 +19,7 @@ pub fn base_image(data: &[u8]) {
     let layers: Vec<&[u8]> = if split == 0 { vec![rest] } else { vec![&rest[..cut], &rest[cut..]] };
     let mut tree = Tree::default();
     for (i, l) in layers.iter().enumerate() {
-        if tree.apply(i, *l).is_err() {
+        if tree.apply_tar(i, *l).is_err() {
             return;
         }
     }

@@ -166,7 +166,8 @@ pub(crate) fn flatten_within(
             room = room.checked_sub(copied).ok_or_else(|| BaseError::TooLarge { dir: work.to_path_buf() })?;
             out.flush().map_err(io_err(&p))?;
             drop(out);
-            tree.apply_within(i, BufReader::with_capacity(1 << 20, File::open(&p).map_err(io_err(&p))?), limits)?;
+            let layer = BufReader::with_capacity(1 << 20, File::open(&p).map_err(io_err(&p))?);
+            tree.apply(&crate::layer::flatten::layer_changes(i, layer, limits)?)?;
             staged.push(p);
         }
     }

@@ -502,7 +502,7 @@ fn write_layer(
     let merged = match &req.merged_listing {
         Some(_) => {
             let (mut tree, staged) = crate::job::base::flatten(p.base.as_ref(), outcome.workdir.path())?;
-            tree.apply_changeset(&changes).map_err(JobError::Layer)?;
+            tree.apply(&changes).map_err(JobError::Layer)?;
             Some((tree, crate::job::base::open_staged(&staged)?))
         }
         None => None,

@@ -109,7 +109,9 @@ pub enum Kind {
     Fifo,
     /// The path is gone.
     Whiteout,
-    /// The OCI marker of an opaque directory (made by [`write`] only).
+    /// The directory at the path hides what the layers below have in it:
+    /// an OCI layer's `.wh..wh..opq`, read by a source that has no
+    /// directory entry to flag `opaque` (and made by [`write`] for one).
     OpaqueMarker,
 }
 
@@ -196,7 +198,9 @@ impl Changeset {
         if name.starts_with(rules::WHITEOUT_PREFIX) {
             return Err(LayerError::UserWhiteoutName { path: show(raw) });
         }
-        if node.path.is_empty() || rules::normalize(&node.path)? != node.path {
+        // The root itself: its own attributes, or an opaque mark on it.
+        let root = node.path.is_empty() && matches!(node.kind, Kind::Dir | Kind::OpaqueMarker);
+        if !root && (node.path.is_empty() || rules::normalize(&node.path)? != node.path) {
             return Err(LayerError::InvalidPath { path: show(raw), reason: "not a normalized relative path" });
         }
         self.nodes.push(node);
@@ -282,7 +286,18 @@ struct Planned {
 
 /// Check the changeset and turn it into the sorted list of OCI entries.
 fn plan(nodes: Vec<Node>) -> Result<Vec<Planned>, LayerError> {
-    let mut nodes: Vec<Planned> = nodes.into_iter().map(|node| Planned { out: node.path.clone(), node }).collect();
+    let mut nodes: Vec<Planned> = nodes
+        .into_iter()
+        // The root's own attributes are not in a layer.
+        .filter(|n| !(n.path.is_empty() && n.kind == Kind::Dir))
+        .map(|mut node| {
+            if node.kind == Kind::OpaqueMarker {
+                node.path = rules::join(&node.path, rules::OPAQUE_MARKER);
+                (node.mode, node.uid, node.gid) = (0, 0, 0);
+            }
+            Planned { out: node.path.clone(), node }
+        })
+        .collect();
     // Duplicates, on input paths.
     let mut by_path: HashMap<Vec<u8>, usize> = HashMap::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {

@@ -11,7 +11,7 @@ use std::process::Command;
 fn image(layers: &[Vec<u8>]) -> Vec<u8> {
     let mut tree = Tree::default();
     for (i, l) in layers.iter().enumerate() {
-        tree.apply(i, &l[..]).expect("apply");
+        tree.apply_tar(i, &l[..]).expect("apply");
     }
     let mut out = Vec::new();
     let mut src = Layers(layers.iter().map(|l| std::io::Cursor::new(l.clone())).collect());
@@ -201,7 +201,7 @@ fn the_same_layers_give_the_same_image() {
 fn a_layer_that_ends_inside_a_file_is_an_error_not_a_short_image() {
     let layer = tar_of(&[E::file("f", &[7u8; 5000])]);
     let mut tree = Tree::default();
-    tree.apply(0, &layer[..]).unwrap();
+    tree.apply_tar(0, &layer[..]).unwrap();
     let cut = layer[..layer.len() - 1024 * 3].to_vec();
     let mut src = Layers(vec![std::io::Cursor::new(cut)]);
     let err = write(&tree, &mut src, &mut Vec::new()).unwrap_err();

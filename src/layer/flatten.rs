@@ -14,14 +14,20 @@
 //! parent, hardlinks only to non-directories already in the tree, no 0/0
 //! character devices (an overlay would read one as a whiteout), no sparse
 //! files. File data is not held: each file keeps where its bytes lie in its
-//! layer's tar ([`DataRef`]), and the image writer copies them from there.
+//! layer's tar ([`Data::Layer`]), and the image writer copies them from
+//! there.
+//!
+//! A layer is read into the new layer's model, a
+//! [`Changeset`] ([`layer_changes`]), and [`Tree::apply`] applies any
+//! changeset: a base image's layers, and the new layer over them (the
+//! image's listing).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use tar::EntryType;
 
-use super::changeset::{Changeset, Data, Kind as ChangeKind};
+use super::changeset::{Changeset, Data, Kind as ChangeKind, Node};
 use super::rules::{self, EntryName, Xattr};
 use super::tar_guard::Limits as TarLimits;
 use super::{show, LayerError};
@@ -80,96 +86,35 @@ fn new_dir(mode: u32, uid: u32, gid: u32, mtime: u64) -> Inode {
     Inode { kind: Kind::Dir(BTreeMap::new()), mode, uid, gid, mtime, xattrs: BTreeMap::new() }
 }
 
-/// One entry of a layer, read ahead of applying it.
-struct Entry {
-    raw: Vec<u8>,
-    path: Vec<u8>,
-    inode: Inode,
-    /// `Some(target)` for a hardlink.
-    link: Option<Vec<u8>>,
-}
-
-/// What one layer says, before it is applied.
-#[derive(Default)]
-struct Changes {
-    whiteouts: Vec<(Vec<u8>, Vec<u8>)>,
-    opaque: Vec<(Vec<u8>, Vec<u8>)>,
-    entries: Vec<Entry>,
-}
-
 impl Tree {
     /// Apply layer number `index`, read from `layer` (its uncompressed tar,
     /// from the start: data offsets count from there).
-    pub fn apply<R: Read>(&mut self, index: usize, layer: R) -> Result<(), LayerError> {
-        self.apply_within(index, layer, TarLimits::DEFAULT)
+    pub fn apply_tar<R: Read>(&mut self, index: usize, layer: R) -> Result<(), LayerError> {
+        self.apply(&layer_changes(index, layer, TarLimits::DEFAULT)?)
     }
 
-    /// [`Tree::apply`], the layer's archive read within `limits`.
-    pub fn apply_within<R: Read>(&mut self, index: usize, layer: R, limits: TarLimits) -> Result<(), LayerError> {
-        let changes = read_layer(index, layer, limits)?;
-        for (raw, dir) in &changes.opaque {
-            if let Some(ino) = self.lookup_dir_for_change(dir, raw)? {
-                if let Kind::Dir(children) = &mut self.inodes[ino].kind {
-                    children.clear();
-                }
+    /// Apply a layer's `changes` over the tree, as an unpacker applies the
+    /// layer (OCI "Applying Changesets"): its opaque marks and whiteouts
+    /// first, to what the layers below left; then its entries in order: a
+    /// directory over a directory merges (the new attributes win), anything
+    /// else replaces the name; a hardlink names the inode its target has by
+    /// then. The same for a base image's layer ([`layer_changes`]) and for
+    /// the new layer's changeset (the listing of the image it makes).
+    pub fn apply(&mut self, changes: &Changeset) -> Result<(), LayerError> {
+        let nodes = changes.nodes();
+        for n in nodes.iter().filter(|n| n.kind == ChangeKind::OpaqueMarker || n.opaque) {
+            if let Some(dir) = self.lookup_dir_for_change(&n.path, &n.path, true)? {
+                self.children_mut(dir).clear();
             }
         }
-        for (raw, path) in &changes.whiteouts {
-            let (parent, name) = rules::split(path);
-            if let Some(ino) = self.lookup_dir_for_change(parent, raw)? {
-                if let Kind::Dir(children) = &mut self.inodes[ino].kind {
-                    children.remove(name);
-                }
+        for n in nodes.iter().filter(|n| n.kind == ChangeKind::Whiteout) {
+            let (parent, name) = rules::split(&n.path);
+            if let Some(dir) = self.lookup_dir_for_change(parent, &n.path, false)? {
+                self.children_mut(dir).remove(name);
             }
         }
-        for e in changes.entries {
-            self.entry(e)?;
-        }
-        Ok(())
-    }
-
-    /// Apply a new layer's `changes` over the tree, as an unpacker applies
-    /// the layer written from them (OCI "Applying Changesets"): a whiteout
-    /// removes the name; a directory over a directory merges, with the
-    /// changeset's attributes, and an opaque one loses what was below it
-    /// before its own children come (every source gives a directory before
-    /// what is in it); anything else replaces the name; a hardlink names the
-    /// inode its target has by then.
-    pub fn apply_changeset(&mut self, changes: &Changeset) -> Result<(), LayerError> {
-        for n in changes.nodes() {
-            let too = |field| LayerError::TooLarge { path: show(&n.path), field };
-            let kind = match &n.kind {
-                ChangeKind::Whiteout => {
-                    let (parent, name) = rules::split(&n.path);
-                    if let Some(dir) = self.lookup_dir_for_change(parent, &n.path)? {
-                        self.children_mut(dir).remove(name);
-                    }
-                    continue;
-                }
-                ChangeKind::OpaqueMarker => continue,
-                ChangeKind::Dir => Kind::Dir(BTreeMap::new()),
-                ChangeKind::File(d) => Kind::File(*d),
-                ChangeKind::Symlink(t) => Kind::Symlink(t.clone()),
-                ChangeKind::Char(a, b) => Kind::Char(*a, *b),
-                ChangeKind::Block(a, b) => Kind::Block(*a, *b),
-                ChangeKind::Fifo => Kind::Fifo,
-                // The inode is the target's (`entry` takes it from there).
-                ChangeKind::Link(_) => Kind::Fifo,
-            };
-            let link = match &n.kind {
-                ChangeKind::Link(t) => Some(t.clone()),
-                _ => None,
-            };
-            let (uid, gid) =
-                (u32::try_from(n.uid).map_err(|_| too("uid"))?, u32::try_from(n.gid).map_err(|_| too("gid"))?);
-            let xattrs = n.xattrs.iter().cloned().collect();
-            let inode = Inode { kind, mode: n.mode, uid, gid, mtime: n.mtime, xattrs };
-            self.entry(Entry { raw: n.path.clone(), path: n.path.clone(), inode, link })?;
-            if n.opaque {
-                if let Some(dir) = self.lookup(&n.path) {
-                    self.children_mut(dir).clear();
-                }
-            }
+        for n in nodes.iter().filter(|n| !matches!(n.kind, ChangeKind::Whiteout | ChangeKind::OpaqueMarker)) {
+            self.entry(n)?;
         }
         Ok(())
     }
@@ -189,10 +134,12 @@ impl Tree {
         Some(cur)
     }
 
-    /// The directory at `dir` for a whiteout or opaque marker: None when it
+    /// The directory at `dir` for a whiteout or opaque mark: None when it
     /// does not exist (nothing to hide); an error when a component on the
-    /// way is a symlink or not a directory (as the unpacker refuses).
-    fn lookup_dir_for_change(&self, dir: &[u8], raw: &[u8]) -> Result<Option<usize>, LayerError> {
+    /// way is a symlink or not a directory (as the unpacker refuses). For an
+    /// `opaque` mark, `dir` itself may be anything (a directory made where
+    /// the layers below had a file or symlink): nothing below it to hide.
+    fn lookup_dir_for_change(&self, dir: &[u8], raw: &[u8], opaque: bool) -> Result<Option<usize>, LayerError> {
         let mut cur = 0;
         if dir.is_empty() {
             return Ok(Some(0));
@@ -204,6 +151,7 @@ impl Tree {
             let Some(&next) = children.get(comp) else { return Ok(None) };
             match &self.inodes[next].kind {
                 Kind::Dir(_) => cur = next,
+                _ if opaque && end == dir.len() => return Ok(None),
                 Kind::Symlink(_) => {
                     return Err(LayerError::SymlinkParent { path: show(raw), parent: show(&dir[..end]) })
                 }
@@ -258,69 +206,90 @@ impl Tree {
         }
     }
 
-    fn entry(&mut self, e: Entry) -> Result<(), LayerError> {
-        if e.path.is_empty() {
-            // The root: its metadata, never replaced by a non-directory.
-            if !matches!(e.inode.kind, Kind::Dir(_)) || e.link.is_some() {
-                return Err(LayerError::NotADirectory { path: show(&e.raw), parent: ".".into() });
+    fn entry(&mut self, n: &Node) -> Result<(), LayerError> {
+        let too = |field| LayerError::TooLarge { path: show(&n.path), field };
+        let kind = match &n.kind {
+            ChangeKind::Dir => Kind::Dir(BTreeMap::new()),
+            ChangeKind::File(d) => Kind::File(*d),
+            ChangeKind::Symlink(t) => Kind::Symlink(t.clone()),
+            ChangeKind::Char(a, b) => Kind::Char(*a, *b),
+            ChangeKind::Block(a, b) => Kind::Block(*a, *b),
+            ChangeKind::Fifo => Kind::Fifo,
+            ChangeKind::Link(target) => return self.link(n, target),
+            ChangeKind::Whiteout | ChangeKind::OpaqueMarker => unreachable!("applied before the entries"),
+        };
+        let (uid, gid) = (u32::try_from(n.uid).map_err(|_| too("uid"))?, u32::try_from(n.gid).map_err(|_| too("gid"))?);
+        let inode = Inode { kind, mode: n.mode, uid, gid, mtime: n.mtime, xattrs: n.xattrs.iter().cloned().collect() };
+        if n.path.is_empty() {
+            // The root: its attributes, never replaced by a non-directory.
+            if !matches!(inode.kind, Kind::Dir(_)) {
+                return Err(LayerError::NotADirectory { path: show(&n.path), parent: ".".into() });
             }
             let root = &mut self.inodes[0];
             (root.mode, root.uid, root.gid, root.mtime, root.xattrs) =
-                (e.inode.mode, e.inode.uid, e.inode.gid, e.inode.mtime, e.inode.xattrs);
+                (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs);
             return Ok(());
         }
-        let parent = self.parent_dir(&e.path, &e.raw)?;
-        let (_, name) = rules::split(&e.path);
+        let parent = self.parent_dir(&n.path, &n.path)?;
+        let (_, name) = rules::split(&n.path);
         let existing = match &self.inodes[parent].kind {
             Kind::Dir(children) => children.get(name).copied(),
             _ => unreachable!("a directory inode"),
         };
-        if let Some(target) = e.link {
-            let target = rules::normalize(&target)?;
-            let ino = match self.lookup(&target) {
-                None => return Err(LayerError::MissingLinkTarget { path: show(&e.raw), target: show(&target) }),
-                Some(i) if matches!(self.inodes[i].kind, Kind::Dir(_)) => {
-                    return Err(LayerError::LinkToDirectory { path: show(&e.raw), target: show(&target) })
-                }
-                Some(i) => i,
-            };
-            // The inode and its attributes are the target's.
-            self.children_mut(parent).insert(name.to_vec(), ino);
-            return Ok(());
-        }
-        if let (Some(old), Kind::Dir(_)) = (existing, &e.inode.kind) {
+        if let (Some(old), Kind::Dir(_)) = (existing, &inode.kind) {
             if let Kind::Dir(_) = self.inodes[old].kind {
                 let dir = &mut self.inodes[old];
                 (dir.mode, dir.uid, dir.gid, dir.mtime, dir.xattrs) =
-                    (e.inode.mode, e.inode.uid, e.inode.gid, e.inode.mtime, e.inode.xattrs);
+                    (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs);
                 return Ok(());
             }
         }
-        let ino = self.push(e.inode);
+        let ino = self.push(inode);
+        self.children_mut(parent).insert(name.to_vec(), ino);
+        Ok(())
+    }
+
+    /// A hardlink: the name gets the inode (and its attributes) `target`
+    /// has now.
+    fn link(&mut self, n: &Node, target: &[u8]) -> Result<(), LayerError> {
+        if n.path.is_empty() {
+            return Err(LayerError::NotADirectory { path: show(&n.path), parent: ".".into() });
+        }
+        let parent = self.parent_dir(&n.path, &n.path)?;
+        let (_, name) = rules::split(&n.path);
+        let ino = match self.lookup(target) {
+            None => return Err(LayerError::MissingLinkTarget { path: show(&n.path), target: show(target) }),
+            Some(i) if matches!(self.inodes[i].kind, Kind::Dir(_)) => {
+                return Err(LayerError::LinkToDirectory { path: show(&n.path), target: show(target) })
+            }
+            Some(i) => i,
+        };
         self.children_mut(parent).insert(name.to_vec(), ino);
         Ok(())
     }
 }
 
-/// Read a layer's entries and markers, checking each as the unpacker does.
-fn read_layer<R: Read>(index: usize, layer: R, limits: TarLimits) -> Result<Changes, LayerError> {
-    let mut changes = Changes::default();
+/// An OCI layer's tar as a changeset, each entry checked as the unpacker
+/// checks it: a whiteout `.wh.NAME` is a whiteout node of NAME, an opaque
+/// marker an [`ChangeKind::OpaqueMarker`] node of its directory, the root's
+/// own entry a directory node with an empty path; file data by reference
+/// into the layer's tar (layer `index`), whose archive is read within
+/// `limits`.
+pub fn layer_changes<R: Read>(index: usize, layer: R, limits: TarLimits) -> Result<Changeset, LayerError> {
+    let mut changes = Changeset::default();
     // Bounded: no header can make the tar crate buffer more than 1 MiB.
     let mut archive = tar::Archive::new(super::tar_guard::TarGuard::with_limits(layer, limits));
     for entry in archive.entries().map_err(super::error::read_err)? {
         let mut entry = entry.map_err(super::error::read_err)?;
-        if let Some(e) = read_entry(index, &mut entry, &mut changes)? {
-            changes.entries.push(e);
+        if let Some((node, raw)) = layer_node(index, &mut entry)? {
+            changes.push(node, &raw)?;
         }
     }
     Ok(changes)
 }
 
-fn read_entry<R: Read>(
-    index: usize,
-    entry: &mut tar::Entry<'_, R>,
-    changes: &mut Changes,
-) -> Result<Option<Entry>, LayerError> {
+/// One entry of an OCI layer as a node, and its path as the archive spells it.
+fn layer_node<R: Read>(index: usize, entry: &mut tar::Entry<'_, R>) -> Result<Option<(Node, Vec<u8>)>, LayerError> {
     let ty = entry.header().entry_type();
     if ty.is_pax_global_extensions() {
         return Ok(None);
@@ -334,17 +303,12 @@ fn read_entry<R: Read>(
     if pax.sparse || ty == EntryType::GNUSparse {
         return Err(LayerError::UnsupportedType { path: show(&raw), kind: 'S' });
     }
+    let marker = |path: &[u8], kind| Node::new(path.to_vec(), kind, 0, 0, 0, 0);
     match rules::classify_entry(&path, &raw)? {
         EntryName::Plain => {}
         EntryName::Skip => return Ok(None),
-        EntryName::Opaque(dir) => {
-            changes.opaque.push((raw, dir.to_vec()));
-            return Ok(None);
-        }
-        EntryName::Whiteout(wh) => {
-            changes.whiteouts.push((raw, wh));
-            return Ok(None);
-        }
+        EntryName::Opaque(dir) => return Ok(Some((marker(dir, ChangeKind::OpaqueMarker), raw))),
+        EntryName::Whiteout(wh) => return Ok(Some((marker(&wh, ChangeKind::Whiteout), raw))),
     }
     let hdr = entry.header();
     let num = |r: io::Result<u64>| -> Result<u64, LayerError> {
@@ -359,22 +323,21 @@ fn read_entry<R: Read>(
         None => num(hdr.mtime())?,
     };
     let dev = |r: io::Result<Option<u32>>| num(r.map(|d| u64::from(d.unwrap_or(0))));
+    // A name given twice: the last value (as an unpacker setting them in turn).
     let xattrs: BTreeMap<String, Vec<u8>> =
         pax.xattrs.into_iter().filter(|(k, _)| rules::classify_xattr(k) == Xattr::Keep).collect();
     let link = entry.link_name_bytes().map(|l| l.into_owned());
     let kind = match ty {
-        EntryType::Directory => Kind::Dir(BTreeMap::new()),
+        EntryType::Directory => ChangeKind::Dir,
         EntryType::Regular | EntryType::Continuous => {
             let len = num(entry.header().entry_size())?;
-            Kind::File(Data::Layer(DataRef { layer: index, offset: entry.raw_file_position(), len }))
+            ChangeKind::File(Data::Layer(DataRef { layer: index, offset: entry.raw_file_position(), len }))
         }
-        EntryType::Symlink => match link.clone() {
-            Some(target) if !target.is_empty() && !target.contains(&0) => Kind::Symlink(target),
+        EntryType::Symlink => match link {
+            Some(target) if !target.is_empty() && !target.contains(&0) => ChangeKind::Symlink(target),
             _ => return Err(LayerError::InvalidPath { path: show(&raw), reason: "empty symlink target" }),
         },
-        EntryType::Link => {
-            return Ok(Some(Entry { raw, path, inode: new_dir(0, 0, 0, 0), link: Some(link.unwrap_or_default()) }))
-        }
+        EntryType::Link => ChangeKind::Link(rules::normalize(&link.unwrap_or_default())?),
         EntryType::Char | EntryType::Block => {
             let (major, minor) = (dev(hdr.device_major())?, dev(hdr.device_minor())?);
             if ty == EntryType::Char && (major, minor) == (0, 0) {
@@ -383,15 +346,17 @@ fn read_entry<R: Read>(
             let major = u32::try_from(major).ok().filter(|m| *m < 1 << 12).ok_or_else(|| too("device major"))?;
             let minor = u32::try_from(minor).ok().filter(|m| *m < 1 << 20).ok_or_else(|| too("device minor"))?;
             if ty == EntryType::Char {
-                Kind::Char(major, minor)
+                ChangeKind::Char(major, minor)
             } else {
-                Kind::Block(major, minor)
+                ChangeKind::Block(major, minor)
             }
         }
-        EntryType::Fifo => Kind::Fifo,
+        EntryType::Fifo => ChangeKind::Fifo,
         other => return Err(LayerError::UnsupportedType { path: show(&raw), kind: char::from(other.as_byte()) }),
     };
-    Ok(Some(Entry { raw, path, inode: Inode { kind, mode, uid, gid, mtime, xattrs }, link: None }))
+    let mut node = Node::new(path, kind, mode, uid.into(), gid.into(), mtime);
+    node.xattrs = xattrs.into_iter().collect();
+    Ok(Some((node, raw)))
 }
 
 #[cfg(test)]
@@ -402,7 +367,7 @@ mod tests {
     fn tree(layers: &[Vec<u8>]) -> Result<Tree, LayerError> {
         let mut t = Tree::default();
         for (i, l) in layers.iter().enumerate() {
-            t.apply(i, &l[..])?;
+            t.apply_tar(i, &l[..])?;
         }
         Ok(t)
     }
@@ -453,6 +418,23 @@ mod tests {
         let l1 = tar_of(&[E::dir("d"), E::file("d/new", b"n"), E::file("d/.wh..wh..opq", b"")]);
         let t = tree(&[l0, l1]).unwrap();
         assert_eq!(names(&t, b"d"), ["new"]);
+    }
+
+    #[test]
+    fn an_opaque_directory_may_replace_a_file_or_symlink_below() {
+        // What a script leaves after `rm f s; mkdir f s`: overlayfs makes
+        // both opaque, and the layer says so after each directory.
+        let l0 = tar_of(&[E::file("f", b"1"), E::symlink("s", "/etc")]);
+        let l1 = tar_of(&[
+            E::dir("f"),
+            E::file("f/.wh..wh..opq", b""),
+            E::file("f/in", b"i"),
+            E::dir("s"),
+            E::file("s/.wh..wh..opq", b""),
+        ]);
+        let t = tree(&[l0, l1]).unwrap();
+        assert_eq!(names(&t, b"f"), ["in"]);
+        assert!(names(&t, b"s").is_empty());
     }
 
     #[test]
@@ -518,7 +500,7 @@ mod tests {
             let raw = n.path.clone();
             cs.push(n, &raw).unwrap();
         }
-        t.apply_changeset(&cs).unwrap();
+        t.apply(&cs).unwrap();
         assert_eq!(names(&t, b""), ["d", "keep"]);
         assert_eq!(names(&t, b"d"), ["new"], "the opaque directory hides what was below");
         assert_eq!(names(&t, b"keep"), ["h", "y", "z"], "a directory merges");

@@ -87,7 +87,7 @@ mod tests {
             cs.push(node(p, kind), p.as_bytes()).unwrap();
         }
         let mut tree = Tree::default();
-        tree.apply_changeset(&cs).unwrap();
+        tree.apply(&cs).unwrap();
         let ours = of_tree(&tree, &mut files).unwrap();
         assert_eq!(ours, crate::protocol::listing::of_tree(&root).unwrap());
     }

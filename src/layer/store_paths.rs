@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use super::changeset::{Changeset, Data, HostFiles, Kind, Node};
 use super::references::{ReferenceGraph, Scanner};
-use super::rules::{self, EntryName};
+use super::rules;
 use super::{show, LayerError};
 
 /// Directories nested deeper than this in a store path are refused (a
@@ -162,21 +162,18 @@ pub fn present_in_layers<R: Read>(
 ) -> Result<HashSet<Vec<u8>>, LayerError> {
     let wanted: HashSet<&[u8]> = paths.iter().flat_map(|p| p.parents().chain([p.layer.as_slice()])).collect();
     let mut present: HashSet<Vec<u8>> = HashSet::new();
-    for layer in layers {
-        let mut archive = tar::Archive::new(super::tar_guard::TarGuard::new(layer));
-        for entry in archive.entries().map_err(super::error::read_err)? {
-            let entry = entry.map_err(super::error::read_err)?;
-            let raw = entry.path_bytes().into_owned();
-            let Ok(path) = rules::normalize(raw.strip_prefix(b"/").unwrap_or(&raw)) else { continue };
-            match rules::classify_entry(&path, &raw)? {
-                EntryName::Plain if wanted.contains(path.as_slice()) => {
-                    present.insert(path);
-                }
-                EntryName::Plain | EntryName::Skip => {}
-                EntryName::Whiteout(gone) => present.retain(|p| !under(p, &gone)),
-                EntryName::Opaque(dir) => present.retain(|p| !(under(p, dir) && p.as_slice() != dir)),
+    for (i, layer) in layers.into_iter().enumerate() {
+        // A layer's opaque marks and whiteouts first, to the layers below.
+        let changes = super::flatten::layer_changes(i, layer, super::tar_guard::Limits::DEFAULT)?;
+        for n in changes.nodes() {
+            match n.kind {
+                Kind::OpaqueMarker => present.retain(|p| !(under(p, &n.path) && *p != n.path)),
+                Kind::Whiteout => present.retain(|p| !under(p, &n.path)),
+                _ => {}
             }
         }
+        let added = changes.nodes().iter().filter(|n| !matches!(n.kind, Kind::OpaqueMarker | Kind::Whiteout));
+        present.extend(added.filter(|n| wanted.contains(n.path.as_slice())).map(|n| n.path.clone()));
     }
     Ok(present)
 }
