@@ -1,7 +1,7 @@
 //! e2e: the product. A runAsRoot script on a two-layer busybox base image
 //! adds a user and a group, chowns a file, makes a setuid binary, a device
 //! node, a symlink, a hardlink pair and a file capability, deletes a base
-//! file and replaces a base directory (and checks it ignores no signals, as
+//! file, replaces a base directory and makes a base symlink a directory (and checks it ignores no signals, as
 //! a shell's child would not). Every change must be exact in the
 //! layer; the same job twice gives the same bytes; umoci applying base +
 //! new layer gives the tree the guest saw after the script.
@@ -33,6 +33,9 @@ busybox rm /old/file
 busybox rm -rf /d
 busybox mkdir /d
 echo fresh > /d/new
+busybox rm /bin/touch
+busybox mkdir /bin/touch
+echo in > /bin/touch/in
 echo added > /keep/added
 test ! -e /keep/opaque-base
 test -e /opt/contents/from-contents
@@ -141,6 +144,11 @@ fn run_as_root_changes_are_exact_deterministic_and_match_umoci() {
     assert_eq!(e["d"].kind, 'd');
     assert!(e.contains_key("d/.wh..wh..opq"), "replaced base dir is opaque");
     assert_eq!(e["d/new"].data, b"fresh\n");
+    assert_eq!(
+        (e["bin/touch"].kind, e["bin/touch/in"].data.as_slice()),
+        ('d', &b"in\n"[..]),
+        "a symlink made a directory"
+    );
     assert_eq!(e["keep/added"].data, b"added\n", "a file under a base layer's opaque dir");
     assert!(!e.contains_key("keep/opaque-base"));
     assert_eq!(
