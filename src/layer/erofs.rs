@@ -208,36 +208,62 @@ fn blocks_for(size: u64) -> u64 {
 
 /// Write `tree` as an EROFS image to `out`, taking file bytes from `data`.
 pub fn write<W: Write, S: Source + ?Sized>(tree: &Tree, data: &mut S, out: &mut W) -> Result<ImageInfo, LayerError> {
-    let write_err = LayerError::Write;
-    // 1. Every reachable inode once, breadth first from the root, children
-    //    in name order; hardlinks count names.
-    let mut order: Vec<(usize, usize, Vec<u8>)> = vec![(0, 0, Vec::new())]; // (ino, parent ino, path)
+    let order = inode_order(tree);
+    let (mut placed, inodes_end) = place_inodes(tree, &order)?;
+    let (dirs, total_blocks) = place_data(tree, &mut placed, inodes_end)?;
+    let too_big = |field| LayerError::TooLarge { path: "the base image".into(), field };
+    let blocks32 = u32::try_from(total_blocks).map_err(|_| too_big("blocks"))?;
+    out.write_all(&superblock(placed[0].nid, placed.len() as u64, blocks32)).map_err(LayerError::Write)?;
+    let data_start = write_inodes(tree, &placed, out)?;
+    let mut counter = Counter { inner: out, n: 0 };
+    for (i, p) in placed.iter().enumerate() {
+        debug_assert!(p.size == 0 || data_start + counter.n == p.blkaddr * BLOCK_SIZE);
+        write_data(tree, p, &dirs, data, &mut counter).map_err(|e| match e {
+            DataError::Source(source) => LayerError::Entry { path: show(&order[i].2), source },
+            DataError::Write(e) => LayerError::Write(e),
+        })?;
+    }
+    let bytes = data_start + counter.n;
+    debug_assert_eq!(bytes, total_blocks * BLOCK_SIZE);
+    Ok(ImageInfo { bytes, inodes: placed.len() as u64 })
+}
+
+/// Every reachable inode once, breadth first from the root, children in
+/// name order: (inode, its parent's, its first path).
+fn inode_order(tree: &Tree) -> Vec<(usize, usize, Vec<u8>)> {
+    let mut order: Vec<(usize, usize, Vec<u8>)> = vec![(0, 0, Vec::new())];
     let mut seen: HashMap<usize, usize> = HashMap::from([(0, 0)]);
-    let mut nlink: HashMap<usize, u32> = HashMap::new();
     let mut at = 0;
     while at < order.len() {
         let (ino, _, path) = order[at].clone();
         at += 1;
         if let Kind::Dir(children) = &tree.inodes[ino].kind {
             for (name, &child) in children {
-                *nlink.entry(child).or_default() += 1;
                 if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(child) {
                     v.insert(order.len());
-                    let mut p = path.clone();
-                    if !p.is_empty() {
-                        p.push(b'/');
-                    }
-                    p.extend_from_slice(name);
-                    order.push((child, ino, p));
+                    order.push((child, ino, super::rules::join(&path, name)));
                 }
             }
         }
     }
+    order
+}
 
-    // 2. Inode slots: 64 bytes + xattrs, 32-byte aligned, within a block.
+/// Inode slots, in `order`: 64 bytes + xattrs, 32-byte aligned, within a
+/// block; link counts (a directory's from its subdirectories, anything
+/// else's from its names). Returns them and where the inodes end.
+fn place_inodes(tree: &Tree, order: &[(usize, usize, Vec<u8>)]) -> Result<(Vec<Placed>, u64), LayerError> {
+    let mut names: HashMap<usize, u32> = HashMap::new();
+    for (ino, _, _) in order {
+        if let Kind::Dir(children) = &tree.inodes[*ino].kind {
+            for child in children.values() {
+                *names.entry(*child).or_default() += 1;
+            }
+        }
+    }
     let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
     let mut offset = META_START;
-    for (ino, _, path) in &order {
+    for (ino, _, path) in order {
         let xattrs = xattr_body(tree, *ino, path)?;
         let len = (INODE_EXTENDED + xattrs.len()) as u64;
         if len > BLOCK_SIZE {
@@ -246,17 +272,14 @@ pub fn write<W: Write, S: Source + ?Sized>(tree: &Tree, data: &mut S, out: &mut 
         if offset / BLOCK_SIZE != (offset + len - 1) / BLOCK_SIZE {
             offset = offset.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
         }
-        let subdirs = match &tree.inodes[*ino].kind {
-            Kind::Dir(c) => c.values().filter(|&&i| matches!(tree.inodes[i].kind, Kind::Dir(_))).count(),
-            _ => 0,
-        };
-        let links = match &tree.inodes[*ino].kind {
-            Kind::Dir(_) => {
+        let nlink = match &tree.inodes[*ino].kind {
+            Kind::Dir(c) => {
+                let subdirs = c.values().filter(|&&i| matches!(tree.inodes[i].kind, Kind::Dir(_))).count();
                 2 + u32::try_from(subdirs).map_err(|_| LayerError::TooLarge { path: show(path), field: "nlink" })?
             }
-            _ => nlink.get(ino).copied().unwrap_or(1),
+            _ => names.get(ino).copied().unwrap_or(1),
         };
-        placed.push(Placed { ino: *ino, nid: offset / SLOT, parent_nid: 0, nlink: links, xattrs, size: 0, blkaddr: 0 });
+        placed.push(Placed { ino: *ino, nid: offset / SLOT, parent_nid: 0, nlink, xattrs, size: 0, blkaddr: 0 });
         offset += len.div_ceil(SLOT) * SLOT;
     }
     if placed[0].nid > u64::from(u16::MAX) {
@@ -266,13 +289,22 @@ pub fn write<W: Write, S: Source + ?Sized>(tree: &Tree, data: &mut S, out: &mut 
     for (i, (_, parent, _)) in order.iter().enumerate() {
         placed[i].parent_nid = nid_of[parent];
     }
+    Ok((placed, offset))
+}
 
-    // 3. Data blocks, in inode order.
-    let mut next_block = offset.div_ceil(BLOCK_SIZE);
-    let mut dirs: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+/// Data blocks, in inode order from the first block after `inodes_end`:
+/// each inode's size and first block, and every directory's blocks.
+/// Returns those and the image's size in blocks.
+fn place_data(
+    tree: &Tree,
+    placed: &mut [Placed],
+    inodes_end: u64,
+) -> Result<(DirBlocks, u64), LayerError> {
+    let nid_of: HashMap<usize, u64> = placed.iter().map(|p| (p.ino, p.nid)).collect();
+    let mut next_block = inodes_end.div_ceil(BLOCK_SIZE);
+    let mut dirs = DirBlocks::new();
     for p in placed.iter_mut() {
-        let inode = &tree.inodes[p.ino];
-        p.size = match &inode.kind {
+        p.size = match &tree.inodes[p.ino].kind {
             Kind::Dir(children) => {
                 let mut entries: Vec<(&[u8], u64, u8)> = vec![(b".", p.nid, FT_DIR), (b"..", p.parent_nid, FT_DIR)];
                 for (name, &child) in children {
@@ -296,22 +328,30 @@ pub fn write<W: Write, S: Source + ?Sized>(tree: &Tree, data: &mut S, out: &mut 
             next_block += blocks_for(p.size);
         }
     }
-    let total_blocks = next_block;
-    let too_big = |field| LayerError::TooLarge { path: "the base image".into(), field };
-    let blocks32 = u32::try_from(total_blocks).map_err(|_| too_big("blocks"))?;
+    Ok((dirs, next_block))
+}
 
-    // 4. Superblock.
+/// Each directory's data blocks (the last one short), by inode.
+type DirBlocks = HashMap<usize, Vec<Vec<u8>>>;
+
+/// Block 0: the superblock at byte 1024.
+fn superblock(root_nid: u64, inodes: u64, blocks: u32) -> Vec<u8> {
     let mut head = vec![0u8; BLOCK];
     let sb = &mut head[SUPER_OFFSET..SUPER_OFFSET + 128];
     sb[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     sb[12] = 12; // blkszbits
-    sb[14..16].copy_from_slice(&u16::try_from(placed[0].nid).expect("root nid fits").to_le_bytes());
-    sb[16..24].copy_from_slice(&(placed.len() as u64).to_le_bytes());
-    sb[36..40].copy_from_slice(&blocks32.to_le_bytes());
+    sb[14..16].copy_from_slice(&u16::try_from(root_nid).expect("root nid fits").to_le_bytes());
+    sb[16..24].copy_from_slice(&inodes.to_le_bytes());
+    sb[36..40].copy_from_slice(&blocks.to_le_bytes());
     sb[64..78].copy_from_slice(b"rootlayer-base");
-    out.write_all(&head).map_err(write_err)?;
+    head
+}
 
-    // 5. Inodes.
+/// The inodes, each in its slot, then zeros to the first data block;
+/// returns where the data starts.
+fn write_inodes<W: Write>(tree: &Tree, placed: &[Placed], out: &mut W) -> Result<u64, LayerError> {
+    let write_err = LayerError::Write;
+    let too_big = |field| LayerError::TooLarge { path: "the base image".into(), field };
     let mut written = META_START;
     for (i, p) in placed.iter().enumerate() {
         let at = p.nid * SLOT;
@@ -345,37 +385,46 @@ pub fn write<W: Write, S: Source + ?Sized>(tree: &Tree, data: &mut S, out: &mut 
     }
     let data_start = written.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
     out.write_all(&vec![0u8; usize::try_from(data_start - written).expect("under a block")]).map_err(write_err)?;
-    written = data_start;
+    Ok(data_start)
+}
 
-    // 6. Data.
-    let mut counter = Counter { inner: out, n: 0 };
-    for (i, p) in placed.iter().enumerate() {
-        if p.size == 0 {
-            continue;
-        }
-        debug_assert_eq!(written + counter.n, p.blkaddr * BLOCK_SIZE);
-        let start = counter.n;
-        match &tree.inodes[p.ino].kind {
-            Kind::Dir(_) => {
-                let blocks = &dirs[&p.ino];
-                for (k, b) in blocks.iter().enumerate() {
-                    counter.write_all(b).map_err(write_err)?;
-                    if k + 1 < blocks.len() {
-                        counter.write_all(&vec![0u8; BLOCK - b.len()]).map_err(write_err)?;
-                    }
+/// Why an inode's data could not be written: its source, or the output.
+enum DataError {
+    Source(io::Error),
+    Write(io::Error),
+}
+
+/// One inode's data blocks (a directory's entries, a file's bytes, a
+/// symlink's target), padded to a whole block.
+fn write_data<W: Write, S: Source + ?Sized>(
+    tree: &Tree,
+    p: &Placed,
+    dirs: &DirBlocks,
+    data: &mut S,
+    out: &mut Counter<'_, W>,
+) -> Result<(), DataError> {
+    if p.size == 0 {
+        return Ok(());
+    }
+    let start = out.n;
+    match &tree.inodes[p.ino].kind {
+        Kind::Dir(_) => {
+            let blocks = &dirs[&p.ino];
+            for (k, b) in blocks.iter().enumerate() {
+                out.write_all(b).map_err(DataError::Write)?;
+                if k + 1 < blocks.len() {
+                    out.write_all(&vec![0u8; BLOCK - b.len()]).map_err(DataError::Write)?;
                 }
             }
-            Kind::File(d) => copy_exact(data, d, &mut counter)
-                .map_err(|source| LayerError::Entry { path: show(&order[i].2), source })?,
-            Kind::Symlink(target) => counter.write_all(target).map_err(write_err)?,
-            _ => {}
         }
-        let pad = blocks_for(p.size) * BLOCK_SIZE - (counter.n - start);
-        counter.write_all(&vec![0u8; usize::try_from(pad).expect("under a block")]).map_err(write_err)?;
+        // The counter counts what reached the output: a short source is
+        // the source's error, any other the output's.
+        Kind::File(d) => copy_exact(data, d, out).map_err(DataError::Source)?,
+        Kind::Symlink(target) => out.write_all(target).map_err(DataError::Write)?,
+        _ => {}
     }
-    let bytes = written + counter.n;
-    debug_assert_eq!(bytes, total_blocks * BLOCK_SIZE);
-    Ok(ImageInfo { bytes, inodes: placed.len() as u64 })
+    let pad = blocks_for(p.size) * BLOCK_SIZE - (out.n - start);
+    out.write_all(&vec![0u8; usize::try_from(pad).expect("under a block")]).map_err(DataError::Write)
 }
 
 /// Whether `path` (relative, `/`-separated, no `.` or `..`) names an
