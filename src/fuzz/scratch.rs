@@ -5,7 +5,8 @@
 //! The seed is a real image made by `mkfs.ext4 -d` from an upper dir with
 //! a whiteout, an opaque dir, a hardlink and a symlink.
 
-use crate::layer::ext4::{upper_tar, Ext4};
+use crate::layer::ext4::Ext4;
+use crate::layer::upper::upper_tar;
 use std::io::Cursor;
 
 pub fn scratch_ext4(data: &[u8]) {

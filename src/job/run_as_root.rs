@@ -14,9 +14,10 @@ use crate::image::{write_output, BaseImage, ImageMeta, NewLayer, OutputFormat, S
 use crate::job::base::{BaseDisk, BaseError};
 use crate::job::contents::Contents;
 use crate::layer::changeset::{self, Changeset, Data, HostFiles, Source, Visit};
-use crate::layer::ext4::{Ext4Error, Ext4Files};
+use crate::layer::ext4::Ext4Error;
 use crate::layer::references::{scan_changeset, ReferenceGraph};
 use crate::layer::store_paths::StorePath;
+use crate::layer::upper::Ext4Files;
 use crate::layer::{write_atomically, ConvertOptions, LayerError};
 use crate::protocol::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, SCRIPT_MOUNTS, XCHG_MOUNT};
 use std::collections::HashSet;
@@ -154,7 +155,8 @@ fn read_upper(
     (store_paths, references, base_json): (&[StorePath], &ReferenceGraph, Option<&serde_json::Value>),
     base_has: HashSet<Vec<u8>>,
 ) -> Result<(Changeset, LayerFiles), JobError> {
-    use crate::layer::ext4::{self, Bounds, Ext4, Upper};
+    use crate::layer::ext4::Ext4;
+    use crate::layer::upper::{self, Bounds, Upper};
     let io = |e: std::io::Error| JobError::Scratch(Ext4Error::Io(e));
     let image = || -> Result<_, JobError> {
         let file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
@@ -176,7 +178,7 @@ fn read_upper(
     };
     let mut changes = Changeset::default();
     let bounds = Bounds { limit, stop: &|| stop.now() };
-    let upper = ext4::changes(&mut fs, "upper", bounds, &mut only_contents, &mut changes).map_err(|e| match e {
+    let upper = upper::changes(&mut fs, "upper", bounds, &mut only_contents, &mut changes).map_err(|e| match e {
         Ext4Error::TooLarge(n) => JobError::OutputTooLarge(n),
         Ext4Error::Entry(e) => layer_error(e, &[]),
         other => JobError::Scratch(other),

@@ -39,7 +39,8 @@ fn max_rss_kib() -> u64 {
 #[ignore = "benchmark; run by scripts/bench-layer"]
 fn bench_upper_image_to_layer() {
     use super::changeset::{self, Changeset};
-    use super::ext4::{self, Bounds, Ext4, Ext4Files};
+    use super::ext4::Ext4;
+    use super::upper::{self, Bounds, Ext4Files};
     let (Ok(image), Ok(output)) = (std::env::var("ROOTLAYER_BENCH_IMAGE"), std::env::var("ROOTLAYER_BENCH_OUTPUT"))
     else {
         eprintln!("skipping bench_upper_image_to_layer: ROOTLAYER_BENCH_IMAGE/OUTPUT not set");
@@ -49,7 +50,7 @@ fn bench_upper_image_to_layer() {
     let opts = ConvertOptions { source_date_epoch: Some(1), gzip: None };
     let t = Instant::now();
     let mut cs = Changeset::default();
-    ext4::changes(&mut open(), "upper", Bounds::limit(u64::MAX), &mut |_| false, &mut cs).unwrap();
+    upper::changes(&mut open(), "upper", Bounds::limit(u64::MAX), &mut |_| false, &mut cs).unwrap();
     let walk = t.elapsed().as_secs_f64();
     let entries = cs.len();
     let t = Instant::now();

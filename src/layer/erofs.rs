@@ -295,11 +295,7 @@ fn place_inodes(tree: &Tree, order: &[(usize, usize, Vec<u8>)]) -> Result<(Vec<P
 /// Data blocks, in inode order from the first block after `inodes_end`:
 /// each inode's size and first block, and every directory's blocks.
 /// Returns those and the image's size in blocks.
-fn place_data(
-    tree: &Tree,
-    placed: &mut [Placed],
-    inodes_end: u64,
-) -> Result<(DirBlocks, u64), LayerError> {
+fn place_data(tree: &Tree, placed: &mut [Placed], inodes_end: u64) -> Result<(DirBlocks, u64), LayerError> {
     let nid_of: HashMap<usize, u64> = placed.iter().map(|p| (p.ino, p.nid)).collect();
     let mut next_block = inodes_end.div_ceil(BLOCK_SIZE);
     let mut dirs = DirBlocks::new();

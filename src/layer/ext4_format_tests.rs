@@ -4,8 +4,9 @@
 //! our reader reads back what it wrote.
 
 use super::*;
-use crate::layer::ext4::{upper_tar, Ext4};
+use crate::layer::ext4::Ext4;
 use crate::layer::test_util::{assert_upper_fixture, read_layer};
+use crate::layer::upper::upper_tar;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

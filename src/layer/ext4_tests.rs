@@ -1,9 +1,12 @@
-//! The ext4 reader against images mkfs.ext4 makes from real trees (`-d`),
+//! The ext4 reader, and the upper dir read off it ([`crate::layer::upper`]),
+//! against images mkfs.ext4 makes from real trees (`-d`),
 //! without a journal as the scratch disk is (but with flex_bg and
 //! metadata_csum; `ext4_format_tests.rs` reads the formatter's own).
 
 use super::*;
+use crate::layer::changeset::{Changeset, Kind};
 use crate::layer::test_util::{assert_upper_fixture, is_root, read_layer};
+use crate::layer::upper::{changes, upper_tar, Bounds, Upper};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;

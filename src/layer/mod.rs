@@ -16,9 +16,9 @@
 //! - [`flatten`] + [`erofs`]: a base image's layers -> one merged tree ->
 //!   the read-only EROFS disk the guest mounts as its lower dir; the same
 //!   tree as a changeset is `export`'s layer.
-//! - [`ext4`]: the overlay upper dir read off the scratch disk's image the
-//!   guest left, into a changeset; [`ext4_format`] makes that disk's empty
-//!   ext4 before the job.
+//! - [`upper`]: the overlay upper dir read off the scratch disk's image the
+//!   guest left (through [`ext4`], a bounded reader), into a changeset;
+//!   [`ext4_format`] makes that disk's empty ext4 before the job.
 //! - [`references`]: the Nix store paths the new layer's bytes name (Nix's
 //!   reference scan) and their closure, from `exportReferencesGraph` files.
 //! - [`store_paths`]: host store paths (a Nix closure) added to the new
@@ -49,6 +49,7 @@ pub mod tar_guard;
 /// the host, [`flatten`]).
 #[cfg(any(test, feature = "fuzz"))]
 pub mod unpack;
+pub mod upper;
 mod writer;
 
 #[cfg(test)]
