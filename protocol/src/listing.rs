@@ -3,7 +3,7 @@
 //! witness of a tree: the host writes it of the image's tree after the new
 //! layer (`--merged-listing`), the test agent of the merged tree it saw
 //! (`--guest-merged-listing`), the tests of an independent unpack of the
-//! layer (umoci), and compare them. [`of_tree`] (the listing of a directory)
+//! layer (umoci), and compare them. `of_tree` (the listing of a directory)
 //! is in feature `listing`: test builds only.
 
 /// One entry of a listing.
