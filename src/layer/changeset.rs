@@ -5,7 +5,7 @@
 //! looks at `.wh.` names, 0/0 devices or `trusted.overlay.*` xattrs:
 //!
 //! - the tar of an overlay upper dir ([`super::convert`]);
-//! - the upper dir on the scratch disk the guest left ([`super::ext4::changes`]);
+//! - the upper dir on the scratch disk the guest left ([`super::upper::changes`]);
 //! - a merged tree ([`Changeset::add_tree`]): the job's contents, and the
 //!   whole flattened image for `export`;
 //! - host store paths ([`super::store_paths::add`]).
