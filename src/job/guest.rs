@@ -84,10 +84,10 @@ pub struct GuestSpec {
     pub extra_cmdline: String,
     /// Scratch disk size in MiB; no disk when None.
     pub disk_mib: Option<u64>,
-    /// The base image disk (read-only EROFS, [`crate::base`]), attached
+    /// The base image disk (read-only EROFS, [`crate::job::base`]), attached
     /// after the scratch disk and mounted at [`BASE_MOUNT`].
     pub base_disk: Option<PathBuf>,
-    /// The contents disk (read-only EROFS, [`crate::contents`]), attached
+    /// The contents disk (read-only EROFS, [`crate::job::contents`]), attached
     /// after the base disk and mounted at [`CONTENTS_MOUNT`].
     pub contents_disk: Option<PathBuf>,
     pub stores: Vec<Store>,

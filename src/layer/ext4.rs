@@ -50,7 +50,7 @@ pub enum Ext4Error {
 
 impl Ext4Error {
     /// The reader's own error back out of an `io::Error` that carries it
-    /// (what [`Ext4Files`] gives the layer writer), else a read error.
+    /// (what [`super::upper::Ext4Files`] gives the layer writer), else a read error.
     pub fn from_io(e: io::Error) -> Ext4Error {
         match e.get_ref().is_some_and(|inner| inner.is::<Ext4Error>()) {
             true => *e.into_inner().and_then(|inner| inner.downcast().ok()).expect("checked above"),

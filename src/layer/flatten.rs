@@ -9,7 +9,7 @@
 //! xattrs win), anything else replaces what was there ("Changeset over
 //! existing files"). The merged tree has no whiteouts left.
 //!
-//! The same hostile-input rules as the per-layer unpacker ([`super::unpack`]):
+//! The same hostile-input rules as the per-layer unpacker (`super::unpack`, test support):
 //! no absolute paths or `..`, no entry through a symlinked or non-directory
 //! parent, hardlinks only to non-directories already in the tree, no 0/0
 //! character devices (an overlay would read one as a whiteout), no sparse

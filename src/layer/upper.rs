@@ -3,7 +3,7 @@
 //! opaque directories decoded as entries come, what only hid the job's
 //! contents left out, every byte the layer will hold counted against the
 //! output limit. [`Ext4Files`] reads the files' bytes when the layer is
-//! written; [`upper_tar`] (test support) writes the same directory as the
+//! written; `upper_tar` (test support) writes the same directory as the
 //! tar the guest agent used to stream.
 
 use std::collections::HashMap;
