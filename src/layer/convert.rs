@@ -75,6 +75,16 @@ pub fn convert_seekable<R: Read + Seek, W: Write>(
     changeset::write(changes, &mut TarData { input: Some(&mut input), spool: &mut spool }, output, opts)
 }
 
+/// An upper-dir tar that can be read at random as a changeset, its file
+/// data [`Data::Input`] ranges of `input` (for the tests that apply it).
+#[cfg(test)]
+pub(crate) fn tar_changes<R: Read + Seek>(input: R) -> Result<Changeset, LayerError> {
+    let mut spool = Spool::default();
+    let mut archive = tar::Archive::new(SeekBuf::new(input, 0).map_err(LayerError::Read)?);
+    let entries = archive.entries_with_seek().map_err(LayerError::Read)?;
+    index(entries, true, &mut spool)
+}
+
 /// The file bytes of an upper-dir tar: in the input itself, or spooled.
 struct TarData<'a, S> {
     input: Option<&'a mut S>,

@@ -379,4 +379,60 @@ proptest! {
             }
         }
     }
+
+    /// What our reader makes of the layer our writer wrote, applied over a
+    /// base, is what the changeset it was written from means applied over
+    /// the same base (the host's listing takes the second, umoci the first).
+    #[test]
+    fn a_written_layer_applies_over_a_base_as_its_changeset_does(
+        base in tree_strategy(),
+        upper in tree_strategy(),
+    ) {
+        use crate::layer::changeset::{Data, Source};
+        use crate::layer::flatten::Tree;
+        // Hardlinks to an earlier path, as every source gives them.
+        prop_assume!(upper.iter().all(|(p, m)| !matches!(m, Model::Link(t) if t > p)));
+        let base: BTreeMap<String, Model> = base
+            .into_iter()
+            .map(|(p, m)| match m {
+                Model::Whiteout => (p, Model::File(b"was a whiteout".to_vec())),
+                Model::Dir { .. } => (p, Model::Dir { opaque: false }),
+                m => (p, m),
+            })
+            .collect();
+        let base_tar = tar_of(&entries_of(&base));
+        let upper_tar = tar_of(&entries_of(&upper));
+        let mut layer = Vec::new();
+        if convert(&upper_tar[..], &mut layer, &ConvertOptions::default()).is_err() {
+            return Ok(());
+        }
+        let mut lower = Tree::default();
+        // A base with a hardlink to a later path is no image.
+        prop_assume!(lower.apply_tar(0, &base_tar[..]).is_ok());
+        let mut read_back = lower.clone();
+        let a = read_back.apply_tar(1, &layer[..]);
+        let mut applied = lower;
+        let b = applied.apply(&super::convert::tar_changes(Cursor::new(&upper_tar[..])).unwrap());
+        prop_assert_eq!(a.is_ok(), b.is_ok(), "read back: {:?}, the changeset: {:?}", a, b);
+        if a.is_err() {
+            return Ok(());
+        }
+        /// The base's and the layer's bytes (Data::Layer 0 and 1), the
+        /// upper tar's (Data::Input).
+        struct Bytes<'a>(&'a [u8], &'a [u8], &'a [u8]);
+        impl Source for Bytes<'_> {
+            fn open(&mut self, d: &Data) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+                let (bytes, offset) = match *d {
+                    Data::Layer(r) => ([self.0, self.1][r.layer], r.offset),
+                    Data::Input { offset, .. } => (self.2, offset),
+                    _ => unreachable!("no other data here"),
+                };
+                Ok(Box::new(&bytes[usize::try_from(offset).unwrap()..]))
+            }
+        }
+        let mut src = Bytes(&base_tar, &layer, &upper_tar);
+        let got = super::listing::of_tree(&read_back, &mut src).unwrap();
+        let want = super::listing::of_tree(&applied, &mut src).unwrap();
+        prop_assert_eq!(got, want);
+    }
 }
