@@ -158,8 +158,11 @@ fn read_upper(
     use crate::layer::ext4::Ext4;
     use crate::layer::upper::{self, Bounds, Upper};
     let io = |e: std::io::Error| JobError::Scratch(Ext4Error::Io(e));
+    // One block of buffer: the reader seeks before every read, and a
+    // BufReader drops what it holds at every seek (with 64 KiB, a walk of
+    // 10,000 small files took 3.7 times as long, and the layer's write 1.4).
     let image = || -> Result<_, JobError> {
-        let file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(disk).map_err(io)?);
+        let file = std::io::BufReader::with_capacity(4096, std::fs::File::open(disk).map_err(io)?);
         Ext4::open(file).map_err(JobError::Scratch)
     };
     let mut fs = image()?;

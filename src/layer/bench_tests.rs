@@ -46,7 +46,8 @@ fn bench_upper_image_to_layer() {
         eprintln!("skipping bench_upper_image_to_layer: ROOTLAYER_BENCH_IMAGE/OUTPUT not set");
         return;
     };
-    let open = || Ext4::open(std::io::BufReader::with_capacity(1 << 16, File::open(&image).unwrap())).unwrap();
+    // As the job opens it (read_upper).
+    let open = || Ext4::open(std::io::BufReader::with_capacity(4096, File::open(&image).unwrap())).unwrap();
     let opts = ConvertOptions { source_date_epoch: Some(1), gzip: None };
     let t = Instant::now();
     let mut cs = Changeset::default();
