@@ -207,6 +207,9 @@ fn read_upper(
     if !references.is_empty() {
         let scan = scan_changeset(&changes, &mut files, &mut scanner, &|| stop.now());
         scan.map_err(|e| layer_error(e, &[]))?;
+        // The layer's write reads every file again: with bounds of its own
+        // (the reader's extent budget is one pass over the image's blocks).
+        files.ext4 = Ext4Files(image()?);
     }
     skip.extend(base_has);
     let json = base_json.map(|j| j.to_string()).unwrap_or_default();
