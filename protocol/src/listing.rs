@@ -98,20 +98,18 @@ mod dir {
                 let ft = m.file_type();
                 let (kind, link, hash) = if ft.is_dir() {
                     stack.push(p.clone());
-                    ("d", String::new(), 0)
+                    ('d', String::new(), 0)
                 } else if ft.is_symlink() {
-                    ("l", std::fs::read_link(&p)?.display().to_string(), 0)
+                    ('l', std::fs::read_link(&p)?.display().to_string(), 0)
                 } else if ft.is_file() {
-                    ("f", String::new(), Fnv1a::of(std::fs::File::open(&p)?)?)
+                    ('f', String::new(), Fnv1a::of(std::fs::File::open(&p)?)?)
                 } else {
-                    ("o", format!("{:x}", m.rdev()), 0)
+                    ('o', format!("{:x}", m.rdev()), 0)
                 };
                 let size = if ft.is_file() { m.len() } else { 0 };
                 let path = rel.as_os_str().as_bytes();
                 let (mode, uid, gid) = (m.mode() & 0o7777, u64::from(m.uid()), u64::from(m.gid()));
-                lines.push(
-                    Entry { path, kind: kind.chars().next().unwrap_or('o'), mode, uid, gid, size, link, hash }.line(),
-                );
+                lines.push(Entry { path, kind, mode, uid, gid, size, link, hash }.line());
             }
         }
         Ok(join(lines))

@@ -163,7 +163,7 @@ impl Tree {
 
     /// The parent directory of `path`, creating missing ones (root-owned
     /// 0755, mtime 0); symlinks and non-directories on the way are refused.
-    fn parent_dir(&mut self, path: &[u8], raw: &[u8]) -> Result<usize, LayerError> {
+    fn parent_dir(&mut self, path: &[u8]) -> Result<usize, LayerError> {
         let (parent, _) = rules::split(path);
         let mut cur = 0;
         if parent.is_empty() {
@@ -180,9 +180,9 @@ impl Tree {
                 Some(n) => match &self.inodes[n].kind {
                     Kind::Dir(_) => n,
                     Kind::Symlink(_) => {
-                        return Err(LayerError::SymlinkParent { path: show(raw), parent: show(&parent[..end]) })
+                        return Err(LayerError::SymlinkParent { path: show(path), parent: show(&parent[..end]) })
                     }
-                    _ => return Err(LayerError::NotADirectory { path: show(raw), parent: show(&parent[..end]) }),
+                    _ => return Err(LayerError::NotADirectory { path: show(path), parent: show(&parent[..end]) }),
                 },
                 None => {
                     let n = self.push(new_dir(0o755, 0, 0, 0));
@@ -221,16 +221,15 @@ impl Tree {
         let (uid, gid) = (u32::try_from(n.uid).map_err(|_| too("uid"))?, u32::try_from(n.gid).map_err(|_| too("gid"))?);
         let inode = Inode { kind, mode: n.mode, uid, gid, mtime: n.mtime, xattrs: n.xattrs.iter().cloned().collect() };
         if n.path.is_empty() {
-            // The root: its attributes, never replaced by a non-directory.
-            if !matches!(inode.kind, Kind::Dir(_)) {
-                return Err(LayerError::NotADirectory { path: show(&n.path), parent: ".".into() });
-            }
+            // The root's own attributes: a changeset holds no other node
+            // with an empty path (`Changeset::push`).
+            debug_assert!(matches!(inode.kind, Kind::Dir(_)));
             let root = &mut self.inodes[0];
             (root.mode, root.uid, root.gid, root.mtime, root.xattrs) =
                 (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs);
             return Ok(());
         }
-        let parent = self.parent_dir(&n.path, &n.path)?;
+        let parent = self.parent_dir(&n.path)?;
         let (_, name) = rules::split(&n.path);
         let existing = match &self.inodes[parent].kind {
             Kind::Dir(children) => children.get(name).copied(),
@@ -250,12 +249,9 @@ impl Tree {
     }
 
     /// A hardlink: the name gets the inode (and its attributes) `target`
-    /// has now.
+    /// has now. (Never the root: a changeset's hardlink has a path.)
     fn link(&mut self, n: &Node, target: &[u8]) -> Result<(), LayerError> {
-        if n.path.is_empty() {
-            return Err(LayerError::NotADirectory { path: show(&n.path), parent: ".".into() });
-        }
-        let parent = self.parent_dir(&n.path, &n.path)?;
+        let parent = self.parent_dir(&n.path)?;
         let (_, name) = rules::split(&n.path);
         let ino = match self.lookup(target) {
             None => return Err(LayerError::MissingLinkTarget { path: show(&n.path), target: show(target) }),
