@@ -67,6 +67,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         kernel: g.kernel,
         initrd: g.initrd,
         mem_mib: 256,
+        cpus: 1,
         timeout: Duration::from_secs(300),
         echo: Echo::Stderr,
         extra_cmdline: String::new(),

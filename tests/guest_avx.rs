@@ -10,13 +10,20 @@
 //! 2. Fail closed: where the VMM keeps the extended state (emulated KVM),
 //!    booting with that switched off (`rootlayer_xstate.port=0`) makes the
 //!    agent refuse to go on: exit 70 and the refusal, never a finished run.
+//! 3. On two vCPUs, eight probe processes moved between the vCPUs while
+//!    they hold their values lose nothing either.
 
 mod common;
 
 fn boot(g: &common::Guest, cmdline: &str) -> (i32, String) {
+    boot_on(g, cmdline, 1)
+}
+
+fn boot_on(g: &common::Guest, cmdline: &str, cpus: u32) -> (i32, String) {
+    let cpus = cpus.to_string();
     common::run(
         common::rootlayer()
-            .args(["boot", "--timeout", "300", "--mem-size", "128", "--cmdline", cmdline, "--kernel"])
+            .args(["boot", "--timeout", "300", "--mem-size", "128", "--cpus", &cpus, "--cmdline", cmdline, "--kernel"])
             .arg(&g.kernel)
             .arg("--initrd")
             .arg(&g.initrd),
@@ -44,6 +51,7 @@ fn guest_processes_do_not_corrupt_each_others_vector_state() {
     }
     let ymm = raw[0];
     assert!(ymm.contains("YMM") && !ymm.contains("not probed"), "the YMM probe always runs: {ymm}");
+    assert!(ymm.contains("(2 processes on 1 vCPUs") || ymm.contains("no hazard"), "{ymm}");
     assert!(
         lines.iter().any(|l| l.ends_with("glibc string functions: 0 mismatches")),
         "glibc workload corrupted: {lines:#?}"
@@ -60,4 +68,32 @@ fn guest_processes_do_not_corrupt_each_others_vector_state() {
     let refusal = refusal.expect("the agent's refusal on the console");
     assert!(refusal.contains("neither the guest kernel nor the VMM saves"), "{refusal}");
     assert!(!stderr.contains("guest exited cleanly"), "{stderr}");
+}
+
+/// 3. The same on two vCPUs: eight probe processes, which the self-test
+///    moves from vCPU to vCPU while they hold their values (a task leaving
+///    one vCPU goes on with its registers on the other); none loses any.
+#[test]
+fn guest_processes_moved_between_two_vcpus_keep_their_vector_state() {
+    let Some(g) = common::test_guest("guest_processes_moved_between_two_vcpus_keep_their_vector_state") else {
+        return;
+    };
+    let (code, stderr) = boot_on(&g, "ROOTLAYER_SELFTEST=avx", 2);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("selftest avx:")).collect();
+    assert_eq!(code, 0, "self-test boot failed: {lines:#?}\n{stderr}");
+    let raw: Vec<&&str> = lines.iter().filter(|l| l.contains(": raw ")).collect();
+    assert_eq!(raw.len(), 3, "{lines:#?}");
+    for l in &raw {
+        assert!(
+            l.contains("corrupted in 0 of") || l.contains("(SIGILL): no hazard") || l.contains("not probed"),
+            "vector state lost between guest processes on two vCPUs: {l}"
+        );
+    }
+    let ymm = raw[0];
+    eprintln!("guest_avx: {ymm}");
+    if !ymm.contains("no hazard") {
+        assert!(ymm.contains("(8 processes on 2 vCPUs, moved between vCPUs "), "{ymm}");
+        assert!(!ymm.contains("moved between vCPUs 0 times"), "{ymm}");
+    }
+    assert!(lines.iter().any(|l| l.ends_with("glibc string functions: 0 mismatches")), "{lines:#?}");
 }

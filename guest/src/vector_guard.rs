@@ -72,9 +72,31 @@ impl Report {
     }
 }
 
-/// Read what the guard needs.
+/// XCR0 as user code reads it on every online vCPU, ORed (None only where
+/// XGETBV faults on all of them): the agent moves itself to each in turn,
+/// and back where it was.
+fn xgetbv0_every_cpu() -> anyhow::Result<Option<u64>> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let before = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    // SAFETY: sysconf only reads a system value.
+    let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
+    let mut xcr0: Option<u64> = None;
+    for cpu in 0..cpus {
+        let mut one = CpuSet::new();
+        one.set(cpu).context("a CPU set of this size")?;
+        sched_setaffinity(Pid::from_raw(0), &one).with_context(|| format!("move to vCPU {cpu}"))?;
+        if let Some(x) = xgetbv0() {
+            xcr0 = Some(xcr0.unwrap_or(0) | x);
+        }
+    }
+    sched_setaffinity(Pid::from_raw(0), &before).context("sched_setaffinity back")?;
+    Ok(xcr0)
+}
+
+/// Read what the guard needs (XCR0 from every vCPU).
 pub fn check() -> anyhow::Result<Report> {
-    let xcr0 = xgetbv0();
+    let xcr0 = xgetbv0_every_cpu()?;
     let saved = match std::fs::read_to_string(SAVED_PATH) {
         Ok(text) => text.trim().parse::<u64>().with_context(|| format!("parse {SAVED_PATH}: {text:?}"))?,
         // A kernel without patch 0004: it saves x87/SSE (the agent cannot

@@ -56,7 +56,8 @@ pub(crate) struct GuestArgs {
     /// Scratch disk in MiB (holds the overlay upper dir: the new layer).
     #[arg(long, default_value_t = 1024)]
     pub(crate) disk_size: u64,
-    /// Virtual CPUs (the guest kernel is uniprocessor: 1).
+    /// Virtual CPUs, 1 to the host's cores (at most 32): the script's
+    /// processes run in parallel on them.
     #[arg(long, default_value_t = 1)]
     pub(crate) cpus: u32,
     /// Wall-clock limit for the whole job, in seconds.
@@ -202,6 +203,9 @@ pub(crate) struct BootArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     pub(crate) mem_size: u64,
+    /// Virtual CPUs, 1 to the host's cores (at most 32).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) cpus: u32,
     /// Wall-clock limit in seconds.
     #[arg(long, default_value_t = 120)]
     pub(crate) timeout: u64,

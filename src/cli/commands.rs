@@ -55,6 +55,17 @@ pub(crate) fn bench_io(args: BenchIoArgs) -> Exit {
     }
 }
 
+/// `--cpus N`: 1 to the host's cores, and no more than the guest kernel
+/// and the MP table take.
+fn cpus(n: u32) -> Result<u8, String> {
+    let host = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let max = host.min(u32::from(vmm::arch::mptable::MAX_CPUS));
+    match u8::try_from(n) {
+        Ok(cpus) if (1..=max).contains(&n) => Ok(cpus),
+        _ => Err(format!("--cpus {n}: from 1 to {max} (this host's cores, at most {})", vmm::arch::mptable::MAX_CPUS)),
+    }
+}
+
 /// The guest described by the common arguments; a problem is printed and
 /// turned into its exit code.
 fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
@@ -62,15 +73,14 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         eprintln!("rootlayer: {msg}");
         Exit::BadInput
     };
-    if g.cpus != 1 {
-        return Err(bad(format!("--cpus {}: the guest kernel is uniprocessor; use 1", g.cpus)));
-    }
+    let cpus = cpus(g.cpus).map_err(bad)?;
     let kernel = default_kernel(g.kernel.clone()).map_err(|e| bad(e.to_string()))?;
     let initrd = default_initrd(g.initrd.clone()).map_err(|e| bad(e.to_string()))?;
     Ok(GuestSpec {
         kernel,
         initrd,
         mem_mib: g.mem_size,
+        cpus,
         timeout: Duration::from_secs(g.timeout),
         echo: if g.quiet { Echo::Off } else { Echo::Stderr },
         extra_cmdline: g.cmdline.clone(),
@@ -226,6 +236,7 @@ pub(crate) fn boot(args: BootArgs) -> Exit {
             kernel,
             initrd,
             mem_mib: args.mem_size,
+            cpus: cpus(args.cpus).map_err(JobError::BadInput)?,
             timeout: Duration::from_secs(timeout),
             echo: if args.quiet { Echo::Off } else { Echo::Stderr },
             extra_cmdline: args.cmdline,

@@ -63,7 +63,7 @@ pub(super) fn key() -> Key {
 #[cfg(test)]
 pub(super) fn state() -> MachineState {
     MachineState {
-        vcpu: VcpuState {
+        vcpus: vec![VcpuState {
             regs: Default::default(),
             sregs: Default::default(),
             xsave: vec![0x5a; 4096],
@@ -73,8 +73,7 @@ pub(super) fn state() -> MachineState {
             msrs: vec![(0x10, 12345), (0x1a0, 1)],
             events: Default::default(),
             mp_state: Default::default(),
-            keeper: None,
-        },
+        }],
         vm: VmState {
             pic_master: Default::default(),
             pic_slave: Default::default(),
@@ -84,6 +83,7 @@ pub(super) fn state() -> MachineState {
         },
         serial: Default::default(),
         transports: Vec::new(),
+        keeper: None,
     }
 }
 

@@ -19,7 +19,7 @@ fn layout() -> Layout {
 }
 
 pub fn xstate(mut data: &[u8]) {
-    let mut keeper = Keeper::new(layout());
+    let mut keeper = Keeper::new(layout(), 1);
     let mut regs = vec![0u8; XSAVE_BYTES];
     regs[..512].fill(0xa5);
     regs[512] = 0x3;
@@ -36,8 +36,8 @@ pub fn xstate(mut data: &[u8]) {
         }
         let port = PORT_BASE + u16::from(op % 6) * 4;
         let before = regs.clone();
-        let action = keeper.write(port, &value.to_le_bytes());
-        match keeper.apply(action, &mut regs) {
+        let action = keeper.write(0, port, &value.to_le_bytes());
+        match keeper.apply(0, action, &mut regs) {
             Ok(_) => {}
             Err(_) => return,
         }
@@ -71,6 +71,11 @@ pub fn xstate(mut data: &[u8]) {
                 model.insert(value, state);
             }
             3 | 4 => signals = true,
+            // RELEASE: the owner's live state is kept; no owner after.
+            5 if owner == Some(value) => {
+                model.insert(value, before[576..2688].to_vec());
+                owner = None;
+            }
             _ => {}
         }
     }

@@ -78,6 +78,8 @@ pub struct GuestSpec {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub mem_mib: u64,
+    /// Virtual CPUs.
+    pub cpus: u8,
     pub timeout: Duration,
     pub echo: Echo,
     /// Appended to [`BASE_CMDLINE`].
@@ -209,6 +211,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             initrd: Some(spec.initrd.clone()),
             cmdline: cmdline.clone(),
             mem_mib: spec.mem_mib,
+            cpus: spec.cpus,
             timeout: spec.timeout,
             echo: spec.echo,
             echo_limit: spec.echo_limit,

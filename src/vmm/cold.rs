@@ -27,9 +27,12 @@ pub(super) fn memory(mib: u64, bytes: usize) -> Result<GuestMemoryMmap, VmmError
 }
 
 /// Load `config`'s kernel and initramfs with `cmdline` and the MP table
-/// into the machine's memory, and point the vCPU at the kernel's entry.
-pub(super) fn boot(machine: &Machine, vcpu: &Vcpu, config: &VmConfig, cmdline: &str) -> Result<(), VmmError> {
+/// into the machine's memory, point the boot processor at the kernel's
+/// entry and leave the others waiting for its startup IPIs.
+pub(super) fn boot(machine: &Machine, vcpus: &[Vcpu], config: &VmConfig, cmdline: &str) -> Result<(), VmmError> {
     let entry = boot::load(&machine.mem, &config.kernel, config.initrd.as_deref(), cmdline)?;
-    mptable::write(&machine.mem)?;
-    vcpu.configure(&machine.mem, entry)
+    mptable::write(&machine.mem, config.cpus)?;
+    let (bsp, aps) = vcpus.split_first().expect("at least one vCPU");
+    bsp.configure(&machine.mem, entry)?;
+    aps.iter().try_for_each(Vcpu::configure_ap)
 }

@@ -55,6 +55,8 @@ pub struct VmConfig {
     /// Full kernel command line (start from [`BASE_CMDLINE`]).
     pub cmdline: String,
     pub mem_mib: u64,
+    /// Virtual CPUs (1 to [`super::arch::mptable::MAX_CPUS`]).
+    pub cpus: u8,
     /// Wall-clock limit from the start of [`super::run`].
     pub timeout: Duration,
     pub echo: Echo,
@@ -77,6 +79,7 @@ impl std::fmt::Debug for VmConfig {
             .field("initrd", &self.initrd)
             .field("cmdline", &self.cmdline)
             .field("mem_mib", &self.mem_mib)
+            .field("cpus", &self.cpus)
             .field("timeout", &self.timeout)
             .field("virtio", &self.virtio.iter().map(|d| d.device_type()).collect::<Vec<_>>())
             .field("seccomp", &self.seccomp)

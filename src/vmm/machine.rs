@@ -10,7 +10,7 @@ use super::config::{kernel_cmdline, VmConfig};
 use super::kvm::{self, KvmKind};
 use super::snapshot::state::{self as snap_state, VcpuState};
 use super::snapshot::{HostKey, MachineState, SnapshotError};
-use super::vcpu::{Vcpu, DOORBELL_PORT};
+use super::vcpu::{Shared, Vcpu, DOORBELL_PORT};
 use super::xstate::{self, Keeper, Layout};
 use super::VmmError;
 use crate::devices::console::{ConsoleLog, ConsoleSink};
@@ -91,15 +91,18 @@ impl Host {
         Ok(cmdline)
     }
 
-    /// A VM with its interrupt controllers and PIT, and its one vCPU.
-    pub fn create_vm(&self) -> Result<(VmFd, VcpuFd), VmmError> {
+    /// A VM with its interrupt controllers and PIT, and `cpus` vCPUs (ids
+    /// 0 to `cpus` - 1; KVM makes 0 the boot processor).
+    pub fn create_vm(&self, cpus: u32) -> Result<(VmFd, Vec<VcpuFd>), VmmError> {
         let vm = self.kvm.create_vm().map_err(kvm_err("create VM"))?;
         vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set TSS address"))?;
         vm.create_irq_chip().map_err(kvm_err("create in-kernel irqchip"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm.create_pit2(pit).map_err(kvm_err("create in-kernel PIT"))?;
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
-        Ok((vm, vcpu))
+        let vcpus = (0..cpus)
+            .map(|id| vm.create_vcpu(u64::from(id)).map_err(kvm_err("create vCPU")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((vm, vcpus))
     }
 
     /// What of this host a snapshot must match (`vcpu` gives the TSC rate).
@@ -151,25 +154,28 @@ pub(super) struct Machine {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// A device worker that stops serving on its own says so here.
     pub failures: DeviceFailures,
-    /// Asks the vCPU to leave its run loop.
+    /// Asks the vCPUs to leave their run loops.
     pub stop: Arc<AtomicBool>,
     pub console: Arc<Mutex<ConsoleLog>>,
+    /// The guest tasks' extended register state (emulated KVM), shared by
+    /// the vCPUs.
+    pub keeper: Option<Arc<Mutex<Keeper>>>,
 }
 
 impl Machine {
     /// Register `mem` with `vm`, attach `config`'s virtio devices (one
     /// window and one IRQ each; QueueNotify writes go straight to the queue
     /// eventfds, interrupts straight into the irqchip), COM1 and the i8042
-    /// reset line, and build the vCPU on `vcpu` over them.
+    /// reset line, and build a vCPU on each of `vcpus` over them.
     pub fn assemble(
         host: &Host,
         vm: VmFd,
         mem: GuestMemoryMmap,
-        vcpu: VcpuFd,
+        vcpus: Vec<VcpuFd>,
         config: &mut VmConfig,
         seccomp: &Policy,
         start: Instant,
-    ) -> Result<(Machine, Vcpu), VmmError> {
+    ) -> Result<(Machine, Vec<Vcpu>), VmmError> {
         let (sink, console) = ConsoleSink::new(config.echo, config.echo_limit, start);
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("serial eventfd"))?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
@@ -184,6 +190,8 @@ impl Machine {
             failures: DeviceFailures::default(),
             stop: Arc::new(AtomicBool::new(false)),
             console,
+            keeper: (host.kind == KvmKind::Emulated)
+                .then(|| Arc::new(Mutex::new(Keeper::new(host.kept.clone(), vcpus.len())))),
         };
         machine.register_memory()?;
         let mut mmio = Bus::new();
@@ -220,9 +228,26 @@ impl Machine {
         pio.insert(Arc::new(Mutex::new(I8042::new(reset.clone()))), I8042_PORT_BASE, I8042_PORT_LEN)
             .map_err(device_err("placing the i8042 on the port bus"))?;
 
-        let keeper = (host.kind == KvmKind::Emulated).then(|| Keeper::new(host.kept.clone()));
-        let vcpu = Vcpu::new(vcpu, host.cpuid.clone(), pio, mmio, reset, machine.stop.clone(), keeper, host.area_max);
-        Ok((machine, vcpu))
+        let shared = Shared {
+            pio,
+            mmio,
+            reset,
+            stop: machine.stop.clone(),
+            started: Arc::new(AtomicBool::new(false)),
+            pause: Arc::new(AtomicBool::new(false)),
+            keeper: machine.keeper.clone(),
+        };
+        let count = u32::try_from(vcpus.len()).expect("few vCPUs");
+        let vcpus = vcpus
+            .into_iter()
+            .enumerate()
+            .map(|(index, fd)| {
+                let mut cpuid = host.cpuid.clone();
+                arch::cpuid::for_vcpu(cpuid.as_mut_slice(), u32::try_from(index).expect("few vCPUs"), count);
+                Vcpu::new(fd, index, cpuid, shared.clone(), host.area_max)
+            })
+            .collect();
+        Ok((machine, vcpus))
     }
 
     fn register_memory(&self) -> Result<(), VmmError> {
@@ -243,11 +268,12 @@ impl Machine {
         Ok(())
     }
 
-    /// The machine's state but for memory, the vCPU paused at READY and
-    /// saved (`vcpu`). Refused if a share has served anything: everything of
-    /// a job reaches the guest through a share (job.json first), so that
-    /// would mean READY came late, from a guest no one else may reuse.
-    pub fn save(&self, vcpu: VcpuState) -> Result<MachineState, SnapshotError> {
+    /// The machine's state but for memory, every vCPU paused and saved
+    /// (`vcpus`, in index order). Refused if a share has served anything:
+    /// everything of a job reaches the guest through a share (job.json
+    /// first), so that would mean READY came late, from a guest no one else
+    /// may reuse.
+    pub fn save(&self, vcpus: Vec<VcpuState>) -> Result<MachineState, SnapshotError> {
         let vm = snap_state::capture_vm(&self.vm)?;
         let mut transports = Vec::new();
         for (index, t) in self.transports.iter().enumerate() {
@@ -259,19 +285,30 @@ impl Machine {
             transports.push(state);
         }
         let serial = self.serial.lock().expect("serial lock").save().map_err(|_| SnapshotError::Serial)?;
-        Ok(MachineState { vcpu, vm, serial, transports })
+        let keeper = self.keeper.as_ref().map(|k| k.lock().expect("keeper lock").save()).transpose()?;
+        Ok(MachineState { vcpus, vm, serial, transports, keeper })
     }
 
-    /// Put a snapshot's machine state into this fresh machine and `vcpu`:
-    /// the VM's interrupt controllers first, then the vCPU (its LAPIC),
-    /// then the transports, whose pending interrupts are raised again into
-    /// the restored controllers.
-    pub fn restore(&self, vcpu: &mut Vcpu, state: &MachineState) -> Result<(), SnapshotError> {
+    /// Put a snapshot's machine state into this fresh machine and `vcpus`:
+    /// the VM's interrupt controllers first, then the vCPUs (their LAPICs)
+    /// and the keeper, then the transports, whose pending interrupts are
+    /// raised again into the restored controllers.
+    pub fn restore(&self, vcpus: &mut [Vcpu], state: &MachineState) -> Result<(), SnapshotError> {
         if state.transports.len() != self.transports.len() {
             return Err(SnapshotError::DeviceCount { snapshot: state.transports.len(), ours: self.transports.len() });
         }
+        if state.vcpus.len() != vcpus.len() {
+            return Err(SnapshotError::VcpuCount { snapshot: state.vcpus.len(), ours: vcpus.len() });
+        }
         snap_state::restore_vm(&self.vm, &state.vm)?;
-        vcpu.restore(&state.vcpu)?;
+        for (vcpu, saved) in vcpus.iter_mut().zip(&state.vcpus) {
+            vcpu.restore(saved)?;
+        }
+        match (&self.keeper, &state.keeper) {
+            (Some(keeper), Some(kept)) => keeper.lock().expect("keeper lock").restore(kept)?,
+            (None, None) => {}
+            _ => return Err(SnapshotError::KeeperMismatch),
+        }
         for (index, (transport, saved)) in self.transports.iter().zip(&state.transports).enumerate() {
             transport
                 .lock()

@@ -44,21 +44,24 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             max: arch::layout::MEM_MAX_MIB,
         });
     }
+    if !(1..=arch::mptable::MAX_CPUS).contains(&config.cpus) {
+        return Err(VmmError::Cpus { cpus: config.cpus, max: arch::mptable::MAX_CPUS });
+    }
     let mem_bytes = usize::try_from(config.mem_mib << 20).expect("bounded by MEM_MAX_MIB");
     let host = machine::Host::probe()?;
     let seccomp = crate::seccomp::Policy::new(config.seccomp);
     let cmdline = host.cmdline(&config)?;
-    let (vm, vcpu_fd) = host.create_vm()?;
-    let plan = restore::plan(&config, &cmdline, &host, &vcpu_fd, &mut start);
+    let (vm, vcpu_fds) = host.create_vm(u32::from(config.cpus))?;
+    let plan = restore::plan(&config, &cmdline, &host, &vcpu_fds[0], &mut start);
     let mem = match &plan.loaded {
         Some(loaded) => restore::memory(loaded, mem_bytes).map_err(VmmError::Restore)?,
         None => cold::memory(config.mem_mib, mem_bytes)?,
     };
-    let (machine, mut vcpu) = machine::Machine::assemble(&host, vm, mem, vcpu_fd, &mut config, &seccomp, start)?;
+    let (machine, mut vcpus) = machine::Machine::assemble(&host, vm, mem, vcpu_fds, &mut config, &seccomp, start)?;
     let mut take = None;
     let boot = match plan.loaded {
         Some(loaded) => {
-            if let Err(e) = machine.restore(&mut vcpu, &loaded.state) {
+            if let Err(e) = machine.restore(&mut vcpus, &loaded.state) {
                 // Not this guest's to use: the next job takes a new one.
                 let _ = std::fs::remove_file(&loaded.path);
                 return Err(VmmError::Restore(e));
@@ -66,7 +69,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             BootPath::Restored { file: loaded.path, restore: start.elapsed() }
         }
         None => {
-            cold::boot(&machine, &vcpu, &config, &cmdline)?;
+            cold::boot(&machine, &vcpus, &config, &cmdline)?;
             if let Some(why) = plan.cold_because {
                 eprintln!("rootlayer: {why}: booting cold and taking a snapshot");
             }
@@ -81,7 +84,7 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
     };
     let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(PathBuf::from);
     let watch = supervise::Watch { start, timeout: config.timeout, boot, take, profile };
-    supervise::run(machine, vcpu, &seccomp, watch)
+    supervise::run(machine, vcpus, &seccomp, watch)
 }
 
 /// Errors starting or running a VM.
@@ -91,6 +94,8 @@ pub enum VmmError {
     KvmUnavailable(String),
     #[error("KVM: {what}")]
     Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error("{cpus} vCPUs: a guest has 1 to {max}")]
+    Cpus { cpus: u8, max: u8 },
     #[error("guest memory of {mib} MiB is out of range ({min}..={max} MiB)")]
     MemSize { mib: u64, min: u64, max: u64 },
     #[error("allocating {mib} MiB of guest memory")]
@@ -109,7 +114,7 @@ pub enum VmmError {
     },
     #[error("too many virtio devices (at most {max})")]
     TooManyDevices { max: u32 },
-    #[error("starting the vCPU thread")]
+    #[error("starting a vCPU thread")]
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),

@@ -88,7 +88,7 @@ fn key(config: &VmConfig, cmdline: &str, host: snapshot::HostKey) -> std::io::Re
         },
         cmdline: cmdline.to_string(),
         mem_mib: config.mem_mib,
-        vcpus: 1,
+        vcpus: u32::from(config.cpus),
         devices: config
             .virtio
             .iter()

@@ -1,5 +1,5 @@
-//! Running a machine to its end: the vCPU on its own filtered thread, and
-//! this (unfiltered) thread watching it: the time limit, SIGINT/SIGTERM, a
+//! Running a machine to its end: each vCPU on its own filtered thread, and
+//! this (unfiltered) thread watching them: the time limit, SIGINT/SIGTERM, a
 //! device worker that stopped, a restored guest that never reaches its job,
 //! and the pause at READY where the snapshot is written. One [`RunEnd`]
 //! says how it ended.
@@ -56,72 +56,106 @@ fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-/// Run `vcpu` on its own thread (its seccomp filter installed first, before
-/// the guest runs) and watch the machine until the guest ends.
-pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch: Watch) -> Result<RunReport, VmmError> {
-    let started = vcpu.started_flag();
+/// How long the vCPUs have to pause for the snapshot once one heard READY
+/// (they are kicked out of KVM_RUN every 20 ms meanwhile).
+const PAUSE_WAIT: Duration = Duration::from_secs(5);
+
+/// What a vCPU thread said when it ended: why, profile samples, host time
+/// spent keeping extended state.
+type Ended = (GuestExit, Vec<u64>, Duration);
+
+/// Run every vCPU on its own thread (its seccomp filter installed first,
+/// before the guest runs) and watch the machine until the guest ends: the
+/// first vCPU to end ends the run, and the others are stopped.
+pub(super) fn run(
+    machine: Machine,
+    mut vcpus: Vec<Vcpu>,
+    seccomp: &Policy,
+    mut watch: Watch,
+) -> Result<RunReport, VmmError> {
+    let started = vcpus[0].started_flag();
     let (tx, rx) = mpsc::channel();
-    let (resume_tx, resume_rx) = mpsc::channel();
+    let mut resumes = Vec::new();
     if let Some(take) = &mut watch.take {
-        vcpu.pause_at_ready(Pause { paused: tx.clone(), resume: resume_rx }, std::mem::take(&mut take.msrs));
+        for vcpu in &mut vcpus {
+            let (resume_tx, resume_rx) = mpsc::channel();
+            vcpu.pause_at_ready(Pause { paused: tx.clone(), resume: resume_rx }, take.msrs.clone());
+            resumes.push(resume_tx);
+        }
     }
     if watch.profile.is_some() {
-        vcpu.enable_profiling();
+        vcpus.iter_mut().for_each(Vcpu::enable_profiling);
     }
-    let thread = spawn(vcpu, &machine, seccomp, tx)?;
+    let threads = spawn(vcpus, &machine, seccomp, tx)?;
+    let mut ended: Vec<Option<Ended>> = threads.iter().map(|_| None).collect();
 
     // Wait for the guest, waking every 100 ms to notice SIGINT/SIGTERM
-    // (every 5 ms while profiling, to sample the vCPU). A pause for the
+    // (every 5 ms while profiling, to sample the vCPUs). A pause for the
     // snapshot is served here, on this unfiltered thread.
     let tick = if watch.profile.is_some() { Duration::from_millis(5) } else { Duration::from_millis(100) };
     let restored = matches!(watch.boot, BootPath::Restored { .. });
     // The pause for the snapshot is the VMM's time, not the job's.
     let mut paused_for = Duration::ZERO;
-    let stopped_for = loop {
+    let end = loop {
         let remaining = (watch.timeout + paused_for).saturating_sub(watch.start.elapsed());
         match rx.recv_timeout(remaining.min(tick)) {
-            Ok(VcpuMsg::Paused(state)) => {
+            Ok(VcpuMsg::Paused(index, state)) => {
+                // One vCPU heard READY (or was kicked after it): all pause.
+                let Some(take) = watch.take.take() else { continue };
                 let paused = Instant::now();
-                let take = watch.take.take().expect("a pause is armed with where the snapshot goes");
-                watch.boot = write_snapshot(&machine, *state, take, paused);
-                let _ = resume_tx.send(());
+                let states = gather_pause(&threads, &rx, (index, *state), &mut ended);
+                watch.boot = write_snapshot(&machine, states, take, paused);
+                for resume in &resumes {
+                    let _ = resume.send(());
+                }
                 paused_for += paused.elapsed();
+                if let Some(exit) = first_ended(&ended) {
+                    break RunEnd::Exited(exit);
+                }
             }
-            Ok(VcpuMsg::Done(exit, samples, xstate)) => break Ok((exit, samples, xstate)),
-            Err(mpsc::RecvTimeoutError::Timeout) if remaining.is_zero() => break Err(RunEnd::TimedOut),
+            Ok(VcpuMsg::Done(index, exit, samples, time)) => {
+                ended[index] = Some((exit.clone(), samples, time));
+                break RunEnd::Exited(exit);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if remaining.is_zero() => break RunEnd::TimedOut,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if crate::signals::interrupted() {
-                    break Err(RunEnd::Interrupted);
+                    break RunEnd::Interrupted;
                 }
                 if let Some(what) = machine.failures.first() {
-                    break Err(RunEnd::DeviceFailed(what));
+                    break RunEnd::DeviceFailed(what);
                 }
                 if restored && !started.load(Ordering::SeqCst) && watch.start.elapsed() > RESTORE_WATCHDOG {
                     // A restored guest that does not get to its job is a
                     // failed restore (the job layer boots cold), not a
                     // timeout.
-                    break Err(RunEnd::RestoreHung);
+                    break RunEnd::RestoreHung;
+                }
+                // A vCPU thread that ended without a word panicked (below).
+                if threads.iter().zip(&ended).any(|(t, e)| e.is_none() && t.is_finished()) {
+                    break RunEnd::Exited(GuestExit::Stopped);
                 }
                 if watch.profile.is_some() {
-                    let _ = thread.kill(kick_signal());
+                    for thread in &threads {
+                        let _ = thread.kill(kick_signal());
+                    }
                 }
             }
-            // The vCPU thread ended without a word: it panicked (below).
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Err(RunEnd::Exited(GuestExit::Stopped)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break RunEnd::Exited(GuestExit::Stopped),
         }
     };
-    let (end, (samples, xstate)) = match stopped_for {
-        Ok((exit, samples, xstate)) => (RunEnd::Exited(exit), (samples, xstate)),
-        Err(end @ RunEnd::Exited(_)) => (end, (Vec::new(), None)),
-        Err(end) => (end, stop(&machine, &thread, &rx, &resume_tx)),
-    };
-    let end = ending(thread.join(), end);
+    stop(&machine, &threads, &rx, &resumes, &mut ended);
+    let end = threads.into_iter().fold(end, |end, thread| ending(thread.join(), end));
     let peak_rss_kib = peak_rss_kib();
     let guest_rss_kib = machine.mem.iter().map(|r| mapping_rss_kib(r.as_ptr() as u64)).sum();
+    let xstate = machine.keeper.as_ref().map(|keeper| XstateStats {
+        ops: keeper.lock().expect("keeper lock").switches,
+        time: ended.iter().flatten().map(|(_, _, time)| *time).sum(),
+    });
     let console = machine.console.clone();
     drop(machine);
     if let Some(path) = watch.profile {
-        let text: String = samples.iter().map(|rip| format!("{rip:x}\n")).collect();
+        let text: String = ended.iter().flatten().flat_map(|(_, s, _)| s).map(|rip| format!("{rip:x}\n")).collect();
         if let Err(e) = std::fs::write(&path, text) {
             eprintln!("rootlayer: writing guest profile {}: {e}", path.display());
         }
@@ -138,48 +172,103 @@ pub(super) fn run(machine: Machine, mut vcpu: Vcpu, seccomp: &Policy, mut watch:
     })
 }
 
-/// Start the vCPU thread: its seccomp filter first, before the guest runs;
-/// it reports its end on `tx`.
+/// The exit of a vCPU that has ended, if one has.
+fn first_ended(ended: &[Option<Ended>]) -> Option<GuestExit> {
+    ended.iter().flatten().map(|(exit, _, _)| exit.clone()).next()
+}
+
+/// Start a thread per vCPU: its seccomp filter first, before the guest
+/// runs; each reports its end on `tx`.
 fn spawn(
-    mut vcpu: Vcpu,
+    vcpus: Vec<Vcpu>,
     machine: &Machine,
     seccomp: &Policy,
     tx: mpsc::Sender<VcpuMsg>,
-) -> Result<std::thread::JoinHandle<()>, VmmError> {
-    let filter = seccomp.thread(ThreadKind::Vcpu)?;
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let mem = machine.mem.clone();
-    let thread = std::thread::Builder::new()
-        .name("vcpu0".into())
-        .spawn(move || {
-            let installed = filter.install("vcpu0");
+) -> Result<Vec<std::thread::JoinHandle<()>>, VmmError> {
+    let mut threads = Vec::new();
+    for mut vcpu in vcpus {
+        let filter = seccomp.thread(ThreadKind::Vcpu)?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mem = machine.mem.clone();
+        let tx = tx.clone();
+        let name = format!("vcpu{}", vcpu.index());
+        let spawned = std::thread::Builder::new().name(name.clone()).spawn(move || {
+            let installed = filter.install(&name);
             let ok = installed.is_ok();
             let _ = ready_tx.send(installed);
             if ok {
                 let exit = vcpu.run(&mem, &filter);
-                let _ = tx.send(VcpuMsg::Done(exit, vcpu.take_samples(), vcpu.xstate_stats()));
+                let _ = tx.send(VcpuMsg::Done(vcpu.index(), exit, vcpu.take_samples(), vcpu.xstate_time()));
             }
-        })
-        .map_err(VmmError::Thread)?;
-    let installed = match ready_rx.recv() {
-        Ok(installed) => installed.map_err(VmmError::from),
-        Err(_) => Err(VmmError::Thread(std::io::Error::other("the vCPU thread ended at start"))),
-    };
-    match installed {
-        Ok(()) => Ok(thread),
-        Err(e) => {
-            let _ = thread.join();
-            Err(e)
+        });
+        let started = spawned.map_err(VmmError::Thread).and_then(|thread| {
+            let installed = match ready_rx.recv() {
+                Ok(installed) => installed.map_err(VmmError::from),
+                Err(_) => Err(VmmError::Thread(std::io::Error::other("a vCPU thread ended at start"))),
+            };
+            threads.push(thread);
+            installed
+        });
+        if let Err(e) = started {
+            // The vCPUs started so far have not run the guest yet: each is
+            // either waiting here or about to run; stop and join them.
+            machine.stop.store(true, Ordering::SeqCst);
+            for thread in threads {
+                let _ = thread.kill(kick_signal());
+                let _ = thread.join();
+            }
+            return Err(e);
         }
     }
+    Ok(threads)
 }
 
-/// The vCPU paused at READY with its state read (`vcpu`): write the
-/// snapshot, and say how the guest came up.
-fn write_snapshot(machine: &Machine, vcpu: Result<VcpuState, SnapshotError>, take: Take, paused: Instant) -> BootPath {
+/// Every vCPU paused for the snapshot, `first` having paused already: kick
+/// the others out of KVM_RUN until each has paused and handed over its
+/// state, bounded by [`PAUSE_WAIT`]. A vCPU that ends meanwhile is
+/// recorded in `ended`, and there is no snapshot.
+fn gather_pause(
+    threads: &[std::thread::JoinHandle<()>],
+    rx: &mpsc::Receiver<VcpuMsg>,
+    first: (usize, Result<VcpuState, SnapshotError>),
+    ended: &mut [Option<Ended>],
+) -> Result<Vec<VcpuState>, SnapshotError> {
+    let mut states: Vec<Option<Result<VcpuState, SnapshotError>>> = threads.iter().map(|_| None).collect();
+    states[first.0] = Some(first.1);
+    let deadline = Instant::now() + PAUSE_WAIT;
+    while let Some(waiting) = states.iter().position(Option::is_none) {
+        for (thread, state) in threads.iter().zip(&states) {
+            if state.is_none() {
+                let _ = thread.kill(kick_signal());
+            }
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(VcpuMsg::Paused(index, state)) => states[index] = Some(*state),
+            Ok(VcpuMsg::Done(index, exit, samples, time)) => {
+                let why = format!("vCPU {index} ended before it paused ({exit})");
+                ended[index] = Some((exit, samples, time));
+                return Err(SnapshotError::Pause(why));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => {
+                return Err(SnapshotError::Pause(format!("vCPU {waiting} did not pause within {PAUSE_WAIT:?}")));
+            }
+        }
+    }
+    states.into_iter().map(|s| s.expect("every vCPU paused")).collect()
+}
+
+/// Every vCPU paused with its state read (`vcpus`): write the snapshot,
+/// and say how the guest came up.
+fn write_snapshot(
+    machine: &Machine,
+    vcpus: Result<Vec<VcpuState>, SnapshotError>,
+    take: Take,
+    paused: Instant,
+) -> BootPath {
     let Take { dir, key, lock, .. } = take;
-    let written = vcpu
-        .and_then(|vcpu| machine.save(vcpu))
+    let written = vcpus
+        .and_then(|vcpus| machine.save(vcpus))
         .and_then(|state| snapshot::file::write(&dir, &key, &state, &machine.mem).map_err(Into::into));
     // Written (or not): the jobs waiting for it go on.
     drop(lock);
@@ -192,26 +281,41 @@ fn write_snapshot(machine: &Machine, vcpu: Result<VcpuState, SnapshotError>, tak
     }
 }
 
-/// Ask the vCPU to stop and kick it out of KVM_RUN until it does (repeated:
-/// a kick that lands just before KVM_RUN is lost); its profile samples and
-/// extended-state cost.
+/// Ask every vCPU to stop and kick each out of KVM_RUN until it does
+/// (repeated: a kick that lands just before KVM_RUN is lost), collecting
+/// their ends into `ended`. A vCPU paused for a snapshot is let go on to
+/// its stop. Threads that ended without a word (a panic) are not waited
+/// for.
 fn stop(
     machine: &Machine,
-    thread: &std::thread::JoinHandle<()>,
+    threads: &[std::thread::JoinHandle<()>],
     rx: &mpsc::Receiver<VcpuMsg>,
-    resume: &mpsc::Sender<()>,
-) -> (Vec<u64>, Option<XstateStats>) {
+    resumes: &[mpsc::Sender<()>],
+    ended: &mut [Option<Ended>],
+) {
     machine.stop.store(true, Ordering::SeqCst);
+    for resume in resumes {
+        let _ = resume.send(());
+    }
     loop {
-        let _ = thread.kill(kick_signal());
+        let running: Vec<_> =
+            threads.iter().zip(ended.iter()).filter(|(t, e)| e.is_none() && !t.is_finished()).map(|(t, _)| t).collect();
+        if running.is_empty() {
+            break;
+        }
+        for thread in running {
+            let _ = thread.kill(kick_signal());
+        }
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(VcpuMsg::Done(_, samples, xstate)) => return (samples, xstate),
-            // Paused as the time ran out: let it go on to its stop.
-            Ok(VcpuMsg::Paused(_)) => {
-                let _ = resume.send(());
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return (Vec::new(), None),
+            Ok(VcpuMsg::Done(index, exit, samples, time)) => ended[index] = Some((exit, samples, time)),
+            Ok(VcpuMsg::Paused(..)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Ends sent just as the threads finished.
+    while let Ok(msg) = rx.try_recv() {
+        if let VcpuMsg::Done(index, exit, samples, time) = msg {
+            ended[index] = Some((exit, samples, time));
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::seccomp::ThreadFilter;
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The port of the agent's doorbell (kernel patch 0005,
@@ -97,30 +97,44 @@ impl std::fmt::Display for GuestExit {
     }
 }
 
+/// What every vCPU of a machine reaches: the buses, the reset line, the
+/// flags the host and the vCPUs stop or pause each other with, the keeper
+/// of the guest tasks' extended register state.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub reset: Arc<AtomicBool>,
+    /// Asks every vCPU to leave its run loop.
+    pub stop: Arc<AtomicBool>,
+    /// Set when the agent rings STARTED.
+    pub started: Arc<AtomicBool>,
+    /// Set when the agent rings READY with a snapshot wanted: every vCPU
+    /// pauses at its next exit (the host kicks them out of KVM_RUN).
+    pub pause: Arc<AtomicBool>,
+    /// The guest tasks' extended register state, on emulated KVM.
+    pub keeper: Option<Arc<Mutex<Keeper>>>,
+}
+
 /// One vCPU and what its exits reach.
 #[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
-    /// What the vCPU is given (filtered: `arch::cpuid::filter`), at boot
-    /// and at a restore.
+    /// Its index: KVM's vCPU id and its APIC ID (0 boots the machine).
+    index: usize,
+    /// What the vCPU is given (filtered: `arch::cpuid::filter`, with its
+    /// own APIC ID and the machine's topology), at boot and at a restore.
     cpuid: CpuId,
     /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST and the extras).
     msr_indices: Vec<u32>,
-    pio: Bus,
-    mmio: Bus,
-    reset: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    shared: Shared,
     /// Guest RIPs sampled at each kick (`ROOTLAYER_GUEST_PROFILE`).
     samples: Option<Vec<u64>>,
-    /// The guest tasks' extended register state, on emulated KVM.
-    xstate: Option<Keeper>,
     /// The KVM_GET_XSAVE2 buffer where the kept state passes 4 KiB (AMX).
     xsave2: Option<Xsave>,
     /// Host time spent keeping extended state.
     xstate_time: std::time::Duration,
-    /// Set when the agent rings STARTED.
-    started: Arc<AtomicBool>,
-    /// Where to pause for a snapshot at READY (taken once).
+    /// Where to pause for a snapshot (taken once).
     pause: Option<Pause>,
 }
 
@@ -132,14 +146,15 @@ pub struct Pause {
     pub resume: mpsc::Receiver<()>,
 }
 
-/// What the vCPU thread tells the VMM.
+/// What a vCPU thread tells the VMM, with its index.
 #[derive(Debug)]
 pub enum VcpuMsg {
-    /// Paused at READY with this state (or why it could not be read); the
-    /// thread waits for the resume message.
-    Paused(Box<Result<VcpuState, SnapshotError>>),
-    /// The run ended: why, profiler samples, extended-state cost.
-    Done(GuestExit, Vec<u64>, Option<XstateStats>),
+    /// Paused for the snapshot with this state (or why it could not be
+    /// read); the thread waits for the resume message.
+    Paused(usize, Box<Result<VcpuState, SnapshotError>>),
+    /// The run ended: why, profiler samples, host time spent keeping
+    /// extended state.
+    Done(usize, GuestExit, Vec<u64>, std::time::Duration),
 }
 
 /// What keeping the guest tasks' extended state cost (emulated KVM).
@@ -156,77 +171,75 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 }
 
 impl Vcpu {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        fd: VcpuFd,
-        cpuid: CpuId,
-        pio: Bus,
-        mmio: Bus,
-        reset: Arc<AtomicBool>,
-        stop: Arc<AtomicBool>,
-        xstate: Option<Keeper>,
-        xsave_bytes: usize,
-    ) -> Self {
+    /// vCPU `index` on `fd`, given `cpuid` (its own), reaching `shared`.
+    pub fn new(fd: VcpuFd, index: usize, cpuid: CpuId, shared: Shared, xsave_bytes: usize) -> Self {
         // The buffer is what KVM_CAP_XSAVE2 said (KVM copies that much),
         // never less than the kept layout.
-        let area = xstate.as_ref().map_or(0, |k| k.layout().area_size().max(xsave_bytes));
+        let area =
+            shared.keeper.as_ref().map_or(0, |k| k.lock().expect("keeper lock").layout().area_size().max(xsave_bytes));
         let xsave2 = (area > xstate::XSAVE_BYTES).then(|| {
             let words = (area - xstate::XSAVE_BYTES).div_ceil(4);
             Xsave::new(words).expect("an XSAVE area fits a FAM wrapper")
         });
         Self {
             fd,
+            index,
             cpuid,
             msr_indices: Vec::new(),
-            pio,
-            mmio,
-            reset,
-            stop,
+            shared,
             samples: None,
-            xstate,
             xsave2,
             xstate_time: std::time::Duration::ZERO,
-            started: Arc::new(AtomicBool::new(false)),
             pause: None,
         }
     }
 
-    /// The flag the agent's STARTED sets.
-    pub fn started_flag(&self) -> Arc<AtomicBool> {
-        self.started.clone()
+    pub fn index(&self) -> usize {
+        self.index
     }
 
-    /// Pause for a snapshot when the agent rings READY, saving these MSRs
-    /// (what KVM_GET_MSR_INDEX_LIST gave, and the ones the boot sets).
+    /// The flag the agent's STARTED sets.
+    pub fn started_flag(&self) -> Arc<AtomicBool> {
+        self.shared.started.clone()
+    }
+
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Pause for a snapshot when the guest's vCPUs are asked to (the agent
+    /// rang READY), saving these MSRs (what KVM_GET_MSR_INDEX_LIST gave,
+    /// and the ones the boot sets).
     pub fn pause_at_ready(&mut self, pause: Pause, msr_indices: Vec<u32>) {
         self.pause = Some(pause);
         self.msr_indices = msr_indices;
     }
 
-    /// READY with a pause armed: complete the doorbell's OUT without
-    /// running the guest further (`immediate_exit`, as KVM's API document
-    /// asks before saving state), hand the state over and wait.
+    /// A pause armed and asked for: complete the exit KVM_RUN returned last
+    /// (the doorbell's OUT on the vCPU that heard READY) without running
+    /// the guest further (`immediate_exit`, as KVM's API document asks
+    /// before saving state), hand the state over and wait.
     fn pause_for_snapshot(&mut self) {
         let Some(pause) = self.pause.take() else { return };
         self.fd.set_kvm_immediate_exit(1);
         let completed = match self.fd.run() {
             Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(source) => Err(SnapshotError::Kvm { what: "complete the doorbell's I/O", source }),
+            Err(source) => Err(SnapshotError::Kvm { what: "complete the last exit's I/O", source }),
             Ok(_) => Err(SnapshotError::Kvm {
-                what: "complete the doorbell's I/O (the guest ran on)",
+                what: "complete the last exit's I/O (the guest ran on)",
                 source: kvm_ioctls::Error::new(libc::EBUSY),
             }),
         };
         self.fd.set_kvm_immediate_exit(0);
         let state = completed.and_then(|()| self.save());
-        if pause.paused.send(VcpuMsg::Paused(Box::new(state))).is_ok() {
+        if pause.paused.send(VcpuMsg::Paused(self.index, Box::new(state))).is_ok() {
             let _ = pause.resume.recv();
         }
     }
 
-    /// What keeping extended state cost so far (None: no keeper).
-    pub fn xstate_stats(&self) -> Option<XstateStats> {
-        self.xstate.as_ref().map(|k| XstateStats { ops: k.switches, time: self.xstate_time })
+    /// Host time spent keeping extended state so far.
+    pub fn xstate_time(&self) -> std::time::Duration {
+        self.xstate_time
     }
 
     /// Record the guest's instruction pointer every time the host kicks the
@@ -240,15 +253,23 @@ impl Vcpu {
         self.samples.take().unwrap_or_default()
     }
 
-    /// CPUID (filtered already: `arch::cpuid::filter`), registers, FPU and
-    /// local APIC for the kernel entry point.
+    /// The boot processor: CPUID, MSRs and local APIC as for every vCPU,
+    /// then registers and FPU for the kernel entry point.
     pub fn configure(&self, mem: &GuestMemoryMmap, entry: EntryPoint) -> Result<(), VmmError> {
-        self.fd.set_cpuid2(&self.cpuid).map_err(kvm_err("set CPUID"))?;
+        self.configure_ap()?;
         let sregs = self.fd.get_sregs().map_err(kvm_err("get special registers"))?;
         let sregs = regs::setup_sregs(mem, entry.mode, sregs)?;
         self.fd.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
         self.fd.set_regs(&regs::boot_regs(entry.mode, entry.addr.0)).map_err(kvm_err("set registers"))?;
-        self.fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))?;
+        self.fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))
+    }
+
+    /// What every vCPU gets: CPUID (filtered already), MSRs and local APIC.
+    /// An application processor then waits, in KVM, for the boot
+    /// processor's INIT and startup IPIs (KVM makes every vCPU but id 0
+    /// wait so, with the in-kernel irqchip).
+    pub fn configure_ap(&self) -> Result<(), VmmError> {
+        self.fd.set_cpuid2(&self.cpuid).map_err(kvm_err("set CPUID"))?;
         // What firmware would leave: MTRRs enabled with write-back as the
         // default memory type, fast string operations on.
         let msrs = Msrs::from_entries(&[
@@ -275,8 +296,12 @@ impl Vcpu {
     pub fn run(&mut self, mem: &GuestMemoryMmap, filter: &ThreadFilter) -> GuestExit {
         let mut first = true;
         loop {
-            if self.stop.load(Ordering::SeqCst) {
+            if self.shared.stop.load(Ordering::SeqCst) {
                 return GuestExit::Stopped;
+            }
+            if self.pause.is_some() && self.shared.pause.load(Ordering::SeqCst) {
+                self.pause_for_snapshot();
+                continue;
             }
             let exit = self.fd.run();
             if std::mem::take(&mut first) {
@@ -286,18 +311,28 @@ impl Vcpu {
                 Ok(VcpuExit::IoOut(DOORBELL_PORT, data)) => {
                     let event = <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok();
                     match event {
-                        Some(rootlayer_protocol::VMM_EVENT_READY) => self.pause_for_snapshot(),
-                        Some(rootlayer_protocol::VMM_EVENT_STARTED) => self.started.store(true, Ordering::SeqCst),
+                        // Every vCPU pauses (this one at the loop's top,
+                        // the others once the host kicks them).
+                        Some(rootlayer_protocol::VMM_EVENT_READY) if self.pause.is_some() => {
+                            self.shared.pause.store(true, Ordering::SeqCst);
+                        }
+                        Some(rootlayer_protocol::VMM_EVENT_STARTED) => {
+                            self.shared.started.store(true, Ordering::SeqCst);
+                        }
                         _ => {}
                     }
                 }
-                Ok(VcpuExit::IoIn(port, data)) if Keeper::claims(port) => match &self.xstate {
-                    Some(keeper) => keeper.read(port, data),
+                Ok(VcpuExit::IoIn(port, data)) if Keeper::claims(port) => match &self.shared.keeper {
+                    Some(keeper) => keeper.lock().expect("keeper lock").read(port, data),
                     None => data.fill(0xff),
                 },
                 Ok(VcpuExit::IoOut(port, data)) if Keeper::claims(port) => {
                     let started = std::time::Instant::now();
-                    let action = self.xstate.as_mut().map_or(Action::None, |k| k.write(port, data));
+                    let action = self
+                        .shared
+                        .keeper
+                        .as_ref()
+                        .map_or(Action::None, |k| k.lock().expect("keeper lock").write(self.index, port, data));
                     let done = self.xstate_action(action);
                     self.xstate_time += started.elapsed();
                     if let Err(failure) = done {
@@ -305,19 +340,19 @@ impl Vcpu {
                     }
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    self.pio.read(u64::from(port), data);
+                    self.shared.pio.read(u64::from(port), data);
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    self.pio.write(u64::from(port), data);
-                    if self.reset.load(Ordering::SeqCst) {
+                    self.shared.pio.write(u64::from(port), data);
+                    if self.shared.reset.load(Ordering::SeqCst) {
                         return GuestExit::Reset;
                     }
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    self.mmio.read(addr, data);
+                    self.shared.mmio.read(addr, data);
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    self.mmio.write(addr, data);
+                    self.shared.mmio.write(addr, data);
                 }
                 Ok(VcpuExit::Hlt) => return GuestExit::Halted,
                 Ok(VcpuExit::Shutdown) => return GuestExit::TripleFault,
@@ -342,15 +377,19 @@ impl Vcpu {
         }
     }
 
-    /// Carry out what the keeper asked for on the vCPU's XSAVE state.
+    /// Carry out what the keeper asked for on this vCPU's XSAVE state,
+    /// under the keeper's lock (the saved states are the whole guest's; the
+    /// keeper checks the vCPU's owner again, as another vCPU may have come
+    /// in between).
     fn xstate_action(&mut self, action: Action) -> Result<(), XstateFailure> {
-        let Some(keeper) = self.xstate.as_mut() else { return Ok(()) };
+        let Some(keeper) = self.shared.keeper.clone() else { return Ok(()) };
         if action == Action::None {
             return Ok(());
         }
+        let mut keeper = keeper.lock().expect("keeper lock");
         let ioctl = |(what, e): (&'static str, kvm_ioctls::Error)| XstateFailure::Ioctl { what, errno: e.errno() };
         let mut bytes = get_xsave_bytes(&self.fd, self.xsave2.as_mut()).map_err(ioctl)?;
-        if keeper.apply(action, &mut bytes).map_err(XstateFailure::Keeper)? {
+        if keeper.apply(self.index, action, &mut bytes).map_err(XstateFailure::Keeper)? {
             set_xsave_bytes(&self.fd, self.xsave2.as_mut(), &bytes).map_err(ioctl)?;
         }
         Ok(())
@@ -385,24 +424,19 @@ impl Vcpu {
     }
 }
 
-/// The vCPU's KVM state and the keeper's per-task state, read at the pause
-/// for a snapshot (an exit KVM completed) and put back into a fresh vCPU:
-/// its CPUID first (the one the snapshot's key names), then the registers,
-/// then the keeper's state, checked against this host's layout.
+/// The vCPU's KVM state, read at the pause for a snapshot (an exit KVM
+/// completed) and put back into a fresh vCPU: its CPUID first (the one the
+/// snapshot's key names), then the registers. (The keeper's per-task state
+/// is the machine's: [`super::machine::Machine::save`].)
 impl Persist for Vcpu {
     type State = VcpuState;
     type Error = SnapshotError;
     fn save(&mut self) -> Result<VcpuState, SnapshotError> {
-        let keeper = self.xstate.as_mut().map(Persist::save).transpose()?;
-        capture_vcpu(&self.fd, self.xsave2.as_mut(), &self.msr_indices, keeper)
+        capture_vcpu(&self.fd, self.xsave2.as_mut(), &self.msr_indices)
     }
     fn restore(&mut self, state: &VcpuState) -> Result<(), SnapshotError> {
         self.fd.set_cpuid2(&self.cpuid).map_err(snap_kvm("set CPUID"))?;
-        restore_vcpu(&self.fd, state, self.xsave2.as_mut())?;
-        if let (Some(keeper), Some(kept)) = (self.xstate.as_mut(), &state.keeper) {
-            keeper.restore(kept)?;
-        }
-        Ok(())
+        restore_vcpu(&self.fd, state, self.xsave2.as_mut())
     }
 }
 
@@ -483,12 +517,7 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, SnapshotEr
 /// Read a paused vCPU. `xsave2` is the vCPU's XSAVE2 buffer where it has
 /// one (the same the keeper uses), `msr_indices` what KVM_GET_MSR_INDEX_LIST
 /// gave.
-fn capture_vcpu(
-    fd: &VcpuFd,
-    xsave2: Option<&mut Xsave>,
-    msr_indices: &[u32],
-    keeper: Option<xstate::KeeperState>,
-) -> Result<VcpuState, SnapshotError> {
+fn capture_vcpu(fd: &VcpuFd, xsave2: Option<&mut Xsave>, msr_indices: &[u32]) -> Result<VcpuState, SnapshotError> {
     let xsave = get_xsave_bytes(fd, xsave2).map_err(|(what, source)| SnapshotError::Kvm { what, source })?;
     // MP state first: reading it makes KVM accept pending APIC events,
     // which may change the LAPIC and the events read after it.
@@ -503,7 +532,6 @@ fn capture_vcpu(
         lapic: fd.get_lapic().map_err(snap_kvm("get local APIC"))?,
         msrs: read_msrs(fd, msr_indices)?,
         events: fd.get_vcpu_events().map_err(snap_kvm("get vCPU events"))?,
-        keeper,
     })
 }
 

@@ -75,9 +75,15 @@ fn avx() -> anyhow::Result<()> {
             continue;
         }
         match pair(probe, 40)? {
-            Some((bad, rounds)) => {
+            Some(Probed { bad, rounds, processes, cpus, moves }) => {
                 bad_total += bad;
-                println!("rootlayer-agent: selftest avx: raw {what} corrupted in {bad} of {rounds} rounds")
+                println!(
+                    "rootlayer-agent: selftest avx: raw {what} corrupted in {bad} of {rounds} rounds \
+                     ({processes} processes on {cpus} vCPUs, moved between vCPUs {moves} times)"
+                );
+                if cpus > 1 && moves == 0 {
+                    bail!("no probe process was moved between vCPUs");
+                }
             }
             None => println!(
                 "rootlayer-agent: selftest avx: raw {what}: instructions fault in guest user mode (SIGILL): no hazard"
@@ -152,20 +158,49 @@ enum Probe {
     Zmm,
 }
 
-/// Two forked processes each hold distinct vector values across busy loops
-/// long enough to be preempted; returns (corrupted rounds, rounds), or None
-/// when the instructions fault.
-fn pair(probe: Probe, rounds: u32) -> anyhow::Result<Option<(u32, u32)>> {
+/// What a probe of processes holding vector values found.
+struct Probed {
+    /// Rounds in which a process found its values changed, of all rounds.
+    bad: u32,
+    rounds: u32,
+    processes: u32,
+    cpus: u32,
+    /// Times the parent moved a probe process to another vCPU.
+    moves: u32,
+}
+
+/// The vCPUs this guest has online.
+fn online_cpus() -> u32 {
+    // SAFETY: sysconf only reads a system value.
+    u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1)
+}
+
+/// Pin `pid` to vCPU `cpu` (the kernel moves it at once, mid-round).
+fn pin(pid: nix::unistd::Pid, cpu: u32) -> bool {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu as usize).is_ok() && nix::sched::sched_setaffinity(pid, &set).is_ok()
+}
+
+/// Forked processes each hold distinct vector values across busy loops
+/// long enough to be preempted: two on one vCPU; four per vCPU where there
+/// are more, which the parent moves from vCPU to vCPU every 5 ms while they
+/// hold them (a task leaving one vCPU and going on with its registers on
+/// another). Returns what they found, or None when the instructions fault.
+fn pair(probe: Probe, rounds: u32) -> anyhow::Result<Option<Probed>> {
+    let cpus = online_cpus();
+    let processes = if cpus > 1 { 4 * cpus } else { 2 };
+    // About the same work whatever the count.
+    let per_process = (rounds * 2 / processes).max(5);
     let mut total = 0;
     let mut faulted = false;
     let mut children = Vec::new();
-    for seed in [0x11u8, 0x77u8] {
+    for seed in (0..processes).map(|i| 0x11u8.wrapping_add(u8::try_from(i % 200).expect("small") * 0x22)) {
         // SAFETY: the agent is single-threaded here, so the child may run
         // arbitrary code after fork.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 let mut bad = 0;
-                for _ in 0..rounds {
+                for _ in 0..per_process {
                     let intact = match probe {
                         // SAFETY: a deliberate probe: where the CPU cannot
                         // run AVX the first VEX instruction raises SIGILL
@@ -183,14 +218,31 @@ fn pair(probe: Probe, rounds: u32) -> anyhow::Result<Option<(u32, u32)>> {
             ForkResult::Parent { child } => children.push(child),
         }
     }
-    for child in children {
-        match waitpid(child, None).context("waitpid")? {
-            WaitStatus::Exited(_, bad) => total += u32::try_from(bad).unwrap_or(0),
-            WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGILL, _) => faulted = true,
-            other => bail!("{probe:?} probe child ended unexpectedly: {other:?}"),
+    let mut moves = 0;
+    let mut tick = 0u32;
+    let mut running = children.clone();
+    while !running.is_empty() {
+        if cpus > 1 {
+            for (k, child) in (0u32..).zip(&running) {
+                moves += u32::from(pin(*child, (k + tick) % cpus));
+            }
+            tick += 1;
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let mut still = Vec::new();
+        for child in running {
+            let flags = if cpus > 1 { Some(nix::sys::wait::WaitPidFlag::WNOHANG) } else { None };
+            match waitpid(child, flags).context("waitpid")? {
+                WaitStatus::StillAlive => still.push(child),
+                WaitStatus::Exited(_, bad) => total += u32::try_from(bad).unwrap_or(0),
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGILL, _) => faulted = true,
+                other => bail!("{probe:?} probe child ended unexpectedly: {other:?}"),
+            }
+        }
+        running = still;
     }
-    Ok((!faulted).then_some((total.min(rounds), rounds)))
+    let rounds = per_process * processes;
+    Ok((!faulted).then_some(Probed { bad: total.min(rounds), rounds, processes, cpus, moves }))
 }
 
 /// Load a pattern into YMM0, spin for ~30 ms, read it back; true if intact.

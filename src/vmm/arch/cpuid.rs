@@ -75,7 +75,8 @@ const EDX7_AMX_BF16: u32 = 1 << 22;
 const EDX7_AMX_TILE: u32 = 1 << 24;
 const EDX7_AMX_INT8: u32 = 1 << 25;
 
-/// Filter KVM's supported CPUID in place for our single-vCPU guest.
+/// Filter KVM's supported CPUID in place for our guest (what every vCPU
+/// gets; [`for_vcpu`] then makes it one vCPU's).
 ///
 /// Both kinds:
 /// - leaf 1: no MONITOR, VMX; HYPERVISOR set; APIC ID 0, one logical processor;
@@ -141,6 +142,54 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], kind: KvmKind, kept: &Layout) {
     }
 }
 
+// Leaf 1 EDX: more than one logical processor per package.
+const EDX_HTT: u32 = 1 << 28;
+/// Leaf 0xb/0x1f ECX level types.
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+
+/// Make the filtered CPUID vCPU `index`'s of `count`: its APIC ID in leaf
+/// 1 and the x2APIC leaves, and the machine's topology, one package of
+/// `count` cores of one thread each (as Firecracker and QEMU give a guest
+/// without threads): leaf 1's logical processor count and HTT, leaf 4's
+/// cores per package, leaf 0xb's (and 0x1f's) SMT and core levels, and on
+/// AMD leaf 0x8000_0008's core count. The MP table names the same APIC
+/// IDs ([`super::mptable`]). On emulated KVM the guest kernel reads the
+/// host's CPUID whatever this says, and takes the APIC IDs from the MP
+/// table and its local APIC.
+pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32) {
+    let count = count.max(1);
+    // Bits of the APIC ID that number the cores.
+    let core_bits = 32 - (count - 1).leading_zeros();
+    for e in entries.iter_mut() {
+        match e.function {
+            0x1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (index << 24) | (count.min(255) << 16);
+                if count > 1 {
+                    e.edx |= EDX_HTT;
+                } else {
+                    e.edx &= !EDX_HTT;
+                }
+            }
+            // Cores per package - 1 in EAX[31:26], one thread per cache.
+            0x4 if e.eax & 0x1f != 0 => e.eax = (e.eax & 0x03ff_ffff) | ((count - 1).min(63) << 26),
+            0xb | 0x1f => {
+                let (shift, processors, level) = match e.index {
+                    0 => (0, 1, LEVEL_SMT),
+                    1 => (core_bits, count, LEVEL_CORE),
+                    _ => (0, 0, 0),
+                };
+                e.eax = shift;
+                e.ebx = processors;
+                e.ecx = (level << 8) | (e.index & 0xff);
+                e.edx = index;
+            }
+            0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | (count - 1).min(255),
+            _ => {}
+        }
+    }
+}
+
 fn clear(e: &mut kvm_cpuid_entry2) {
     e.eax = 0;
     e.ebx = 0;
@@ -172,6 +221,35 @@ mod tests {
             assert_eq!((e[0].edx, e[1].edx), (0, 0), "{kind:?}");
             assert_eq!((e[0].eax, e[0].ecx, e[1].ebx), (1, 0x100, 2), "the topology itself stays");
         }
+    }
+
+    #[test]
+    fn each_vcpu_gets_its_own_apic_id_and_the_machines_topology() {
+        let host = || {
+            vec![
+                entry(1, 0, [0x806f8, 0x0a40_0800, 0, 0x178b_fbff & !EDX_HTT]),
+                entry(4, 0, [0x1c00_4121, 0, 0, 0]),
+                entry(4, 4, [0, 0, 0, 0]),
+                entry(0xb, 0, [1, 2, 0x100, 9]),
+                entry(0xb, 1, [6, 48, 0x201, 9]),
+                entry(0xb, 2, [0, 0, 2, 9]),
+            ]
+        };
+        let mut e = host();
+        for_vcpu(&mut e, 2, 3);
+        assert_eq!(e[0].ebx >> 24, 2, "initial APIC ID");
+        assert_eq!((e[0].ebx >> 16) & 0xff, 3, "logical processors per package");
+        assert_eq!(e[0].ebx & 0xffff, 0x0800, "CLFLUSH size stays");
+        assert_ne!(e[0].edx & EDX_HTT, 0);
+        assert_eq!((e[1].eax >> 26, e[1].eax & 0x03ff_ffff), (2, 0x0000_4121), "cores per package");
+        assert_eq!(e[2].eax, 0, "an empty cache leaf stays empty");
+        assert_eq!((e[3].eax, e[3].ebx, e[3].ecx, e[3].edx), (0, 1, 0x100, 2), "one thread per core");
+        assert_eq!((e[4].eax, e[4].ebx, e[4].ecx, e[4].edx), (2, 3, 0x201, 2), "three cores: two bits");
+        assert_eq!((e[5].ebx, e[5].ecx >> 8, e[5].edx), (0, 0, 2), "no level past the cores");
+        let mut one = host();
+        for_vcpu(&mut one, 0, 1);
+        assert_eq!((one[0].ebx >> 16, one[0].edx & EDX_HTT), (1, 0), "APIC ID 0, one processor, no HTT");
+        assert_eq!((one[4].eax, one[4].ebx), (0, 1), "one core: no bits");
     }
 
     #[test]

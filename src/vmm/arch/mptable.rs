@@ -25,7 +25,6 @@ const CPU_BOOTPROCESSOR: u8 = 2;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const BUS_ISA: u8 = 0;
-const IOAPIC_ID: u8 = 1;
 const MP_SPEC_REV: u8 = 4;
 
 /// Errors writing the table.
@@ -37,8 +36,17 @@ fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
 }
 
-/// The bytes of the table for one boot CPU, to be placed at `base`.
-pub fn build(base: u64) -> Vec<u8> {
+/// The most processors the table names (APIC IDs 0 to `MAX_CPUS` - 1, the
+/// I/O APIC's after them): what fits the 1 KiB of EBDA the table lives in
+/// (20 bytes a processor); the guest kernel's NR_CPUS is 64.
+pub const MAX_CPUS: u8 = 32;
+
+/// The bytes of the table for `cpus` processors (APIC IDs 0 to `cpus` - 1,
+/// 0 the boot processor), to be placed at `base`.
+pub fn build(base: u64, cpus: u8) -> Vec<u8> {
+    assert!((1..=MAX_CPUS).contains(&cpus), "1 to {MAX_CPUS} processors");
+    // The I/O APIC's ID follows the processors' (IDs share one space).
+    let ioapic_id = cpus;
     let table_addr = u32::try_from(base + MPF_SIZE as u64).expect("MP table below 4 GiB");
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
@@ -47,18 +55,21 @@ pub fn build(base: u64) -> Vec<u8> {
         count += 1;
     };
 
-    // Processor: APIC ID 0, enabled, boot processor; signature and feature
-    // flags left 0 (Linux reads them from CPUID).
-    let mut cpu = vec![ENTRY_PROCESSOR, 0, APIC_VERSION, CPU_ENABLED | CPU_BOOTPROCESSOR];
-    cpu.extend_from_slice(&[0u8; 16]);
-    push(&cpu);
+    // Processors: APIC ID = index, enabled, 0 the boot processor;
+    // signature and feature flags left 0 (Linux reads them from CPUID).
+    for id in 0..cpus {
+        let flags = if id == 0 { CPU_ENABLED | CPU_BOOTPROCESSOR } else { CPU_ENABLED };
+        let mut cpu = vec![ENTRY_PROCESSOR, id, APIC_VERSION, flags];
+        cpu.extend_from_slice(&[0u8; 16]);
+        push(&cpu);
+    }
     push(&[ENTRY_BUS, BUS_ISA, b'I', b'S', b'A', b' ', b' ', b' ']);
-    let mut ioapic = vec![ENTRY_IOAPIC, IOAPIC_ID, IOAPIC_VERSION, 1];
+    let mut ioapic = vec![ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1];
     ioapic.extend_from_slice(&u32::try_from(IOAPIC_ADDR).expect("below 4 GiB").to_le_bytes());
     push(&ioapic);
     // ISA IRQ n -> I/O APIC pin n, bus-default polarity and trigger.
     for pin in 0..IOAPIC_PINS {
-        push(&[ENTRY_INTSRC, MP_INT, 0, 0, BUS_ISA, pin, IOAPIC_ID, pin]);
+        push(&[ENTRY_INTSRC, MP_INT, 0, 0, BUS_ISA, pin, ioapic_id, pin]);
     }
     // LINT0 takes the 8259's ExtINT, LINT1 NMIs (all local APICs).
     push(&[ENTRY_LINTSRC, MP_EXTINT, 0, 0, BUS_ISA, 0, 0, 0]);
@@ -94,9 +105,10 @@ pub fn build(base: u64) -> Vec<u8> {
     mpf
 }
 
-/// Write the table at the start of the EBDA (reserved in the e820 map).
-pub fn write<M: GuestMemory>(mem: &M) -> Result<(), MpTableError> {
-    mem.write_slice(&build(EBDA_START), GuestAddress(EBDA_START)).map_err(MpTableError)
+/// Write the table for `cpus` processors at the start of the EBDA
+/// (reserved in the e820 map).
+pub fn write<M: GuestMemory>(mem: &M, cpus: u8) -> Result<(), MpTableError> {
+    mem.write_slice(&build(EBDA_START, cpus), GuestAddress(EBDA_START)).map_err(MpTableError)
 }
 
 #[cfg(test)]
@@ -109,7 +121,7 @@ mod tests {
 
     #[test]
     fn floating_pointer_and_table_checksum_to_zero() {
-        let t = build(EBDA_START);
+        let t = build(EBDA_START, 1);
         assert_eq!(&t[..4], b"_MP_");
         assert_eq!(sum(&t[..MPF_SIZE]), 0);
         let ptr = u32::from_le_bytes(t[4..8].try_into().unwrap());
@@ -123,7 +135,7 @@ mod tests {
 
     #[test]
     fn routes_every_isa_irq_to_its_ioapic_pin() {
-        let t = build(EBDA_START);
+        let t = build(EBDA_START, 1);
         let mpc = &t[MPF_SIZE..];
         let count = u16::from_le_bytes([mpc[34], mpc[35]]);
         assert_eq!(usize::from(count), 1 + 1 + 1 + usize::from(IOAPIC_PINS) + 2);
@@ -141,5 +153,32 @@ mod tests {
         assert_eq!(off, mpc.len());
         assert_eq!(pins, (0..IOAPIC_PINS).collect::<Vec<_>>());
         assert!(EBDA_START + t.len() as u64 <= 0xa0000, "table stays inside the EBDA");
+    }
+
+    #[test]
+    fn names_every_processor_once_with_the_io_apic_after_them() {
+        let t = build(EBDA_START, MAX_CPUS);
+        let mpc = &t[MPF_SIZE..];
+        assert_eq!(sum(mpc), 0);
+        assert!(EBDA_START + t.len() as u64 <= 0xa0000, "the largest table stays inside the EBDA");
+        let (mut off, mut cpus, mut boot) = (MPC_HEADER_SIZE, Vec::new(), Vec::new());
+        let mut ioapic = None;
+        while off < mpc.len() {
+            match mpc[off] {
+                ENTRY_PROCESSOR => {
+                    cpus.push(mpc[off + 1]);
+                    if mpc[off + 3] & CPU_BOOTPROCESSOR != 0 {
+                        boot.push(mpc[off + 1]);
+                    }
+                }
+                ENTRY_IOAPIC => ioapic = Some(mpc[off + 1]),
+                ENTRY_INTSRC => assert_eq!(Some(mpc[off + 6]), ioapic, "routed to the I/O APIC's ID"),
+                _ => {}
+            }
+            off += if mpc[off] == ENTRY_PROCESSOR { 20 } else { 8 };
+        }
+        assert_eq!(cpus, (0..MAX_CPUS).collect::<Vec<_>>());
+        assert_eq!(boot, vec![0], "one boot processor");
+        assert_eq!(ioapic, Some(MAX_CPUS), "no APIC ID taken twice");
     }
 }

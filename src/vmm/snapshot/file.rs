@@ -357,7 +357,7 @@ mod tests {
 
     fn state() -> MachineState {
         MachineState {
-            vcpu: VcpuState {
+            vcpus: vec![VcpuState {
                 regs: Default::default(),
                 sregs: Default::default(),
                 xsave: vec![7; 4096],
@@ -367,8 +367,7 @@ mod tests {
                 msrs: vec![(0x10, 12345)],
                 events: Default::default(),
                 mp_state: Default::default(),
-                keeper: None,
-            },
+            }],
             vm: VmState {
                 pic_master: Default::default(),
                 pic_slave: Default::default(),
@@ -378,6 +377,7 @@ mod tests {
             },
             serial: Default::default(),
             transports: Vec::new(),
+            keeper: None,
         }
     }
 
@@ -403,8 +403,8 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(disk < 256 << 10, "holes kept: {disk} bytes on disk for 1 MiB of memory");
         let loaded = load(&path, &key(1)).unwrap();
-        assert_eq!(loaded.state.vcpu.msrs, vec![(0x10, 12345)]);
-        assert_eq!(loaded.state.vcpu.xsave, vec![7; 4096]);
+        assert_eq!(loaded.state.vcpus[0].msrs, vec![(0x10, 12345)]);
+        assert_eq!(loaded.state.vcpus[0].xsave, vec![7; 4096]);
         assert_eq!(loaded.mem_len, 1 << 20);
         let mut page = [0u8; 11];
         loaded.file.read_exact_at(&mut page, loaded.mem_offset + 0x1000).unwrap();

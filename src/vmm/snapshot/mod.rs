@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 /// Bump when anything in a snapshot file, or in how a restored guest is
 /// put together, changes meaning.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What identifies the guest a snapshot holds. Two guests with equal keys
 /// are the same machine at READY; the file name is a digest of it, and the
@@ -149,10 +149,13 @@ impl BootPath {
 /// The whole machine at READY but for guest memory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MachineState {
-    pub vcpu: state::VcpuState,
+    /// Every vCPU, in index order (the boot processor first).
+    pub vcpus: Vec<state::VcpuState>,
     pub vm: state::VmState,
     pub serial: crate::devices::serial::SerialState,
     pub transports: Vec<crate::devices::virtio::mmio::TransportState>,
+    /// The per-task extended state the VMM keeps (emulated KVM only).
+    pub keeper: Option<super::xstate::KeeperState>,
 }
 
 /// Errors taking or restoring a snapshot.
@@ -166,6 +169,12 @@ pub enum SnapshotError {
     Device { index: usize, source: crate::devices::virtio::mmio::MmioError },
     #[error("the snapshot has {snapshot} virtio devices, this guest {ours}")]
     DeviceCount { snapshot: usize, ours: usize },
+    #[error("pausing the vCPUs: {0}")]
+    Pause(String),
+    #[error("the snapshot has {snapshot} vCPUs, this guest {ours}")]
+    VcpuCount { snapshot: usize, ours: usize },
+    #[error("the snapshot's extended-state keeper does not match this guest's (one on emulated KVM only)")]
+    KeeperMismatch,
     #[error(transparent)]
     Xstate(#[from] super::xstate::XstateError),
     #[error("the snapshot's XSAVE area is {got} bytes, this vCPU's {want}")]
@@ -218,6 +227,7 @@ mod tests {
             Box::new(|k| k.initrd_sha256 = "bc".into()),
             Box::new(|k| k.kernel_sha256 = "ab".into()),
             Box::new(|k| k.mem_mib = 1024),
+            Box::new(|k| k.vcpus = 2),
             Box::new(|k| k.cmdline.push_str(" quiet")),
             Box::new(|k| k.devices[0].queues[0] = 128),
             Box::new(|k| k.host.tsc_khz += 1),

@@ -3,7 +3,6 @@
 //! the VM's interrupt controllers, PIT and clock are read and put back here.
 
 use super::SnapshotError;
-use crate::vmm::xstate::KeeperState;
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
@@ -42,8 +41,6 @@ pub struct VcpuState {
     pub msrs: Vec<(u32, u64)>,
     pub events: kvm_vcpu_events,
     pub mp_state: kvm_mp_state,
-    /// The per-task extended state the VMM keeps (emulated KVM only).
-    pub keeper: Option<KeeperState>,
 }
 
 /// The VM: both 8259s, the I/O APIC, the PIT and kvmclock.
