@@ -20,8 +20,23 @@ export ROOTLAYER_CACHE="$TMPDIR/rootlayer-cache"
 # So a snapshot of the booted guest would serve no later build: take none.
 export ROOTLAYER_NO_SNAPSHOT=1
 
+# vCPUs as vmTools gives its VM: the build's cores ($NIX_BUILD_CORES, 0
+# meaning all of them) where the derivation enables parallel building,
+# else one; never more than this host has.
+cpus=1
+if [ -n "${enableParallelBuilding:-}" ]; then
+	host=0
+	while read -r key _; do
+		[ "$key" != processor ] || host=$((host + 1))
+	done < /proc/cpuinfo
+	cpus=${NIX_BUILD_CORES:-1}
+	[ "$cpus" -ge 1 ] && [ "$cpus" -le "$host" ] || cpus=$host
+	[ "$cpus" -le 32 ] || cpus=32
+fi
+echo "rootlayer-nix: $cpus vCPUs"
+
 set -- run-as-root --script "$runAsRootScript" --store "$NIX_STORE" \
-	--disk-size "$diskSize" --mem-size "$memSize" --format "$format" --out "$out"
+	--disk-size "$diskSize" --mem-size "$memSize" --cpus "$cpus" --format "$format" --out "$out"
 for dir in $contentsPaths; do
 	set -- "$@" --contents "$dir"
 done

@@ -92,7 +92,7 @@ let
 
   # What mkRootLayer and buildImage hand the builder alike.
   common = { runAsRoot, contents, keepContentsDirlinks, fromImage, fromImageName, fromImageTag
-           , diskSize, buildVMMemorySize, extraCommands }: rec {
+           , diskSize, buildVMMemorySize, extraCommands, enableParallelBuilding }: rec {
     runAsRootScript = shellScript "run-as-root.sh" (if runAsRoot == null then ":" else runAsRoot);
     args = {
       inherit runAsRootScript;
@@ -104,6 +104,9 @@ let
       fromImageTag = if fromImageTag == null then "" else fromImageTag;
       diskSize = toString diskSize;
       memSize = toString buildVMMemorySize;
+      # As vmTools: the VM gets $NIX_BUILD_CORES vCPUs when the build
+      # enables parallel building, else one (nix/build.sh).
+      enableParallelBuilding = if enableParallelBuilding then "1" else "";
     };
   };
 in
@@ -125,8 +128,9 @@ rec {
     , diskSize ? 1024
     , buildVMMemorySize ? 512
     , extraCommands ? ""
+    , enableParallelBuilding ? false
     }:
-    let c = common { inherit runAsRoot contents keepContentsDirlinks fromImage fromImageName fromImageTag diskSize buildVMMemorySize extraCommands; };
+    let c = common { inherit runAsRoot contents keepContentsDirlinks fromImage fromImageName fromImageTag diskSize buildVMMemorySize extraCommands enableParallelBuilding; };
     in rootlayerBuild (c.args // {
       name = "docker-layer-${baseNameOf' name}";
       format = "layer";
@@ -154,11 +158,12 @@ rec {
     , buildVMMemorySize ? 512
     , created ? "1970-01-01T00:00:01Z"
     , compressor ? "gz"
+    , enableParallelBuilding ? false
     }:
     let
       baseName = baseNameOf' name;
       compress = compressorForImage compressor name;
-      c = common { inherit runAsRoot contents keepContentsDirlinks fromImage fromImageName fromImageTag diskSize buildVMMemorySize extraCommands; };
+      c = common { inherit runAsRoot contents keepContentsDirlinks fromImage fromImageName fromImageTag diskSize buildVMMemorySize extraCommands enableParallelBuilding; };
       # dockerTools' baseJson: `created = "now"` is resolved by rootlayer,
       # once, for the config, the history and the layer json alike.
       baseJson = writeText "${baseName}-config.json" (builtins.toJSON { inherit config architecture created; os = "linux"; });

@@ -24,7 +24,7 @@ fn boot_on(g: &common::Guest, cmdline: &str, cpus: u32) -> (i32, String) {
     common::run(
         common::rootlayer()
             .args(["boot", "--timeout", "300", "--mem-size", "128", "--cpus", &cpus, "--cmdline", cmdline, "--kernel"])
-            .arg(&g.kernel)
+            .arg(if cpus == "1" { &g.kernel } else { &g.kernel_smp })
             .arg("--initrd")
             .arg(&g.initrd),
     )

@@ -1,8 +1,10 @@
-//! e2e: a job on two vCPUs (`--cpus 2`). The script sees two processors
-//! and runs two CPU-bound processes at once; its layer is the one the same
-//! job gives on one vCPU, byte for byte. The first 2-vCPU job boots cold and
-//! takes a snapshot of two vCPUs, the next is restored from it, and a 1-vCPU
-//! job never is: it boots cold and takes its own.
+//! e2e: a job on two vCPUs (`--cpus 2`, the SMP kernel). The script sees
+//! two processors and runs two CPU-bound processes at once; its layer is the
+//! one the same job gives on one vCPU, byte for byte. The first 2-vCPU job
+//! boots cold and takes a snapshot of two vCPUs, the next is restored from
+//! it, and a 1-vCPU job never is: it boots cold and takes its own. Given the
+//! uniprocessor kernel, a 2-vCPU job still gives the layer, and says the
+//! kernel brought up one vCPU of two.
 
 mod common;
 
@@ -23,12 +25,13 @@ fn a_two_vcpu_job_gives_the_one_vcpu_layer_and_its_own_snapshot() {
     let job = FailingJob::new(SCRIPT);
     let epoch = [("SOURCE_DATE_EPOCH", "1")];
 
-    let (first, two) = run_ok(&g, &job, &cache, &["--cpus", "2"], &epoch);
+    let smp = common::Guest { kernel: g.kernel_smp.clone(), kernel_smp: g.kernel_smp.clone(), initrd: g.initrd.clone() };
+    let (first, two) = run_ok(&smp, &job, &cache, &["--cpus", "2"], &epoch);
     assert_eq!(boot_of(&first), "snapshot-taken", "{}", first.stderr);
     assert!(first.stderr.contains("processors seen: 2"), "{}", first.stderr);
     assert_eq!(cache.snapshots().len(), 1);
 
-    let (second, two_restored) = run_ok(&g, &job, &cache, &["--cpus", "2"], &epoch);
+    let (second, two_restored) = run_ok(&smp, &job, &cache, &["--cpus", "2"], &epoch);
     assert_eq!(boot_of(&second), "restored", "{}", second.stderr);
     assert!(second.stderr.contains("processors seen: 2"), "{}", second.stderr);
 
@@ -44,4 +47,9 @@ fn a_two_vcpu_job_gives_the_one_vcpu_layer_and_its_own_snapshot() {
     assert_eq!(sums.as_deref().map(|s| s.lines().count()), Some(2), "both processes finished: {sums:?}");
     assert_eq!(two, one, "two vCPUs give the one-vCPU layer");
     assert_eq!(two_restored, one, "the restored 2-vCPU job gives it too");
+
+    let (up, on_up) = run_ok(&g, &job, &cache, &["--cpus", "2"], &epoch);
+    assert!(up.stderr.contains("processors seen: 1"), "{}", up.stderr);
+    assert!(up.stderr.contains("the guest kernel brought up 1 of 2 vCPUs"), "{}", up.stderr);
+    assert_eq!(on_up, one);
 }

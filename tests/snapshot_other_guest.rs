@@ -20,7 +20,7 @@ fn snapshot_of_another_initramfs_or_memory_size_is_not_used() {
     let mut bytes = std::fs::read(&g.initrd).unwrap();
     bytes.extend_from_slice(&[0u8; 512]);
     std::fs::write(&other, &bytes).unwrap();
-    let other_guest = common::Guest { kernel: g.kernel.clone(), initrd: other };
+    let other_guest = common::Guest { kernel: g.kernel.clone(), kernel_smp: g.kernel_smp.clone(), initrd: other };
     let (f, _) = run_ok(&other_guest, &job, &cache, &[], &[]);
     assert_eq!(boot_of(&f), "snapshot-taken", "another initramfs boots cold: {}", f.stderr);
     assert!(f.stderr.contains("no snapshot for this guest yet"), "{}", f.stderr);

@@ -226,6 +226,9 @@ pub struct JobResult {
     /// the agent read them from the kernel's own log records.
     #[serde(default)]
     pub oom_kills: u32,
+    /// The CPUs the guest kernel brought up (0: not reported).
+    #[serde(default)]
+    pub cpus_online: u32,
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub(crate) struct BenchIoArgs {
 /// The guest: kernel, initramfs, memory, time.
 #[derive(clap::Args, Debug)]
 pub(crate) struct GuestArgs {
-    /// Guest kernel (vmlinux or bzImage). Default: the installed one (../share/rootlayer/vmlinux), else the one scripts/build-kernel cached.
+    /// Guest kernel (vmlinux or bzImage). Default: the installed one (../share/rootlayer/vmlinux, vmlinux-smp for --cpus 2 and more), else the one scripts/build-kernel cached.
     #[arg(long, env = "ROOTLAYER_KERNEL")]
     pub(crate) kernel: Option<PathBuf>,
     /// Initramfs holding the agent. Default: the installed one (../share/rootlayer/initramfs.cpio), else the one scripts/build-initramfs cached.
@@ -189,7 +189,8 @@ pub(crate) struct ClosureInfoArgs {
 #[derive(clap::Args, Debug)]
 pub(crate) struct BootArgs {
     /// Guest kernel: vmlinux (PVH) or bzImage. Default: the installed one
-    /// (../share/rootlayer/vmlinux), else the one scripts/build-kernel cached.
+    /// (../share/rootlayer/vmlinux, vmlinux-smp for --cpus 2 and more), else
+    /// the one scripts/build-kernel cached.
     #[arg(long, env = "ROOTLAYER_KERNEL")]
     pub(crate) kernel: Option<PathBuf>,
     /// Initramfs (uncompressed cpio) holding the agent as /init. Default:

@@ -74,7 +74,7 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         Exit::BadInput
     };
     let cpus = cpus(g.cpus).map_err(bad)?;
-    let kernel = default_kernel(g.kernel.clone()).map_err(|e| bad(e.to_string()))?;
+    let kernel = default_kernel(g.kernel.clone(), cpus).map_err(|e| bad(e.to_string()))?;
     let initrd = default_initrd(g.initrd.clone()).map_err(|e| bad(e.to_string()))?;
     Ok(GuestSpec {
         kernel,
@@ -230,13 +230,14 @@ pub(crate) fn boot(args: BootArgs) -> Exit {
     }
     let timeout = args.timeout;
     let run = || -> Result<rootlayer::job::JobOutcome, JobError> {
-        let kernel = default_kernel(args.kernel).map_err(rootlayer::job::GuestError::from)?;
+        let cpus = cpus(args.cpus).map_err(JobError::BadInput)?;
+        let kernel = default_kernel(args.kernel, cpus).map_err(rootlayer::job::GuestError::from)?;
         let initrd = default_initrd(args.initrd).map_err(rootlayer::job::GuestError::from)?;
         let spec = GuestSpec {
             kernel,
             initrd,
             mem_mib: args.mem_size,
-            cpus: cpus(args.cpus).map_err(JobError::BadInput)?,
+            cpus,
             timeout: Duration::from_secs(timeout),
             echo: if args.quiet { Echo::Off } else { Echo::Stderr },
             extra_cmdline: args.cmdline,

@@ -534,6 +534,7 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let ok = JobResult {
         protocol: crate::protocol::PROTOCOL_VERSION,
         oom_kills: 0,
+        cpus_online: 1,
         status: 0,
         error: None,
         phases: vec![("mounts".into(), 0.012), ("unpack".into(), 0.25), ("script".into(), 1.5), ("task".into(), 2.0)],

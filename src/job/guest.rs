@@ -222,6 +222,12 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     };
     let report = run_machine(snapshot_mode(snapshot), config)?;
     let result = read_result(&xchg.join(RESULT_FILE))?;
+    if let Some(online) = result.as_ref().map(|r| r.cpus_online).filter(|n| (1..u32::from(spec.cpus)).contains(n)) {
+        eprintln!(
+            "rootlayer: the guest kernel brought up {online} of {} vCPUs (a uniprocessor kernel? --cpus 2 and more boot vmlinux-smp)",
+            spec.cpus
+        );
+    }
     Ok(JobOutcome { report, result, workdir, output })
 }
 

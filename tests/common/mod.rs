@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 #[derive(Debug)]
 pub struct Guest {
     pub kernel: PathBuf,
+    /// The SMP kernel beside it (`vmlinux-smp`), for `--cpus 2` and more.
+    pub kernel_smp: PathBuf,
     pub initrd: PathBuf,
 }
 
@@ -56,7 +58,8 @@ fn guest_with(test: &str, initrd_env: &str, initrd_cached: &str) -> Option<Guest
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("kernel/current/vmlinux"));
     let initrd = std::env::var_os(initrd_env).map(PathBuf::from).unwrap_or_else(|| cache_dir().join(initrd_cached));
-    for p in [&kernel, &initrd] {
+    let kernel_smp = kernel.with_file_name("vmlinux-smp");
+    for p in [&kernel, &kernel_smp, &initrd] {
         if !p.exists() {
             let msg = format!("{} not found (run scripts/build-kernel and scripts/build-initramfs)", p.display());
             if required {
@@ -66,7 +69,7 @@ fn guest_with(test: &str, initrd_env: &str, initrd_cached: &str) -> Option<Guest
             return None;
         }
     }
-    Some(Guest { kernel, initrd })
+    Some(Guest { kernel, kernel_smp, initrd })
 }
 
 /// The rootlayer binary, as the test user when there is one (see

@@ -162,6 +162,21 @@ in
     runAsRoot = "echo zstd > /zstd";
   };
 
+  # The VM's vCPUs as the script saw them: nix-build --cores N gives N
+  # where the build enables parallel building, else 1.
+  parallelLayer = rl.mkRootLayer {
+    name = "parallel-layer-${nonce}";
+    fromImage = base;
+    baseJson = builtins.toFile "base.json" (builtins.toJSON { });
+    enableParallelBuilding = true;
+    runAsRoot = "grep -c ^processor /proc/cpuinfo > /cpus";
+  };
+  serialLayer = rl.mkRootLayer {
+    name = "serial-layer-${nonce}";
+    fromImage = base;
+    baseJson = builtins.toFile "base.json" (builtins.toJSON { });
+    runAsRoot = "grep -c ^processor /proc/cpuinfo > /cpus";
+  };
   layer = rl.mkRootLayer {
     name = "layer-${nonce}";
     fromImage = base;
