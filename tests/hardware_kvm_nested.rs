@@ -8,7 +8,9 @@
 //! arguments; the guest kernel finds KVM and runs on kvm-clock), the `avx`
 //! self-test, a `boot` taking a snapshot and one restored from it, the
 //! README example without snapshots, then twice with them (taken,
-//! restored), and a job on a two-layer base with whiteouts. The same run
+//! restored), a job on a two-layer base with whiteouts, and on two vCPUs
+//! (L1 has two; the SMP guest kernel) the avx self-test and the README
+//! example twice (taken, restored). The same run
 //! here on the local KVM (software, `kvm_pvm`, on this workplace's
 //! machines), and every layer L1 made must be the local one, byte for byte
 //! (the same digest).
@@ -110,14 +112,18 @@ impl Job {
 }
 
 /// The jobs, each run the same way here and in L1 (scripts/lib/nested-kvm-init.sh).
-const JOBS: [(&str, &str, &str, &[&str]); 4] = [
+const JOBS: [(&str, &str, &str, &[&str]); 6] = [
     ("readme-cold", "readme-base.tar", "readme.sh", &["--no-snapshot"]),
     ("readme-take", "readme-base.tar", "readme.sh", &[]),
     ("readme-restore", "readme-base.tar", "readme.sh", &[]),
     ("whiteouts", "whiteouts-base.tar", "whiteouts.sh", &[]),
+    ("readme-smp-take", "readme-base.tar", "readme.sh", &["--cpus", "2"]),
+    ("readme-smp-restore", "readme-base.tar", "readme.sh", &["--cpus", "2"]),
 ];
 
-const BOOTS: [&str; 4] = ["cold", "snapshot-taken", "restored", "restored"];
+const BOOTS: [&str; 6] = ["cold", "snapshot-taken", "restored", "restored", "snapshot-taken", "restored"];
+/// The jobs that give the README example's layer.
+const README_JOBS: [usize; 5] = [0, 1, 2, 4, 5];
 
 /// What one L1 run reported (its `@@ ` lines).
 #[derive(Debug)]
@@ -213,7 +219,7 @@ impl Local {
             .arg(inputs.join(script))
             .args(["--mem-size", "256", "--disk-size", "128", "--source-date-epoch", "0", "--timeout", "300", "--json"])
             .arg("--kernel")
-            .arg(&self.g.kernel)
+            .arg(if extra.contains(&"--cpus") { &self.g.kernel_smp } else { &self.g.kernel })
             .arg("--initrd")
             .arg(&self.g.initrd)
             .arg("--out")
@@ -274,9 +280,26 @@ fn check(n: &Nested, local: &[Job], qemu10: bool, npt: bool) -> String {
         );
     }
     if xsave {
-        assert!(raw[0].contains("corrupted in 0 of 40"), "{q}: with XSAVE the YMM probe runs: {}", raw[0]);
+        assert!(raw[0].contains("corrupted in 0 of 80"), "{q}: with XSAVE the YMM probe runs: {}", raw[0]);
     }
     assert!(avx.iter().any(|l| l.ends_with("glibc string functions: 0 mismatches")), "{q}: {avx:#?}");
+
+    // The same on two vCPUs (L1 has two; the SMP guest kernel): the probe
+    // processes moved between them lose nothing.
+    let smp = n.of("smp-avx");
+    assert_eq!(n.rc("smp-avx"), 0, "{q}: avx self-test on two vCPUs failed: {smp:#?}");
+    let smp_raw: Vec<&&str> = smp.iter().filter(|l| l.contains("selftest avx: raw ")).collect();
+    assert_eq!(smp_raw.len(), 3, "{q}: {smp:#?}");
+    for l in &smp_raw {
+        assert!(
+            l.contains("corrupted in 0 of") || l.contains("(SIGILL): no hazard") || l.contains("not probed"),
+            "{q}: vector state lost between guest processes on two vCPUs: {l}"
+        );
+    }
+    if xsave {
+        assert!(smp_raw[0].contains("(8 processes on 2 vCPUs, moved between vCPUs "), "{q}: {}", smp_raw[0]);
+        assert!(!smp_raw[0].contains("moved between vCPUs 0 times"), "{q}: {}", smp_raw[0]);
+    }
 
     // Snapshots of a plain boot: taken, then restored.
     for (step, path) in [("boot-take", "cold boot; snapshot taken"), ("boot-restore", "restored from snapshot")] {
@@ -333,8 +356,13 @@ fn hardware_kvm_path_under_nested_svm_gives_the_software_kvm_layers() {
     for (i, (name, ..)) in JOBS.iter().enumerate() {
         assert_eq!(local_jobs[i].boot(), BOOTS[i], "local {name}: {}", local_jobs[i].json);
     }
-    for j in &local_jobs[1..3] {
-        assert_eq!(j.digest(), local_jobs[0].digest(), "local README example: snapshots changed the layer");
+    for i in README_JOBS {
+        assert_eq!(
+            local_jobs[i].digest(),
+            local_jobs[0].digest(),
+            "local README example: {} changed the layer",
+            JOBS[i].0
+        );
     }
     let mut summary = format!("{TEST}:\n  software KVM here: {}\n", timings(&local_boot, &local_restore, &local_jobs));
 

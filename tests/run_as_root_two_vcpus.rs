@@ -25,7 +25,8 @@ fn a_two_vcpu_job_gives_the_one_vcpu_layer_and_its_own_snapshot() {
     let job = FailingJob::new(SCRIPT);
     let epoch = [("SOURCE_DATE_EPOCH", "1")];
 
-    let smp = common::Guest { kernel: g.kernel_smp.clone(), kernel_smp: g.kernel_smp.clone(), initrd: g.initrd.clone() };
+    let smp =
+        common::Guest { kernel: g.kernel_smp.clone(), kernel_smp: g.kernel_smp.clone(), initrd: g.initrd.clone() };
     let (first, two) = run_ok(&smp, &job, &cache, &["--cpus", "2"], &epoch);
     assert_eq!(boot_of(&first), "snapshot-taken", "{}", first.stderr);
     assert!(first.stderr.contains("processors seen: 2"), "{}", first.stderr);
