@@ -11,16 +11,29 @@ fn timeout_stops_the_guest_and_prints_its_last_lines() {
     let Some(g) = common::test_guest("timeout_stops_the_guest_and_prints_its_last_lines") else {
         return;
     };
+    hang_until_timeout(&g.kernel, &g.initrd, 1);
+}
+
+/// The same with two vCPUs: every vCPU thread is stopped.
+#[test]
+fn timeout_stops_every_vcpu_of_a_two_vcpu_guest() {
+    let Some(g) = common::test_guest("timeout_stops_every_vcpu_of_a_two_vcpu_guest") else {
+        return;
+    };
+    hang_until_timeout(&g.kernel_smp, &g.initrd, 2);
+}
+
+fn hang_until_timeout(kernel: &std::path::Path, initrd: &std::path::Path, cpus: u32) {
     // Long enough for the slowest (software-emulated) KVM to boot 128 MiB.
     let timeout = 60;
     let started = Instant::now();
     let (code, stderr) = common::run(
         common::rootlayer()
             .args(["boot", "--quiet", "--mem-size", "128", "--cmdline", "ROOTLAYER_SELFTEST=hang"])
-            .args(["--timeout", &timeout.to_string(), "--kernel"])
-            .arg(&g.kernel)
+            .args(["--cpus", &cpus.to_string(), "--timeout", &timeout.to_string(), "--kernel"])
+            .arg(kernel)
             .arg("--initrd")
-            .arg(&g.initrd),
+            .arg(initrd),
     );
     let elapsed = started.elapsed();
     assert_eq!(code, 124, "timeout exit code");
@@ -30,7 +43,7 @@ fn timeout_stops_the_guest_and_prints_its_last_lines() {
         stderr.lines().any(|l| l.starts_with("  | ") && l.ends_with("selftest hang: sleeping forever")),
         "the guest's last line is in the report: {stderr}"
     );
-    // Stopping is prompt: the vCPU is kicked out of KVM_RUN at once.
+    // Stopping is prompt: every vCPU is kicked out of KVM_RUN at once.
     assert!(elapsed >= Duration::from_secs(timeout), "stopped early: {elapsed:?}");
     assert!(elapsed < Duration::from_secs(timeout + 10), "stopping took too long: {elapsed:?}");
 }

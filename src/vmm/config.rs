@@ -22,7 +22,8 @@ use std::time::Duration;
 /// - `rodata=off`: no read-only remapping of kernel text and no poisoning of
 ///   the freed gaps (about 4 s of emulated page-table and memset work; the
 ///   isolation boundary is the VM, not the guest kernel's W^X);
-/// - `tsc=reliable`: no clocksource watchdog on a single-vCPU guest.
+/// - `tsc=reliable`: no clocksource watchdog, and no TSC synchronisation
+///   check between vCPUs (KVM starts them from one TSC and keeps them in step).
 pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 no_timer_check tsc=reliable rodata=off";
 
 /// What the VMM adds on a software-emulated KVM ([`KvmKind::Emulated`]):
