@@ -203,10 +203,6 @@ impl Vcpu {
         self.shared.started.clone()
     }
 
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
-    }
-
     /// Pause for a snapshot when the guest's vCPUs are asked to (the agent
     /// rang READY), saving these MSRs (what KVM_GET_MSR_INDEX_LIST gave,
     /// and the ones the boot sets).
@@ -223,7 +219,9 @@ impl Vcpu {
         let Some(pause) = self.pause.take() else { return };
         self.fd.set_kvm_immediate_exit(1);
         let completed = match self.fd.run() {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            // EAGAIN: an application processor still waiting for its
+            // startup IPI woke with nothing to do (no exit pending).
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
             Err(source) => Err(SnapshotError::Kvm { what: "complete the last exit's I/O", source }),
             Ok(_) => Err(SnapshotError::Kvm {
                 what: "complete the last exit's I/O (the guest ran on)",
