@@ -67,10 +67,13 @@ step boot rootlayer boot --no-snapshot --timeout "$T"
 step avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cmdline "ROOTLAYER_SELFTEST=avx loglevel=7" \
 	--initrd /opt/rootlayer/share/rootlayer/initramfs-test.cpio
 
-# The avx self-test on two vCPUs (the SMP kernel): processes moved
-# between them while they hold vector values.
-step smp-avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cpus 2 --cmdline "ROOTLAYER_SELFTEST=avx" \
-	--initrd /opt/rootlayer/share/rootlayer/initramfs-test.cpio
+# The avx self-test on two vCPUs (the SMP kernel), where L1 has two CPUs:
+# processes moved between them while they hold vector values.
+l1_cpus=$(grep -c '^processor' /proc/cpuinfo)
+echo "@@ l1_cpus $l1_cpus"
+[ "$l1_cpus" -lt 2 ] ||
+	step smp-avx rootlayer boot --no-snapshot --timeout "$T" --mem-size 128 --cpus 2 --cmdline "ROOTLAYER_SELFTEST=avx" \
+		--initrd /opt/rootlayer/share/rootlayer/initramfs-test.cpio
 
 # A boot that takes a snapshot at READY, then one restored from it.
 step boot-take rootlayer boot --timeout "$T"
@@ -85,8 +88,10 @@ job readme-cold readme-base.tar readme.sh --no-snapshot
 job readme-take readme-base.tar readme.sh
 job readme-restore readme-base.tar readme.sh
 job whiteouts whiteouts-base.tar whiteouts.sh
-job readme-smp-take readme-base.tar readme.sh --cpus 2
-job readme-smp-restore readme-base.tar readme.sh --cpus 2
+if [ "$l1_cpus" -ge 2 ]; then
+	job readme-smp-take readme-base.tar readme.sh --cpus 2
+	job readme-smp-restore readme-base.tar readme.sh --cpus 2
+fi
 ls -la "$ROOTLAYER_CACHE/snapshots" 2>&1
 
 echo "@@ end uptime $(cut -d' ' -f1 /proc/uptime)"
