@@ -51,12 +51,12 @@ fn snapshot_that_cannot_be_restored_means_a_cold_boot() {
     assert!(f.stderr.contains("booting cold"), "{}", f.stderr);
     assert_eq!(layer, reference);
 
-    // The vCPU's rip zeroed (bytes 128..136 of kvm_regs): the restored
+    // The boot vCPU's rip zeroed (bytes 128..136 of kvm_regs): the restored
     // guest faults before its agent reads the job.
     let snap = cache.snapshots().pop().unwrap();
     rewrite_state(&snap, |s| {
         for i in 128..136 {
-            s["vcpu"]["regs"][i] = serde_json::json!(0);
+            s["vcpus"][0]["regs"][i] = serde_json::json!(0);
         }
     });
     let (f, layer) = run_ok(&g, &job, &cache, &[], &epoch);
