@@ -78,8 +78,7 @@ fn check_protocol(job_json: &str) -> Result<(), String> {
 }
 
 fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
-    // SAFETY: sysconf only reads a system value.
-    result.cpus_online = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(0);
+    result.cpus_online = crate::online_cpus().unwrap_or(0);
     let t = Instant::now();
     for m in &job.mounts {
         mount(m)?;

@@ -69,6 +69,12 @@ fn run() -> anyhow::Result<()> {
 /// Why this agent refuses a test task, a self-test or a merged listing.
 pub const NO_TEST_TASKS: &str = "not in this agent: the test initramfs's has it (scripts/build-initramfs --test)";
 
+/// The CPUs the kernel has online (None if it will not say).
+pub fn online_cpus() -> Option<u32> {
+    // SAFETY: sysconf only reads a system value.
+    u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).ok().filter(|&n| n > 0)
+}
+
 /// The self-test the command line names (test initramfs only): this agent
 /// says it has none rather than boot as if one had run.
 fn self_test(name: &str) -> anyhow::Result<()> {

@@ -79,10 +79,8 @@ fn xgetbv0_every_cpu() -> anyhow::Result<Option<u64>> {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
     let before = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
-    // SAFETY: sysconf only reads a system value.
-    let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
     let mut xcr0: Option<u64> = None;
-    for cpu in 0..cpus {
+    for cpu in 0..crate::online_cpus().unwrap_or(1) as usize {
         let mut one = CpuSet::new();
         one.set(cpu).context("a CPU set of this size")?;
         sched_setaffinity(Pid::from_raw(0), &one).with_context(|| format!("move to vCPU {cpu}"))?;

@@ -169,12 +169,6 @@ struct Probed {
     moves: u32,
 }
 
-/// The vCPUs this guest has online.
-fn online_cpus() -> u32 {
-    // SAFETY: sysconf only reads a system value.
-    u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1)
-}
-
 /// Pin `pid` to vCPU `cpu` (the kernel moves it at once, mid-round).
 fn pin(pid: nix::unistd::Pid, cpu: u32) -> bool {
     let mut set = nix::sched::CpuSet::new();
@@ -187,7 +181,7 @@ fn pin(pid: nix::unistd::Pid, cpu: u32) -> bool {
 /// hold them (a task leaving one vCPU and going on with its registers on
 /// another). Returns what they found, or None when the instructions fault.
 fn pair(probe: Probe, rounds: u32) -> anyhow::Result<Option<Probed>> {
-    let cpus = online_cpus();
+    let cpus = crate::online_cpus().unwrap_or(1);
     let processes = if cpus > 1 { 4 * cpus } else { 2 };
     // About the same work whatever the count.
     let per_process = (rounds * 2 / processes).max(5);
