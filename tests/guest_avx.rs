@@ -41,14 +41,7 @@ fn guest_processes_do_not_corrupt_each_others_vector_state() {
     let cpuid = lines.iter().find(|l| l.contains("user CPUID")).expect("CPUID line");
     eprintln!("guest_avx: {cpuid}\nguest_avx: {case}");
     assert_eq!(code, 0, "self-test boot failed: {lines:#?}");
-    let raw: Vec<&&str> = lines.iter().filter(|l| l.contains(": raw ")).collect();
-    assert_eq!(raw.len(), 3, "every raw probe reports (YMM, ZMM, YMM across signal handlers): {lines:#?}");
-    for l in &raw {
-        assert!(
-            l.contains("corrupted in 0 of") || l.contains("(SIGILL): no hazard") || l.contains("not probed"),
-            "vector state lost between guest processes: {l}"
-        );
-    }
+    let raw = common::avx::raw_probes(&lines, "one vCPU");
     let ymm = raw[0];
     assert!(ymm.contains("YMM") && !ymm.contains("not probed"), "the YMM probe always runs: {ymm}");
     assert!(ymm.contains("(2 processes on 1 vCPUs") || ymm.contains("no hazard"), "{ymm}");
@@ -81,19 +74,10 @@ fn guest_processes_moved_between_two_vcpus_keep_their_vector_state() {
     let (code, stderr) = boot_on(&g, "ROOTLAYER_SELFTEST=avx", 2);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("selftest avx:")).collect();
     assert_eq!(code, 0, "self-test boot failed: {lines:#?}\n{stderr}");
-    let raw: Vec<&&str> = lines.iter().filter(|l| l.contains(": raw ")).collect();
-    assert_eq!(raw.len(), 3, "{lines:#?}");
-    for l in &raw {
-        assert!(
-            l.contains("corrupted in 0 of") || l.contains("(SIGILL): no hazard") || l.contains("not probed"),
-            "vector state lost between guest processes on two vCPUs: {l}"
-        );
-    }
-    let ymm = raw[0];
+    let ymm = common::avx::raw_probes(&lines, "two vCPUs")[0];
     eprintln!("guest_avx: {ymm}");
     if !ymm.contains("no hazard") {
-        assert!(ymm.contains("(8 processes on 2 vCPUs, moved between vCPUs "), "{ymm}");
-        assert!(!ymm.contains("moved between vCPUs 0 times"), "{ymm}");
+        common::avx::assert_moved_between_two_vcpus(ymm, "two vCPUs");
     }
     assert!(lines.iter().any(|l| l.ends_with("glibc string functions: 0 mismatches")), "{lines:#?}");
 }

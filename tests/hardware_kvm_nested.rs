@@ -272,14 +272,7 @@ fn check(n: &Nested, local: &[Job], qemu10: bool, npt: bool) -> String {
     } else {
         assert!(xsave || case.contains("(XGETBV faults)"), "{q}: not a hardware case: {case}");
     }
-    let raw: Vec<&&str> = avx.iter().filter(|l| l.contains("selftest avx: raw ")).collect();
-    assert_eq!(raw.len(), 3, "{q}: every raw probe reports: {avx:#?}");
-    for l in &raw {
-        assert!(
-            l.contains("corrupted in 0 of") || l.contains("(SIGILL): no hazard") || l.contains("not probed"),
-            "{q}: vector state lost between guest processes: {l}"
-        );
-    }
+    let raw = common::avx::raw_probes(&avx, q);
     if xsave {
         assert!(raw[0].contains("corrupted in 0 of 80"), "{q}: with XSAVE the YMM probe runs: {}", raw[0]);
     }
@@ -319,17 +312,9 @@ fn check_smp_avx(n: &Nested, xsave: bool) {
     let q = &n.qemu;
     let smp = n.of("smp-avx");
     assert_eq!(n.rc("smp-avx"), 0, "{q}: avx self-test on two vCPUs failed: {smp:#?}");
-    let smp_raw: Vec<&&str> = smp.iter().filter(|l| l.contains("selftest avx: raw ")).collect();
-    assert_eq!(smp_raw.len(), 3, "{q}: {smp:#?}");
-    for l in &smp_raw {
-        assert!(
-            l.contains("corrupted in 0 of") || l.contains("(SIGILL): no hazard") || l.contains("not probed"),
-            "{q}: vector state lost between guest processes on two vCPUs: {l}"
-        );
-    }
+    let smp_raw = common::avx::raw_probes(&smp, &format!("{q} on two vCPUs"));
     if xsave {
-        assert!(smp_raw[0].contains("(8 processes on 2 vCPUs, moved between vCPUs "), "{q}: {}", smp_raw[0]);
-        assert!(!smp_raw[0].contains("moved between vCPUs 0 times"), "{q}: {}", smp_raw[0]);
+        common::avx::assert_moved_between_two_vcpus(smp_raw[0], q);
     }
 }
 

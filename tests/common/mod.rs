@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod avx;
 pub mod image;
 pub mod nix;
 pub mod runas;
