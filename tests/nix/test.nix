@@ -37,6 +37,14 @@ let
         done
       '' ];
     };
+  # A layer whose /cpus counts the processors its script saw.
+  cpusSeen = kind: enableParallelBuilding: rl.mkRootLayer {
+    name = "${kind}-layer-${nonce}";
+    fromImage = base;
+    baseJson = builtins.toFile "base.json" (builtins.toJSON { });
+    inherit enableParallelBuilding;
+    runAsRoot = "grep -c ^processor /proc/cpuinfo > /cpus";
+  };
   mkDrv = name: script: derivation {
     name = "${name}-${nonce}";
     system = "x86_64-linux";
@@ -164,19 +172,8 @@ in
 
   # The VM's vCPUs as the script saw them: nix-build --cores N gives N
   # where the build enables parallel building, else 1.
-  parallelLayer = rl.mkRootLayer {
-    name = "parallel-layer-${nonce}";
-    fromImage = base;
-    baseJson = builtins.toFile "base.json" (builtins.toJSON { });
-    enableParallelBuilding = true;
-    runAsRoot = "grep -c ^processor /proc/cpuinfo > /cpus";
-  };
-  serialLayer = rl.mkRootLayer {
-    name = "serial-layer-${nonce}";
-    fromImage = base;
-    baseJson = builtins.toFile "base.json" (builtins.toJSON { });
-    runAsRoot = "grep -c ^processor /proc/cpuinfo > /cpus";
-  };
+  parallelLayer = cpusSeen "parallel" true;
+  serialLayer = cpusSeen "serial" false;
   layer = rl.mkRootLayer {
     name = "layer-${nonce}";
     fromImage = base;
