@@ -7,7 +7,7 @@ use rootlayer_protocol::{
     XCHG_TAG_ENV,
 };
 
-use crate::mounts::mount_new;
+use crate::mounts::{mount_new, ScratchAhead};
 use anyhow::Context;
 use nix::mount::MsFlags;
 use std::path::Path;
@@ -15,8 +15,8 @@ use std::time::Instant;
 
 /// Run the job if the host gave one (ROOTLAYER_XCHG set); returns the
 /// status to power off with. `guard` is the vector guard's phase, which
-/// ran before.
-pub fn run_if_requested(guard: (String, f64)) -> anyhow::Result<Option<i32>> {
+/// ran before; `scratch` the scratch disk mounted ahead, if it was.
+pub fn run_if_requested(guard: (String, f64), scratch: Option<ScratchAhead>) -> anyhow::Result<Option<i32>> {
     let Ok(tag) = std::env::var(XCHG_TAG_ENV) else {
         return Ok(None);
     };
@@ -37,7 +37,7 @@ pub fn run_if_requested(guard: (String, f64)) -> anyhow::Result<Option<i32>> {
         crate::resume::set_clock(job.host_time_ns)?;
         result.phases.push(guard);
         result.phases.push(("job".into(), t.elapsed().as_secs_f64()));
-        if let Err(e) = execute(&job, &mut result) {
+        if let Err(e) = execute(&job, scratch, &mut result) {
             result.status = crate::power::STATUS_INTERNAL;
             // A full disk is the cause the host names: said by type, not
             // left for the host to find in the text.
@@ -77,11 +77,18 @@ fn check_protocol(job_json: &str) -> Result<(), String> {
     ))
 }
 
-fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
+fn execute(job: &Job, mut scratch: Option<ScratchAhead>, result: &mut JobResult) -> anyhow::Result<()> {
     result.cpus_online = crate::online_cpus().unwrap_or(0);
     let t = Instant::now();
+    // The disk mounted ahead is let go of first unless the job mounts that
+    // very file system there (a disk of another size, or none).
+    if !scratch.as_ref().is_some_and(|s| job.mounts.iter().any(|m| s.serves(m))) {
+        if let Some(s) = scratch.take() {
+            s.unmount()?;
+        }
+    }
     for m in &job.mounts {
-        mount(m)?;
+        mount(m, &mut scratch)?;
     }
     // Its disks show their sizes and its shares answer: a restored guest
     // works (before this, the host may still boot the job cold instead).
@@ -104,14 +111,22 @@ fn execute(job: &Job, result: &mut JobResult) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mount(m: &Mount) -> anyhow::Result<()> {
+fn mount(m: &Mount, scratch: &mut Option<ScratchAhead>) -> anyhow::Result<()> {
     let flags = if m.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     match &m.source {
         MountSource::VirtioFs { tag } => mount_new(tag, &m.target, "virtiofs", flags, None),
-        MountSource::Disk { device, fstype, size } => {
-            crate::resume::settle_disk(device, *size)?;
-            mount_new(device, &m.target, fstype, flags, None)
-        }
+        MountSource::Disk { device, fstype, size, .. } => match scratch.take_if(|s| s.serves(m)) {
+            // What the kernel cached of the disk mounted ahead is what this
+            // one holds (the same bytes): kept, not dropped.
+            Some(ahead) => {
+                crate::resume::wait_for_size(device, *size)?;
+                ahead.remount(flags)
+            }
+            None => {
+                crate::resume::settle_disk(device, *size)?;
+                mount_new(device, &m.target, fstype, flags, None)
+            }
+        },
     }
 }
 

@@ -38,6 +38,9 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     mounts::mount_basics()?;
+    // What every job needs the same, done once before the snapshot.
+    let scratch = mounts::mount_scratch_ahead();
+    run_as_root::make_fixed_points()?;
     // The snapshot point: a restored guest goes on from here.
     resume::ready_for_snapshot();
     println!(
@@ -60,7 +63,7 @@ fn run() -> anyhow::Result<()> {
     let guard = ("vector_guard".to_string(), t.elapsed().as_secs_f64());
     // The task's own status travels in result.json; the agent's exit
     // status only says whether the agent itself worked.
-    if let Some(status) = job_run::run_if_requested(guard)? {
+    if let Some(status) = job_run::run_if_requested(guard, scratch)? {
         println!("rootlayer-agent: job finished with status {status}");
     }
     Ok(())

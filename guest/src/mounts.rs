@@ -80,3 +80,83 @@ pub fn uptime() -> Option<String> {
     let s = std::fs::read_to_string("/proc/uptime").ok()?;
     Some(format!("{}s", s.split_whitespace().next()?))
 }
+
+/// The scratch disk as the agent mounted it before the snapshot point:
+/// read-only, so that it has written nothing (a restored guest's disk is
+/// another file) and can be let go of without writing anything.
+#[derive(Debug)]
+pub struct ScratchAhead {
+    device: String,
+    size: u64,
+}
+
+/// Mount the scratch disk the command line names read-only at
+/// `SCRATCH_MOUNT`, ahead of any job: the ext4 mount is a tenth of a second
+/// of emulated kernel work that a snapshot then holds done. None when
+/// there is no such disk (an empty slot) or it does not mount.
+pub fn mount_scratch_ahead() -> Option<ScratchAhead> {
+    let device = std::env::var(rootlayer_protocol::SCRATCH_DEVICE_ENV).ok()?;
+    let size = crate::resume::disk_size(&device).ok().filter(|&s| s > 0)?;
+    match mount_new(&device, rootlayer_protocol::SCRATCH_MOUNT, "ext4", MsFlags::MS_RDONLY, None) {
+        Ok(()) => Some(ScratchAhead { device, size }),
+        Err(e) => {
+            println!("rootlayer-agent: the scratch disk is not mounted ahead: {e:#}");
+            None
+        }
+    }
+}
+
+impl ScratchAhead {
+    /// Whether the job's mount `m` is this one: the same device and mount
+    /// point, and the host's fresh ext4 of the same size, which holds the
+    /// same bytes as the disk mounted ahead (layer::ext4_format).
+    pub fn serves(&self, m: &rootlayer_protocol::Mount) -> bool {
+        matches!(&m.source, rootlayer_protocol::MountSource::Disk { device, fstype, size, fresh: true }
+            if *device == self.device && fstype == "ext4" && *size == self.size)
+            && m.target == rootlayer_protocol::SCRATCH_MOUNT
+    }
+
+    /// Take the mount on for the job, with its flags.
+    pub fn remount(self, flags: MsFlags) -> anyhow::Result<()> {
+        mount(None::<&str>, rootlayer_protocol::SCRATCH_MOUNT, None::<&str>, MsFlags::MS_REMOUNT | flags, None::<&str>)
+            .with_context(|| format!("remount {} for the job", self.device))
+    }
+
+    /// Let go of it: a read-only ext4 writes nothing when unmounted.
+    pub fn unmount(self) -> anyhow::Result<()> {
+        nix::mount::umount(rootlayer_protocol::SCRATCH_MOUNT)
+            .with_context(|| format!("unmount {} (mounted ahead, not the job's)", self.device))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rootlayer_protocol::{Mount, MountSource, SCRATCH_MOUNT};
+
+    fn disk(device: &str, fstype: &str, size: u64, fresh: bool, target: &str) -> Mount {
+        let source = MountSource::Disk { device: device.into(), fstype: fstype.into(), size, fresh };
+        Mount { source, target: target.into(), read_only: false }
+    }
+
+    #[test]
+    fn the_disk_mounted_ahead_serves_only_the_same_fresh_ext4_at_the_same_place() {
+        let ahead = ScratchAhead { device: "/dev/vda".into(), size: 128 << 20 };
+        assert!(ahead.serves(&disk("/dev/vda", "ext4", 128 << 20, true, SCRATCH_MOUNT)));
+        for other in [
+            disk("/dev/vda", "ext4", 256 << 20, true, SCRATCH_MOUNT),
+            disk("/dev/vda", "ext4", 128 << 20, false, SCRATCH_MOUNT),
+            disk("/dev/vdb", "ext4", 128 << 20, true, SCRATCH_MOUNT),
+            disk("/dev/vda", "erofs", 128 << 20, true, SCRATCH_MOUNT),
+            disk("/dev/vda", "ext4", 128 << 20, true, "/mnt"),
+        ] {
+            assert!(!ahead.serves(&other), "{other:?}");
+        }
+        let share = Mount {
+            source: MountSource::VirtioFs { tag: "xchg".into() },
+            target: SCRATCH_MOUNT.into(),
+            read_only: false,
+        };
+        assert!(!ahead.serves(&share));
+    }
+}

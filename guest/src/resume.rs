@@ -89,6 +89,18 @@ pub fn set_clock(host_ns: u128) -> anyhow::Result<()> {
 /// guest's kernel reads it in a work item after the config interrupt).
 const DISK_SIZE_WAIT: Duration = Duration::from_secs(20);
 
+/// The size in bytes the kernel shows for `device` (`/dev/vda`).
+pub fn disk_size(device: &str) -> anyhow::Result<u64> {
+    let name = device.rsplit('/').next().unwrap_or(device);
+    let sysfs = format!("/sys/class/block/{name}/size");
+    let sectors: u64 = std::fs::read_to_string(&sysfs)
+        .with_context(|| format!("read {sysfs}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parse {sysfs}"))?;
+    Ok(sectors.saturating_mul(512))
+}
+
 /// `BLKFLSBUF`: `_IO(0x12, 97)`.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
@@ -96,29 +108,25 @@ const BLKFLSBUF: libc::c_ulong = 0x1261;
 /// bytes, then drop whatever it cached of the disk's blocks (a restored
 /// guest read the snapshot's disk once, at probe).
 pub fn settle_disk(device: &str, size: u64) -> anyhow::Result<()> {
-    let name = device.rsplit('/').next().unwrap_or(device);
-    let sysfs = format!("/sys/class/block/{name}/size");
-    let start = Instant::now();
-    loop {
-        let sectors: u64 = std::fs::read_to_string(&sysfs)
-            .with_context(|| format!("read {sysfs}"))?
-            .trim()
-            .parse()
-            .with_context(|| format!("parse {sysfs}"))?;
-        if sectors.saturating_mul(512) == size {
-            break;
-        }
-        anyhow::ensure!(
-            start.elapsed() < DISK_SIZE_WAIT,
-            "{device} shows {} bytes, the host gave it {size}",
-            sectors.saturating_mul(512)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_size(device, size)?;
     let disk = std::fs::File::open(device).with_context(|| format!("open {device}"))?;
     // SAFETY: BLKFLSBUF takes no argument; the descriptor is open.
     if unsafe { libc::ioctl(disk.as_raw_fd(), BLKFLSBUF) } == -1 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("BLKFLSBUF {device}"));
+    }
+    Ok(())
+}
+
+/// Wait until the kernel shows `device` with `size` bytes.
+pub fn wait_for_size(device: &str, size: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let shown = disk_size(device)?;
+        if shown == size {
+            break;
+        }
+        anyhow::ensure!(start.elapsed() < DISK_SIZE_WAIT, "{device} shows {shown} bytes, the host gave it {size}");
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
 }

@@ -37,6 +37,16 @@ const POINTS: &str = "/run/rootlayer/points";
 /// one directory less to make there).
 const MERGED: &str = "/run/rootlayer/merged";
 
+/// The mount points every job has (`SCRIPT_MOUNTS`) and the overlay's,
+/// made once before the snapshot point; a job adds its stores'.
+pub fn make_fixed_points() -> anyhow::Result<()> {
+    let points = Path::new(POINTS);
+    for d in SCRIPT_MOUNTS.iter().map(|p| points.join(p.trim_start_matches('/'))).chain([PathBuf::from(MERGED)]) {
+        std::fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
+    }
+    Ok(())
+}
+
 /// Time a phase into the result.
 fn phase<T>(result: &mut JobResult, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let t = Instant::now();
@@ -65,11 +75,10 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         for d in [&upper, &work] {
             std::fs::create_dir(d).with_context(|| format!("mkdir {}", d.display()))?;
         }
-        for p in &mount_paths {
+        for p in &job.store_paths {
             let d = points.join(p.trim_start_matches('/'));
             std::fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
         }
-        std::fs::create_dir_all(merged).with_context(|| format!("mkdir {}", merged.display()))?;
         mount_overlay(&lowers, &upper, &work, merged).context("mount overlay")?;
         for p in &mount_paths {
             check_mount_point(merged, p)?;

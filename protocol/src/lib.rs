@@ -34,6 +34,11 @@ pub const XCHG_TAG_ENV: &str = "ROOTLAYER_XCHG";
 pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
 /// Where the agent mounts the scratch disk (ext4 made by the host).
 pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
+/// Environment variable (kernel command line) naming the scratch disk's
+/// device: the agent mounts it read-only at [`SCRATCH_MOUNT`] before the
+/// snapshot point, so that a restored job whose disk is the same
+/// [`MountSource::Disk::fresh`] file system only remounts it read-write.
+pub const SCRATCH_DEVICE_ENV: &str = "ROOTLAYER_SCRATCH";
 /// Where the agent mounts the base image disk (EROFS made by the host; the
 /// agent reads the path from job.json).
 pub const BASE_MOUNT: &str = "/run/rootlayer/base";
@@ -131,7 +136,18 @@ pub enum MountSource {
     /// system type and its size in bytes: a restored guest learns a size
     /// that differs from the snapshot's through a config-change interrupt,
     /// and the agent waits until the kernel shows this one before mounting.
-    Disk { device: String, fstype: String, size: u64 },
+    ///
+    /// `fresh`: the host's empty ext4 of `size` (`layer::ext4_format`,
+    /// where the same size gives the same bytes), nothing written since: a
+    /// read-only mount of the snapshot's disk of that size has read nothing
+    /// this one does not hold, and can be reused.
+    Disk {
+        device: String,
+        fstype: String,
+        size: u64,
+        #[serde(default)]
+        fresh: bool,
+    },
 }
 
 /// What the agent does once everything is mounted.

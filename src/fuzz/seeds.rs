@@ -514,7 +514,12 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 read_only: true,
             },
             Mount {
-                source: MountSource::Disk { device: "/dev/vda".into(), fstype: "ext4".into(), size: 1 << 30 },
+                source: MountSource::Disk {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                    size: 1 << 30,
+                    fresh: true,
+                },
                 target: "/run/rootlayer/scratch".into(),
                 read_only: false,
             },

@@ -9,7 +9,7 @@ use crate::devices::virtio::fs::{Fs, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
 use crate::protocol::{
     Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE,
-    XCHG_TAG_ENV,
+    SCRATCH_DEVICE_ENV, XCHG_TAG_ENV,
 };
 use crate::vmm::{self, BootPath, RunReport, SnapshotMode, VmConfig, VmmError, BASE_CMDLINE};
 use std::path::{Path, PathBuf};
@@ -181,7 +181,12 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             slots.shares.len()
         );
     }
-    let cmdline = format!("{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {}", spec.extra_cmdline).trim().to_string();
+    let cmdline = format!(
+        "{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {SCRATCH_DEVICE_ENV}={SCRATCH_DEVICE} {}",
+        spec.extra_cmdline
+    )
+    .trim()
+    .to_string();
     let mut output = None;
     let config = |mode: SnapshotMode| -> Result<VmConfig, GuestError> {
         // A fresh scratch disk and no result for every attempt: a restored
@@ -264,8 +269,12 @@ impl Slots {
         let mut mounts = Vec::new();
         let scratch = match spec.disk_mib {
             Some(mib) => {
-                let source =
-                    MountSource::Disk { device: SCRATCH_DEVICE.into(), fstype: "ext4".into(), size: mib << 20 };
+                let source = MountSource::Disk {
+                    device: SCRATCH_DEVICE.into(),
+                    fstype: "ext4".into(),
+                    size: mib << 20,
+                    fresh: true,
+                };
                 mounts.push(Mount { source, target: SCRATCH_MOUNT.into(), read_only: false });
                 workdir.disk()
             }
@@ -275,7 +284,12 @@ impl Slots {
             let Some(path) = disk else { return workdir.no_disk() };
             assert!(spec.disk_mib.is_some(), "the {what} is a lower dir of the scratch disk's overlay");
             let size = std::fs::metadata(path).map_err(device_err(what))?.len();
-            let source = MountSource::Disk { device: device.into(), fstype: "erofs".into(), size: size / 512 * 512 };
+            let source = MountSource::Disk {
+                device: device.into(),
+                fstype: "erofs".into(),
+                size: size / 512 * 512,
+                fresh: false,
+            };
             mounts.push(Mount { source, target: target.into(), read_only: true });
             Ok(path.clone())
         };

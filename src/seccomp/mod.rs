@@ -353,8 +353,6 @@ fn block() -> Built<Rules> {
         any(libc::SYS_readv),
         any(libc::SYS_writev),
         any(libc::SYS_lseek),
-        // VIRTIO_BLK_T_FLUSH.
-        any(libc::SYS_fsync),
     ])
 }
 

@@ -36,7 +36,7 @@ pub(super) fn plan(config: &VmConfig, cmdline: &str, host: &Host, vcpu: &VcpuFd,
     };
     // A kernel or initramfs that cannot be read is the cold boot's to
     // report, in its words.
-    let Ok(key) = key(config, cmdline, host.key(vcpu)) else { return Plan::default() };
+    let Ok(key) = key(config, cmdline, host.key(vcpu), &dir) else { return Plan::default() };
     let mut plan = Plan::default();
     if try_restore {
         let path = dir.join(key.file_name());
@@ -62,9 +62,10 @@ pub(super) fn plan(config: &VmConfig, cmdline: &str, host: &Host, vcpu: &VcpuFd,
     plan
 }
 
-/// The snapshot key of the guest `config` describes.
-fn key(config: &VmConfig, cmdline: &str, host: snapshot::HostKey) -> std::io::Result<Key> {
-    let digest = |path: &std::path::Path| std::fs::read(path).map(|bytes| snapshot::sha256_hex(&bytes));
+/// The snapshot key of the guest `config` describes (its kernel's and
+/// initramfs's digests remembered in the snapshot directory `dir`).
+fn key(config: &VmConfig, cmdline: &str, host: snapshot::HostKey, dir: &std::path::Path) -> std::io::Result<Key> {
+    let digest = |path: &std::path::Path| snapshot::digests::sha256_of_file(dir, path);
     let exe = std::env::current_exe().ok();
     let meta = exe.as_ref().and_then(|e| std::fs::metadata(e).ok());
     let rootlayer = format!(

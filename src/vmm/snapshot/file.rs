@@ -21,7 +21,7 @@ use super::{Key, MachineState, FORMAT_VERSION};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -35,7 +35,7 @@ pub(crate) const PAGE: usize = 4096;
 /// Snapshots no job restored from for this long are removed when another
 /// is taken (a new kernel, initramfs or rootlayer leaves the old ones
 /// unused for good).
-const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+pub(super) const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 /// A temporary file this old is from a writer that died.
 const ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest machine state read: a few hundred KiB in practice (the keeper's
@@ -215,11 +215,7 @@ fn memory_digest_of_file(file: &File, offset: u64, len: u64) -> Result<String, F
 /// Write the snapshot of `state` and `mem` for `key` into `dir`; returns
 /// its path and the bytes it occupies on disk.
 pub fn write(dir: &Path, key: &Key, state: &MachineState, mem: &GuestMemoryMmap) -> Result<(PathBuf, u64), FileError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io("creating the snapshot directory"))?;
+    super::make_dir(dir).map_err(io("creating the snapshot directory"))?;
     let path = dir.join(key.file_name());
     let tmp = tempfile::Builder::new()
         .prefix(".snap-")

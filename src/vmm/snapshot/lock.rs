@@ -36,7 +36,7 @@ pub enum Claim {
 pub fn claim(dir: &Path, file_name: &str, bound: Duration) -> Claim {
     use rustix::fs::{flock, FlockOperation};
     use std::os::unix::fs::OpenOptionsExt;
-    if std::fs::create_dir_all(dir).is_err() {
+    if super::make_dir(dir).is_err() {
         return Claim::Unlocked;
     }
     let Ok(file) = std::fs::OpenOptions::new()

@@ -2,8 +2,10 @@
 //!
 //! The guest that every job boots is the same up to the agent's READY
 //! doorbell (kernel patch 0005): the kernel has probed the fixed set of
-//! devices, the agent has mounted its own file systems, and nothing of any
-//! job is in the guest yet. The first job with no usable snapshot boots
+//! devices, the agent has mounted its own file systems and the scratch
+//! disk read-only (a fresh scratch disk of the same size holds the same
+//! bytes: the agent reuses the mount only then, and lets it go otherwise,
+//! writing nothing), and nothing of any job is in the guest yet. The first job with no usable snapshot boots
 //! cold; at READY the vCPU pauses, the VMM writes the machine down
 //! ([`MachineState`]: vCPU, irqchips, PIT, clock, serial, every virtio-mmio
 //! transport, the keeper of extended register state) and guest memory, and
@@ -20,6 +22,7 @@
 //! after the doorbell's OUT), so the saved registers hold no half-done
 //! instruction.
 
+pub mod digests;
 pub mod file;
 pub mod lock;
 pub mod state;
@@ -29,7 +32,7 @@ use std::path::PathBuf;
 
 /// Bump when anything in a snapshot file, or in how a restored guest is
 /// put together, changes meaning.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// What identifies the guest a snapshot holds. Two guests with equal keys
 /// are the same machine at READY; the file name is a digest of it, and the
@@ -187,6 +190,13 @@ pub enum SnapshotError {
     Map(#[source] vm_memory::mmap::MmapRegionError),
     #[error(transparent)]
     File(#[from] file::FileError),
+}
+
+/// Make `dir` (the snapshot directory, or one inside it) and its missing
+/// parents, mode 0700: what is in it is this user's alone.
+pub(crate) fn make_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// The sha256 of `bytes`, hex.

@@ -130,8 +130,32 @@ impl<F> PolicyFs<F> {
     /// `File` closes the handle's descriptor: closed again at release, that
     /// number may by then be another file of the VMM's (found by the
     /// `exchange_fs` fuzz target, which aborts on the second close).
-    fn handle_flags(&self, handle: u64, guest: u32) -> u32 {
-        self.opened().get(&handle).copied().unwrap_or(guest)
+    ///
+    /// A handle this wrapper did not see opened, or saw released, is EBADF
+    /// here, never passed on with the guest's flags: the passthrough keeps a
+    /// handle whose release named another inode (found by `exchange_fs`: a
+    /// RELEASE of an O_PATH handle under the wrong inode, then a WRITE with
+    /// other flags, whose `F_SETFL` failed with EBADF and closed the
+    /// descriptor the handle still owned).
+    ///
+    /// A read-only share's file system is ours (`store.rs`): it opens
+    /// without handles and never changes a descriptor's flags, so its reads
+    /// go on with the guest's flags.
+    fn handle_flags(&self, handle: u64, guest: u32) -> io::Result<u32> {
+        match self.opened().get(&handle) {
+            Some(&flags) => Ok(flags),
+            None if self.read_only() => Ok(guest),
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Forget `handle` once the file system has released it (not before:
+    /// a refused release leaves the handle open there).
+    fn released(&self, handle: u64, result: io::Result<()>) -> io::Result<()> {
+        if result.is_ok() {
+            self.opened().remove(&handle);
+        }
+        result
     }
 
     /// Refuse (EROFS) an operation that would modify the share.
@@ -333,7 +357,7 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         flags: u32,
     ) -> io::Result<usize> {
         let handle: u64 = handle.into();
-        let flags = self.handle_flags(handle, flags);
+        let flags = self.handle_flags(handle, flags)?;
         self.inner.read(ctx, inode, handle.into(), w, size, offset, lock_owner, flags)
     }
 
@@ -352,9 +376,8 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        let handle: u64 = handle.into();
-        self.opened().remove(&handle);
-        self.inner.release(ctx, inode, flags, handle.into(), flush, flock_release, lock_owner)
+        let raw: u64 = handle.into();
+        self.released(raw, self.inner.release(ctx, inode, flags, raw.into(), flush, flock_release, lock_owner))
     }
 
     fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
@@ -412,9 +435,8 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
     }
 
     fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
-        let handle: u64 = handle.into();
-        self.opened().remove(&handle);
-        self.inner.releasedir(ctx, inode, flags, handle.into())
+        let raw: u64 = handle.into();
+        self.released(raw, self.inner.releasedir(ctx, inode, flags, raw.into()))
     }
 
     fn access(&self, ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
@@ -484,10 +506,16 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.mutates()?;
+        // The umask only ever takes permission bits away: the passthrough
+        // makes the node with `mode & !umask`, and a umask with file-type
+        // bits (from the guest) would turn an allowed type, or no valid
+        // one, into a device (0o160000 & !0o140000 is S_IFCHR).
+        let umask = umask & 0o777;
         // No device nodes: as root, the passthrough would make any the guest
         // asks for, and opening one through the share reaches the host's
-        // device (a block device: the host's disk).
-        if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
+        // device (a block device: the host's disk). Judged on the mode the
+        // node gets.
+        if matches!((mode & !umask) & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         self.new_node(0, || self.inner.mknod(ctx, inode, name, mode, rdev, umask))
@@ -556,7 +584,7 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
             (ctx, inode, handle),
             (offset, u64::from(size)),
             || {
-                let (i, h, flags) = (inode.into(), handle.into(), self.handle_flags(handle, flags));
+                let (i, h, flags) = (inode.into(), handle.into(), self.handle_flags(handle, flags)?);
                 self.inner.write(ctx, i, h, r, size, offset, lock_owner, delayed_write, flags, fuse_flags)
             },
             |&n| n as u64,
@@ -767,6 +795,43 @@ mod tests {
             assert_eq!(e.raw_os_error(), Some(libc::EPERM));
         }
         assert_eq!(fs.inner.0.load(Ordering::SeqCst), 0, "never passed on");
+    }
+
+    /// What the passthrough is given, to check what it would make.
+    #[derive(Default)]
+    struct Mknods(std::sync::Mutex<Vec<(u32, u32)>>);
+
+    impl FileSystem for Mknods {
+        type Inode = u64;
+        type Handle = u64;
+        fn mknod(&self, _: &Context, _: u64, _: &CStr, mode: u32, _: u32, umask: u32) -> io::Result<Entry> {
+            self.0.lock().unwrap().push((mode, umask));
+            Err(io::Error::from_raw_os_error(libc::ENOSYS))
+        }
+    }
+
+    #[test]
+    fn a_guest_umask_cannot_turn_a_node_into_a_device() {
+        // Found by the exchange_fs fuzz target: mode 0o160000 (no valid
+        // type) with umask 0o140000 made a character device on the host.
+        let ctx = Context::default();
+        let fs = PolicyFs::new(Mknods::default(), Policy::ReadWrite { limit: None });
+        for (mode, umask) in [(0o160_644, 0o140_000), (libc::S_IFSOCK | 0o644, 0o120_000), (0o160_000, 0o100_000)] {
+            let effective = mode & !(umask & 0o777);
+            match effective & libc::S_IFMT {
+                libc::S_IFCHR | libc::S_IFBLK => {
+                    let e = fs.mknod(&ctx, 1, c"dev", mode, 0x0800, umask).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{mode:o} {umask:o}");
+                }
+                _ => {
+                    let _ = fs.mknod(&ctx, 1, c"node", mode, 0x0800, umask);
+                }
+            }
+        }
+        for (mode, umask) in fs.inner.0.lock().unwrap().iter() {
+            assert_eq!(umask & !0o777, 0, "only permission bits of the umask reach the passthrough");
+            assert!(!matches!((mode & !umask) & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK), "{mode:o} {umask:o}");
+        }
     }
 
     #[test]

@@ -618,6 +618,39 @@ fn symlinks_never_lead_out_of_the_share() {
 }
 
 #[test]
+fn symlinks_the_guest_makes_in_the_exchange_share_never_lead_out_of_it() {
+    // The read-write share is the passthrough's: a link the guest makes
+    // there (or finds) must stay text for the guest, never a way to the
+    // host's files, whatever it is opened as.
+    let (top, share) = store_tree();
+    let mut d = Driver::new(&share, false);
+    d.init();
+    for (name, target) in [("to-file", top.path().join("secret.txt")), ("to-dir", top.path().join("outside"))] {
+        let target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+        let r = d.call(Opcode::Symlink as u32, ROOT, &[&cstr(name), target.as_bytes_with_nul()]);
+        assert_eq!(r.errno(), 0, "symlink {name}");
+    }
+    let file_link = d.lookup(ROOT, "to-file").unwrap();
+    assert_eq!(file_link.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    for flags in [libc::O_RDONLY, libc::O_RDWR, libc::O_WRONLY | libc::O_TRUNC, libc::O_RDONLY | libc::O_NOFOLLOW] {
+        assert!(d.open(file_link.nodeid, flags).is_err(), "open of the link with {flags:#o} reached its target");
+    }
+    let dir_link = d.lookup(ROOT, "to-dir").unwrap();
+    assert!(d.lookup(dir_link.nodeid, "secret.txt").is_err());
+    let o = OpenIn { flags: u32::try_from(libc::O_RDONLY | libc::O_DIRECTORY).unwrap(), fuse_flags: 0 };
+    assert_ne!(d.call(Opcode::Opendir as u32, dir_link.nodeid, &[o.as_slice()]).errno(), 0);
+    // A create through the link's name does not write the target.
+    let create = CreateIn {
+        flags: u32::try_from(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC).unwrap(),
+        mode: 0o644 | libc::S_IFREG,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let _ = d.call(Opcode::Create as u32, ROOT, &[create.as_slice(), &cstr("to-file")]);
+    assert_eq!(std::fs::read(top.path().join("secret.txt")).unwrap(), b"secret");
+}
+
+#[test]
 fn read_write_share_creates_files_owned_by_the_host_user() {
     let dir = tempfile::tempdir().unwrap();
     let umask = resting_umask();
