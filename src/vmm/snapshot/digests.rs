@@ -1,21 +1,26 @@
-//! The sha256 of the kernel and initramfs a [`Key`](super::Key) names,
-//! remembered in the snapshot directory by the file's fingerprint (device,
-//! inode, size, mtime, ctime: `crate::image::fingerprint`). Reading and
+//! Digests remembered in the snapshot directory by the file's fingerprint
+//! (device, inode, size, mtime, ctime: `crate::image::fingerprint`): the
+//! sha256 of the kernel and initramfs a [`Key`](super::Key) names, and the
+//! memory digest of a snapshot file ([`super::file::load`]). Reading and
 //! hashing a 15 MB kernel and its initramfs took 17 ms of every restored
-//! job here, half of what the host spends on a restore; while the file
-//! keeps its fingerprint, its bytes are not read again (as the base disk's
-//! checksum file does, `job::base`).
+//! job here, and the snapshot's memory 10 ms more, most of what the host
+//! spends on a restore; while a file keeps its fingerprint, its bytes are
+//! not read again (as the base disk's checksum file does, `job::base`). Any
+//! write to the file moves its mtime and ctime, and so its fingerprint: the
+//! bytes are read and checked again.
 //!
-//! A record is one small file per input path, `digests/<sha256 of the
-//! path>`: the path, the fingerprint, the digest. It is written only when
-//! the file's fingerprint did not move while it was read and its last
-//! change is a second old (a file changed again within one tick of the
-//! kernel's clock would keep its ctime). Records unused for
-//! [`super::file::UNUSED_FOR`] go when a new one is written. A record that
-//! cannot be read or written only costs a read of the file.
+//! A record is one small file per input path and kind of digest,
+//! `digests/<sha256 of the kind and path>`: the path, the fingerprint, the
+//! digest. It is written only when the file's fingerprint did not move
+//! while it was read and its last change is a second old (a file changed
+//! again within one tick of the kernel's clock would keep its ctime).
+//! Records unused for [`super::file::UNUSED_FOR`] go when a new one is
+//! written. A record that cannot be read or written only costs a read of
+//! the file.
 
 use crate::image::{fingerprint, settled_fingerprint};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -26,22 +31,43 @@ const DIR: &str = "digests";
 /// snapshot directory) while the file keeps the fingerprint recorded,
 /// else read and recorded.
 pub fn sha256_of_file(dir: &Path, path: &Path) -> io::Result<String> {
-    let before = std::fs::metadata(path)?;
-    let record = record_path(dir, path);
+    let file = File::open(path)?;
+    remembered(dir, "sha256", path, &file, |mut f| {
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)?;
+        Ok(super::sha256_hex(&bytes))
+    })
+}
+
+/// The digest (64 lowercase hex digits) of kind `what` that `compute` gives
+/// for `file`, open at `path`: from its record in `dir` (the snapshot
+/// directory) while the file keeps the fingerprint recorded, else computed
+/// and recorded. A file whose metadata cannot be read is computed each time.
+pub fn remembered<E>(
+    dir: &Path,
+    what: &str,
+    path: &Path,
+    file: &File,
+    compute: impl FnOnce(&File) -> Result<String, E>,
+) -> Result<String, E> {
+    let Ok(before) = file.metadata() else { return compute(file) };
+    let record = record_path(dir, what, path);
     let seen = fingerprint(&before);
     if let Some(digest) = recorded(&record, path, &seen) {
         return Ok(digest);
     }
-    let digest = super::sha256_hex(&std::fs::read(path)?);
-    let after = std::fs::metadata(path)?;
-    if settled_fingerprint(&after).as_ref() == Some(&seen) {
+    let digest = compute(file)?;
+    if file.metadata().ok().and_then(|m| settled_fingerprint(&m)).as_ref() == Some(&seen) {
         write_record(&record, path, &seen, &digest);
     }
     Ok(digest)
 }
 
-fn record_path(dir: &Path, path: &Path) -> PathBuf {
-    let name = super::sha256_hex(path.as_os_str().as_encoded_bytes());
+fn record_path(dir: &Path, what: &str, path: &Path) -> PathBuf {
+    let mut key = what.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(path.as_os_str().as_encoded_bytes());
+    let name = super::sha256_hex(&key);
     dir.join(DIR).join(&name[..32])
 }
 
@@ -105,7 +131,7 @@ mod tests {
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, b"kernel bytes").unwrap();
         let want = crate::vmm::snapshot::sha256_hex(b"kernel bytes");
-        let record = record_path(dir.path(), &kernel);
+        let record = record_path(dir.path(), "sha256", &kernel);
         assert_eq!(sha256_of_file(dir.path(), &kernel).unwrap(), want);
         assert!(!record.exists(), "changed less than a second ago: not recorded");
         std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -124,13 +150,35 @@ mod tests {
     }
 
     #[test]
+    fn each_kind_of_digest_has_its_own_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"bytes").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let file = File::open(&path).unwrap();
+        let of = |what: &str, digest: &str| {
+            remembered(dir.path(), what, &path, &file, |_| Ok::<_, io::Error>(digest.to_string())).unwrap()
+        };
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        assert_eq!(of("one", &a), a);
+        assert_eq!(of("two", &b), b);
+        // Recorded: what `compute` would give now is not asked.
+        assert_eq!(of("one", &b), a);
+        assert_eq!(of("two", &a), b);
+        // A computation that fails records nothing.
+        let failed = remembered(dir.path(), "three", &path, &file, |_| Err::<String, _>("no"));
+        assert_eq!(failed, Err("no"));
+        assert_eq!(of("three", &a), a);
+    }
+
+    #[test]
     fn a_damaged_or_foreign_record_is_never_taken() {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, b"kernel bytes").unwrap();
         let want = crate::vmm::snapshot::sha256_hex(b"kernel bytes");
         let fp = fingerprint(&std::fs::metadata(&kernel).unwrap());
-        let record = record_path(dir.path(), &kernel);
+        let record = record_path(dir.path(), "sha256", &kernel);
         std::fs::create_dir_all(record.parent().unwrap()).unwrap();
         let k = kernel.display();
         for bad in [

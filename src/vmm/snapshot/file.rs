@@ -15,7 +15,8 @@
 //! is not all zeros, in order: the writer computes it from guest memory,
 //! the reader from the file's data extents (SEEK_DATA/SEEK_HOLE), so a flipped
 //! byte anywhere, in a hole too, or a page zeroed by a crash, is caught. A
-//! truncated file fails on its length.
+//! truncated file fails on its length. The memory is read and hashed once
+//! while the file keeps its fingerprint (`digests`): a write moves it.
 
 use super::{Key, MachineState, FORMAT_VERSION};
 use sha2::{Digest, Sha256};
@@ -36,6 +37,10 @@ pub(crate) const PAGE: usize = 4096;
 /// is taken (a new kernel, initramfs or rootlayer leaves the old ones
 /// unused for good).
 pub(super) const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+/// A loaded snapshot is marked used (its mtime) when its mark is older than
+/// this: a snapshot is removed at the earliest `UNUSED_FOR - MARK_EVERY`
+/// after its last use.
+const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// A temporary file this old is from a writer that died.
 const ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest machine state read: a few hundred KiB in practice (the keeper's
@@ -155,14 +160,35 @@ pub fn load(path: &Path, key: &Key) -> Result<Loaded, FileError> {
     if super::sha256_hex(&state) != header.state_sha256 {
         return Err(FileError::Corrupt("machine state checksum"));
     }
-    if memory_digest_of_file(&file, header.mem_offset, header.mem_len)? != header.mem_digest {
+    // Read and hashed once while the file keeps its fingerprint (any write
+    // moves it): `digests`.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let what = format!("memory {} {}", header.mem_offset, header.mem_len);
+    let digest = super::digests::remembered(dir, &what, path, &file, |f| {
+        memory_digest_of_file(f, header.mem_offset, header.mem_len)
+    })?;
+    if digest != header.mem_digest {
         return Err(FileError::Corrupt("guest memory checksum"));
     }
     let state: MachineState =
         serde_json::from_slice(&state).map_err(|source| FileError::Json { what: "machine state", source })?;
-    // Used: kept by [`prune`] (its contents are not touched).
-    let _ = file.set_modified(std::time::SystemTime::now());
+    mark_used(&file);
     Ok(Loaded { path: path.into(), state, file, mem_offset: header.mem_offset, mem_len: header.mem_len })
+}
+
+/// Mark a loaded snapshot used, for [`prune`]: its mtime set to now
+/// (its contents are not touched) when it is older than [`MARK_EVERY`],
+/// so that between marks the file keeps its fingerprint and its memory is
+/// not read again (`digests`).
+fn mark_used(file: &File) {
+    let now = std::time::SystemTime::now();
+    let old = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_or(true, |t| now.duration_since(t).is_ok_and(|age| age > MARK_EVERY));
+    if old {
+        let _ = file.set_modified(now);
+    }
 }
 
 fn is_zero(page: &[u8]) -> bool {
@@ -495,6 +521,41 @@ mod tests {
         load(&path, &key(1)).unwrap();
         let age = std::fs::metadata(&path).unwrap().modified().unwrap().elapsed().unwrap();
         assert!(age < std::time::Duration::from_secs(60), "{age:?}");
+        // Marked within the day: the file keeps its fingerprint.
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        f.set_modified(hour_ago).unwrap();
+        let before = crate::image::fingerprint(&std::fs::metadata(&path).unwrap());
+        load(&path, &key(1)).unwrap();
+        assert_eq!(crate::image::fingerprint(&std::fs::metadata(&path).unwrap()), before);
+    }
+
+    #[test]
+    fn the_memory_is_read_once_while_the_file_keeps_its_fingerprint() {
+        let (dir, path, _) = written();
+        load(&path, &key(1)).unwrap();
+        let records = dir.path().join("digests");
+        assert!(!records.exists(), "written less than a second ago: not recorded");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        load(&path, &key(1)).unwrap();
+        let record = std::fs::read_dir(&records).unwrap().next().unwrap().unwrap().path();
+        let text = std::fs::read_to_string(&record).unwrap();
+        // Served from the record: another digest recorded for this very
+        // fingerprint is what the header is checked against.
+        let other = text.lines().take(2).map(|l| format!("{l}\n")).collect::<String>() + &"ab".repeat(32) + "\n";
+        std::fs::write(&record, &other).unwrap();
+        assert!(matches!(load(&path, &key(1)), Err(FileError::Corrupt("guest memory checksum"))));
+        std::fs::write(&record, &text).unwrap();
+        load(&path, &key(1)).unwrap();
+        // A byte changed in place moves the fingerprint: read and caught.
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let at = {
+            let l = load(&path, &key(1)).unwrap();
+            l.mem_offset + 0x1000
+        };
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+        assert!(matches!(load(&path, &key(1)), Err(FileError::Corrupt("guest memory checksum"))));
     }
 
     #[test]
