@@ -8,6 +8,7 @@ use rootlayer_protocol::{
 };
 
 use crate::mounts::{mount_new, ScratchAhead};
+use crate::sandbox::Sandbox;
 use anyhow::Context;
 use nix::mount::MsFlags;
 use std::path::Path;
@@ -15,8 +16,13 @@ use std::time::Instant;
 
 /// Run the job if the host gave one (ROOTLAYER_XCHG set); returns the
 /// status to power off with. `guard` is the vector guard's phase, which
-/// ran before; `scratch` the scratch disk mounted ahead, if it was.
-pub fn run_if_requested(guard: (String, f64), scratch: Option<ScratchAhead>) -> anyhow::Result<Option<i32>> {
+/// ran before; `scratch` the scratch disk mounted ahead, if it was;
+/// `sandbox` the script's, made before the snapshot point.
+pub fn run_if_requested(
+    guard: (String, f64),
+    scratch: Option<ScratchAhead>,
+    sandbox: Sandbox,
+) -> anyhow::Result<Option<i32>> {
     let Ok(tag) = std::env::var(XCHG_TAG_ENV) else {
         return Ok(None);
     };
@@ -37,7 +43,7 @@ pub fn run_if_requested(guard: (String, f64), scratch: Option<ScratchAhead>) -> 
         crate::resume::set_clock(job.host_time_ns)?;
         result.phases.push(guard);
         result.phases.push(("job".into(), t.elapsed().as_secs_f64()));
-        if let Err(e) = execute(&job, scratch, &mut result) {
+        if let Err(e) = execute(&job, scratch, sandbox, &mut result) {
             result.status = crate::power::STATUS_INTERNAL;
             // A full disk is the cause the host names: said by type, not
             // left for the host to find in the text.
@@ -77,7 +83,12 @@ fn check_protocol(job_json: &str) -> Result<(), String> {
     ))
 }
 
-fn execute(job: &Job, mut scratch: Option<ScratchAhead>, result: &mut JobResult) -> anyhow::Result<()> {
+fn execute(
+    job: &Job,
+    mut scratch: Option<ScratchAhead>,
+    sandbox: Sandbox,
+    result: &mut JobResult,
+) -> anyhow::Result<()> {
     result.cpus_online = crate::online_cpus().unwrap_or(0);
     let t = Instant::now();
     // The disk mounted ahead is let go of first unless the job mounts that
@@ -97,7 +108,7 @@ fn execute(job: &Job, mut scratch: Option<ScratchAhead>, result: &mut JobResult)
     let t = Instant::now();
     match &job.task {
         Task::None => {}
-        Task::RunAsRoot(job) => crate::run_as_root::run(job, result)?,
+        Task::RunAsRoot(job) => crate::run_as_root::run(job, sandbox, result)?,
         #[cfg(feature = "test-tasks")]
         Task::DeviceCheck(check) => crate::test_tasks::device_check::run(check, result)?,
         #[cfg(feature = "test-tasks")]

@@ -10,6 +10,7 @@ mod mounts;
 mod power;
 mod resume;
 mod run_as_root;
+mod sandbox;
 #[cfg(feature = "test-tasks")]
 mod test_tasks;
 mod vector_guard;
@@ -41,6 +42,7 @@ fn run() -> anyhow::Result<()> {
     // What every job needs the same, done once before the snapshot.
     let scratch = mounts::mount_scratch_ahead();
     run_as_root::make_fixed_points()?;
+    let sandbox = sandbox::Sandbox::make()?;
     // The snapshot point: a restored guest goes on from here.
     resume::ready_for_snapshot();
     println!(
@@ -63,7 +65,7 @@ fn run() -> anyhow::Result<()> {
     let guard = ("vector_guard".to_string(), t.elapsed().as_secs_f64());
     // The task's own status travels in result.json; the agent's exit
     // status only says whether the agent itself worked.
-    if let Some(status) = job_run::run_if_requested(guard, scratch)? {
+    if let Some(status) = job_run::run_if_requested(guard, scratch, sandbox)? {
         println!("rootlayer-agent: job finished with status {status}");
     }
     Ok(())

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{chdir, chroot, fork, ForkResult};
+use nix::unistd::{chdir, fork, ForkResult};
 use rootlayer_protocol::{JobResult, RunAsRoot, SCRATCH_MOUNT, SCRIPT_MOUNTS};
 use std::ffi::CString;
 use std::io::Read;
@@ -59,7 +59,7 @@ fn lowerdir_option(lowers: &[PathBuf]) -> String {
     lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
 }
 
-pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
+pub fn run(job: &RunAsRoot, sandbox: crate::sandbox::Sandbox, result: &mut JobResult) -> anyhow::Result<()> {
     let scratch = Path::new(SCRATCH_MOUNT);
     let mount_paths: Vec<&str> =
         SCRIPT_MOUNTS.iter().copied().chain(job.store_paths.iter().map(String::as_str)).collect();
@@ -86,10 +86,15 @@ pub fn run(job: &RunAsRoot, result: &mut JobResult) -> anyhow::Result<()> {
         Ok(())
     })?;
 
+    // The sandbox's per-job setup (its mounts, the chroot) and the script
+    // from its exec to its end, each a phase.
     let mut kernel_log = crate::kernel_log::Cursor::now();
-    let status = phase(result, "script", || run_script(merged, job));
+    let run = sandbox.run(merged, job);
     result.oom_kills = kernel_log.oom_kills();
-    let status = status?;
+    let run = run?;
+    result.phases.push(("sandbox".into(), run.setup.as_secs_f64()));
+    result.phases.push(("script".into(), run.script.as_secs_f64()));
+    let status = run.status;
     result.script_status = Some(status);
     println!("rootlayer-agent: script exited with status {status}");
 
@@ -209,14 +214,14 @@ fn check_mount_point(root: &Path, path: &str) -> anyhow::Result<()> {
 }
 
 /// The environment of the script and the extra commands.
-fn script_env(path: &str) -> Vec<CString> {
+pub(crate) fn script_env(path: &str) -> Vec<CString> {
     let env = [format!("PATH={path}"), "HOME=/root".into(), "TERM=dumb".into()];
     env.into_iter().map(|s| CString::new(s).expect("no NUL")).collect()
 }
 
 /// Open `file` for the child to execute through /proc/self/fd (so the script
 /// never has to be copied into the image), and say whether it has a #! line.
-fn open_script(file: &str) -> anyhow::Result<(std::fs::File, bool)> {
+pub(crate) fn open_script(file: &str) -> anyhow::Result<(std::fs::File, bool)> {
     let mut f = std::fs::File::open(file).with_context(|| format!("open {file}"))?;
     let mut head = [0u8; 2];
     let shebang = f.read(&mut head).map(|n| n == 2 && head == *b"#!").unwrap_or(false);
@@ -228,7 +233,7 @@ fn open_script(file: &str) -> anyhow::Result<(std::fs::File, bool)> {
 }
 
 /// Exec the script held open as `fd`: through its #! line, or with /bin/sh.
-fn exec_script(fd: i32, shebang: bool, env: &[CString]) -> anyhow::Error {
+pub(crate) fn exec_script(fd: i32, shebang: bool, env: &[CString]) -> anyhow::Error {
     // Rust's runtime starts the agent with SIGPIPE ignored, and an ignored
     // signal stays ignored across exec: give the script the default a shell
     // expects (`yes | head` ends by SIGPIPE).
@@ -244,7 +249,7 @@ fn exec_script(fd: i32, shebang: bool, env: &[CString]) -> anyhow::Error {
     anyhow::anyhow!("exec the script: {err}")
 }
 
-fn wait_status(pid: nix::unistd::Pid) -> anyhow::Result<i32> {
+pub(crate) fn wait_status(pid: nix::unistd::Pid) -> anyhow::Result<i32> {
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
@@ -253,98 +258,6 @@ fn wait_status(pid: nix::unistd::Pid) -> anyhow::Result<i32> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => bail!("waitpid: {e}"),
         }
-    }
-}
-
-/// Run the script as root in a chroot of `merged`, in new ipc, mount, pid
-/// and uts namespaces (the guest has no network to isolate); /dev and /sys
-/// bound from the guest, a fresh /proc, the stores bound read-only. Its
-/// output goes to the console, which the host streams live.
-fn run_script(merged: &Path, job: &RunAsRoot) -> anyhow::Result<i32> {
-    let (script, shebang) = open_script(&job.script)?;
-    let env = script_env(&job.path);
-    // SAFETY: the agent is single-threaded; the child only makes system
-    // calls and execs or exits.
-    match unsafe { fork() }.context("fork")? {
-        ForkResult::Child => {
-            let code = match sandbox(merged, job, script.as_raw_fd(), shebang, &env) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("rootlayer-agent: running the script: {e:#}");
-                    127
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => wait_status(child),
-    }
-}
-
-/// Set IFF_UP on `lo` of this network namespace (what `ip link set lo up`
-/// does), through any socket: the guest has AF_UNIX.
-fn loopback_up() -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let sock = std::os::unix::net::UnixDatagram::unbound().context("socket")?;
-    // SAFETY: ifreq is plain old data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which lives
-    // across both calls; the descriptor is a live socket.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) == -1 {
-            return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS");
-        }
-        req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is bit 0");
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) == -1 {
-            return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS");
-        }
-    }
-    Ok(())
-}
-
-fn sandbox(merged: &Path, job: &RunAsRoot, fd: i32, shebang: bool, env: &[CString]) -> anyhow::Result<i32> {
-    // nixpkgs' `unshare -imnpuf`: ipc, mount, network (loopback only), pid
-    // and uts namespaces.
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWNET,
-    )
-    .context("unshare")?;
-    loopback_up().context("bring up lo")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("make mounts private")?;
-    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-    mount(Some("/dev"), &merged.join("dev"), None::<&str>, bind, None::<&str>).context("bind /dev")?;
-    mount(Some("/sys"), &merged.join("sys"), None::<&str>, bind, None::<&str>).context("bind /sys")?;
-    for store in &job.store_paths {
-        let target = merged.join(store.trim_start_matches('/'));
-        mount(Some(store.as_str()), &target, None::<&str>, bind, None::<&str>)
-            .with_context(|| format!("bind {store}"))?;
-        mount(None::<&str>, &target, None::<&str>, bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .with_context(|| format!("make {store} read-only"))?;
-    }
-    nix::unistd::sethostname("localhost").context("sethostname")?;
-    // SAFETY: single-threaded child; the grandchild execs or exits.
-    match unsafe { fork() }.context("fork into the pid namespace")? {
-        ForkResult::Child => {
-            let err = (|| -> anyhow::Result<anyhow::Error> {
-                let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-                mount(Some("proc"), &merged.join("proc"), Some("proc"), proc_flags, None::<&str>)
-                    .context("mount /proc")?;
-                chroot(merged).context("chroot")?;
-                chdir("/").context("chdir /")?;
-                Ok(exec_script(fd, shebang, env))
-            })()
-            .unwrap_or_else(|e| e);
-            eprintln!("rootlayer-agent: {err:#}");
-            std::process::exit(127);
-        }
-        ForkResult::Parent { child } => wait_status(child),
     }
 }
 

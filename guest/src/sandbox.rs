@@ -1,0 +1,193 @@
+//! The script's sandbox, made once before the snapshot point: nixpkgs'
+//! `unshare -imnpuf --mount-proc chroot` split into what every job does the
+//! same and what its own.
+//!
+//! Made before READY (so a restored guest has it already): a keeper process
+//! in new ipc, uts (hostname `localhost`), network (loopback up) and pid
+//! namespaces, and its child, the pid namespace's init, waiting for a job.
+//! Creating those namespaces and forking the agent twice took about 0.13 s
+//! of every job here (the guest kernel is emulated), and their teardown
+//! 0.07 s more: the keeper never exits, so they are never torn down (the
+//! guest is powered off after the job).
+//!
+//! Per job, the init process (in the agent's mount namespace until then,
+//! so it sees the overlay the agent mounted) gets the job, opens the
+//! script, unshares a mount namespace of its own (a copy of the agent's,
+//! made private), binds /dev, /sys and the stores (read-only) into the
+//! merged tree, mounts a fresh /proc of its pid namespace, chroots and
+//! execs the script, which is PID 1 there as in the seed's recipe. Its end
+//! takes its mount namespace with it; the keeper reaps it and reports the
+//! status.
+//!
+//! The agent sees two moments: the exec (the init says so on the job
+//! socket, or its end closes if it died first) and the status; between the
+//! job and the first is the sandbox's per-job setup, between the two the
+//! script (its interpreter's lookup and load included).
+
+use anyhow::{bail, Context};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{chdir, chroot, fork, ForkResult};
+use rootlayer_protocol::RunAsRoot;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The agent's ends of the sandbox made before the snapshot.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// To the init process: the job goes in; one byte comes back when it
+    /// execs the script (end of file if it died before).
+    job: UnixStream,
+    /// From the keeper: the script's exit status, one line.
+    report: UnixStream,
+}
+
+/// How a script run went: its status and where the time went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Run {
+    pub status: i32,
+    /// From the job handed over to the script's exec.
+    pub setup: Duration,
+    /// From the exec to the script's end.
+    pub script: Duration,
+}
+
+impl Sandbox {
+    /// Make the keeper and the init process (before the snapshot point).
+    pub fn make() -> anyhow::Result<Sandbox> {
+        let (job, job_init) = UnixStream::pair().context("socketpair")?;
+        let (report, report_keeper) = UnixStream::pair().context("socketpair")?;
+        // SAFETY: the agent is single-threaded; the child only makes system
+        // calls, forks, and exits or execs.
+        match unsafe { fork() }.context("fork the sandbox keeper")? {
+            ForkResult::Child => {
+                drop((job, report));
+                let code = match keeper(job_init, &report_keeper) {
+                    Ok(never) => match never {},
+                    Err(e) => {
+                        eprintln!("rootlayer-agent: sandbox: {e:#}");
+                        127
+                    }
+                };
+                let _ = writeln!(&report_keeper, "{code}");
+                // Keep the namespaces: their teardown would be the guest's work.
+                park()
+            }
+            ForkResult::Parent { .. } => Ok(Sandbox { job, report }),
+        }
+    }
+
+    /// Run `job`'s script in the sandbox, chrooted into `merged`.
+    pub fn run(self, merged: &Path, job: &RunAsRoot) -> anyhow::Result<Run> {
+        let Sandbox { job: mut to_init, report } = self;
+        let start = Instant::now();
+        let mut line = serde_json::to_vec(&(merged, job)).context("serialise the job")?;
+        line.push(b'\n');
+        // The init may be gone already (a sandbox that failed to be made):
+        // its status says why.
+        let _ = to_init.write_all(&line);
+        let _ = to_init.shutdown(std::net::Shutdown::Write);
+        // One byte at the exec, nothing (end of file) if the init died first.
+        let _ = to_init.read(&mut [0u8]);
+        let execed = Instant::now();
+        let mut status = String::new();
+        BufReader::new(&report).read_line(&mut status).context("read the script's status")?;
+        let script = execed.elapsed();
+        let status = status.trim().parse().with_context(|| format!("the sandbox reported {status:?}"))?;
+        Ok(Run { status, setup: execed - start, script })
+    }
+}
+
+/// Wait for the end of the guest.
+fn park() -> ! {
+    loop {
+        // SAFETY: pause(2) only waits for a signal.
+        unsafe { libc::pause() };
+    }
+}
+
+/// The keeper: make the namespaces, fork their init, report its status.
+fn keeper(job_init: UnixStream, report: &UnixStream) -> anyhow::Result<std::convert::Infallible> {
+    // nixpkgs' `unshare -imnpuf` but the mount namespace, which the init
+    // makes per job (a copy of the agent's mounts as they are then).
+    unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNET)
+        .context("unshare")?;
+    loopback_up().context("bring up lo")?;
+    nix::unistd::sethostname("localhost").context("sethostname")?;
+    // SAFETY: single-threaded child; the grandchild execs or exits.
+    match unsafe { fork() }.context("fork into the pid namespace")? {
+        ForkResult::Child => {
+            let err = init(job_init).unwrap_or_else(|e| e);
+            eprintln!("rootlayer-agent: running the script: {err:#}");
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => {
+            drop(job_init);
+            let status = crate::run_as_root::wait_status(child)?;
+            writeln!(&*report, "{status}").context("report the status")?;
+            park()
+        }
+    }
+}
+
+/// The pid namespace's init: wait for the job, then become its script.
+/// Returns only the error that stopped it.
+fn init(socket: UnixStream) -> anyhow::Result<anyhow::Error> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(&socket);
+    reader.read_line(&mut line).context("read the job")?;
+    if line.is_empty() {
+        bail!("no job");
+    }
+    let (merged, job): (std::path::PathBuf, RunAsRoot) = serde_json::from_str(&line).context("parse the job")?;
+    // Opened in the agent's view, before the chroot.
+    let (script, shebang) = crate::run_as_root::open_script(&job.script)?;
+    let env = crate::run_as_root::script_env(&job.path);
+    unshare(CloneFlags::CLONE_NEWNS).context("unshare the mount namespace")?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("make mounts private")?;
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some("/dev"), &merged.join("dev"), None::<&str>, bind, None::<&str>).context("bind /dev")?;
+    mount(Some("/sys"), &merged.join("sys"), None::<&str>, bind, None::<&str>).context("bind /sys")?;
+    for store in &job.store_paths {
+        let target = merged.join(store.trim_start_matches('/'));
+        mount(Some(store.as_str()), &target, None::<&str>, bind, None::<&str>)
+            .with_context(|| format!("bind {store}"))?;
+        mount(None::<&str>, &target, None::<&str>, bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+            .with_context(|| format!("make {store} read-only"))?;
+    }
+    let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), &merged.join("proc"), Some("proc"), proc_flags, None::<&str>).context("mount /proc")?;
+    chroot(&merged).context("chroot")?;
+    chdir("/").context("chdir /")?;
+    // The script's time starts here (its interpreter's lookup and load
+    // are its own); the job socket is close-on-exec.
+    (&socket).write_all(b"x").context("say the exec")?;
+    Ok(crate::run_as_root::exec_script(script.as_raw_fd(), shebang, &env))
+}
+
+/// Set IFF_UP on `lo` of this network namespace (what `ip link set lo up`
+/// does), through any socket: the guest has AF_UNIX.
+fn loopback_up() -> anyhow::Result<()> {
+    let sock = std::os::unix::net::UnixDatagram::unbound().context("socket")?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which lives
+    // across both calls; the descriptor is a live socket.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) == -1 {
+            return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS");
+        }
+        req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is bit 0");
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) == -1 {
+            return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS");
+        }
+    }
+    Ok(())
+}
