@@ -76,7 +76,19 @@ impl Sandbox {
                 // Keep the namespaces: their teardown would be the guest's work.
                 park()
             }
-            ForkResult::Parent { .. } => Ok(Sandbox { job, report }),
+            ForkResult::Parent { .. } => {
+                drop((job_init, report_keeper));
+                // Made before the snapshot point, not after it: a guest
+                // restored with the two still at work would do it again
+                // in every job.
+                let mut ready = [0u8];
+                if (&job).read(&mut ready).ok() != Some(1) {
+                    let mut status = String::new();
+                    let _ = BufReader::new(&report).read_line(&mut status);
+                    bail!("the script's sandbox could not be made (status {})", status.trim());
+                }
+                Ok(Sandbox { job, report })
+            }
         }
     }
 
@@ -136,6 +148,7 @@ fn keeper(job_init: UnixStream, report: &UnixStream) -> anyhow::Result<std::conv
 /// The pid namespace's init: wait for the job, then become its script.
 /// Returns only the error that stopped it.
 fn init(socket: UnixStream) -> anyhow::Result<anyhow::Error> {
+    (&socket).write_all(b"r").context("say the sandbox is made")?;
     let mut line = String::new();
     let mut reader = BufReader::new(&socket);
     reader.read_line(&mut line).context("read the job")?;
