@@ -98,8 +98,8 @@ impl Sandbox {
         let start = Instant::now();
         let mut line = serde_json::to_vec(&(merged, job)).context("serialise the job")?;
         line.push(b'\n');
-        // The init may be gone already (a sandbox that failed to be made):
-        // its status says why.
+        // The init may be gone (killed since it was made): the keeper's
+        // status says how.
         let _ = to_init.write_all(&line);
         let _ = to_init.shutdown(std::net::Shutdown::Write);
         // One byte at the exec, nothing (end of file) if the init died first.
