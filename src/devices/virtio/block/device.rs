@@ -124,9 +124,11 @@ impl Block {
 #[cfg(any(test, feature = "fuzz"))]
 impl Block {
     /// Serve what `queue` holds, as the worker does on a notification (for
-    /// the fuzz targets, which need no thread).
-    pub(crate) fn process_queue_once(&self, queue: Queue, mem: GuestMemoryMmap, interrupt: Interrupt) {
-        self.handler(queue, mem, interrupt).process_queue();
+    /// the fuzz targets, which need no thread); returns the queue as served.
+    pub(crate) fn process_queue_once(&self, queue: Queue, mem: GuestMemoryMmap, interrupt: Interrupt) -> Queue {
+        let mut handler = self.handler(queue, mem, interrupt);
+        handler.process_queue();
+        handler.queue
     }
 }
 
