@@ -24,13 +24,19 @@ pub fn ring(event: u32) {
 /// restored guest must not repeat the tail of the boot log), then READY.
 /// Returns in the guest that took the snapshot and in every restored one.
 pub fn ready_for_snapshot() {
+    drain_console();
+    ring(rootlayer_protocol::VMM_EVENT_READY);
+}
+
+/// Wait until everything printed so far has left the guest (the serial
+/// driver sends from its buffer on interrupts, after write(2) returned).
+pub fn drain_console() {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // SAFETY: tcdrain on the standard output descriptor only waits for
     // output to be sent; it fails harmlessly if it is not a terminal.
     unsafe { libc::tcdrain(1) };
-    ring(rootlayer_protocol::VMM_EVENT_READY);
 }
 
 /// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.

@@ -61,6 +61,11 @@ pub const VMM_EVENT_READY: u32 = 1;
 /// anything of the job runs (for `rootlayer boot`, which has none: it is
 /// past its ready line): a restored guest works.
 pub const VMM_EVENT_STARTED: u32 = 2;
+/// Event: the agent is done and everything it made has left the guest (its
+/// result on the exchange share, its console drained, its disks written
+/// out): the VMM ends the run as the i8042 reset would, a clean exit,
+/// without the guest kernel's reboot path.
+pub const VMM_EVENT_POWER_OFF: u32 = 3;
 /// Bytes of fresh host entropy in every job.
 pub const ENTROPY_BYTES: usize = 64;
 /// What the agent says once it has added them and reseeded the RNG.

@@ -75,11 +75,12 @@ impl Host {
         Ok(Host { kvm, kind, cpuid, kept, area_max })
     }
 
-    /// The guest's whole command line: `config`'s for this kind of host,
-    /// the doorbell and every device's window.
+    /// The guest's whole command line: the doorbell, then `config`'s for
+    /// this kind of host (so that a caller's `rootlayer_vmm.port=0` wins,
+    /// and the guest runs without the doorbell), and every device's window.
     pub fn cmdline(&self, config: &VmConfig) -> Result<String, VmmError> {
-        let mut cmdline = kernel_cmdline(self.kind, &config.cmdline);
-        cmdline.push_str(&format!(" rootlayer_vmm.port={DOORBELL_PORT:#x}"));
+        let mut cmdline =
+            kernel_cmdline(self.kind, &format!("rootlayer_vmm.port={DOORBELL_PORT:#x} {}", config.cmdline));
         let device_count = u32::try_from(config.virtio.len()).unwrap_or(u32::MAX);
         if device_count > layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1 {
             return Err(VmmError::TooManyDevices { max: layout::VIRTIO_LAST_IRQ - layout::VIRTIO_FIRST_IRQ + 1 });

@@ -35,7 +35,8 @@ const SUBERROR_EMULATION: u32 = 1;
 /// Why the guest stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestExit {
-    /// The guest reset the machine through the i8042: the agent's clean exit.
+    /// The guest reset the machine through the i8042, or the agent rang
+    /// POWER_OFF: the agent's clean exit.
     Reset,
     /// The CPU halted with interrupts off (e.g. the kernel's halt after a
     /// power-off request it could not carry out).
@@ -317,6 +318,7 @@ impl Vcpu {
                         Some(rootlayer_protocol::VMM_EVENT_STARTED) => {
                             self.shared.started.store(true, Ordering::SeqCst);
                         }
+                        Some(rootlayer_protocol::VMM_EVENT_POWER_OFF) => return GuestExit::Reset,
                         _ => {}
                     }
                 }
