@@ -361,8 +361,17 @@ impl<F: FileSystem> FileSystem for PolicyFs<F> {
         self.inner.read(ctx, inode, handle.into(), w, size, offset, lock_owner, flags)
     }
 
-    fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
-        self.inner.flush(ctx, inode, handle, lock_owner)
+    /// Not implemented, on purpose: FUSE's ENOSYS tells the guest kernel to
+    /// treat every later FLUSH as done without sending it. A FLUSH comes at
+    /// every close of a descriptor, in every process that inherited it:
+    /// each command a script forks closed the script's own descriptor on
+    /// the exchange share, a round trip through the emulated guest kernel
+    /// (about 4 ms) per command. The passthrough's flush only closes a
+    /// duplicate of its descriptor; writes reach the host file as they are
+    /// made (no writeback cache), and the host reads the share after the
+    /// guest is gone.
+    fn flush(&self, _ctx: &Context, _inode: Self::Inode, _handle: Self::Handle, _lock_owner: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -265,8 +265,14 @@ impl FileSystem for StoreFs {
                 libc::EINVAL
             }));
         }
-        // Immutable content: the guest may keep its pages.
-        Ok((None, OpenOptions::KEEP_CACHE, None))
+        // FUSE's answer for "no need to open": the guest kernel (which
+        // offers FUSE_NO_OPEN_SUPPORT) takes it as success, keeps the
+        // file's pages (FOPEN_KEEP_CACHE) and sends no OPEN or RELEASE for
+        // any file of this share again. Each was a round trip through the
+        // emulated guest kernel (about 4 ms) per open of a store file:
+        // every exec, every library. `read` opens the inode itself, so no
+        // handle is needed.
+        Err(errno(libc::ENOSYS))
     }
 
     #[allow(clippy::too_many_arguments)]

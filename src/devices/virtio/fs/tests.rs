@@ -6,8 +6,9 @@ use super::policy::resting_umask;
 use super::*;
 use crate::devices::virtio::{ActivateContext, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
 use fuse_backend_rs::abi::fuse_abi::{
-    AccessIn, Attr, CreateIn, EntryOut, FallocateIn, ForgetIn, GetattrIn, InHeader, InitIn, LinkIn, MkdirIn, MknodIn,
-    Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, WriteIn,
+    AccessIn, Attr, CreateIn, EntryOut, FallocateIn, FlushIn, ForgetIn, GetattrIn, InHeader, InitIn, LinkIn, MkdirIn,
+    MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn,
+    WriteIn,
 };
 use std::collections::BTreeMap;
 use std::mem::size_of;
@@ -362,20 +363,24 @@ fn read_only_share_serves_lookup_open_read_and_readdir() {
     let e = d.lookup(ROOT, "hello.txt").unwrap();
     assert_eq!(e.attr.size, 21);
     assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFREG);
-    let fh = d.open(e.nodeid, libc::O_RDONLY).unwrap();
-    assert_eq!(d.read(e.nodeid, fh, 4096), b"hello from the store\n");
+    // A file needs no OPEN (FUSE's ENOSYS: the kernel stops asking and
+    // sends no RELEASE), and reads need no handle.
+    assert_eq!(d.open(e.nodeid, libc::O_RDONLY), Err(libc::ENOSYS));
+    assert_eq!(d.read(e.nodeid, 0, 4096), b"hello from the store\n");
     // Offsets are honoured.
-    let rd = ReadIn { fh, offset: 6, size: 4, ..Default::default() };
+    let rd = ReadIn { fh: 0, offset: 6, size: 4, ..Default::default() };
     let r = d.call(Opcode::Read as u32, e.nodeid, &[rd.as_slice()]);
     assert_eq!(&r.data[16..], b"from");
-    let rel = ReleaseIn { fh, ..Default::default() };
+    // Nor a FLUSH: the kernel takes ENOSYS as done and stops sending it.
+    let fl = FlushIn { fh: 0, ..Default::default() };
+    assert_eq!(d.call(Opcode::Flush as u32, e.nodeid, &[fl.as_slice()]).errno(), libc::ENOSYS);
+    let rel = ReleaseIn { fh: 0, ..Default::default() };
     assert_eq!(d.call(Opcode::Release as u32, e.nodeid, &[rel.as_slice()]).errno(), 0);
 
     let sub = d.lookup(ROOT, "sub").unwrap();
     assert_eq!(sub.attr.mode & libc::S_IFMT, libc::S_IFDIR);
     let inner = d.lookup(sub.nodeid, "inner.txt").unwrap();
-    let fh = d.open(inner.nodeid, libc::O_RDONLY).unwrap();
-    assert_eq!(d.read(inner.nodeid, fh, 100), b"inner");
+    assert_eq!(d.read(inner.nodeid, 0, 100), b"inner");
 
     // readdir of the root lists the entries.
     let o = OpenIn { flags: u32::try_from(libc::O_RDONLY | libc::O_DIRECTORY).unwrap(), fuse_flags: 0 };
@@ -405,7 +410,7 @@ fn read_only_share_refuses_every_mutation_with_erofs() {
     d.init();
     let file = d.lookup(ROOT, "hello.txt").unwrap().nodeid;
     let sub = d.lookup(ROOT, "sub").unwrap().nodeid;
-    let fh = d.open(file, libc::O_RDONLY).unwrap();
+    let fh = 0;
 
     let name = cstr("new");
     let create = CreateIn {
@@ -737,8 +742,8 @@ fn read_write_share_works_for_an_unprivileged_host_user() {
     let mut ro = Driver::new(&share, true);
     ro.init();
     let e = ro.lookup(ROOT, "hello.txt").unwrap();
-    let fh = ro.open(e.nodeid, libc::O_RDONLY).unwrap();
-    assert_eq!(ro.read(e.nodeid, fh, 100), b"hello from the store\n");
+    assert_eq!(ro.open(e.nodeid, libc::O_RDONLY), Err(libc::ENOSYS));
+    assert_eq!(ro.read(e.nodeid, 0, 100), b"hello from the store\n");
 }
 
 #[test]
