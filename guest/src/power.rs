@@ -5,7 +5,7 @@
 //! every path ends here.
 //!
 //! The doorbell skips the kernel's reboot path (device shutdown, its
-//! console line), a tenth of a second on an emulated KVM; what that path
+//! console line), about 0.01 s on an emulated KVM; what that path
 //! would flush is flushed before: the console drained, the disks synced.
 
 use nix::sys::reboot::{reboot, RebootMode};
