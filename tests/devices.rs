@@ -122,6 +122,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
     ] {
         assert_eq!(obs[op], "EROFS", "{op} in the read-only store");
     }
+    assert_eq!(std::fs::read(store_dir.join("pkg/data.bin")).unwrap(), data, "the store's file is as it was");
 
     let xchg = std::fs::read_to_string(outcome.xchg().join("hello.txt")).unwrap();
     assert_eq!(xchg, "written by the guest\n");

@@ -35,7 +35,15 @@ pub fn run(c: &DeviceCheck, result: &mut JobResult) -> anyhow::Result<()> {
     // kernel's read-only mount flag.
     obs("ro_remount_rw", outcome(remount_rw(dir)));
     obs("ro_create", outcome(std::fs::File::create(dir.join("new-file"))));
-    obs("ro_write", outcome(std::fs::OpenOptions::new().write(true).open(&c.read_file)));
+    // The share answers no OPEN (the kernel opens its files without
+    // asking), so the refusal comes at the first byte written.
+    obs(
+        "ro_write",
+        outcome(std::fs::OpenOptions::new().write(true).open(&c.read_file).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(b"x")
+        })),
+    );
     obs("ro_chmod", outcome(std::fs::set_permissions(&c.read_file, std::fs::Permissions::from_mode(0o777))));
     obs("ro_unlink", outcome(std::fs::remove_file(&c.read_file)));
     obs("ro_rename", outcome(std::fs::rename(&c.read_file, dir.join("renamed"))));
