@@ -28,6 +28,7 @@ pub fn mount_basics() -> anyhow::Result<()> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
     attach_console()?;
+    raw_output();
     mount_fs("proc", "/proc", "proc", nosuid_noexec, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid_noexec, None)?;
     mount_fs("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
@@ -67,6 +68,22 @@ fn attach_console() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The console's output as written: no output processing by the tty layer
+/// (a terminal's `ONLCR` made each newline a write to the UART driver of
+/// its own, and the host reads lines either way).
+fn raw_output() {
+    // SAFETY: tcgetattr/tcsetattr on descriptor 1 with a termios that lives
+    // across both calls; on a descriptor that is no terminal both fail and
+    // nothing changes.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(1, &mut t) == 0 {
+            t.c_oflag &= !libc::OPOST;
+            libc::tcsetattr(1, libc::TCSANOW, &t);
+        }
+    }
 }
 
 fn is_mounted(target: &str) -> bool {
