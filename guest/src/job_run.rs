@@ -1,35 +1,39 @@
-//! Running the host's job: mount the exchange share named on the command
-//! line, read job.json, mount what it lists, run its task, write
-//! result.json next to it.
+//! Running the host's job: read job.json from the mailbox, mount the
+//! exchange share named on the command line and what the job lists, run
+//! its task, put result.json in the mailbox.
 
 use rootlayer_protocol::{
-    Job, JobResult, Mount, MountSource, Task, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE, STATUS_PROTOCOL, XCHG_MOUNT,
-    XCHG_TAG_ENV,
+    Job, JobResult, Mount, MountSource, Task, PROTOCOL_VERSION, STATUS_PROTOCOL, XCHG_MOUNT, XCHG_TAG_ENV,
 };
 
+use crate::mailbox::Mailbox;
 use crate::mounts::{mount_new, ScratchAhead};
 use crate::sandbox::Sandbox;
 use anyhow::Context;
 use nix::mount::MsFlags;
-use std::path::Path;
 use std::time::Instant;
 
 /// Run the job if the host gave one (ROOTLAYER_XCHG set); returns the
 /// status to power off with. `guard` is the vector guard's phase, which
 /// ran before; `scratch` the scratch disk mounted ahead, if it was;
-/// `sandbox` the script's, made before the snapshot point.
+/// `sandbox` the script's, made before the snapshot point; `mailbox` where
+/// the job is.
 pub fn run_if_requested(
     guard: (String, f64),
     scratch: Option<ScratchAhead>,
     sandbox: Sandbox,
+    mailbox: anyhow::Result<Mailbox>,
 ) -> anyhow::Result<Option<i32>> {
     let Ok(tag) = std::env::var(XCHG_TAG_ENV) else {
         return Ok(None);
     };
     let t = Instant::now();
+    let mut mailbox = mailbox?;
+    let text = mailbox.job()?.context("no job in the mailbox")?;
+    let text = String::from_utf8(text).context("job.json is not UTF-8")?;
+    // The exchange share: the files of the job (its script) and what it
+    // leaves besides its result (a listing).
     mount_new(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
-    let xchg = Path::new(XCHG_MOUNT);
-    let text = std::fs::read_to_string(xchg.join(JOB_FILE)).context("read job.json")?;
     let mut result = JobResult { protocol: PROTOCOL_VERSION, ..JobResult::default() };
     if let Err(e) = check_protocol(&text) {
         result.status = STATUS_PROTOCOL;
@@ -51,11 +55,18 @@ pub fn run_if_requested(
             result.error = Some(format!("{e:#}"));
         }
     }
-    let json = serde_json::to_vec_pretty(&result).context("serialise result")?;
-    // Write then rename, so the host never reads half a result.
-    let tmp = xchg.join(format!("{RESULT_FILE}.tmp"));
-    std::fs::write(&tmp, json).context("write result.json")?;
-    std::fs::rename(&tmp, xchg.join(RESULT_FILE)).context("rename result.json")?;
+    let json = serde_json::to_vec(&result).context("serialise result")?;
+    if let Err(e) = mailbox.put_result(&json) {
+        // Said as the agent's own failure, in a result that fits.
+        let short = JobResult {
+            protocol: PROTOCOL_VERSION,
+            status: crate::power::STATUS_INTERNAL,
+            error: Some(format!("{e:#}")),
+            ..JobResult::default()
+        };
+        mailbox.put_result(&serde_json::to_vec(&short).context("serialise result")?)?;
+        return Ok(Some(short.status));
+    }
     Ok(Some(result.status))
 }
 

@@ -6,6 +6,7 @@
 
 mod job_run;
 mod kernel_log;
+mod mailbox;
 mod mounts;
 mod power;
 mod resume;
@@ -43,6 +44,9 @@ fn run() -> anyhow::Result<()> {
     let scratch = mounts::mount_scratch_ahead();
     run_as_root::make_fixed_points()?;
     let sandbox = sandbox::Sandbox::make()?;
+    // Where a job comes in (a guest without it still boots, and says so
+    // when a job cannot be read).
+    let mailbox = mailbox::Mailbox::map();
     // The snapshot point: a restored guest goes on from here.
     resume::ready_for_snapshot();
     println!(
@@ -65,7 +69,7 @@ fn run() -> anyhow::Result<()> {
     let guard = ("vector_guard".to_string(), t.elapsed().as_secs_f64());
     // The task's own status travels in result.json; the agent's exit
     // status only says whether the agent itself worked.
-    if let Some(status) = job_run::run_if_requested(guard, scratch, sandbox)? {
+    if let Some(status) = job_run::run_if_requested(guard, scratch, sandbox, mailbox)? {
         println!("rootlayer-agent: job finished with status {status}");
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! The job the host hands the guest agent, and the result it hands back,
-//! as JSON files in the exchange share (`job.json`, `result.json`).
+//! as JSON (`job.json`, `result.json`) through the job [`mailbox`]; the
+//! files a job needs (its script) and makes (a listing) go through the
+//! exchange share.
 //!
 //! The host decides everything and writes it down once; the agent only
 //! executes. Both the host crate (as `rootlayer::protocol`) and the agent depend
@@ -11,12 +13,13 @@
 use serde::{Deserialize, Serialize};
 
 pub mod listing;
+pub mod mailbox;
 
 /// The version of this protocol (job.json, result.json and the console
 /// lines below). Each side refuses the other's files of another version:
 /// an initramfs built by another rootlayer says so instead of failing to
 /// parse. Bump it with any change to the types in this file.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
 pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
 pub const AGENT_READY_WORD: &str = " ready";
@@ -50,7 +53,6 @@ pub const CONTENTS_MOUNT: &str = "/run/rootlayer/contents";
 /// host refuses an image where one of them, or a store's path, is not a
 /// directory (the mount would land elsewhere).
 pub const SCRIPT_MOUNTS: [&str; 3] = ["/dev", "/proc", "/sys"];
-pub const JOB_FILE: &str = "job.json";
 /// The guest kernel's doorbell to the VMM (kernel patch 0005): the agent
 /// writes an event number to it, the kernel passes it on to the VMM's port.
 pub const VMM_EVENT_PATH: &str = "/sys/module/rootlayer_vmm/parameters/event";
@@ -70,7 +72,6 @@ pub const VMM_EVENT_POWER_OFF: u32 = 3;
 pub const ENTROPY_BYTES: usize = 64;
 /// What the agent says once it has added them and reseeded the RNG.
 pub const ENTROPY_LINE: &str = "host entropy added, RNG reseeded";
-pub const RESULT_FILE: &str = "result.json";
 
 /// Lowercase hex, as job.json carries bytes (the entropy) and the host's
 /// digests and snapshot files write them.

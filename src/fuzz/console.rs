@@ -137,6 +137,7 @@ pub fn console(mut data: &[u8]) {
         xstate: None,
         boot: BootPath::Cold,
         started: true,
+        result: Ok(None),
     };
     // The console decides no verdict the agent reported: a clean result
     // is a clean boot whatever the guest printed; without one, nothing the

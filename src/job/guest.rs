@@ -8,7 +8,7 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::{Fs, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
 use crate::protocol::{
-    Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, JOB_FILE, PROTOCOL_VERSION, RESULT_FILE,
+    mailbox, Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, PROTOCOL_VERSION,
     SCRATCH_DEVICE_ENV, XCHG_TAG_ENV,
 };
 use crate::vmm::{self, BootPath, RunReport, SnapshotMode, VmConfig, VmmError, BASE_CMDLINE};
@@ -44,9 +44,9 @@ pub enum GuestError {
     Store { path: PathBuf, reason: String },
     #[error("refusing the cache directory {path}: {reason} (set ROOTLAYER_CACHE to a directory of your own)")]
     Cache { path: PathBuf, reason: String },
-    #[error("writing job.json")]
-    WriteJob(#[source] std::io::Error),
-    #[error("result.json from the guest is unreadable: {0}")]
+    #[error("making the job: {0}")]
+    WriteJob(String),
+    #[error("the guest's result is unreadable: {0}")]
     BadResult(String),
     #[error(
         "the initramfs speaks job protocol {guest}, this rootlayer {ours}: rebuild it for this version (scripts/build-initramfs)",
@@ -118,7 +118,9 @@ pub const SHARE_SLOTS: usize = 4;
 fn fresh_entropy() -> Result<String, GuestError> {
     use std::io::Read;
     let mut bytes = [0u8; crate::protocol::ENTROPY_BYTES];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(GuestError::WriteJob)?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| GuestError::WriteJob(format!("reading /dev/urandom: {e}")))?;
     Ok(crate::protocol::hex::encode(&bytes))
 }
 
@@ -189,16 +191,13 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
     .to_string();
     let mut output = None;
     let config = |mode: SnapshotMode| -> Result<VmConfig, GuestError> {
-        // A fresh scratch disk and no result for every attempt: a restored
-        // guest that failed before STARTED may have mounted the disk.
+        // A fresh scratch disk for every attempt: a restored guest that
+        // failed before STARTED may have mounted the disk. (Every machine
+        // has a mailbox of its own: no result of an earlier attempt.)
         if let Some(mib) = spec.disk_mib {
             make_scratch_disk(&slots.scratch, mib)?;
         }
-        match std::fs::remove_file(xchg.join(RESULT_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(GuestError::Xchg(e)),
-            _ => {}
-        }
-        // Written last thing before the guest starts: its time is what a
+        // Made last thing before the guest starts: its time is what a
         // restored guest's clock is set forward to.
         let job = Job {
             protocol: PROTOCOL_VERSION,
@@ -207,8 +206,14 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             entropy: fresh_entropy()?,
             host_time_ns: now_ns(),
         };
-        let text = serde_json::to_vec_pretty(&job).map_err(|e| GuestError::WriteJob(e.into()))?;
-        std::fs::write(xchg.join(JOB_FILE), text).map_err(GuestError::WriteJob)?;
+        let text = serde_json::to_vec(&job).map_err(|e| GuestError::WriteJob(e.to_string()))?;
+        if text.len() > mailbox::MAX_JOB {
+            return Err(GuestError::WriteJob(format!(
+                "{} bytes, more than the mailbox's {}",
+                text.len(),
+                mailbox::MAX_JOB
+            )));
+        }
         let limit = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
         output.clone_from(&limit);
         Ok(VmConfig {
@@ -223,10 +228,15 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             virtio: slots.devices(&xchg, limit)?,
             seccomp: spec.seccomp,
             snapshot: mode,
+            job: Some(text),
         })
     };
     let report = run_machine(snapshot_mode(snapshot), config)?;
-    let result = read_result(&xchg.join(RESULT_FILE))?;
+    let result = match &report.result {
+        Ok(Some(bytes)) => Some(parse_result(bytes)?),
+        Ok(None) => None,
+        Err(e) => return Err(GuestError::BadResult(e.to_string())),
+    };
     if let Some(online) = result.as_ref().map(|r| r.cpus_online).filter(|n| (1..u32::from(spec.cpus)).contains(n)) {
         eprintln!(
             "rootlayer: the guest kernel brought up {online} of {} vCPUs (a uniprocessor kernel? --cpus 2 and more boot vmlinux-smp)",
@@ -364,38 +374,6 @@ fn device_err<E: std::error::Error + Send + Sync + 'static>(what: impl Into<Stri
     move |e| GuestError::Device { what, source: Box::new(e) }
 }
 
-/// Largest result.json the host reads: the agent's is a few hundred bytes.
-pub const MAX_RESULT_BYTES: u64 = 1 << 20;
-
-/// Read the agent's result.json, `None` if the guest wrote none. The guest
-/// controls the exchange directory: a symlink (to a host file, or
-/// `/dev/zero`), a FIFO or a huge file is refused, never followed, waited
-/// on or read whole.
-pub fn read_result(path: &Path) -> Result<Option<JobResult>, GuestError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let bad = |e: String| GuestError::BadResult(e);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_RESULT_BYTES + 1).read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
-    if bytes.len() as u64 > MAX_RESULT_BYTES {
-        return Err(bad(format!("larger than {MAX_RESULT_BYTES} bytes")));
-    }
-    parse_result(&bytes).map(Some)
-}
-
 /// Parse result.json as the guest wrote it: first its protocol version (an
 /// agent of another version is named as such, whatever else it wrote),
 /// then the whole.
@@ -426,27 +404,5 @@ mod tests {
         let newer = format!(r#"{{"protocol":{},"status":"whatever"}}"#, PROTOCOL_VERSION + 1);
         assert!(matches!(parse_result(newer.as_bytes()), Err(GuestError::Protocol { .. })), "version before shape");
         assert!(matches!(parse_result(b"[1,2]"), Err(GuestError::BadResult(_))));
-    }
-
-    #[test]
-    fn result_json_is_read_only_from_a_small_regular_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(RESULT_FILE);
-        assert!(read_result(&p).unwrap().is_none(), "no result.json: no result");
-        let ok = r#""status":0,"error":null,"phases":[],"observations":[],"script_status":0,"disk_full":false"#;
-        std::fs::write(&p, format!(r#"{{"protocol":{PROTOCOL_VERSION},{ok}}}"#)).unwrap();
-        assert_eq!(read_result(&p).unwrap().unwrap().script_status, Some(0));
-
-        // What a hostile guest could leave in the exchange share instead.
-        std::fs::remove_file(&p).unwrap();
-        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
-        assert!(matches!(read_result(&p), Err(GuestError::BadResult(_))), "symlink followed");
-        std::fs::remove_file(&p).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
-        assert!(matches!(read_result(&p), Err(GuestError::BadResult(_))), "FIFO waited on");
-        std::fs::remove_file(&p).unwrap();
-        let f = std::fs::File::create(&p).unwrap();
-        f.set_len(MAX_RESULT_BYTES + 1).unwrap();
-        assert!(matches!(read_result(&p), Err(GuestError::BadResult(e)) if e.contains("larger")));
     }
 }

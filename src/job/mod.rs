@@ -26,8 +26,8 @@ pub mod workdir;
 
 pub use error::JobError;
 pub use guest::{
-    make_scratch_disk, parse_result, read_result, run_job, run_machine, GuestError, GuestSpec, JobOutcome, Store,
-    BASE_DEVICE, CONTENTS_DEVICE, MAX_RESULT_BYTES, SCRATCH_DEVICE, SCRATCH_MOUNT, SHARE_SLOTS, XCHG_TAG,
+    make_scratch_disk, parse_result, run_job, run_machine, GuestError, GuestSpec, JobOutcome, Store, BASE_DEVICE,
+    CONTENTS_DEVICE, SCRATCH_DEVICE, SCRATCH_MOUNT, SHARE_SLOTS, XCHG_TAG,
 };
 pub use host::{
     cache_dir, check_cache_dir, default_initrd, default_kernel, raise_nofile_limit, restrict_umask, snapshot_dir,

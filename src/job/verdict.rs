@@ -224,6 +224,7 @@ mod tests {
             xstate: None,
             boot: crate::vmm::BootPath::Cold,
             started: true,
+            result: Ok(None),
         }
     }
 

@@ -80,6 +80,10 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Restore from a snapshot, take one, or neither.
     pub snapshot: SnapshotMode,
+    /// The job's bytes for the guest's mailbox
+    /// ([`crate::protocol::mailbox`]), put there before the agent passes
+    /// its snapshot point (None: the guest gets no job).
+    pub job: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -94,6 +98,7 @@ impl std::fmt::Debug for VmConfig {
             .field("virtio", &self.virtio.iter().map(|d| d.device_type()).collect::<Vec<_>>())
             .field("seccomp", &self.seccomp)
             .field("snapshot", &self.snapshot)
+            .field("job", &self.job.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -163,6 +168,10 @@ pub struct RunReport {
     pub boot: BootPath,
     /// Whether the agent rang STARTED (it read its job).
     pub started: bool,
+    /// The result's bytes the agent left in the mailbox, read once every
+    /// vCPU had stopped: None if it left none, an error if what it left is
+    /// not a result of this protocol's form.
+    pub result: Result<Option<Vec<u8>>, crate::protocol::mailbox::MailboxError>,
 }
 
 impl RunReport {

@@ -19,13 +19,14 @@ use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_L
 use crate::devices::virtio::{DeviceFailures, Interrupt, MmioTransport, StartContext};
 use crate::devices::Bus;
 use crate::persist::Persist;
+use crate::protocol::mailbox;
 use crate::seccomp::Policy;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Where KVM puts the real-mode TSS it needs on Intel (three pages just below
@@ -150,6 +151,9 @@ fn cpuid_digest(cpuid: &CpuId) -> String {
 pub(super) struct Machine {
     pub vm: VmFd,
     pub mem: GuestMemoryMmap,
+    /// The job mailbox ([`crate::protocol::mailbox`]): memory of its own,
+    /// in no snapshot.
+    pub mailbox: GuestMemoryMmap,
     /// The virtio-mmio transports, in bus order.
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub serial: Arc<Mutex<SerialDevice>>,
@@ -183,9 +187,12 @@ impl Machine {
             serial_irq.try_clone().map_err(device_err("serial eventfd"))?,
             sink,
         )));
+        let mailbox = GuestMemoryMmap::from_ranges(&[(GuestAddress(layout::MAILBOX_ADDR), layout::MAILBOX_SIZE)])
+            .map_err(|source| VmmError::Memory { mib: 1, source })?;
         let mut machine = Machine {
             vm,
             mem,
+            mailbox,
             transports: Vec::new(),
             serial,
             failures: DeviceFailures::default(),
@@ -252,7 +259,7 @@ impl Machine {
     }
 
     fn register_memory(&self) -> Result<(), VmmError> {
-        for (slot, region) in self.mem.iter().enumerate() {
+        for (slot, region) in self.mem.iter().chain(self.mailbox.iter()).enumerate() {
             let region_desc = kvm_userspace_memory_region {
                 slot: u32::try_from(slot).expect("one region"),
                 flags: 0,
@@ -261,19 +268,37 @@ impl Machine {
                 userspace_addr: region.as_ptr() as u64,
             };
             // SAFETY: the region is a live mapping of `memory_size` bytes
-            // owned by `self.mem`, which drops after `self.vm` (field
-            // order), so KVM never sees the host address after it is
-            // unmapped.
+            // owned by `self.mem` or `self.mailbox`, which drop after
+            // `self.vm` (field order), so KVM never sees the host address
+            // after it is unmapped.
             unsafe { self.vm.set_user_memory_region(region_desc) }.map_err(kvm_err("register guest memory"))?;
         }
         Ok(())
     }
 
+    /// Put `job` in the mailbox, over whatever the guest left there: done
+    /// while no vCPU runs.
+    pub fn post_job(&self, job: &[u8]) -> Result<(), VmmError> {
+        let mut window = vec![0u8; layout::MAILBOX_SIZE];
+        mailbox::put_job(&mut window, job).map_err(VmmError::Mailbox)?;
+        self.mailbox.write_slice(&window, GuestAddress(layout::MAILBOX_ADDR)).map_err(device_err("the job mailbox"))
+    }
+
+    /// The result the agent left in the mailbox: read once no vCPU runs.
+    pub fn take_result(&self) -> Result<Option<Vec<u8>>, mailbox::MailboxError> {
+        let mut window = vec![0u8; layout::MAILBOX_SIZE];
+        // The window is one region of exactly this size: reading it whole
+        // cannot fail.
+        self.mailbox.read_slice(&mut window, GuestAddress(layout::MAILBOX_ADDR)).expect("the mailbox is mapped");
+        mailbox::result(&window).map(|r| r.map(<[u8]>::to_vec))
+    }
+
     /// The machine's state but for memory, every vCPU paused and saved
     /// (`vcpus`, in index order). Refused if a share has served anything:
-    /// everything of a job reaches the guest through a share (job.json
-    /// first), so that would mean READY came late, from a guest no one else
-    /// may reuse.
+    /// the job itself goes into the mailbox only after the snapshot, and
+    /// everything else of a job reaches the guest through a share (its
+    /// script, its stores), so that would mean READY came late, from a
+    /// guest no one else may reuse.
     pub fn save(&self, vcpus: Vec<VcpuState>) -> Result<MachineState, SnapshotError> {
         let vm = snap_state::capture_vm(&self.vm)?;
         let mut transports = Vec::new();

@@ -82,8 +82,17 @@ pub fn run(mut config: VmConfig) -> Result<RunReport, VmmError> {
             }
         }
     };
+    // The job goes in before the agent passes its snapshot point: now,
+    // unless a snapshot is taken there first (then at that pause, once the
+    // snapshot is written, so that no snapshot holds a job).
+    let mut job = config.job.take();
+    if take.is_none() {
+        if let Some(job) = job.take() {
+            machine.post_job(&job)?;
+        }
+    }
     let profile = std::env::var_os("ROOTLAYER_GUEST_PROFILE").map(PathBuf::from);
-    let watch = supervise::Watch { start, timeout: config.timeout, boot, take, profile };
+    let watch = supervise::Watch { start, timeout: config.timeout, boot, take, job, profile };
     supervise::run(machine, vcpus, &seccomp, watch)
 }
 
@@ -122,4 +131,6 @@ pub enum VmmError {
     MissingFile { path: PathBuf, hint: String },
     #[error("restoring the snapshot")]
     Restore(#[source] snapshot::SnapshotError),
+    #[error("putting the job in the guest's mailbox")]
+    Mailbox(#[source] crate::protocol::mailbox::MailboxError),
 }

@@ -29,6 +29,8 @@ pub(super) struct Watch {
     pub boot: BootPath,
     /// Take a snapshot at READY.
     pub take: Option<Take>,
+    /// The job to put in the mailbox at that pause, after the snapshot.
+    pub job: Option<Vec<u8>>,
     /// Sample the guest's RIP every 5 ms into this file
     /// (`ROOTLAYER_GUEST_PROFILE`).
     pub profile: Option<PathBuf>,
@@ -105,6 +107,11 @@ pub(super) fn run(
                 let paused = Instant::now();
                 let states = gather_pause(&threads, &rx, (index, *state), &mut ended);
                 watch.boot = write_snapshot(&machine, states, take, paused);
+                if let Some(job) = watch.job.take() {
+                    if let Err(e) = machine.post_job(&job) {
+                        break RunEnd::DeviceFailed(e.to_string());
+                    }
+                }
                 for resume in &resumes {
                     let _ = resume.send(());
                 }
@@ -153,6 +160,7 @@ pub(super) fn run(
         time: ended.iter().flatten().map(|(_, _, time)| *time).sum(),
     });
     let console = machine.console.clone();
+    let result = machine.take_result();
     drop(machine);
     if let Some(path) = watch.profile {
         let text: String = ended.iter().flatten().flat_map(|(_, s, _)| s).map(|rip| format!("{rip:x}\n")).collect();
@@ -169,6 +177,7 @@ pub(super) fn run(
         xstate,
         boot: watch.boot,
         started: started.load(Ordering::SeqCst),
+        result,
     })
 }
 

@@ -10,6 +10,7 @@
 //! 0x0009_fc00  EBDA (reserved in the e820 map): MP floating pointer + table
 //! 0x0010_0000  kernel (vmlinux at its ELF load address, bzImage here)
 //! top of RAM   initramfs, page aligned, below INITRD_MAX
+//! 0xcf00_0000  the job mailbox, 1 MiB (not RAM: the VMM's own memory)
 //! 0xd000_0000  virtio-mmio devices, 4 KiB each
 //! ```
 
@@ -44,6 +45,10 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Largest initramfs address the kernel accepts from the boot protocol.
 pub const INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+
+/// The job mailbox (`protocol::mailbox`): its own memory slot, above the
+/// most RAM a guest gets and below the MMIO window.
+pub use crate::protocol::mailbox::{MAILBOX_ADDR, MAILBOX_SIZE};
 
 /// Guest memory limits in MiB: the kernel, agent and page tables need some
 /// room; RAM must end below the MMIO window.
