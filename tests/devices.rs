@@ -80,6 +80,7 @@ fn shares_and_scratch_disk_work_and_the_store_stays_read_only() {
         echo_limit: None,
         seccomp: true,
         snapshot: true,
+        files: Vec::new(),
     };
     let read_file = store_dir.join("pkg/data.bin").display().to_string();
     let task = Task::DeviceCheck(DeviceCheck {

@@ -1,6 +1,7 @@
-//! Running the host's job: read job.json from the mailbox, mount the
-//! exchange share named on the command line and what the job lists, run
-//! its task, put result.json in the mailbox.
+//! Running the host's job: read job.json and its files (the script) from
+//! the mailbox, mount what the job lists (and the exchange share named on
+//! the command line, for a task that leaves files there), run its task,
+//! put result.json in the mailbox.
 
 use rootlayer_protocol::{
     Job, JobResult, Mount, MountSource, Task, PROTOCOL_VERSION, STATUS_PROTOCOL, XCHG_MOUNT, XCHG_TAG_ENV,
@@ -29,17 +30,20 @@ pub fn run_if_requested(
     };
     let t = Instant::now();
     let mut mailbox = mailbox?;
-    let text = mailbox.job()?.context("no job in the mailbox")?;
+    let (text, files) = mailbox.job()?.context("no job in the mailbox")?;
     let text = String::from_utf8(text).context("job.json is not UTF-8")?;
-    // The exchange share: the files of the job (its script) and what it
-    // leaves besides its result (a listing).
-    mount_new(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
     let mut result = JobResult { protocol: PROTOCOL_VERSION, ..JobResult::default() };
     if let Err(e) = check_protocol(&text) {
         result.status = STATUS_PROTOCOL;
         result.error = Some(e);
     } else {
         let job: Job = serde_json::from_str(&text).context("parse job.json")?;
+        write_files(&job.files, &files)?;
+        // The exchange share, for a task that leaves files there (a
+        // listing, the device check's file).
+        if uses_xchg(&job.task) {
+            mount_new(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
+        }
         // Before anything of the job runs: this guest's own randomness and
         // the host's time (a restored guest has the snapshot's).
         crate::resume::add_entropy(&job.entropy)?;
@@ -68,6 +72,37 @@ pub fn run_if_requested(
         return Ok(Some(short.status));
     }
     Ok(Some(result.status))
+}
+
+/// Write the job's files (its script), executable, from `files`, the
+/// mailbox's files part.
+fn write_files(listed: &[rootlayer_protocol::JobFile], files: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for f in listed {
+        let path = std::path::Path::new(&f.path);
+        anyhow::ensure!(
+            path.starts_with(rootlayer_protocol::JOB_FILES_DIR)
+                && path.components().all(|c| c != std::path::Component::ParentDir),
+            "job file {} is not under {}",
+            f.path,
+            rootlayer_protocol::JOB_FILES_DIR
+        );
+        let bytes = f.bytes(files).with_context(|| format!("job file {} lies outside the mailbox's files", f.path))?;
+        std::fs::create_dir_all(rootlayer_protocol::JOB_FILES_DIR).context("mkdir the job's files")?;
+        std::fs::write(path, bytes).with_context(|| format!("write {}", f.path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", f.path))?;
+    }
+    Ok(())
+}
+
+/// Whether `task` leaves files on the exchange share.
+fn uses_xchg(task: &Task) -> bool {
+    match task {
+        Task::None => false,
+        Task::RunAsRoot(r) => r.merged_listing.is_some(),
+        Task::DeviceCheck(_) | Task::IoBench(_) => true,
+    }
 }
 
 /// Whether any cause of `e` is ENOSPC.

@@ -3,7 +3,7 @@
 //! trip through the guest kernel.
 
 use anyhow::{bail, Context};
-use rootlayer_protocol::mailbox::{self, MAILBOX_ADDR, MAILBOX_SIZE};
+use rootlayer_protocol::mailbox::{self, Part, MAILBOX_ADDR, MAILBOX_SIZE};
 use std::os::fd::AsRawFd;
 
 /// The agent's mapping of the mailbox window.
@@ -40,24 +40,28 @@ impl Mailbox {
         Ok(Mailbox { window: window.cast() })
     }
 
-    /// The job the host put in, if it put one.
-    pub fn job(&self) -> anyhow::Result<Option<Vec<u8>>> {
+    /// The job the host put in, if it put one, and the files it names.
+    pub fn job(&self) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
         // SAFETY: the mapping is MAILBOX_SIZE bytes, live for the agent's
         // life. Nothing else writes it while the job is read: the VMM puts
         // the job in before the agent passes its snapshot point, and no
         // process of the job runs yet.
         let window = unsafe { std::slice::from_raw_parts(self.window, MAILBOX_SIZE) };
-        Ok(mailbox::job(window).context("read the job from the mailbox")?.map(<[u8]>::to_vec))
+        let Some(job) = mailbox::take(window, Part::Job).context("read the job from the mailbox")? else {
+            return Ok(None);
+        };
+        let files = mailbox::take(window, Part::Files).context("read the job's files from the mailbox")?;
+        Ok(Some((job.to_vec(), files.unwrap_or_default().to_vec())))
     }
 
     /// Put the result in, for the VMM to read once the guest has stopped.
     pub fn put_result(&mut self, result: &[u8]) -> anyhow::Result<()> {
-        if result.len() > mailbox::MAX_RESULT {
-            bail!("the result is {} bytes, more than the mailbox's {}", result.len(), mailbox::MAX_RESULT);
+        if result.len() > Part::Result.max() {
+            bail!("the result is {} bytes, more than the mailbox's {}", result.len(), Part::Result.max());
         }
         // SAFETY: as in `job`; the job's processes have ended (the script's
         // pid namespace ended with it), and the agent is single-threaded.
         let window = unsafe { std::slice::from_raw_parts_mut(self.window, MAILBOX_SIZE) };
-        mailbox::put_result(window, result).context("put the result in the mailbox")
+        mailbox::put(window, Part::Result, result).context("put the result in the mailbox")
     }
 }

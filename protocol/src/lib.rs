@@ -35,6 +35,8 @@ pub const STATUS_PROTOCOL: i32 = 71;
 pub const XCHG_TAG_ENV: &str = "ROOTLAYER_XCHG";
 /// Where the agent mounts the exchange share.
 pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
+/// Where the agent writes the job's files ([`Job::files`]).
+pub const JOB_FILES_DIR: &str = "/run/rootlayer/job";
 /// Where the agent mounts the scratch disk (ext4 made by the host).
 pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
 /// Environment variable (kernel command line) naming the scratch disk's
@@ -122,6 +124,30 @@ pub struct Job {
     /// the epoch: the guest clock is set forward to it if it is behind (a
     /// guest restored from a snapshot wakes at the time it was taken).
     pub host_time_ns: u128,
+    /// Files the agent writes (mode 0755) before anything of the job runs,
+    /// from the mailbox's [`mailbox::Part::Files`]: the script and the
+    /// extra commands.
+    #[serde(default)]
+    pub files: Vec<JobFile>,
+}
+
+/// A file of the job, its bytes a span of the mailbox's files part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFile {
+    /// Absolute guest path, under [`JOB_FILES_DIR`].
+    pub path: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl JobFile {
+    /// Its bytes in `files` (the mailbox's files part), if the span lies
+    /// within it.
+    pub fn bytes<'f>(&self, files: &'f [u8]) -> Option<&'f [u8]> {
+        let start = usize::try_from(self.offset).ok()?;
+        let end = start.checked_add(usize::try_from(self.len).ok()?)?;
+        files.get(start..end)
+    }
 }
 
 /// A file system to mount in the guest.
@@ -287,9 +313,22 @@ mod tests {
             }),
             entropy: "00".repeat(ENTROPY_BYTES),
             host_time_ns: 1_700_000_000_123_456_789,
+            files: vec![JobFile { path: format!("{JOB_FILES_DIR}/script"), offset: 0, len: 12 }],
         };
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"virtio_fs\""), "{text}");
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+    }
+
+    #[test]
+    fn a_job_file_is_its_span_of_the_files_or_nothing() {
+        let files = b"0123456789";
+        let f = |offset, len| JobFile { path: "/p".into(), offset, len };
+        assert_eq!(f(2, 3).bytes(files), Some(&b"234"[..]));
+        assert_eq!(f(0, 10).bytes(files), Some(&files[..]));
+        assert_eq!(f(10, 0).bytes(files), Some(&b""[..]));
+        for (offset, len) in [(0, 11), (9, 2), (11, 0), (u64::MAX, 1), (1, u64::MAX)] {
+            assert_eq!(f(offset, len).bytes(files), None, "{offset} {len}");
+        }
     }
 }

@@ -93,6 +93,7 @@ fn guest_spec(g: &GuestArgs) -> Result<GuestSpec, Exit> {
         echo_limit: (g.max_log_rate > 0).then(|| EchoLimit { bytes_per_sec: g.max_log_rate.saturating_mul(1 << 10) }),
         seccomp: !g.no_seccomp,
         snapshot: !g.no_snapshot,
+        files: Vec::new(),
     })
 }
 
@@ -250,6 +251,7 @@ pub(crate) fn boot(args: BootArgs) -> Exit {
             echo_limit: Some(EchoLimit::DEFAULT),
             seccomp: !args.no_seccomp,
             snapshot: !args.no_snapshot,
+            files: Vec::new(),
         };
         let workdir = rootlayer::job::Workdir::new()?;
         Ok(rootlayer::job::run_job(&spec, workdir, rootlayer::protocol::Task::None)?)

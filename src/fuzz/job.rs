@@ -12,7 +12,8 @@
 
 use crate::job::parse_result;
 use crate::job::verdict::judge_result;
-use crate::protocol::{mailbox, Job, JobResult};
+use crate::protocol::mailbox::{self, Part};
+use crate::protocol::{Job, JobResult};
 use crate::vmm::{GuestExit, RunEnd};
 
 /// The result without its float timings, which serde_json parses back to
@@ -40,17 +41,22 @@ pub fn job(data: &[u8]) {
     let mut window = vec![0u8; mailbox::MAILBOX_SIZE];
     let n = data.len().min(window.len());
     window[..n].copy_from_slice(&data[..n]);
-    if let Ok(Some(bytes)) = mailbox::result(&window) {
-        assert!(bytes.len() <= mailbox::MAX_RESULT, "a result longer than its part");
+    if let Ok(Some(bytes)) = mailbox::take(&window, Part::Result) {
+        assert!(bytes.len() <= Part::Result.max(), "a result longer than its part");
         let _ = parse_result(bytes);
     }
-    if data.len() <= mailbox::MAX_RESULT {
-        mailbox::put_result(&mut window, data).expect("a result that fits goes in");
-        assert_eq!(mailbox::result(&window), Ok(Some(data)), "mailbox round trip");
+    if data.len() <= Part::Result.max() {
+        mailbox::put(&mut window, Part::Result, data).expect("a result that fits goes in");
+        assert_eq!(mailbox::take(&window, Part::Result), Ok(Some(data)), "mailbox round trip");
     }
     if let Ok(job) = serde_json::from_slice::<Job>(data) {
         let text = serde_json::to_vec(&job).expect("serialize a job");
         let again: Job = serde_json::from_slice(&text).expect("a serialized job parses");
         assert_eq!(again, job, "job round trip");
+        for f in &job.files {
+            if let Some(bytes) = f.bytes(data) {
+                assert_eq!(bytes.len() as u64, f.len, "a job file's span");
+            }
+        }
     }
 }

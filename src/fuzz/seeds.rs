@@ -527,14 +527,18 @@ fn job_seeds() -> Vec<(&'static str, Vec<u8>)> {
         task: Task::RunAsRoot(RunAsRoot {
             base: crate::protocol::BASE_MOUNT.into(),
             contents: Some("/run/rootlayer/contents".into()),
-            script: "/run/rootlayer/xchg/script".into(),
-            extra_commands: Some("/run/rootlayer/xchg/extra-commands".into()),
+            script: "/run/rootlayer/job/script".into(),
+            extra_commands: Some("/run/rootlayer/job/extra-commands".into()),
             store_paths: vec!["/nix/store".into()],
             path: "/bin:/usr/bin:/sbin:/usr/sbin".into(),
             merged_listing: None,
         }),
         entropy: "5a".repeat(crate::protocol::ENTROPY_BYTES),
         host_time_ns: 1_764_633_600_000_000_000,
+        files: vec![
+            crate::protocol::JobFile { path: "/run/rootlayer/job/script".into(), offset: 0, len: 120 },
+            crate::protocol::JobFile { path: "/run/rootlayer/job/extra-commands".into(), offset: 120, len: 40 },
+        ],
     };
     let ok = JobResult {
         protocol: crate::protocol::PROTOCOL_VERSION,

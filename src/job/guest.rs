@@ -8,10 +8,10 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::{Fs, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
 use crate::protocol::{
-    mailbox, Job, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, PROTOCOL_VERSION,
+    mailbox::Part, Job, JobFile, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, PROTOCOL_VERSION,
     SCRATCH_DEVICE_ENV, XCHG_TAG_ENV,
 };
-use crate::vmm::{self, BootPath, RunReport, SnapshotMode, VmConfig, VmmError, BASE_CMDLINE};
+use crate::vmm::{self, BootPath, MailboxJob, RunReport, SnapshotMode, VmConfig, VmmError, BASE_CMDLINE};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +106,9 @@ pub struct GuestSpec {
     /// Restore the guest from its snapshot, taking one if there is none
     /// (off: `--no-snapshot`).
     pub snapshot: bool,
+    /// Files the agent writes before the job runs (guest path, bytes), in
+    /// the mailbox with the job: its script and extra commands.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// Read-only share slots every guest has (stores first, then the further
@@ -199,19 +202,21 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
         }
         // Made last thing before the guest starts: its time is what a
         // restored guest's clock is set forward to.
+        let (files, blob) = pack_files(&spec.files)?;
         let job = Job {
             protocol: PROTOCOL_VERSION,
             mounts: mounts.clone(),
             task: task.clone(),
             entropy: fresh_entropy()?,
             host_time_ns: now_ns(),
+            files,
         };
-        let text = serde_json::to_vec(&job).map_err(|e| GuestError::WriteJob(e.to_string()))?;
-        if text.len() > mailbox::MAX_JOB {
+        let json = serde_json::to_vec(&job).map_err(|e| GuestError::WriteJob(e.to_string()))?;
+        if json.len() > Part::Job.max() {
+            let max = Part::Job.max();
             return Err(GuestError::WriteJob(format!(
-                "{} bytes, more than the mailbox's {}",
-                text.len(),
-                mailbox::MAX_JOB
+                "job.json is {} bytes, more than the mailbox's {max}",
+                json.len()
             )));
         }
         let limit = spec.max_output.map(|bytes| Arc::new(OutputLimit::new(bytes)));
@@ -228,7 +233,7 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             virtio: slots.devices(&xchg, limit)?,
             seccomp: spec.seccomp,
             snapshot: mode,
-            job: Some(text),
+            job: Some(MailboxJob { json, files: blob }),
         })
     };
     let report = run_machine(snapshot_mode(snapshot), config)?;
@@ -366,6 +371,24 @@ pub fn run_machine<E: From<VmmError>>(
     };
     eprintln!("rootlayer: {why}; booting cold");
     Ok(vmm::run(config(SnapshotMode::Take(dir))?)?)
+}
+
+/// The job's files one after the other, and where each lies.
+fn pack_files(files: &[(String, Vec<u8>)]) -> Result<(Vec<JobFile>, Vec<u8>), GuestError> {
+    let mut blob = Vec::new();
+    let mut listed = Vec::new();
+    for (path, bytes) in files {
+        listed.push(JobFile { path: path.clone(), offset: blob.len() as u64, len: bytes.len() as u64 });
+        blob.extend_from_slice(bytes);
+    }
+    if blob.len() > Part::Files.max() {
+        let max = Part::Files.max();
+        return Err(GuestError::WriteJob(format!(
+            "the job's files are {} bytes, more than the mailbox's {max}",
+            blob.len()
+        )));
+    }
+    Ok((listed, blob))
 }
 
 /// A device's setup error, naming the device.

@@ -19,7 +19,10 @@ use crate::layer::references::{scan_changeset, ReferenceGraph};
 use crate::layer::store_paths::StorePath;
 use crate::layer::upper::Ext4Files;
 use crate::layer::{write_atomically, ConvertOptions, LayerError};
-use crate::protocol::{JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, SCRIPT_MOUNTS, XCHG_MOUNT};
+use crate::protocol::mailbox::Part;
+use crate::protocol::{
+    JobResult, RunAsRoot, Task, BASE_MOUNT, CONTENTS_MOUNT, JOB_FILES_DIR, SCRIPT_MOUNTS, XCHG_MOUNT,
+};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -67,15 +70,13 @@ fn guest_path(name: &str) -> String {
     format!("{XCHG_MOUNT}/{name}")
 }
 
-/// Stage a script in the exchange dir, executable: the agent runs it
-/// through its `#!` line whatever mode the builder's file had.
-fn copy_in(src: &Path, xchg: &Path, name: &str) -> Result<String, JobError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dest = xchg.join(name);
-    std::fs::copy(src, &dest).map_err(|e| JobError::BadInput(format!("cannot read {}: {e}", src.display())))?;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| JobError::Run(GuestError::Xchg(e)))?;
-    Ok(guest_path(name))
+/// A script for the guest, as a file of the job (it goes in the mailbox;
+/// the agent writes it executable, and runs it through its `#!` line
+/// whatever mode the builder's file had): its guest path, and the file.
+fn read_in(src: &Path, name: &str) -> Result<(String, (String, Vec<u8>)), JobError> {
+    let bytes = std::fs::read(src).map_err(|e| JobError::BadInput(format!("cannot read {}: {e}", src.display())))?;
+    let guest = format!("{JOB_FILES_DIR}/{name}");
+    Ok((guest.clone(), (guest, bytes)))
 }
 
 /// Judge the VM's end and the agent's result ([`crate::job::verdict::judge`]).
@@ -421,7 +422,6 @@ struct Prepared {
 /// The base image and its disk, the contents disk, the scripts in the
 /// exchange share, the mount points checked, the task.
 fn prepare(spec: &GuestSpec, req: &RunAsRootRequest, workdir: &Workdir, stop: Stop) -> Result<Prepared, JobError> {
-    let xchg = workdir.xchg();
     let base = match &req.from_image {
         Some(p) => {
             let img = BaseImage::open_remembering(p, &req.selector, Some(&cache_dir().join(VERIFIED_DIR)))?;
@@ -438,14 +438,27 @@ fn prepare(spec: &GuestSpec, req: &RunAsRootRequest, workdir: &Workdir, stop: St
         .map_err(JobError::StorePaths)?;
     let base_has = base_store_paths(base.as_ref(), &candidates)?;
     let mut phases = vec![(base_phase(&disk), t.elapsed().as_secs_f64())];
-    let script = copy_in(&req.script, &xchg, "script")?;
+    let (script, script_file) = read_in(&req.script, "script")?;
+    let mut files = vec![script_file];
     let extra_commands = match &req.extra_commands {
-        Some(p) => Some(copy_in(p, &xchg, "extra-commands")?),
+        Some(p) => {
+            let (path, file) = read_in(p, "extra-commands")?;
+            files.push(file);
+            Some(path)
+        }
         None => None,
     };
+    let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+    if bytes > Part::Files.max() {
+        return Err(JobError::BadInput(format!(
+            "--script and --extra-commands are {bytes} bytes together; at most {} MiB",
+            Part::Files.max() >> 20
+        )));
+    }
     let t = Instant::now();
     let contents = Contents::gather(&req.contents, req.keep_contents_dirlinks).map_err(JobError::Contents)?;
     let mut spec = spec.clone();
+    spec.files = files;
     spec.base_disk = Some(disk.path.clone());
     spec.contents_disk = stop.judge(contents_disk(&contents, workdir))?;
     if !contents.is_empty() {

@@ -80,10 +80,19 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Restore from a snapshot, take one, or neither.
     pub snapshot: SnapshotMode,
-    /// The job's bytes for the guest's mailbox
-    /// ([`crate::protocol::mailbox`]), put there before the agent passes
-    /// its snapshot point (None: the guest gets no job).
-    pub job: Option<Vec<u8>>,
+    /// The job for the guest's mailbox ([`crate::protocol::mailbox`]), put
+    /// there before the agent passes its snapshot point (None: the guest
+    /// gets no job).
+    pub job: Option<MailboxJob>,
+}
+
+/// What the host puts in the guest's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxJob {
+    /// job.json.
+    pub json: Vec<u8>,
+    /// The files it names, one after the other.
+    pub files: Vec<u8>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -98,7 +107,7 @@ impl std::fmt::Debug for VmConfig {
             .field("virtio", &self.virtio.iter().map(|d| d.device_type()).collect::<Vec<_>>())
             .field("seccomp", &self.seccomp)
             .field("snapshot", &self.snapshot)
-            .field("job", &self.job.as_ref().map(Vec::len))
+            .field("job", &self.job.as_ref().map(|j| (j.json.len(), j.files.len())))
             .finish()
     }
 }

@@ -6,7 +6,7 @@
 //! ([`super::restore`]) is theirs; running it is [`super::supervise`]'s.
 
 use super::arch::{self, layout};
-use super::config::{kernel_cmdline, VmConfig};
+use super::config::{kernel_cmdline, MailboxJob, VmConfig};
 use super::kvm::{self, KvmKind};
 use super::snapshot::state::{self as snap_state, VcpuState};
 use super::snapshot::{HostKey, MachineState, SnapshotError};
@@ -19,14 +19,14 @@ use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_L
 use crate::devices::virtio::{DeviceFailures, Interrupt, MmioTransport, StartContext};
 use crate::devices::Bus;
 use crate::persist::Persist;
-use crate::protocol::mailbox;
+use crate::protocol::mailbox::{self, Part};
 use crate::seccomp::Policy;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Where KVM puts the real-mode TSS it needs on Intel (three pages just below
@@ -276,21 +276,34 @@ impl Machine {
         Ok(())
     }
 
-    /// Put `job` in the mailbox, over whatever the guest left there: done
-    /// while no vCPU runs.
-    pub fn post_job(&self, job: &[u8]) -> Result<(), VmmError> {
-        let mut window = vec![0u8; layout::MAILBOX_SIZE];
-        mailbox::put_job(&mut window, job).map_err(VmmError::Mailbox)?;
-        self.mailbox.write_slice(&window, GuestAddress(layout::MAILBOX_ADDR)).map_err(device_err("the job mailbox"))
+    /// Put `job` in the mailbox (the headers of its parts over whatever the
+    /// guest may have left there): done while no vCPU runs.
+    pub fn post_job(&self, job: &MailboxJob) -> Result<(), VmmError> {
+        // SAFETY: the region is a live mapping of MAILBOX_SIZE bytes owned
+        // by `self.mailbox`, and no vCPU runs, so nothing else reads or
+        // writes it while this slice lives.
+        let window = unsafe { self.mailbox_window() };
+        mailbox::put(window, Part::Job, &job.json).map_err(VmmError::Mailbox)?;
+        mailbox::put(window, Part::Files, &job.files).map_err(VmmError::Mailbox)
     }
 
     /// The result the agent left in the mailbox: read once no vCPU runs.
     pub fn take_result(&self) -> Result<Option<Vec<u8>>, mailbox::MailboxError> {
-        let mut window = vec![0u8; layout::MAILBOX_SIZE];
-        // The window is one region of exactly this size: reading it whole
-        // cannot fail.
-        self.mailbox.read_slice(&mut window, GuestAddress(layout::MAILBOX_ADDR)).expect("the mailbox is mapped");
-        mailbox::result(&window).map(|r| r.map(<[u8]>::to_vec))
+        // SAFETY: as in `post_job`: every vCPU has stopped.
+        let window = unsafe { self.mailbox_window() };
+        mailbox::take(window, Part::Result).map(|r| r.map(<[u8]>::to_vec))
+    }
+
+    /// The mailbox's memory as a slice.
+    ///
+    /// # Safety
+    /// No vCPU may run while the slice lives (the guest writes the window).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn mailbox_window(&self) -> &mut [u8] {
+        let region = self.mailbox.iter().next().expect("one region");
+        // SAFETY: the caller's; the region maps MAILBOX_SIZE bytes for as
+        // long as `self` lives.
+        unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), layout::MAILBOX_SIZE) }
     }
 
     /// The machine's state but for memory, every vCPU paused and saved

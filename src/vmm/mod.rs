@@ -26,7 +26,7 @@ mod supervise;
 pub mod vcpu;
 pub mod xstate;
 
-pub use config::{kernel_cmdline, RunEnd, RunReport, VmConfig, BASE_CMDLINE};
+pub use config::{kernel_cmdline, MailboxJob, RunEnd, RunReport, VmConfig, BASE_CMDLINE};
 pub use snapshot::{BootPath, SnapshotMode};
 pub use vcpu::GuestExit;
 

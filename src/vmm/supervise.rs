@@ -30,7 +30,7 @@ pub(super) struct Watch {
     /// Take a snapshot at READY.
     pub take: Option<Take>,
     /// The job to put in the mailbox at that pause, after the snapshot.
-    pub job: Option<Vec<u8>>,
+    pub job: Option<super::config::MailboxJob>,
     /// Sample the guest's RIP every 5 ms into this file
     /// (`ROOTLAYER_GUEST_PROFILE`).
     pub profile: Option<PathBuf>,
