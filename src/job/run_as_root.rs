@@ -72,11 +72,10 @@ fn guest_path(name: &str) -> String {
 
 /// A script for the guest, as a file of the job (it goes in the mailbox;
 /// the agent writes it executable, and runs it through its `#!` line
-/// whatever mode the builder's file had): its guest path, and the file.
-fn read_in(src: &Path, name: &str) -> Result<(String, (String, Vec<u8>)), JobError> {
+/// whatever mode the builder's file had): its guest path and bytes.
+fn read_in(src: &Path, name: &str) -> Result<(String, Vec<u8>), JobError> {
     let bytes = std::fs::read(src).map_err(|e| JobError::BadInput(format!("cannot read {}: {e}", src.display())))?;
-    let guest = format!("{JOB_FILES_DIR}/{name}");
-    Ok((guest.clone(), (guest, bytes)))
+    Ok((format!("{JOB_FILES_DIR}/{name}"), bytes))
 }
 
 /// Judge the VM's end and the agent's result ([`crate::job::verdict::judge`]).
@@ -438,16 +437,12 @@ fn prepare(spec: &GuestSpec, req: &RunAsRootRequest, workdir: &Workdir, stop: St
         .map_err(JobError::StorePaths)?;
     let base_has = base_store_paths(base.as_ref(), &candidates)?;
     let mut phases = vec![(base_phase(&disk), t.elapsed().as_secs_f64())];
-    let (script, script_file) = read_in(&req.script, "script")?;
-    let mut files = vec![script_file];
-    let extra_commands = match &req.extra_commands {
-        Some(p) => {
-            let (path, file) = read_in(p, "extra-commands")?;
-            files.push(file);
-            Some(path)
-        }
-        None => None,
-    };
+    let mut files = vec![read_in(&req.script, "script")?];
+    if let Some(p) = &req.extra_commands {
+        files.push(read_in(p, "extra-commands")?);
+    }
+    let script = files[0].0.clone();
+    let extra_commands = files.get(1).map(|(path, _)| path.clone());
     let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
     if bytes > Part::Files.max() {
         return Err(JobError::BadInput(format!(
