@@ -12,7 +12,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, fork, ForkResult};
-use rootlayer_protocol::{JobResult, RunAsRoot, SCRATCH_MOUNT, SCRIPT_MOUNTS};
+use rootlayer_protocol::{JobResult, RunAsRoot, SCRATCH_MOUNT, SCRATCH_UPPER, SCRATCH_WORK, SCRIPT_MOUNTS};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -68,22 +68,18 @@ pub fn run(job: &RunAsRoot, sandbox: crate::sandbox::Sandbox, result: &mut JobRe
     let image: Vec<PathBuf> = job.contents.iter().chain([&job.base]).map(PathBuf::from).collect();
     let points = Path::new(POINTS);
     let lowers: Vec<PathBuf> = image.iter().cloned().chain([points.to_path_buf()]).collect();
-    let upper = scratch.join("upper");
-    let work = scratch.join("work");
+    // The host's formatter made both, empty (a mkdir each here cost the
+    // emulated guest kernel 20 ms).
+    let upper = scratch.join(SCRATCH_UPPER);
+    let work = scratch.join(SCRATCH_WORK);
     let merged = Path::new(MERGED);
     phase(result, "overlay", || {
-        for d in [&upper, &work] {
-            std::fs::create_dir(d).with_context(|| format!("mkdir {}", d.display()))?;
-        }
         for p in &job.store_paths {
             let d = points.join(p.trim_start_matches('/'));
             std::fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
         }
         mount_overlay(&lowers, &upper, &work, merged).context("mount overlay")?;
-        for p in &mount_paths {
-            check_mount_point(merged, p)?;
-        }
-        Ok(())
+        check_mount_points(merged, &mount_paths)
     })?;
 
     // The sandbox's per-job setup (its mounts, the chroot) and the script
@@ -178,12 +174,12 @@ fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -
     mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
 }
 
-/// Every component of `path` (absolute) under `root` is a directory: the
-/// host checked the image already (`runas::mount_point_blocked`); this
-/// guards the mounts themselves, in one system call per path (a file or a
-/// symlink of the image there would take the mount elsewhere).
-fn check_mount_point(root: &Path, path: &str) -> anyhow::Result<()> {
-    let rel = CString::new(path.trim_start_matches('/')).context("a mount point with a NUL byte")?;
+/// Every component of each of `paths` (absolute) under `root` is a
+/// directory: the host checked the image already
+/// (`runas::mount_point_blocked`); this guards the mounts themselves, in
+/// one system call per path (a file or a symlink of the image there would
+/// take the mount elsewhere).
+fn check_mount_points(root: &Path, paths: &[&str]) -> anyhow::Result<()> {
     let root_dir = std::fs::File::open(root).with_context(|| format!("open {}", root.display()))?;
     // `struct open_how` of openat2(2).
     #[repr(C)]
@@ -197,19 +193,22 @@ fn check_mount_point(root: &Path, path: &str) -> anyhow::Result<()> {
         mode: 0,
         resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
     };
-    // SAFETY: openat2(2) with a live directory descriptor, a NUL-terminated
-    // path and an `open_how` of the size passed; it only returns a new
-    // descriptor, which is closed right away.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root_dir.as_raw_fd(), rel.as_ptr(), &how, std::mem::size_of::<OpenHow>())
-    };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        bail!("{path} is not a directory in the image ({err}): cannot mount there");
+    for path in paths {
+        let rel = CString::new(path.trim_start_matches('/')).context("a mount point with a NUL byte")?;
+        // SAFETY: openat2(2) with a live directory descriptor, a
+        // NUL-terminated path and an `open_how` of the size passed; it only
+        // returns a new descriptor, which is closed right away.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_openat2, root_dir.as_raw_fd(), rel.as_ptr(), &how, std::mem::size_of::<OpenHow>())
+        };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            bail!("{path} is not a directory in the image ({err}): cannot mount there");
+        }
+        let fd = i32::try_from(fd).context("openat2 returned no descriptor")?;
+        // SAFETY: `fd` was just returned to us and is not used elsewhere.
+        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     }
-    let fd = i32::try_from(fd).context("openat2 returned no descriptor")?;
-    // SAFETY: `fd` was just returned to us and is not used elsewhere.
-    drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub mod mailbox;
 /// lines below). Each side refuses the other's files of another version:
 /// an initramfs built by another rootlayer says so instead of failing to
 /// parse. Bump it with any change to the types in this file.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The agent's first line: `rootlayer-agent VERSION ready (uptime ...)`.
 pub const AGENT_READY_PREFIX: &str = "rootlayer-agent ";
 pub const AGENT_READY_WORD: &str = " ready";
@@ -39,6 +39,11 @@ pub const XCHG_MOUNT: &str = "/run/rootlayer/xchg";
 pub const JOB_FILES_DIR: &str = "/run/rootlayer/job";
 /// Where the agent mounts the scratch disk (ext4 made by the host).
 pub const SCRATCH_MOUNT: &str = "/run/rootlayer/scratch";
+/// The overlay's upper and work dirs: empty directories (0:0, 0755) in the
+/// scratch disk's root, made by the host's formatter, so a job makes
+/// nothing there before it mounts the overlay.
+pub const SCRATCH_UPPER: &str = "upper";
+pub const SCRATCH_WORK: &str = "work";
 /// Environment variable (kernel command line) naming the scratch disk's
 /// device: the agent mounts it read-only at [`SCRATCH_MOUNT`] before the
 /// snapshot point, so that a restored job whose disk is the same

@@ -181,7 +181,7 @@ fn read_upper(
     };
     let mut changes = Changeset::default();
     let bounds = Bounds { limit, stop: &|| stop.now() };
-    let upper = upper::changes(&mut fs, "upper", bounds, &mut only_contents, &mut changes).map_err(|e| match e {
+    let upper = upper::changes(&mut fs, crate::protocol::SCRATCH_UPPER, bounds, &mut only_contents, &mut changes).map_err(|e| match e {
         Ext4Error::TooLarge(n) => JobError::OutputTooLarge(n),
         Ext4Error::Entry(e) => layer_error(e, &[]),
         other => JobError::Scratch(other),

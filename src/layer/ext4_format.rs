@@ -9,18 +9,22 @@
 //! table fills whole blocks); compat `ext_attr`, `dir_index`; incompat
 //! `filetype`, `extents`, `64bit` (64-byte group descriptors); ro_compat
 //! `sparse_super`, `large_file`, `huge_file`, `dir_nlink`, `extra_isize`.
+//! Its root holds lost+found and the overlay's empty upper and work dirs
+//! (`SCRATCH_UPPER`, `SCRATCH_WORK`; inodes 12 and 13, a block each after
+//! lost+found's: where debugfs' `mkdir` puts them), so that a job's guest
+//! makes nothing before it mounts the overlay.
 //! No journal, no reserved GDT blocks, no flex_bg: each group has its own
 //! block bitmap, inode bitmap and inode table, after its super block and
 //! descriptor backup if it has one (groups 0, 1 and powers of 3, 5, 7). No
 //! checksums of any kind (no `metadata_csum`, no `uninit_bg`): every
 //! bitmap is written in full, and the inode tables, all zeros but for the
-//! root's and lost+found's inodes, are left as holes. No reserved blocks.
+//! root's, lost+found's and the two dirs' inodes, are left as holes. No reserved blocks.
 //! A last group too small to hold its own metadata and 50 blocks is left
 //! out, as mke2fs does.
 //!
 //! Only metadata is written (the super block and its backups, the group
 //! descriptors and theirs, the bitmaps, the first block of the first inode
-//! table, the root and lost+found directory blocks: about 16 KiB per
+//! table, the four directories' blocks: about 16 KiB per
 //! 128 MiB group), so a sparse file stays sparse. The same size gives the
 //! same bytes: timestamps are 0 and the UUID and directory hash seed are
 //! derived from the size.
@@ -28,6 +32,8 @@
 use std::io::{self, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
+
+use crate::protocol::{SCRATCH_UPPER, SCRATCH_WORK};
 
 /// The smallest filesystem [`format`] makes (`job::run_as_root::MIN_DISK_MIB` is
 /// derived from it).
@@ -64,6 +70,11 @@ const MIN_LAST_GROUP_SLACK: u64 = 50;
 const FIRST_INO: u32 = 11;
 const ROOT_INO: u32 = 2;
 const LPF_INO: u32 = 11;
+/// The upper dir's inode; the work dir's is the next.
+const UPPER_INO: u32 = 12;
+const WORK_INO: u32 = 13;
+/// Inodes in use: the reserved ones, lost+found, upper and work.
+const USED_INODES: u32 = WORK_INO;
 /// lost+found is 16 KiB, as mke2fs makes it (room for e2fsck to reconnect
 /// files without allocating).
 const LPF_BLOCKS: u64 = 4;
@@ -140,7 +151,7 @@ impl Geometry {
             // Far inside the limits for sizes up to MAX_SIZE; the kernel
             // refuses a group with more inodes than a bitmap block holds.
             assert!(inodes_per_group <= 8 * BLOCK_U64 && geo.inodes_count() <= u64::from(u32::MAX));
-            assert!(geo.meta_blocks(0) + 1 + LPF_BLOCKS <= geo.group_len(0));
+            assert!(geo.used_blocks(0) <= geo.group_len(0));
             return Ok(geo);
         }
     }
@@ -189,7 +200,7 @@ impl Geometry {
     }
 
     /// The root directory's block: the first after group 0's metadata;
-    /// lost+found's follow it.
+    /// lost+found's follow it, then upper's and work's.
     fn root_block(&self) -> u64 {
         self.meta_blocks(0)
     }
@@ -198,14 +209,22 @@ impl Geometry {
         self.root_block() + 1
     }
 
+    fn upper_block(&self) -> u64 {
+        self.lpf_block() + LPF_BLOCKS
+    }
+
+    fn work_block(&self) -> u64 {
+        self.upper_block() + 1
+    }
+
     /// Blocks in use in group `g`.
     fn used_blocks(&self, g: u64) -> u64 {
-        self.meta_blocks(g) + if g == 0 { 1 + LPF_BLOCKS } else { 0 }
+        self.meta_blocks(g) + if g == 0 { self.work_block() + 1 - self.root_block() } else { 0 }
     }
 
     fn used_inodes(g: u64) -> u64 {
         if g == 0 {
-            u64::from(FIRST_INO)
+            u64::from(USED_INODES)
         } else {
             0
         }
@@ -216,7 +235,7 @@ impl Geometry {
     }
 
     pub fn free_inodes(&self) -> u64 {
-        self.inodes_count() - u64::from(FIRST_INO)
+        self.inodes_count() - u64::from(USED_INODES)
     }
 
     /// Metadata blocks in the whole filesystem (s_overhead_clusters).
@@ -225,8 +244,9 @@ impl Geometry {
     }
 }
 
-/// Format `file`, already `size` bytes long (and sparse), as an empty ext4
-/// filesystem whose root and lost+found belong to 0:0.
+/// Format `file`, already `size` bytes long (and sparse), as an ext4
+/// filesystem whose root, lost+found and empty upper and work dirs belong
+/// to 0:0.
 pub fn format(file: &std::fs::File, size: u64) -> Result<(), FormatError> {
     let len = file.metadata().map_err(FormatError::Io)?.len();
     if len != size {
@@ -237,7 +257,7 @@ pub fn format(file: &std::fs::File, size: u64) -> Result<(), FormatError> {
     dev.flush().map_err(FormatError::Io)
 }
 
-/// Write the metadata of an empty ext4 filesystem on `size` bytes to
+/// Write the metadata of the scratch ext4 filesystem on `size` bytes to
 /// `dev`, in ascending offsets; nothing else is written.
 pub fn format_to<W: Write + Seek>(dev: &mut W, size: u64) -> Result<(), FormatError> {
     let geo = Geometry::new(size)?;
@@ -268,12 +288,20 @@ pub fn format_to<W: Write + Seek>(dev: &mut W, size: u64) -> Result<(), FormatEr
             at(geo.inode_table(0) * BLOCK_U64, &first_inode_table_block(&geo))?;
             at(
                 geo.root_block() * BLOCK_U64,
-                &dir_block(&[(ROOT_INO, b"."), (ROOT_INO, b".."), (LPF_INO, b"lost+found")]),
+                &dir_block(&[
+                    (ROOT_INO, b"."),
+                    (ROOT_INO, b".."),
+                    (LPF_INO, b"lost+found"),
+                    (UPPER_INO, SCRATCH_UPPER.as_bytes()),
+                    (WORK_INO, SCRATCH_WORK.as_bytes()),
+                ]),
             )?;
             at(geo.lpf_block() * BLOCK_U64, &dir_block(&[(LPF_INO, b"."), (ROOT_INO, b"..")]))?;
             for i in 1..LPF_BLOCKS {
                 at((geo.lpf_block() + i) * BLOCK_U64, &dir_block(&[]))?;
             }
+            at(geo.upper_block() * BLOCK_U64, &dir_block(&[(UPPER_INO, b"."), (ROOT_INO, b"..")]))?;
+            at(geo.work_block() * BLOCK_U64, &dir_block(&[(WORK_INO, b"."), (ROOT_INO, b"..")]))?;
         } else {
             at(geo.inode_bitmap(g) * BLOCK_U64, &inode_bitmap)?;
         }
@@ -390,7 +418,7 @@ fn descriptors(geo: &Geometry) -> Vec<u8> {
         put_split(d, 0x8, 0x28, 4, geo.inode_table(g));
         put_split(d, 0xC, 0x2C, 2, geo.group_len(g) - geo.used_blocks(g)); // free blocks
         put_split(d, 0xE, 0x2E, 2, geo.inodes_per_group - Geometry::used_inodes(g)); // free inodes
-        put_split(d, 0x10, 0x30, 2, if g == 0 { 2 } else { 0 }); // directories
+        put_split(d, 0x10, 0x30, 2, if g == 0 { 4 } else { 0 }); // directories
                                                                  // Bitmaps and tables initialized (no uninit_bg), the table zeros.
         put16(d, 0x12, BG_INODE_ZEROED);
     }
@@ -398,14 +426,20 @@ fn descriptors(geo: &Geometry) -> Vec<u8> {
 }
 
 /// The first block of group 0's inode table: inodes 1 to 16, of which
-/// the root (2) and lost+found (11) are directories; the rest are zero.
+/// the root (2), lost+found (11), upper (12) and work (13) are
+/// directories; the rest are zero.
 fn first_inode_table_block(geo: &Geometry) -> Vec<u8> {
     let mut b = vec![0u8; BLOCK];
     let slot = |ino: u32| usize::try_from(ino - 1).expect("small") * INODE_SIZE;
-    let root = slot(ROOT_INO);
-    dir_inode(&mut b[root..root + INODE_SIZE], 0o040_755, 3, geo.root_block(), 1);
-    let lpf = slot(LPF_INO);
-    dir_inode(&mut b[lpf..lpf + INODE_SIZE], 0o040_700, 2, geo.lpf_block(), LPF_BLOCKS);
+    let mut dir = |ino: u32, mode: u16, links: u16, start: u64, len: u64| {
+        let at = slot(ino);
+        dir_inode(&mut b[at..at + INODE_SIZE], mode, links, start, len);
+    };
+    // The root's links: its own "." and "..", and each subdirectory's "..".
+    dir(ROOT_INO, 0o040_755, 5, geo.root_block(), 1);
+    dir(LPF_INO, 0o040_700, 2, geo.lpf_block(), LPF_BLOCKS);
+    dir(UPPER_INO, 0o040_755, 2, geo.upper_block(), 1);
+    dir(WORK_INO, 0o040_755, 2, geo.work_block(), 1);
     b
 }
 

@@ -104,7 +104,23 @@ fn mke2fs(dir: &Path, size: u64, extra: &[&str], fixed_time: bool) -> PathBuf {
 }
 
 fn mkfs_reference(dir: &Path, size: u64) -> PathBuf {
-    mke2fs(dir, size, &["-E", "root_owner=0:0"], false)
+    with_overlay_dirs(mke2fs(dir, size, &["-E", "root_owner=0:0"], false))
+}
+
+/// mke2fs's image with the overlay's upper and work dirs made by debugfs,
+/// as the formatter makes them (times 1 where `E2FSPROGS_FAKE_TIME` is).
+fn with_overlay_dirs(img: PathBuf) -> PathBuf {
+    for dir in [SCRATCH_UPPER, SCRATCH_WORK] {
+        let out = Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", "1")
+            .args(["-w", "-R", &format!("mkdir {dir}")])
+            .arg(&img)
+            .output()
+            .expect("debugfs (e2fsprogs)");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains(dir), "debugfs mkdir {dir}: {text}");
+    }
+    img
 }
 
 #[test]
@@ -136,12 +152,12 @@ fn dumpe2fs_shows_the_features_counts_and_mke2fs_layout() {
         assert_eq!(field(&h, "Block count"), geo.blocks.to_string());
         assert_eq!(field(&h, "Inode count"), geo.inodes_count().to_string());
         assert_eq!(field(&h, "Free blocks"), geo.free_blocks().to_string());
-        assert_eq!(field(&h, "Free inodes"), (geo.inodes_count() - 11).to_string());
+        assert_eq!(field(&h, "Free inodes"), (geo.inodes_count() - 13).to_string());
         // One inode per 16 KiB of the device, a whole number of inode
-        // table blocks per group; nothing but metadata, the root's block
-        // and lost+found's 4 in use.
+        // table blocks per group; nothing but metadata, the root's block,
+        // lost+found's 4, upper's and work's in use.
         assert!(geo.inodes_count() >= size / 16384 && geo.inodes_count() < size / 16384 + 16 * geo.groups);
-        assert_eq!(geo.blocks - geo.free_blocks(), geo.overhead() + 5);
+        assert_eq!(geo.blocks - geo.free_blocks(), geo.overhead() + 7);
         assert!(geo.blocks <= size / 4096 && size / 4096 - geo.blocks < 32768);
 
         // The same layout, group by group, as mke2fs's for these options.
@@ -149,7 +165,7 @@ fn dumpe2fs_shows_the_features_counts_and_mke2fs_layout() {
         let ours = dumpe2fs(&img, false);
         let theirs = dumpe2fs(&reference, false);
         assert!(ours == theirs, "size {size}: dumpe2fs differs from mke2fs's:\n--- ours\n{ours}\n--- mke2fs\n{theirs}");
-        for what in ["stat <2>", "stat <11>", "ls -l /", "ls -l /lost+found"] {
+        for what in ["stat <2>", "stat <11>", "stat <12>", "stat <13>", "ls -l /", "ls -l /lost+found", "ls -l /upper"] {
             let show = |img: &Path| {
                 let (ok, out) = tool("debugfs", &["-R", what], img);
                 assert!(ok, "{out}");
@@ -181,10 +197,26 @@ fn mkfs_same_bytes(dir: &Path, size: u64, ours: &Path) -> PathBuf {
     let h = tool("dumpe2fs", &["-h"], ours).1;
     let (uuid, seed) = (field(&h, "Filesystem UUID"), field(&h, "Directory Hash Seed"));
     let hash_seed = format!("root_owner=0:0,hash_seed={seed}");
-    let img = mke2fs(dir, size, &["-U", &uuid, "-E", &hash_seed], true);
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    let img = with_overlay_dirs(mke2fs(dir, size, &["-U", &uuid, "-E", &hash_seed], true));
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
     let zero = |at: u64, len: usize| std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; len], at).unwrap();
     let geo = Geometry::new(size).unwrap();
+    // debugfs, like the kernel, updates the primary super block and
+    // descriptors only; the formatter writes its backups with the counts
+    // the dirs leave, so copy those to mke2fs's backups.
+    let read = |at: u64, len: usize| {
+        let mut b = vec![0; len];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).unwrap();
+        b
+    };
+    let put = |at: u64, b: &[u8]| std::os::unix::fs::FileExt::write_all_at(&f, b, at).unwrap();
+    let gdt_len = usize::try_from(geo.gdt_blocks).unwrap() * BLOCK;
+    let (counts, counts_hi, gdt) = (read(1024 + 0xC, 8), read(1024 + 0x158, 4), read(BLOCK_U64, gdt_len));
+    for g in (1..geo.groups).filter(|&g| Geometry::has_super(g)) {
+        put(g * GROUP_BYTES + 0xC, &counts);
+        put(g * GROUP_BYTES + 0x158, &counts_hi);
+        put(g * GROUP_BYTES + BLOCK_U64, &gdt);
+    }
     for g in (0..geo.groups).filter(|&g| Geometry::has_super(g)) {
         let sb = if g == 0 { 1024 } else { g * GROUP_BYTES };
         for field in [0x30, 0x40, 0x108] {
@@ -192,7 +224,7 @@ fn mkfs_same_bytes(dir: &Path, size: u64, ours: &Path) -> PathBuf {
         }
         zero(sb + 0x178, 8); // s_kbytes_written
     }
-    for ino in [1, 2, 11] {
+    for ino in [1, 2, 11, 12, 13] {
         let inode = geo.inode_table(0) * BLOCK_U64 + (ino - 1) * 256;
         for field in [0x8, 0xC, 0x10, 0x90] {
             zero(inode + field, 4); // a, c, m and crtime
@@ -236,8 +268,7 @@ fn debugfs_fills_it_e2fsck_agrees_and_our_reader_reads_it_back() {
     let long_target = format!("/nix/store/{}/bin/hello", "x".repeat(100));
     let s = |name: &str| src.join(name).display().to_string();
     let mut cmds = vec![
-        "mkdir upper".to_string(),
-        "cd upper".into(),
+        "cd upper".to_string(),
         "mkdir etc".into(),
         "cd etc".into(),
         format!("write {} passwd", s("passwd")),
@@ -287,15 +318,27 @@ fn debugfs_fills_it_e2fsck_agrees_and_our_reader_reads_it_back() {
     assert_eq!(many.len(), 600);
     assert!(many.iter().all(|g| g.data == b"x"));
 
-    // And the empty filesystem's root: lost+found only, 0:0, 0755.
+    // And the fresh filesystem's root: lost+found and the overlay's empty
+    // upper and work dirs, 0:0, 0755.
     let fresh = image(&t.path().join("src"), MIN_SIZE);
     let mut fs = Ext4::open(std::fs::File::open(&fresh).unwrap()).unwrap();
     let root = fs.lookup("/").unwrap();
-    assert_eq!((root.mode, root.uid, root.gid, root.links), (0o040_755, 0, 0, 3));
-    assert_eq!(fs.dir(&root).unwrap(), vec![(b"lost+found".to_vec(), 11)]);
+    assert_eq!((root.mode, root.uid, root.gid, root.links), (0o040_755, 0, 0, 5));
+    assert_eq!(
+        fs.dir(&root).unwrap(),
+        vec![(b"lost+found".to_vec(), 11), (b"upper".to_vec(), 12), (b"work".to_vec(), 13)]
+    );
     let lpf = fs.lookup("lost+found").unwrap();
     assert_eq!((lpf.mode, lpf.links, lpf.size), (0o040_700, 2, 16384));
     assert!(fs.dir(&lpf).unwrap().is_empty());
+    for dir in [SCRATCH_UPPER, SCRATCH_WORK] {
+        let d = fs.lookup(dir).unwrap();
+        assert_eq!((d.mode, d.uid, d.gid, d.links, d.size), (0o040_755, 0, 0, 2, 4096), "{dir}");
+        assert!(fs.dir(&d).unwrap().is_empty(), "{dir}");
+    }
+    let mut tar = Vec::new();
+    upper_tar(&mut fs, "upper", &mut tar, u64::MAX).unwrap();
+    assert!(read_layer(&tar).is_empty(), "an empty upper dir is an empty layer");
 }
 
 #[test]
