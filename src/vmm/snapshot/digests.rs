@@ -110,10 +110,7 @@ fn prune(dir: &Path, now: SystemTime) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > super::file::UNUSED_FOR));
+        let old = super::file::age(entry.metadata(), now).is_some_and(|age| age > super::file::UNUSED_FOR);
         if old && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }

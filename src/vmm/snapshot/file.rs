@@ -182,13 +182,15 @@ pub fn load(path: &Path, key: &Key) -> Result<Loaded, FileError> {
 /// not read again (`digests`).
 fn mark_used(file: &File) {
     let now = std::time::SystemTime::now();
-    let old = file
-        .metadata()
-        .and_then(|m| m.modified())
-        .map_or(true, |t| now.duration_since(t).is_ok_and(|age| age > MARK_EVERY));
-    if old {
+    if age(file.metadata(), now).map_or(true, |age| age > MARK_EVERY) {
         let _ = file.set_modified(now);
     }
+}
+
+/// How long ago a file was last modified (marked used), from its
+/// metadata; None when that is unknown or in the future.
+pub(super) fn age(meta: std::io::Result<std::fs::Metadata>, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    meta.and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok())
 }
 
 fn is_zero(page: &[u8]) -> bool {
@@ -303,8 +305,7 @@ pub fn prune(dir: &Path, keep: &Path, now: std::time::SystemTime) -> usize {
         } else {
             continue;
         };
-        let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| now.duration_since(t).ok());
-        if age.is_some_and(|a| a > limit) && std::fs::remove_file(&path).is_ok() {
+        if age(entry.metadata(), now).is_some_and(|a| a > limit) && std::fs::remove_file(&path).is_ok() {
             removed += 1;
         }
     }
