@@ -158,9 +158,10 @@ impl JobOutcome {
     }
 }
 
-/// Create a sparse `mib` MiB file and put an empty ext4 on it
+/// Create a sparse `mib` MiB file and put the scratch ext4 on it
 /// ([`crate::layer::ext4_format`]: no journal, the disk lives for one job;
-/// root-owned root directory; only the metadata is written).
+/// root-owned root directory with the overlay's empty upper and work dirs;
+/// only the metadata is written).
 pub fn make_scratch_disk(path: &Path, mib: u64) -> Result<(), GuestError> {
     let disk_err = |source| GuestError::Disk { path: path.into(), mib, source };
     let f = std::fs::File::create(path).map_err(disk_err)?;

@@ -18,7 +18,8 @@
 //!   tree as a changeset is `export`'s layer.
 //! - [`upper`]: the overlay upper dir read off the scratch disk's image the
 //!   guest left (through [`ext4`], a bounded reader), into a changeset;
-//!   [`ext4_format`] makes that disk's empty ext4 before the job.
+//!   [`ext4_format`] makes that disk's ext4 (empty upper and work dirs)
+//!   before the job.
 //! - [`references`]: the Nix store paths the new layer's bytes name (Nix's
 //!   reference scan) and their closure, from `exportReferencesGraph` files.
 //! - [`store_paths`]: host store paths (a Nix closure) added to the new
