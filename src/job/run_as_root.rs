@@ -181,11 +181,12 @@ fn read_upper(
     };
     let mut changes = Changeset::default();
     let bounds = Bounds { limit, stop: &|| stop.now() };
-    let upper = upper::changes(&mut fs, crate::protocol::SCRATCH_UPPER, bounds, &mut only_contents, &mut changes).map_err(|e| match e {
-        Ext4Error::TooLarge(n) => JobError::OutputTooLarge(n),
-        Ext4Error::Entry(e) => layer_error(e, &[]),
-        other => JobError::Scratch(other),
-    })?;
+    let upper = upper::changes(&mut fs, crate::protocol::SCRATCH_UPPER, bounds, &mut only_contents, &mut changes)
+        .map_err(|e| match e {
+            Ext4Error::TooLarge(n) => JobError::OutputTooLarge(n),
+            Ext4Error::Entry(e) => layer_error(e, &[]),
+            other => JobError::Scratch(other),
+        })?;
     if let Some(e) = lookup_err {
         return Err(base_io(e));
     }

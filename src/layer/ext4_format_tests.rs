@@ -165,7 +165,8 @@ fn dumpe2fs_shows_the_features_counts_and_mke2fs_layout() {
         let ours = dumpe2fs(&img, false);
         let theirs = dumpe2fs(&reference, false);
         assert!(ours == theirs, "size {size}: dumpe2fs differs from mke2fs's:\n--- ours\n{ours}\n--- mke2fs\n{theirs}");
-        for what in ["stat <2>", "stat <11>", "stat <12>", "stat <13>", "ls -l /", "ls -l /lost+found", "ls -l /upper"] {
+        for what in ["stat <2>", "stat <11>", "stat <12>", "stat <13>", "ls -l /", "ls -l /lost+found", "ls -l /upper"]
+        {
             let show = |img: &Path| {
                 let (ok, out) = tool("debugfs", &["-R", what], img);
                 assert!(ok, "{out}");
