@@ -68,8 +68,8 @@ pub fn run(job: &RunAsRoot, sandbox: crate::sandbox::Sandbox, result: &mut JobRe
     let image: Vec<PathBuf> = job.contents.iter().chain([&job.base]).map(PathBuf::from).collect();
     let points = Path::new(POINTS);
     let lowers: Vec<PathBuf> = image.iter().cloned().chain([points.to_path_buf()]).collect();
-    // The host's formatter made both, empty (a mkdir each here cost the
-    // emulated guest kernel 20 ms).
+    // The host's formatter made both, empty (making them here cost the
+    // emulated guest kernel about 10 ms).
     let upper = scratch.join(SCRATCH_UPPER);
     let work = scratch.join(SCRATCH_WORK);
     let merged = Path::new(MERGED);
