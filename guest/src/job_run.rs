@@ -78,6 +78,9 @@ pub fn run_if_requested(
 /// mailbox's files part.
 fn write_files(listed: &[rootlayer_protocol::JobFile], files: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if !listed.is_empty() {
+        std::fs::create_dir_all(rootlayer_protocol::JOB_FILES_DIR).context("mkdir the job's files")?;
+    }
     for f in listed {
         let path = std::path::Path::new(&f.path);
         anyhow::ensure!(
@@ -88,7 +91,6 @@ fn write_files(listed: &[rootlayer_protocol::JobFile], files: &[u8]) -> anyhow::
             rootlayer_protocol::JOB_FILES_DIR
         );
         let bytes = f.bytes(files).with_context(|| format!("job file {} lies outside the mailbox's files", f.path))?;
-        std::fs::create_dir_all(rootlayer_protocol::JOB_FILES_DIR).context("mkdir the job's files")?;
         std::fs::write(path, bytes).with_context(|| format!("write {}", f.path))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("chmod {}", f.path))?;

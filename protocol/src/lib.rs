@@ -1,7 +1,7 @@
 //! The job the host hands the guest agent, and the result it hands back,
-//! as JSON (`job.json`, `result.json`) through the job [`mailbox`]; the
-//! files a job needs (its script) and makes (a listing) go through the
-//! exchange share.
+//! as JSON (`job.json`, `result.json`) through the job [`mailbox`], with
+//! the files a job needs (its script, [`Job::files`]); the files it makes
+//! (a listing) go through the exchange share.
 //!
 //! The host decides everything and writes it down once; the agent only
 //! executes. Both the host crate (as `rootlayer::protocol`) and the agent depend

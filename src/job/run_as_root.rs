@@ -419,8 +419,8 @@ struct Prepared {
     phases: Vec<(String, f64)>,
 }
 
-/// The base image and its disk, the contents disk, the scripts in the
-/// exchange share, the mount points checked, the task.
+/// The base image and its disk, the contents disk, the scripts as the
+/// job's files (for the mailbox), the mount points checked, the task.
 fn prepare(spec: &GuestSpec, req: &RunAsRootRequest, workdir: &Workdir, stop: Stop) -> Result<Prepared, JobError> {
     let base = match &req.from_image {
         Some(p) => {

@@ -188,7 +188,7 @@ impl Machine {
             sink,
         )));
         let mailbox = GuestMemoryMmap::from_ranges(&[(GuestAddress(layout::MAILBOX_ADDR), layout::MAILBOX_SIZE)])
-            .map_err(|source| VmmError::Memory { mib: 1, source })?;
+            .map_err(|source| VmmError::Memory { mib: (layout::MAILBOX_SIZE >> 20) as u64, source })?;
         let mut machine = Machine {
             vm,
             mem,

@@ -10,7 +10,7 @@
 //! 0x0009_fc00  EBDA (reserved in the e820 map): MP floating pointer + table
 //! 0x0010_0000  kernel (vmlinux at its ELF load address, bzImage here)
 //! top of RAM   initramfs, page aligned, below INITRD_MAX
-//! 0xcf00_0000  the job mailbox, 1 MiB (not RAM: the VMM's own memory)
+//! 0xcf00_0000  the job mailbox, 16 MiB (not RAM: the VMM's own memory)
 //! 0xd000_0000  virtio-mmio devices, 4 KiB each
 //! ```
 
