@@ -388,9 +388,17 @@ fn hardware_kvm_path_under_nested_svm_gives_the_software_kvm_layers() {
         let n = Nested { qemu: format!("{version} [{qemu}]"), lines: lines.clone() };
         let case = check(&n, &local_jobs, qemu.starts_with("10"), !qemu.contains("npt=0"));
         let l1_jobs: Vec<Job> = l1_job_indices(&n).into_iter().map(|i| n.job(JOBS[i].0)).collect();
-        // scripts/nested-kvm runs L1 once more after a freeze of QEMU's.
-        let froze = lines.iter().find_map(|l| l.strip_prefix("l1_froze ")).unwrap_or("0");
-        let froze = if froze == "0" { String::new() } else { format!(", L1 froze {froze}x and was run again") };
+        // scripts/nested-kvm runs L1 once more after a freeze of QEMU's or
+        // a panic of L1's own kernel.
+        let again = |key: &str, what: &str| {
+            let n = lines.iter().find_map(|l| l.strip_prefix(key)).unwrap_or("0");
+            if n == "0" {
+                String::new()
+            } else {
+                format!(", L1 {what} {n}x and was run again")
+            }
+        };
+        let froze = again("l1_froze ", "froze") + &again("l1_panicked ", "panicked");
         summary += &format!(
             "  {} ({:.0}s{froze}): hardware case: {case}\n    L1: {}\n",
             n.qemu,
