@@ -24,6 +24,13 @@
 //! `ROOTLAYER_NESTED_QEMU` picks others ("10 7.2 7.2:npt=0" by default).
 //! Intel VMX is not emulated by TCG: that path has no such test.
 //!
+//! Reruns, each named in the test's summary: `scripts/nested-kvm` runs L1
+//! once more after a freeze of QEMU's or a panic of L1's own kernel, and
+//! L1 runs a step on two vCPUs again (at most twice) after the emulator's
+//! fault of such guests: a GS base of zero at an interrupt's entry, the
+//! guest kernel's double or triple fault (scripts/lib/nested-kvm-init.sh,
+//! `smp_step`). Any other failure fails the test.
+//!
 //! QEMU runs as the caller (root under `scripts/test`; it needs no
 //! /dev/kvm); the local jobs run as the test user like every e2e test.
 //! Skips, saying why, when not root and `scripts/nested-kvm prepare` has not
@@ -398,9 +405,16 @@ fn hardware_kvm_path_under_nested_svm_gives_the_software_kvm_layers() {
                 format!(", L1 {what} {n}x and was run again")
             }
         };
-        let froze = again("l1_froze ", "froze") + &again("l1_panicked ", "panicked");
+        let mut reruns = again("l1_froze ", "froze") + &again("l1_panicked ", "panicked");
+        // scripts/lib/nested-kvm-init.sh runs a step on two vCPUs again
+        // (at most twice) after the emulator's fault of such guests.
+        let faults: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("emulator_fault ")).collect();
+        for f in &faults {
+            assert!(f.starts_with("smp-avx ") || f.starts_with("readme-smp-"), "{}: a rerun of {f}", n.qemu);
+            reruns += &format!(", {f} (the emulator's fault of a two-vCPU guest, run again)");
+        }
         summary += &format!(
-            "  {} ({:.0}s{froze}): hardware case: {case}\n    L1: {}\n",
+            "  {} ({:.0}s{reruns}): hardware case: {case}\n    L1: {}\n",
             n.qemu,
             start.elapsed().as_secs_f64(),
             timings(&n.of("boot"), &n.of("boot-restore"), &l1_jobs)
