@@ -1,5 +1,6 @@
 //! e2e: SIGTERM while a run-as-root job runs stops the guest and exits 130,
-//! promptly, with nothing at --out and no temporary files left.
+//! promptly, with nothing at --out and no temporary files left: not even
+//! the OCI output begun beside --out while the guest ran.
 
 mod common;
 
@@ -25,7 +26,7 @@ fn sigterm_stops_the_job_and_cleans_up() {
         .arg(&script)
         .arg("--store")
         .arg(&store)
-        .args(["--mem-size", "128", "--disk-size", "32", "--timeout", "900", "--out"])
+        .args(["--mem-size", "128", "--disk-size", "32", "--timeout", "900", "--format", "oci", "--out"])
         .arg(&out)
         .arg("--kernel")
         .arg(&g.kernel)
@@ -56,6 +57,12 @@ fn sigterm_stops_the_job_and_cleans_up() {
     assert!(rest.iter().any(|l| l.contains("interrupted")), "says it was interrupted");
     assert!(sent.elapsed() < Duration::from_secs(15), "stopping took {:?}", sent.elapsed());
     assert!(out.symlink_metadata().is_err(), "nothing at --out");
+    let drafts: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".out."))
+        .collect();
+    assert!(drafts.is_empty(), "the OCI output begun beside --out is left: {drafts:?}");
     let left: Vec<_> = std::fs::read_dir(private_tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }

@@ -482,5 +482,57 @@ mod tests {
         }
         let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
         assert_eq!(read("young.tar"), read("settled.tar"), "the same archive, byte for byte");
+
+        // An OCI output begun ahead of its new layer (run-as-root begins it
+        // while the guest runs): the base's blob in a hidden temporary
+        // beside the output, nothing at the output until finished.
+        let hidden = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".ahead."))
+                .collect::<Vec<_>>()
+        };
+        let ahead = dir.path().join("ahead");
+        let draft = crate::image::OciDraft::begin(&ahead, Some(&base)).unwrap();
+        assert!(!ahead.exists());
+        let tmp = hidden(dir.path());
+        assert_eq!(tmp.len(), 1, "{tmp:?}");
+        let blob = dir.path().join(&tmp[0]).join(oci::blob_path(&base.layers()[0].blob_digest));
+        assert_eq!(std::fs::metadata(&blob).unwrap().len(), base.layers()[0].blob_size);
+        draft.finish(Some(&base), &layer, &meta).unwrap();
+        assert!(hidden(dir.path()).is_empty());
+        for f in ["index.json", "oci-layout"] {
+            assert_eq!(read(&format!("ahead/{f}")), read(&format!("settled-oci/{f}")), "{f}");
+        }
+        assert_eq!(
+            BaseImage::open(&ahead, &sel).unwrap().layers().iter().map(|l| l.diff_id).collect::<Vec<_>>(),
+            BaseImage::open(&dir.path().join("settled-oci"), &sel)
+                .unwrap()
+                .layers()
+                .iter()
+                .map(|l| l.diff_id)
+                .collect::<Vec<_>>()
+        );
+        // Dropped unfinished (the job failed): nothing left. Finished after
+        // something took the output's name: refused, the other kept.
+        let dropped = dir.path().join("dropped");
+        drop(crate::image::OciDraft::begin(&dropped, Some(&base)).unwrap());
+        assert!(
+            !dropped.exists()
+                && std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .all(|e| { !e.unwrap().file_name().to_string_lossy().starts_with(".dropped.") })
+        );
+        let taken = dir.path().join("taken");
+        let draft = crate::image::OciDraft::begin(&taken, Some(&base)).unwrap();
+        std::fs::write(&taken, b"someone else's").unwrap();
+        assert!(matches!(draft.finish(Some(&base), &layer, &meta), Err(ImageError::OutputExists(_))));
+        assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
+        // A draft begun for another base is refused.
+        let other = dir.path().join("other");
+        let draft = crate::image::OciDraft::begin(&other, None).unwrap();
+        assert!(matches!(draft.finish(Some(&base), &layer, &meta), Err(ImageError::Invalid(_))));
+        assert!(!other.exists());
     }
 }

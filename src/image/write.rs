@@ -90,33 +90,18 @@ pub fn write_output(
     layer: &NewLayer,
     meta: &ImageMeta,
 ) -> Result<(), ImageError> {
-    if out.symlink_metadata().is_ok() {
-        return Err(ImageError::OutputExists(out.to_path_buf()));
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let prefix =
-        format!(".{}.", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into()));
+    refuse_existing(out)?;
+    let (parent, prefix) = beside(out);
     match format {
-        OutputFormat::Layer | OutputFormat::Oci => {
+        OutputFormat::Oci => OciDraft::begin(out, base)?.finish(base, layer, meta)?,
+        OutputFormat::Layer => {
             let tmp = tempfile::Builder::new()
                 .prefix(&prefix)
                 .suffix(".tmp")
                 .tempdir_in(parent)
                 .map_err(ImageError::io(parent))?;
-            if format == OutputFormat::Layer {
-                write_layer_dir(tmp.path(), layer, meta)?;
-            } else {
-                write_oci_dir(tmp.path(), base, layer, meta)?;
-            }
-            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).map_err(ImageError::io(tmp.path()))?;
-            if out.symlink_metadata().is_ok() {
-                return Err(ImageError::OutputExists(out.to_path_buf()));
-            }
-            fs::rename(tmp.path(), out).map_err(ImageError::io(out))?;
-            let _ = tmp.keep();
+            write_layer_dir(tmp.path(), layer, meta)?;
+            move_into_place(tmp, out)?;
         }
         OutputFormat::DockerArchive => {
             let tmp = tempfile::Builder::new()
@@ -141,6 +126,93 @@ pub fn write_output(
         }
     }
     Ok(())
+}
+
+fn refuse_existing(out: &Path) -> Result<(), ImageError> {
+    match out.symlink_metadata() {
+        Ok(_) => Err(ImageError::OutputExists(out.to_path_buf())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The directory `out` goes in, and the hidden prefix of its temporary.
+fn beside(out: &Path) -> (&Path, String) {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    (parent, format!(".{name}."))
+}
+
+/// A finished temporary directory becomes `out` (world-readable, as an
+/// output directory is), unless something took `out` meanwhile.
+fn move_into_place(tmp: tempfile::TempDir, out: &Path) -> Result<(), ImageError> {
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).map_err(ImageError::io(tmp.path()))?;
+    refuse_existing(out)?;
+    fs::rename(tmp.path(), out).map_err(ImageError::io(out))?;
+    let _ = tmp.keep();
+    Ok(())
+}
+
+/// An OCI image layout begun before its new layer exists: a temporary
+/// directory beside the output holding the base image's blobs, which do
+/// not depend on the new layer, so they can be written while the guest
+/// runs (`run-as-root` does, on a thread of its own). [`OciDraft::finish`]
+/// adds the new layer, the config, manifest and index and moves it into
+/// place; a draft dropped unfinished is removed.
+#[derive(Debug)]
+pub struct OciDraft {
+    tmp: tempfile::TempDir,
+    out: PathBuf,
+    /// The blobs written (a blob two layers share, once).
+    written: HashSet<Sha256Digest>,
+    /// The base's layers, in order.
+    descriptors: Vec<Descriptor>,
+}
+
+impl OciDraft {
+    /// Start the layout for `out` (which must not exist) and write `base`'s
+    /// layer blobs as stored.
+    pub fn begin(out: &Path, base: Option<&BaseImage>) -> Result<OciDraft, ImageError> {
+        refuse_existing(out)?;
+        let (parent, prefix) = beside(out);
+        let tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .tempdir_in(parent)
+            .map_err(ImageError::io(parent))?;
+        let dir = tmp.path();
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(ImageError::io(&blobs))?;
+        let mut written = HashSet::new();
+        let mut descriptors = Vec::new();
+        if let Some(base) = base {
+            for (i, l) in base.layers().iter().enumerate() {
+                if written.insert(l.blob_digest) {
+                    let path = dir.join(blob_path(&l.blob_digest));
+                    let file = File::create(&path).map_err(ImageError::io(&path))?;
+                    if !base.copy_layer_blob(i, &file)? {
+                        put_blob_stream(dir, &l.blob_digest, base.open_layer_blob(i)?)?;
+                    }
+                }
+                descriptors.push(Descriptor::new(l.oci_media_type(), l.blob_size, l.blob_digest));
+            }
+        }
+        Ok(OciDraft { tmp, out: out.to_path_buf(), written, descriptors })
+    }
+
+    /// The new layer uncompressed on top of the base's, a new config,
+    /// manifest and `index.json`; then the layout becomes the output.
+    /// `base` must be the one the draft began with.
+    pub fn finish(self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
+        let OciDraft { tmp, out, mut written, mut descriptors } = self;
+        if descriptors.len() != base.map_or(0, |b| b.layers().len()) {
+            return Err(ImageError::Invalid("the OCI output was begun with another base image".into()));
+        }
+        write_oci_rest(tmp.path(), &mut written, &mut descriptors, base, layer, meta)?;
+        move_into_place(tmp, &out)
+    }
 }
 
 /// Copies the new layer's tar into `w`, checking its digest and size.
@@ -489,27 +561,17 @@ fn put_blob_stream(dir: &Path, d: &Sha256Digest, mut r: impl Read) -> Result<(),
     Ok(())
 }
 
-/// An OCI image layout: base blobs copied as stored, the new layer
-/// uncompressed, a new config, manifest and `index.json`.
-fn write_oci_dir(dir: &Path, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).map_err(ImageError::io(&blobs))?;
+/// What an OCI layout needs beyond the base's blobs ([`OciDraft::begin`]):
+/// the new layer uncompressed, a new config, manifest and `index.json`.
+fn write_oci_rest(
+    dir: &Path,
+    written: &mut HashSet<Sha256Digest>,
+    descriptors: &mut Vec<Descriptor>,
+    base: Option<&BaseImage>,
+    layer: &NewLayer,
+    meta: &ImageMeta,
+) -> Result<(), ImageError> {
     let invalid = |e: oci_spec::OciSpecError| ImageError::Invalid(e.to_string());
-
-    let mut written = HashSet::new();
-    let mut descriptors = Vec::new();
-    if let Some(base) = base {
-        for (i, l) in base.layers().iter().enumerate() {
-            if written.insert(l.blob_digest) {
-                let path = dir.join(blob_path(&l.blob_digest));
-                let file = File::create(&path).map_err(ImageError::io(&path))?;
-                if !base.copy_layer_blob(i, &file)? {
-                    put_blob_stream(dir, &l.blob_digest, base.open_layer_blob(i)?)?;
-                }
-            }
-            descriptors.push(Descriptor::new(l.oci_media_type(), l.blob_size, l.blob_digest));
-        }
-    }
     if written.insert(layer.diff_id) {
         put_blob_stream(dir, &layer.diff_id, open_new_layer(layer)?)?;
     }
@@ -522,7 +584,7 @@ fn write_oci_dir(dir: &Path, base: Option<&BaseImage>, layer: &NewLayer, meta: &
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(Descriptor::new(MediaType::ImageConfig, config_bytes.len() as u64, config_digest))
-        .layers(descriptors)
+        .layers(std::mem::take(descriptors))
         .build()
         .map_err(invalid)?;
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest"))?;
