@@ -1,6 +1,6 @@
 //! e2e: SIGTERM while a run-as-root job runs stops the guest and exits 130,
 //! promptly, with nothing at --out and no temporary files left: not even
-//! the OCI output begun beside --out while the guest ran.
+//! the output begun beside --out while the guest ran (an OCI layout).
 
 mod common;
 
@@ -62,7 +62,7 @@ fn sigterm_stops_the_job_and_cleans_up() {
         .map(|e| e.unwrap().file_name())
         .filter(|n| n.to_string_lossy().starts_with(".out."))
         .collect();
-    assert!(drafts.is_empty(), "the OCI output begun beside --out is left: {drafts:?}");
+    assert!(drafts.is_empty(), "the output begun beside --out is left: {drafts:?}");
     let left: Vec<_> = std::fs::read_dir(private_tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }

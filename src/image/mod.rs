@@ -38,4 +38,4 @@ pub use error::ImageError;
 pub use read::{BaseImage, BaseLayer, MAX_LAYERS};
 pub use select::{Selected, Selector};
 pub use types::SourceFormat;
-pub use write::{write_output, ImageMeta, NewLayer, OciDraft, OutputFormat};
+pub use write::{write_output, ArchiveDraft, ImageMeta, NewLayer, OciDraft, OutputDraft, OutputFormat};

@@ -483,9 +483,9 @@ mod tests {
         let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
         assert_eq!(read("young.tar"), read("settled.tar"), "the same archive, byte for byte");
 
-        // An OCI output begun ahead of its new layer (run-as-root begins it
-        // while the guest runs): the base's blob in a hidden temporary
-        // beside the output, nothing at the output until finished.
+        // Outputs begun ahead of their new layer (run-as-root begins them
+        // while the guest runs): an OCI layout's base blob in a hidden
+        // temporary beside the output, nothing at the output until finished.
         let hidden = |d: &std::path::Path| {
             std::fs::read_dir(d)
                 .unwrap()
@@ -529,6 +529,26 @@ mod tests {
         std::fs::write(&taken, b"someone else's").unwrap();
         assert!(matches!(draft.finish(Some(&base), &layer, &meta), Err(ImageError::OutputExists(_))));
         assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
+        // A docker-archive, compressed or not, likewise.
+        for name in ["ahead.tar", "ahead.tar.gz"] {
+            let path = dir.path().join(name);
+            let draft =
+                crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &path, Some(&base), &meta).unwrap();
+            assert!(!path.exists());
+            draft.finish(Some(&base), &layer, &meta).unwrap();
+            let other = dir.path().join(format!("direct-{name}"));
+            write_output(OutputFormat::DockerArchive, &other, Some(&base), &layer, &meta).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&other).unwrap(), "{name}");
+            assert_eq!(BaseImage::open(&path, &sel).unwrap().layers().len(), 2);
+        }
+        assert_eq!(read("ahead.tar"), read("settled.tar"));
+        let dropped = dir.path().join("dropped.tar.gz");
+        drop(crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &dropped, Some(&base), &meta).unwrap());
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".dropped.")));
         // A draft begun for another base is refused.
         let other = dir.path().join("other");
         let draft = crate::image::OciDraft::begin(&other, None).unwrap();

@@ -90,40 +90,65 @@ pub fn write_output(
     layer: &NewLayer,
     meta: &ImageMeta,
 ) -> Result<(), ImageError> {
-    refuse_existing(out)?;
-    let (parent, prefix) = beside(out);
-    match format {
-        OutputFormat::Oci => OciDraft::begin(out, base)?.finish(base, layer, meta)?,
-        OutputFormat::Layer => {
-            let tmp = tempfile::Builder::new()
-                .prefix(&prefix)
-                .suffix(".tmp")
-                .tempdir_in(parent)
-                .map_err(ImageError::io(parent))?;
-            write_layer_dir(tmp.path(), layer, meta)?;
-            move_into_place(tmp, out)?;
+    OutputDraft::begin(format, out, base, meta)?.finish(base, layer, meta)
+}
+
+/// An output begun before its new layer exists, in a hidden temporary
+/// beside it: what does not depend on the new layer (the base image's
+/// layers, in an OCI layout or a docker-archive, compressed or not) is
+/// written at once, so that `run-as-root` does it on a thread of its own
+/// while the guest runs. [`OutputDraft::finish`] adds the new layer and
+/// what names it and moves the output into place; a draft dropped
+/// unfinished is removed.
+#[derive(Debug)]
+pub enum OutputDraft {
+    Layer { tmp: tempfile::TempDir, out: PathBuf },
+    Oci(OciDraft),
+    DockerArchive(ArchiveDraft),
+}
+
+impl OutputDraft {
+    /// Begin `format`'s output at `out` (which must not exist) on `base`.
+    pub fn begin(
+        format: OutputFormat,
+        out: &Path,
+        base: Option<&BaseImage>,
+        meta: &ImageMeta,
+    ) -> Result<OutputDraft, ImageError> {
+        refuse_existing(out)?;
+        Ok(match format {
+            OutputFormat::Layer => {
+                let (parent, prefix) = beside(out);
+                let tmp = tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .suffix(".tmp")
+                    .tempdir_in(parent)
+                    .map_err(ImageError::io(parent))?;
+                OutputDraft::Layer { tmp, out: out.to_path_buf() }
+            }
+            OutputFormat::Oci => OutputDraft::Oci(OciDraft::begin(out, base)?),
+            OutputFormat::DockerArchive => OutputDraft::DockerArchive(ArchiveDraft::begin(out, base, meta)?),
+        })
+    }
+
+    /// Add the new layer (on `base`, the one the draft began with) and move
+    /// the output into place.
+    pub fn finish(self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
+        match self {
+            OutputDraft::Layer { tmp, out } => {
+                write_layer_dir(tmp.path(), layer, meta)?;
+                move_into_place(tmp, &out)
+            }
+            OutputDraft::Oci(d) => d.finish(base, layer, meta),
+            OutputDraft::DockerArchive(d) => d.finish(base, layer, meta),
         }
-        OutputFormat::DockerArchive => {
-            let tmp = tempfile::Builder::new()
-                .prefix(&prefix)
-                .suffix(".tmp")
-                .tempfile_in(parent)
-                .map_err(ImageError::io(parent))?;
-            let compression = match out.extension().and_then(|e| e.to_str()) {
-                Some("gz") => Compression::Gzip,
-                Some("zst") => Compression::Zstd,
-                _ => Compression::None,
-            };
-            write_docker_archive(tmp.as_file(), base, layer, meta, compression)?;
-            tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(ImageError::io(tmp.path()))?;
-            tmp.persist_noclobber(out).map_err(|e| {
-                if e.error.kind() == io::ErrorKind::AlreadyExists {
-                    ImageError::OutputExists(out.to_path_buf())
-                } else {
-                    ImageError::io(out)(e.error)
-                }
-            })?;
-        }
+    }
+}
+
+/// The base layers a draft was begun with must be the finishing base's.
+fn same_base(drafted: usize, base: Option<&BaseImage>) -> Result<(), ImageError> {
+    if drafted != base.map_or(0, |b| b.layers().len()) {
+        return Err(ImageError::Invalid("the output was begun with another base image".into()));
     }
     Ok(())
 }
@@ -155,12 +180,8 @@ fn move_into_place(tmp: tempfile::TempDir, out: &Path) -> Result<(), ImageError>
     Ok(())
 }
 
-/// An OCI image layout begun before its new layer exists: a temporary
-/// directory beside the output holding the base image's blobs, which do
-/// not depend on the new layer, so they can be written while the guest
-/// runs (`run-as-root` does, on a thread of its own). [`OciDraft::finish`]
-/// adds the new layer, the config, manifest and index and moves it into
-/// place; a draft dropped unfinished is removed.
+/// An OCI image layout begun ([`OutputDraft`]): a temporary directory
+/// beside the output holding the base image's blobs.
 #[derive(Debug)]
 pub struct OciDraft {
     tmp: tempfile::TempDir,
@@ -207,9 +228,7 @@ impl OciDraft {
     /// `base` must be the one the draft began with.
     pub fn finish(self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
         let OciDraft { tmp, out, mut written, mut descriptors } = self;
-        if descriptors.len() != base.map_or(0, |b| b.layers().len()) {
-            return Err(ImageError::Invalid("the OCI output was begun with another base image".into()));
-        }
+        same_base(descriptors.len(), base)?;
         write_oci_rest(tmp.path(), &mut written, &mut descriptors, base, layer, meta)?;
         move_into_place(tmp, &out)
     }
@@ -395,38 +414,85 @@ fn open_new_layer(layer: &NewLayer) -> Result<CheckedNewLayer<'_>, ImageError> {
     })
 }
 
-/// A docker-archive with `manifest.json`, `repositories` and the older
-/// `<id>/{layer.tar,json,VERSION}` directories, so that both kinds of
-/// reader (Docker/podman/skopeo and nixpkgs' `repositories` walk) load it.
-fn write_docker_archive(
-    file: &File,
-    base: Option<&BaseImage>,
-    layer: &NewLayer,
-    meta: &ImageMeta,
-    compression: Compression,
-) -> Result<(), ImageError> {
-    let out = Path::new("docker-archive output");
-    let config = output_config(base, layer, meta)?;
-    let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
-    let config_name = format!("{}.json", Sha256Digest::of(&config_bytes).hex());
+/// A docker-archive begun ([`OutputDraft`]), with `manifest.json`,
+/// `repositories` and the older `<id>/{layer.tar,json,VERSION}`
+/// directories, so that both kinds of reader (Docker/podman/skopeo and
+/// nixpkgs' `repositories` walk) load it: the base's layers written (and
+/// compressed, as the whole file is where the output's name ends in `.gz`
+/// or `.zst`, as dockerTools' `compressor` does) into a temporary file
+/// beside the output.
+pub struct ArchiveDraft {
+    tmp: tempfile::NamedTempFile,
+    out: PathBuf,
+    b: tar::Builder<Sink>,
+    /// The v1 id of the topmost layer written.
+    parent: Option<String>,
+    layer_paths: Vec<String>,
+}
 
-    let sink = Sink::new(file, compression).map_err(|e| ImageError::from_io(e, out))?;
-    let mut b = tar::Builder::new(sink);
+impl std::fmt::Debug for ArchiveDraft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveDraft").field("tmp", &self.tmp.path()).field("layers", &self.layer_paths).finish()
+    }
+}
 
-    let diff_ids = config.rootfs().diff_ids().clone();
-    let n = diff_ids.len();
-    let mut parent: Option<String> = None;
-    let mut layer_paths = Vec::with_capacity(n);
-    for (i, diff_id) in diff_ids.iter().enumerate() {
+const ARCHIVE_OUT: &str = "docker-archive output";
+
+impl ArchiveDraft {
+    fn begin(out: &Path, base: Option<&BaseImage>, meta: &ImageMeta) -> Result<ArchiveDraft, ImageError> {
+        let (parent, prefix) = beside(out);
+        let tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .tempfile_in(parent)
+            .map_err(ImageError::io(parent))?;
+        let compression = match out.extension().and_then(|e| e.to_str()) {
+            Some("gz") => Compression::Gzip,
+            Some("zst") => Compression::Zstd,
+            _ => Compression::None,
+        };
+        let file = tmp.as_file().try_clone().map_err(ImageError::io(tmp.path()))?;
+        let sink = Sink::new(file, compression).map_err(|e| ImageError::from_io(e, Path::new(ARCHIVE_OUT)))?;
+        let mut d = ArchiveDraft {
+            tmp,
+            out: out.to_path_buf(),
+            b: tar::Builder::new(sink),
+            parent: None,
+            layer_paths: Vec::new(),
+        };
+        if let Some(base) = base {
+            for (i, diff_id) in base.config().rootfs().diff_ids().iter().enumerate() {
+                let path = d.layer_dir(diff_id, meta, None)?;
+                let bl = &base.layers()[i];
+                let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
+                if !append_layer_blob(&mut d.b, &mut h, &path, base, i)? {
+                    d.b.append_data(&mut h, &path, base.open_layer_blob(i)?)
+                        .map_err(|e| ImageError::from_io(e, base.path()))?;
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// A layer's v1 directory (`VERSION`, `json`; the last layer's json
+    /// carries `config`'s platform and config), on the last one's; the
+    /// path its `layer.tar` goes at, which it records.
+    fn layer_dir(
+        &mut self,
+        diff_id: &str,
+        meta: &ImageMeta,
+        config: Option<&ImageConfiguration>,
+    ) -> Result<String, ImageError> {
+        let out = Path::new(ARCHIVE_OUT);
         // A v1 layer id: unique for the layer and everything below it.
-        let id = Sha256Digest::of(format!("{} {diff_id}", parent.as_deref().unwrap_or("")).as_bytes()).hex();
-        append_dir(&mut b, &format!("{id}/"), out)?;
-        append_bytes(&mut b, &format!("{id}/VERSION"), b"1.0", out)?;
+        let id = Sha256Digest::of(format!("{} {diff_id}", self.parent.as_deref().unwrap_or("")).as_bytes()).hex();
+        append_dir(&mut self.b, &format!("{id}/"), out)?;
+        append_bytes(&mut self.b, &format!("{id}/VERSION"), b"1.0", out)?;
         let mut v1 = serde_json::json!({ "id": id, "created": meta.created });
-        if let Some(p) = &parent {
+        if let Some(p) = &self.parent {
             v1["parent"] = p.clone().into();
         }
-        if i + 1 == n {
+        if let Some(config) = config {
             v1["architecture"] = config.architecture().to_string().into();
             v1["os"] = config.os().to_string().into();
             if let Some(c) = config.config() {
@@ -434,40 +500,52 @@ fn write_docker_archive(
             }
         }
         let v1 = serde_json::to_vec(&v1).map_err(ImageError::json("layer json"))?;
-        append_bytes(&mut b, &format!("{id}/json"), &v1, out)?;
-
+        append_bytes(&mut self.b, &format!("{id}/json"), &v1, out)?;
         let path = format!("{id}/layer.tar");
-        let base_layers = base.map_or(0, |b| b.layers().len());
-        if i < base_layers {
-            let base = base.ok_or_else(|| ImageError::Invalid("no base image".into()))?;
-            let bl = &base.layers()[i];
-            let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
-            if !append_layer_blob(&mut b, &mut h, &path, base, i)? {
-                b.append_data(&mut h, &path, base.open_layer_blob(i)?)
-                    .map_err(|e| ImageError::from_io(e, base.path()))?;
-            }
-        } else {
-            let mut h = tar_header(layer.size, 0o644, tar::EntryType::Regular);
-            b.append_data(&mut h, &path, open_new_layer(layer)?).map_err(|e| ImageError::from_io(e, &layer.tar))?;
-        }
-        layer_paths.push(path);
-        parent = Some(id);
+        self.layer_paths.push(path.clone());
+        self.parent = Some(id);
+        Ok(path)
     }
-    append_bytes(&mut b, &config_name, &config_bytes, out)?;
 
-    let repo_tag = format!("{}:{}", meta.name, meta.tag);
-    let manifest = vec![ManifestEntry { config: config_name, repo_tags: Some(vec![repo_tag]), layers: layer_paths }];
-    let manifest = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest.json"))?;
-    append_bytes(&mut b, "manifest.json", &manifest, out)?;
-    let top = parent.unwrap_or_default();
-    let repositories = serde_json::json!({ meta.name.clone(): { meta.tag.clone(): top } });
-    let repositories = serde_json::to_vec(&repositories).map_err(ImageError::json("repositories"))?;
-    append_bytes(&mut b, "repositories", &repositories, out)?;
+    fn finish(mut self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
+        let out = Path::new(ARCHIVE_OUT);
+        same_base(self.layer_paths.len(), base)?;
+        let config = output_config(base, layer, meta)?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != self.layer_paths.len() + 1 {
+            return Err(ImageError::Invalid("the output's config does not end in the new layer".into()));
+        }
+        let path = self.layer_dir(&diff_ids[diff_ids.len() - 1], meta, Some(&config))?;
+        let mut h = tar_header(layer.size, 0o644, tar::EntryType::Regular);
+        self.b.append_data(&mut h, &path, open_new_layer(layer)?).map_err(|e| ImageError::from_io(e, &layer.tar))?;
 
-    let sink = b.into_inner().map_err(|e| ImageError::from_io(e, out))?;
-    sink.finish().map_err(|e| ImageError::from_io(e, out))?;
-    file.sync_all().map_err(|e| ImageError::from_io(e, out))?;
-    Ok(())
+        let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
+        let config_name = format!("{}.json", Sha256Digest::of(&config_bytes).hex());
+        append_bytes(&mut self.b, &config_name, &config_bytes, out)?;
+        let repo_tag = format!("{}:{}", meta.name, meta.tag);
+        let layers = std::mem::take(&mut self.layer_paths);
+        let manifest = vec![ManifestEntry { config: config_name, repo_tags: Some(vec![repo_tag]), layers }];
+        let manifest = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest.json"))?;
+        append_bytes(&mut self.b, "manifest.json", &manifest, out)?;
+        let top = self.parent.clone().unwrap_or_default();
+        let repositories = serde_json::json!({ meta.name.clone(): { meta.tag.clone(): top } });
+        let repositories = serde_json::to_vec(&repositories).map_err(ImageError::json("repositories"))?;
+        append_bytes(&mut self.b, "repositories", &repositories, out)?;
+
+        let ArchiveDraft { tmp, out: dest, b, .. } = self;
+        let sink = b.into_inner().map_err(|e| ImageError::from_io(e, out))?;
+        sink.finish().map_err(|e| ImageError::from_io(e, out))?;
+        tmp.as_file().sync_all().map_err(|e| ImageError::from_io(e, out))?;
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(ImageError::io(tmp.path()))?;
+        tmp.persist_noclobber(&dest).map_err(|e| {
+            if e.error.kind() == io::ErrorKind::AlreadyExists {
+                ImageError::OutputExists(dest.clone())
+            } else {
+                ImageError::io(&dest)(e.error)
+            }
+        })?;
+        Ok(())
+    }
 }
 
 /// Append base layer `index`'s blob as the member `path` of a plain
@@ -475,7 +553,7 @@ fn write_docker_archive(
 /// the header and the padding the builder would write. False (nothing
 /// written) where the archive is compressed or the blob cannot be copied so.
 fn append_layer_blob(
-    b: &mut tar::Builder<Sink<'_>>,
+    b: &mut tar::Builder<Sink>,
     h: &mut tar::Header,
     path: &str,
     base: &BaseImage,
@@ -483,7 +561,6 @@ fn append_layer_blob(
 ) -> Result<bool, ImageError> {
     let out = Path::new("docker-archive output");
     let Sink::Plain(w) = b.get_mut() else { return Ok(false) };
-    let file: &File = w.get_ref();
     let layer = &base.layers()[index];
     if layer.verified_as.is_none() || path.len() >= 100 {
         return Ok(false);
@@ -491,7 +568,7 @@ fn append_layer_blob(
     h.set_path(path).map_err(|e| ImageError::from_io(e, out))?;
     h.set_cksum();
     w.write_all(h.as_bytes()).and_then(|()| w.flush()).map_err(|e| ImageError::from_io(e, out))?;
-    if !base.copy_layer_blob(index, file)? {
+    if !base.copy_layer_blob(index, w.get_ref())? {
         return Err(ImageError::Invalid(format!("layer {} changed while it was copied", index + 1)));
     }
     let pad = (512 - layer.blob_size % 512) % 512;
@@ -500,14 +577,14 @@ fn append_layer_blob(
 }
 
 /// The docker-archive's file, compressed as a whole or not.
-enum Sink<'a> {
-    Plain(BufWriter<&'a File>),
-    Gzip(flate2::write::GzEncoder<BufWriter<&'a File>>),
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<&'a File>>),
+enum Sink {
+    Plain(BufWriter<File>),
+    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
 }
 
-impl<'a> Sink<'a> {
-    fn new(file: &'a File, compression: Compression) -> io::Result<Sink<'a>> {
+impl Sink {
+    fn new(file: File, compression: Compression) -> io::Result<Sink> {
         let w = BufWriter::new(file);
         Ok(match compression {
             Compression::None => Sink::Plain(w),
@@ -527,7 +604,7 @@ impl<'a> Sink<'a> {
     }
 }
 
-impl Write for Sink<'_> {
+impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sink::Plain(w) => w.write(buf),

@@ -10,7 +10,7 @@ use super::stop::{check_out, Stop};
 use super::verdict::Summary;
 use super::{cache_dir, run_job, GuestError, GuestSpec, JobError, JobOutcome, Workdir, VERIFIED_DIR};
 use crate::devices::console::Echo;
-use crate::image::{write_output, BaseImage, ImageMeta, NewLayer, OciDraft, OutputFormat, Selector};
+use crate::image::{BaseImage, ImageMeta, NewLayer, OutputDraft, OutputFormat, Selector};
 use crate::job::base::{BaseDisk, BaseError};
 use crate::job::contents::Contents;
 use crate::layer::changeset::{self, Changeset, Data, HostFiles, Source, Visit};
@@ -380,21 +380,14 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     stop.check()?;
     // Joined (and an unfinished draft removed) whichever way this returns.
     let (outcome, result, info, host_phases) = std::thread::scope(|s| {
-        // An OCI output's base blobs do not depend on the new layer: they
-        // are copied while the guest runs.
-        let draft = match req.format {
-            OutputFormat::Oci => {
-                let base = prepared.base.as_ref();
-                let begin = move || OciDraft::begin(&req.out, base);
-                Some(
-                    std::thread::Builder::new()
-                        .name("oci-draft".into())
-                        .spawn_scoped(s, begin)
-                        .map_err(|e| JobError::Guest(format!("starting the OCI output's thread: {e}")))?,
-                )
-            }
-            _ => None,
-        };
+        // The output's base layers do not depend on the new layer: they
+        // are written while the guest runs.
+        let base = prepared.base.as_ref();
+        let begin = move || OutputDraft::begin(req.format, &req.out, base, &req.meta);
+        let draft = std::thread::Builder::new()
+            .name("output-draft".into())
+            .spawn_scoped(s, begin)
+            .map_err(|e| JobError::Guest(format!("starting the output's thread: {e}")))?;
         let outcome = run_job(&prepared.spec, workdir, prepared.task.clone())?;
         let result = check_outcome(&outcome, prepared.spec.timeout.as_secs(), prepared.spec.echo)?;
         let script_status = result.script_status.unwrap_or(-1);
@@ -520,15 +513,15 @@ fn guest_phases(outcome: &JobOutcome, result: &JobResult) -> Vec<(String, f64)> 
 
 /// The new layer: the upper dir read straight off the scratch disk the
 /// guest left (with the store paths), converted to the OCI layer, written
-/// in the asked-for format (finishing `draft`, the OCI output begun while
-/// the guest ran, where there is one); its digest and size, and the host
-/// phases ("write" includes any wait for the draft).
+/// in the asked-for format (finishing `draft`, the output begun while the
+/// guest ran); its digest and size, and the host phases ("write" includes
+/// any wait for the draft).
 fn write_layer(
     outcome: &JobOutcome,
     req: &RunAsRootRequest,
     p: &Prepared,
     stop: Stop,
-    draft: Option<std::thread::ScopedJoinHandle<'_, Result<OciDraft, crate::image::ImageError>>>,
+    draft: std::thread::ScopedJoinHandle<'_, Result<OutputDraft, crate::image::ImageError>>,
 ) -> Result<(crate::layer::LayerInfo, Vec<(String, f64)>), JobError> {
     let t = Instant::now();
     let limit = p.spec.max_output.unwrap_or(u64::MAX);
@@ -564,13 +557,8 @@ fn write_layer(
     let t = Instant::now();
     let new_layer = NewLayer { tar: layer_tar, diff_id: info.diff_id, size: info.size };
     stop.check()?;
-    match draft {
-        Some(draft) => {
-            let draft = draft.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            draft.finish(p.base.as_ref(), &new_layer, &req.meta)?;
-        }
-        None => write_output(req.format, &req.out, p.base.as_ref(), &new_layer, &req.meta)?,
-    }
+    let draft = draft.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    draft.finish(p.base.as_ref(), &new_layer, &req.meta)?;
     phases.push(("write".into(), t.elapsed().as_secs_f64()));
     Ok((info, phases))
 }
