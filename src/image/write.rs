@@ -2,7 +2,9 @@
 //! the base image with the new layer appended, as a docker-archive or an OCI
 //! image layout. Everything is staged under a hidden temporary name in the
 //! output's directory and renamed into place only once complete, so a
-//! failure leaves nothing at the output path.
+//! failure leaves nothing at the output path; what does not depend on the
+//! new layer is written when the output is begun ([`OutputDraft`]), which
+//! `run-as-root` does while the guest runs.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -427,6 +429,8 @@ pub struct ArchiveDraft {
     b: tar::Builder<Sink>,
     /// The v1 id of the topmost layer written.
     parent: Option<String>,
+    /// The layers written: their diff_ids and their `layer.tar` members.
+    diff_ids: Vec<String>,
     layer_paths: Vec<String>,
 }
 
@@ -458,12 +462,16 @@ impl ArchiveDraft {
             out: out.to_path_buf(),
             b: tar::Builder::new(sink),
             parent: None,
+            diff_ids: Vec::new(),
             layer_paths: Vec::new(),
         };
         if let Some(base) = base {
-            for (i, diff_id) in base.config().rootfs().diff_ids().iter().enumerate() {
+            let diff_ids = base.config().rootfs().diff_ids();
+            if diff_ids.len() != base.layers().len() {
+                return Err(ImageError::Invalid("the base's config and manifest name different layers".into()));
+            }
+            for (i, (diff_id, bl)) in diff_ids.iter().zip(base.layers()).enumerate() {
                 let path = d.layer_dir(diff_id, meta, None)?;
-                let bl = &base.layers()[i];
                 let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
                 if !append_layer_blob(&mut d.b, &mut h, &path, base, i)? {
                     d.b.append_data(&mut h, &path, base.open_layer_blob(i)?)
@@ -502,6 +510,7 @@ impl ArchiveDraft {
         let v1 = serde_json::to_vec(&v1).map_err(ImageError::json("layer json"))?;
         append_bytes(&mut self.b, &format!("{id}/json"), &v1, out)?;
         let path = format!("{id}/layer.tar");
+        self.diff_ids.push(diff_id.to_string());
         self.layer_paths.push(path.clone());
         self.parent = Some(id);
         Ok(path)
@@ -512,8 +521,8 @@ impl ArchiveDraft {
         same_base(self.layer_paths.len(), base)?;
         let config = output_config(base, layer, meta)?;
         let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != self.layer_paths.len() + 1 {
-            return Err(ImageError::Invalid("the output's config does not end in the new layer".into()));
+        if diff_ids.len() != self.diff_ids.len() + 1 || diff_ids[..self.diff_ids.len()] != self.diff_ids[..] {
+            return Err(ImageError::Invalid("the output's config is not the drafted layers and the new one".into()));
         }
         let path = self.layer_dir(&diff_ids[diff_ids.len() - 1], meta, Some(&config))?;
         let mut h = tar_header(layer.size, 0o644, tar::EntryType::Regular);
