@@ -119,15 +119,7 @@ impl OutputDraft {
     ) -> Result<OutputDraft, ImageError> {
         refuse_existing(out)?;
         Ok(match format {
-            OutputFormat::Layer => {
-                let (parent, prefix) = beside(out);
-                let tmp = tempfile::Builder::new()
-                    .prefix(&prefix)
-                    .suffix(".tmp")
-                    .tempdir_in(parent)
-                    .map_err(ImageError::io(parent))?;
-                OutputDraft::Layer { tmp, out: out.to_path_buf() }
-            }
+            OutputFormat::Layer => OutputDraft::Layer { tmp: temp_dir_beside(out)?, out: out.to_path_buf() },
             OutputFormat::Oci => OutputDraft::Oci(OciDraft::begin(out, base)?),
             OutputFormat::DockerArchive => OutputDraft::DockerArchive(ArchiveDraft::begin(out, base, meta)?),
         })
@@ -172,6 +164,12 @@ fn beside(out: &Path) -> (&Path, String) {
     (parent, format!(".{name}."))
 }
 
+/// A hidden temporary directory beside `out`: a directory output's draft.
+fn temp_dir_beside(out: &Path) -> Result<tempfile::TempDir, ImageError> {
+    let (parent, prefix) = beside(out);
+    tempfile::Builder::new().prefix(&prefix).suffix(".tmp").tempdir_in(parent).map_err(ImageError::io(parent))
+}
+
 /// A finished temporary directory becomes `out` (world-readable, as an
 /// output directory is), unless something took `out` meanwhile.
 fn move_into_place(tmp: tempfile::TempDir, out: &Path) -> Result<(), ImageError> {
@@ -199,12 +197,7 @@ impl OciDraft {
     /// layer blobs as stored.
     pub fn begin(out: &Path, base: Option<&BaseImage>) -> Result<OciDraft, ImageError> {
         refuse_existing(out)?;
-        let (parent, prefix) = beside(out);
-        let tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".tmp")
-            .tempdir_in(parent)
-            .map_err(ImageError::io(parent))?;
+        let tmp = temp_dir_beside(out)?;
         let dir = tmp.path();
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(ImageError::io(&blobs))?;
