@@ -521,13 +521,13 @@ impl ArchiveDraft {
         let mut h = tar_header(layer.size, 0o644, tar::EntryType::Regular);
         self.b.append_data(&mut h, &path, open_new_layer(layer)?).map_err(|e| ImageError::from_io(e, &layer.tar))?;
 
-        let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
+        let config_bytes = canonical_json(&config, "image config")?;
         let config_name = format!("{}.json", Sha256Digest::of(&config_bytes).hex());
         append_bytes(&mut self.b, &config_name, &config_bytes, out)?;
         let repo_tag = format!("{}:{}", meta.name, meta.tag);
         let layers = std::mem::take(&mut self.layer_paths);
         let manifest = vec![ManifestEntry { config: config_name, repo_tags: Some(vec![repo_tag]), layers }];
-        let manifest = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest.json"))?;
+        let manifest = canonical_json(&manifest, "manifest.json")?;
         append_bytes(&mut self.b, "manifest.json", &manifest, out)?;
         let top = self.parent.clone().unwrap_or_default();
         let repositories = serde_json::json!({ meta.name.clone(): { meta.tag.clone(): top } });
@@ -624,6 +624,15 @@ impl Write for Sink {
     }
 }
 
+/// `v` as JSON with every object's keys in sorted order: the same bytes
+/// (and digest) for the same value in every run, whatever order the hash
+/// maps of oci-spec's types (annotations, labels, exposed ports, volumes)
+/// hold their keys in.
+fn canonical_json<T: serde::Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>, ImageError> {
+    let value = serde_json::to_value(v).map_err(ImageError::json(what))?;
+    serde_json::to_vec(&value).map_err(ImageError::json(what))
+}
+
 /// Writes `data` as a blob, returning its digest.
 fn put_blob(dir: &Path, data: &[u8]) -> Result<Sha256Digest, ImageError> {
     let d = Sha256Digest::of(data);
@@ -657,7 +666,7 @@ fn write_oci_rest(
     descriptors.push(Descriptor::new(MediaType::ImageLayer, layer.size, layer.diff_id));
 
     let config = output_config(base, layer, meta)?;
-    let config_bytes = serde_json::to_vec(&config).map_err(ImageError::json("image config"))?;
+    let config_bytes = canonical_json(&config, "image config")?;
     let config_digest = put_blob(dir, &config_bytes)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
@@ -666,7 +675,7 @@ fn write_oci_rest(
         .layers(std::mem::take(descriptors))
         .build()
         .map_err(invalid)?;
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest"))?;
+    let manifest_bytes = canonical_json(&manifest, "manifest")?;
     let manifest_digest = put_blob(dir, &manifest_bytes)?;
 
     let mut md = Descriptor::new(MediaType::ImageManifest, manifest_bytes.len() as u64, manifest_digest);
@@ -684,7 +693,7 @@ fn write_oci_rest(
         .manifests(vec![md])
         .build()
         .map_err(invalid)?;
-    let index = serde_json::to_vec(&index).map_err(ImageError::json("index.json"))?;
+    let index = canonical_json(&index, "index.json")?;
     write_file(&dir.join("index.json"), &index)?;
     let layout = OciLayoutBuilder::default().image_layout_version("1.0.0").build().map_err(invalid)?;
     let layout = serde_json::to_vec(&layout).map_err(ImageError::json("oci-layout"))?;
@@ -695,6 +704,31 @@ fn write_oci_rest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_written_has_its_keys_sorted_whatever_the_hash_maps_order() {
+        // 32 labels: a hash map's iteration order differs from the sorted
+        // one (and from run to run, as its seed does).
+        let labels: std::collections::HashMap<String, String> =
+            (0..32).map(|i| (format!("label{i:02}"), i.to_string())).collect();
+        let sorted: std::collections::BTreeMap<_, _> = labels.iter().collect();
+        let want = serde_json::to_vec(&serde_json::json!({ "config": { "Labels": sorted } })).unwrap();
+        let got = canonical_json(&serde_json::json!({ "config": { "Labels": labels } }), "test").unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(want).unwrap());
+        let mut config = parse_config(
+            serde_json::json!({"architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []}}),
+            "c",
+        )
+        .unwrap();
+        let mut c = oci_spec::image::Config::default();
+        c.set_labels(Some(labels.clone()));
+        config.set_config(Some(c));
+        let bytes = canonical_json(&config, "config").unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let positions: Vec<usize> = (0..32).map(|i| text.find(&format!("\"label{i:02}\"")).unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "labels in sorted order: {text}");
+    }
 
     #[test]
     fn build_image_config_is_merged_into_the_base_config_as_docker_tools_does() {
