@@ -494,7 +494,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let ahead = dir.path().join("ahead");
-        let draft = crate::image::OciDraft::begin(&ahead, Some(&base)).unwrap();
+        let draft = crate::image::OciDraft::begin(&ahead, Some(&base), &|| false).unwrap();
         assert!(!ahead.exists());
         let tmp = hidden(dir.path());
         assert_eq!(tmp.len(), 1, "{tmp:?}");
@@ -517,7 +517,7 @@ mod tests {
         // Dropped unfinished (the job failed): nothing left. Finished after
         // something took the output's name: refused, the other kept.
         let dropped = dir.path().join("dropped");
-        drop(crate::image::OciDraft::begin(&dropped, Some(&base)).unwrap());
+        drop(crate::image::OciDraft::begin(&dropped, Some(&base), &|| false).unwrap());
         assert!(
             !dropped.exists()
                 && std::fs::read_dir(dir.path())
@@ -525,7 +525,7 @@ mod tests {
                     .all(|e| { !e.unwrap().file_name().to_string_lossy().starts_with(".dropped.") })
         );
         let taken = dir.path().join("taken");
-        let draft = crate::image::OciDraft::begin(&taken, Some(&base)).unwrap();
+        let draft = crate::image::OciDraft::begin(&taken, Some(&base), &|| false).unwrap();
         std::fs::write(&taken, b"someone else's").unwrap();
         assert!(matches!(draft.finish(Some(&base), &layer, &meta), Err(ImageError::OutputExists(_))));
         assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
@@ -533,7 +533,8 @@ mod tests {
         for name in ["ahead.tar", "ahead.tar.gz"] {
             let path = dir.path().join(name);
             let draft =
-                crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &path, Some(&base), &meta).unwrap();
+                crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &path, Some(&base), &meta, &|| false)
+                    .unwrap();
             assert!(!path.exists());
             draft.finish(Some(&base), &layer, &meta).unwrap();
             let other = dir.path().join(format!("direct-{name}"));
@@ -543,15 +544,28 @@ mod tests {
         }
         assert_eq!(read("ahead.tar"), read("settled.tar"));
         let dropped = dir.path().join("dropped.tar.gz");
-        drop(crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &dropped, Some(&base), &meta).unwrap());
+        drop(
+            crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &dropped, Some(&base), &meta, &|| false)
+                .unwrap(),
+        );
         assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
             .unwrap()
             .file_name()
             .to_string_lossy()
             .starts_with(".dropped.")));
+        // Abandoned (the job ended early): a base layer being compressed
+        // stops at its next read, and nothing is left.
+        let abandoned = dir.path().join("abandoned.tar.gz");
+        let r = crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &abandoned, Some(&base), &meta, &|| true);
+        assert!(r.is_err_and(|e| e.to_string().contains("abandoned")));
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".abandoned.")));
         // A draft begun for another base is refused.
         let other = dir.path().join("other");
-        let draft = crate::image::OciDraft::begin(&other, None).unwrap();
+        let draft = crate::image::OciDraft::begin(&other, None, &|| false).unwrap();
         assert!(matches!(draft.finish(Some(&base), &layer, &meta), Err(ImageError::Invalid(_))));
         assert!(!other.exists());
     }

@@ -92,7 +92,7 @@ pub fn write_output(
     layer: &NewLayer,
     meta: &ImageMeta,
 ) -> Result<(), ImageError> {
-    OutputDraft::begin(format, out, base, meta)?.finish(base, layer, meta)
+    OutputDraft::begin(format, out, base, meta, &|| false)?.finish(base, layer, meta)
 }
 
 /// An output begun before its new layer exists, in a hidden temporary
@@ -111,17 +111,21 @@ pub enum OutputDraft {
 
 impl OutputDraft {
     /// Begin `format`'s output at `out` (which must not exist) on `base`.
+    /// Streaming a base layer (compressing it, or one that cannot be
+    /// copied in the kernel) fails at its next read once `abandon` says so:
+    /// a job that ends early does not wait for its output.
     pub fn begin(
         format: OutputFormat,
         out: &Path,
         base: Option<&BaseImage>,
         meta: &ImageMeta,
+        abandon: &(dyn Fn() -> bool + Sync),
     ) -> Result<OutputDraft, ImageError> {
         refuse_existing(out)?;
         Ok(match format {
             OutputFormat::Layer => OutputDraft::Layer { tmp: temp_dir_beside(out)?, out: out.to_path_buf() },
-            OutputFormat::Oci => OutputDraft::Oci(OciDraft::begin(out, base)?),
-            OutputFormat::DockerArchive => OutputDraft::DockerArchive(ArchiveDraft::begin(out, base, meta)?),
+            OutputFormat::Oci => OutputDraft::Oci(OciDraft::begin(out, base, abandon)?),
+            OutputFormat::DockerArchive => OutputDraft::DockerArchive(ArchiveDraft::begin(out, base, meta, abandon)?),
         })
     }
 
@@ -195,7 +199,11 @@ pub struct OciDraft {
 impl OciDraft {
     /// Start the layout for `out` (which must not exist) and write `base`'s
     /// layer blobs as stored.
-    pub fn begin(out: &Path, base: Option<&BaseImage>) -> Result<OciDraft, ImageError> {
+    pub fn begin(
+        out: &Path,
+        base: Option<&BaseImage>,
+        abandon: &(dyn Fn() -> bool + Sync),
+    ) -> Result<OciDraft, ImageError> {
         refuse_existing(out)?;
         let tmp = temp_dir_beside(out)?;
         let dir = tmp.path();
@@ -209,7 +217,8 @@ impl OciDraft {
                     let path = dir.join(blob_path(&l.blob_digest));
                     let file = File::create(&path).map_err(ImageError::io(&path))?;
                     if !base.copy_layer_blob(i, &file)? {
-                        put_blob_stream(dir, &l.blob_digest, base.open_layer_blob(i)?)?;
+                        let blob = Abandonable { inner: base.open_layer_blob(i)?, abandon };
+                        put_blob_stream(dir, &l.blob_digest, blob)?;
                     }
                 }
                 descriptors.push(Descriptor::new(l.oci_media_type(), l.blob_size, l.blob_digest));
@@ -436,7 +445,12 @@ impl std::fmt::Debug for ArchiveDraft {
 const ARCHIVE_OUT: &str = "docker-archive output";
 
 impl ArchiveDraft {
-    fn begin(out: &Path, base: Option<&BaseImage>, meta: &ImageMeta) -> Result<ArchiveDraft, ImageError> {
+    fn begin(
+        out: &Path,
+        base: Option<&BaseImage>,
+        meta: &ImageMeta,
+        abandon: &(dyn Fn() -> bool + Sync),
+    ) -> Result<ArchiveDraft, ImageError> {
         let (parent, prefix) = beside(out);
         let tmp = tempfile::Builder::new()
             .prefix(&prefix)
@@ -467,8 +481,8 @@ impl ArchiveDraft {
                 let path = d.layer_dir(diff_id, meta, None)?;
                 let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
                 if !append_layer_blob(&mut d.b, &mut h, &path, base, i)? {
-                    d.b.append_data(&mut h, &path, base.open_layer_blob(i)?)
-                        .map_err(|e| ImageError::from_io(e, base.path()))?;
+                    let blob = Abandonable { inner: base.open_layer_blob(i)?, abandon };
+                    d.b.append_data(&mut h, &path, blob).map_err(|e| ImageError::from_io(e, base.path()))?;
                 }
             }
         }
@@ -621,6 +635,21 @@ impl Write for Sink {
             Sink::Gzip(w) => w.flush(),
             Sink::Zstd(w) => w.flush(),
         }
+    }
+}
+
+/// A base layer's stream that fails once its draft is abandoned.
+struct Abandonable<'a, R> {
+    inner: R,
+    abandon: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl<R: Read> Read for Abandonable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if (self.abandon)() {
+            return Err(io::Error::other("the output was abandoned"));
+        }
+        self.inner.read(buf)
     }
 }
 

@@ -378,28 +378,38 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
     let mut phases = prepared.phases.clone();
     phases.push(("prepare".to_string(), start.elapsed().as_secs_f64()));
     stop.check()?;
-    // Joined (and an unfinished draft removed) whichever way this returns.
+    // The output's base layers do not depend on the new layer: they are
+    // written while the guest runs, on a thread joined (and an unfinished
+    // draft removed) whichever way this returns; abandoned, not waited
+    // for, when the job ends early.
+    let abandon = std::sync::atomic::AtomicBool::new(false);
+    let abandoned = || abandon.load(std::sync::atomic::Ordering::SeqCst) || stop.now();
     let (outcome, result, info, host_phases) = std::thread::scope(|s| {
-        // The output's base layers do not depend on the new layer: they
-        // are written while the guest runs.
-        let base = prepared.base.as_ref();
-        let begin = move || OutputDraft::begin(req.format, &req.out, base, &req.meta);
+        let (base, abandoned) = (prepared.base.as_ref(), &abandoned);
+        let begin = move || OutputDraft::begin(req.format, &req.out, base, &req.meta, abandoned);
         let draft = std::thread::Builder::new()
             .name("output-draft".into())
             .spawn_scoped(s, begin)
             .map_err(|e| JobError::Guest(format!("starting the output's thread: {e}")))?;
-        let outcome = run_job(&prepared.spec, workdir, prepared.task.clone())?;
-        let result = check_outcome(&outcome, prepared.spec.timeout.as_secs(), prepared.spec.echo)?;
-        let script_status = result.script_status.unwrap_or(-1);
-        if script_status != 0 {
-            return Err(JobError::ScriptFailed(script_status));
+        let job = || {
+            let outcome = run_job(&prepared.spec, workdir, prepared.task.clone())?;
+            let result = check_outcome(&outcome, prepared.spec.timeout.as_secs(), prepared.spec.echo)?;
+            let script_status = result.script_status.unwrap_or(-1);
+            if script_status != 0 {
+                return Err(JobError::ScriptFailed(script_status));
+            }
+            if let Some(dest) = &req.guest_merged_listing {
+                std::fs::copy(outcome.xchg().join("merged.list"), dest)
+                    .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
+            }
+            let (info, host_phases) = write_layer(&outcome, req, &prepared, stop, draft)?;
+            Ok((outcome, result, info, host_phases))
+        };
+        let done = job();
+        if done.is_err() {
+            abandon.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        if let Some(dest) = &req.guest_merged_listing {
-            std::fs::copy(outcome.xchg().join("merged.list"), dest)
-                .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
-        }
-        let (info, host_phases) = write_layer(&outcome, req, &prepared, stop, draft)?;
-        Ok((outcome, result, info, host_phases))
+        done
     })?;
     let script_status = result.script_status.unwrap_or(-1);
     phases.extend(guest_phases(&outcome, &result));
