@@ -176,9 +176,15 @@ impl Archive {
         Some(format!("{} at {offset} len {size:?}", super::digest::settled_fingerprint(&meta)?))
     }
 
-    /// Copies member `name` to `out` at its position, in the kernel; returns
-    /// the bytes copied.
-    pub(crate) fn copy_member(&self, name: &str, out: &File) -> Result<u64, ImageError> {
+    /// Copies member `name` to `out` at its position, in the kernel, 64 MiB
+    /// at a time, failing between two once `abandon` says so; returns the
+    /// bytes copied.
+    pub(crate) fn copy_member(
+        &self,
+        name: &str,
+        out: &File,
+        abandon: &(dyn Fn() -> bool + Sync),
+    ) -> Result<u64, ImageError> {
         let n = normalize(name)?;
         let (opened, offset, size);
         let from: &File = match self.locate(&n)? {
@@ -195,7 +201,10 @@ impl Archive {
         };
         let mut pos = offset;
         while pos < offset + size {
-            let want = usize::try_from(offset + size - pos).unwrap_or(usize::MAX).min(1 << 30);
+            if abandon() {
+                return Err(ImageError::io(self.path.join(&n))(io::Error::other("the output was abandoned")));
+            }
+            let want = usize::try_from(offset + size - pos).unwrap_or(usize::MAX).min(64 << 20);
             match rustix::fs::copy_file_range(from, Some(&mut pos), out, None, want) {
                 Ok(0) => break,
                 Ok(_) => {}

@@ -178,13 +178,19 @@ impl BaseImage {
     /// after the copy; the bytes copied are then those bytes. Returns false,
     /// copying nothing, where it cannot tell (stream the blob with
     /// [`BaseImage::open_layer_blob`] instead, which checks as it goes).
-    pub fn copy_layer_blob(&self, index: usize, out: &std::fs::File) -> Result<bool, ImageError> {
+    /// Fails (between two chunks) once `abandon` says so.
+    pub fn copy_layer_blob(
+        &self,
+        index: usize,
+        out: &std::fs::File,
+        abandon: &(dyn Fn() -> bool + Sync),
+    ) -> Result<bool, ImageError> {
         let layer = self.layer(index)?;
         let Some(verified) = &layer.verified_as else { return Ok(false) };
         if self.archive.fingerprint(&layer.path).as_ref() != Some(verified) {
             return Ok(false);
         }
-        let copied = self.archive.copy_member(&layer.path, out)?;
+        let copied = self.archive.copy_member(&layer.path, out, abandon)?;
         if copied != layer.blob_size || self.archive.fingerprint(&layer.path).as_ref() != Some(verified) {
             return Err(ImageError::Invalid(format!("layer {} changed while it was copied", layer.path)));
         }
@@ -557,6 +563,9 @@ mod tests {
         // stops at its next read, and nothing is left.
         let abandoned = dir.path().join("abandoned.tar.gz");
         let r = crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &abandoned, Some(&base), &meta, &|| true);
+        assert!(r.is_err_and(|e| e.to_string().contains("abandoned")));
+        // And one copying a layer in the kernel, between two chunks.
+        let r = crate::image::OciDraft::begin(&dir.path().join("abandoned"), Some(&base), &|| true);
         assert!(r.is_err_and(|e| e.to_string().contains("abandoned")));
         assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
             .unwrap()

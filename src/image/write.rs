@@ -143,9 +143,14 @@ impl OutputDraft {
     }
 }
 
+/// The blob digests of `base`'s layers, in order.
+fn base_blobs(base: Option<&BaseImage>) -> Vec<Sha256Digest> {
+    base.map_or_else(Vec::new, |b| b.layers().iter().map(|l| l.blob_digest).collect())
+}
+
 /// The base layers a draft was begun with must be the finishing base's.
-fn same_base(drafted: usize, base: Option<&BaseImage>) -> Result<(), ImageError> {
-    if drafted != base.map_or(0, |b| b.layers().len()) {
+fn same_base(drafted: &[Sha256Digest], base: Option<&BaseImage>) -> Result<(), ImageError> {
+    if drafted != base_blobs(base) {
         return Err(ImageError::Invalid("the output was begun with another base image".into()));
     }
     Ok(())
@@ -194,6 +199,8 @@ pub struct OciDraft {
     written: HashSet<Sha256Digest>,
     /// The base's layers, in order.
     descriptors: Vec<Descriptor>,
+    /// Their blobs' digests.
+    base: Vec<Sha256Digest>,
 }
 
 impl OciDraft {
@@ -216,7 +223,7 @@ impl OciDraft {
                 if written.insert(l.blob_digest) {
                     let path = dir.join(blob_path(&l.blob_digest));
                     let file = File::create(&path).map_err(ImageError::io(&path))?;
-                    if !base.copy_layer_blob(i, &file)? {
+                    if !base.copy_layer_blob(i, &file, abandon)? {
                         let blob = Abandonable { inner: base.open_layer_blob(i)?, abandon };
                         put_blob_stream(dir, &l.blob_digest, blob)?;
                     }
@@ -224,15 +231,15 @@ impl OciDraft {
                 descriptors.push(Descriptor::new(l.oci_media_type(), l.blob_size, l.blob_digest));
             }
         }
-        Ok(OciDraft { tmp, out: out.to_path_buf(), written, descriptors })
+        Ok(OciDraft { tmp, out: out.to_path_buf(), written, descriptors, base: base_blobs(base) })
     }
 
     /// The new layer uncompressed on top of the base's, a new config,
     /// manifest and `index.json`; then the layout becomes the output.
     /// `base` must be the one the draft began with.
     pub fn finish(self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
-        let OciDraft { tmp, out, mut written, mut descriptors } = self;
-        same_base(descriptors.len(), base)?;
+        let OciDraft { tmp, out, mut written, mut descriptors, base: drafted } = self;
+        same_base(&drafted, base)?;
         write_oci_rest(tmp.path(), &mut written, &mut descriptors, base, layer, meta)?;
         move_into_place(tmp, &out)
     }
@@ -434,6 +441,8 @@ pub struct ArchiveDraft {
     /// The layers written: their diff_ids and their `layer.tar` members.
     diff_ids: Vec<String>,
     layer_paths: Vec<String>,
+    /// The base's blob digests.
+    base: Vec<Sha256Digest>,
 }
 
 impl std::fmt::Debug for ArchiveDraft {
@@ -471,6 +480,7 @@ impl ArchiveDraft {
             parent: None,
             diff_ids: Vec::new(),
             layer_paths: Vec::new(),
+            base: base_blobs(base),
         };
         if let Some(base) = base {
             let diff_ids = base.config().rootfs().diff_ids();
@@ -480,7 +490,7 @@ impl ArchiveDraft {
             for (i, (diff_id, bl)) in diff_ids.iter().zip(base.layers()).enumerate() {
                 let path = d.layer_dir(diff_id, meta, None)?;
                 let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
-                if !append_layer_blob(&mut d.b, &mut h, &path, base, i)? {
+                if !append_layer_blob(&mut d.b, &mut h, &path, base, i, abandon)? {
                     let blob = Abandonable { inner: base.open_layer_blob(i)?, abandon };
                     d.b.append_data(&mut h, &path, blob).map_err(|e| ImageError::from_io(e, base.path()))?;
                 }
@@ -525,7 +535,7 @@ impl ArchiveDraft {
 
     fn finish(mut self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
         let out = Path::new(ARCHIVE_OUT);
-        same_base(self.layer_paths.len(), base)?;
+        same_base(&self.base, base)?;
         let config = output_config(base, layer, meta)?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != self.diff_ids.len() + 1 || diff_ids[..self.diff_ids.len()] != self.diff_ids[..] {
@@ -541,7 +551,7 @@ impl ArchiveDraft {
         let repo_tag = format!("{}:{}", meta.name, meta.tag);
         let layers = std::mem::take(&mut self.layer_paths);
         let manifest = vec![ManifestEntry { config: config_name, repo_tags: Some(vec![repo_tag]), layers }];
-        let manifest = canonical_json(&manifest, "manifest.json")?;
+        let manifest = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest.json"))?;
         append_bytes(&mut self.b, "manifest.json", &manifest, out)?;
         let top = self.parent.clone().unwrap_or_default();
         let repositories = serde_json::json!({ meta.name.clone(): { meta.tag.clone(): top } });
@@ -574,6 +584,7 @@ fn append_layer_blob(
     path: &str,
     base: &BaseImage,
     index: usize,
+    abandon: &(dyn Fn() -> bool + Sync),
 ) -> Result<bool, ImageError> {
     let out = Path::new("docker-archive output");
     let Sink::Plain(w) = b.get_mut() else { return Ok(false) };
@@ -584,7 +595,7 @@ fn append_layer_blob(
     h.set_path(path).map_err(|e| ImageError::from_io(e, out))?;
     h.set_cksum();
     w.write_all(h.as_bytes()).and_then(|()| w.flush()).map_err(|e| ImageError::from_io(e, out))?;
-    if !base.copy_layer_blob(index, w.get_ref())? {
+    if !base.copy_layer_blob(index, w.get_ref(), abandon)? {
         return Err(ImageError::Invalid(format!("layer {} changed while it was copied", index + 1)));
     }
     let pad = (512 - layer.blob_size % 512) % 512;

@@ -391,25 +391,21 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
             .name("output-draft".into())
             .spawn_scoped(s, begin)
             .map_err(|e| JobError::Guest(format!("starting the output's thread: {e}")))?;
-        let job = || {
-            let outcome = run_job(&prepared.spec, workdir, prepared.task.clone())?;
-            let result = check_outcome(&outcome, prepared.spec.timeout.as_secs(), prepared.spec.echo)?;
-            let script_status = result.script_status.unwrap_or(-1);
-            if script_status != 0 {
-                return Err(JobError::ScriptFailed(script_status));
-            }
-            if let Some(dest) = &req.guest_merged_listing {
-                std::fs::copy(outcome.xchg().join("merged.list"), dest)
-                    .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
-            }
-            let (info, host_phases) = write_layer(&outcome, req, &prepared, stop, draft)?;
-            Ok((outcome, result, info, host_phases))
-        };
-        let done = job();
-        if done.is_err() {
-            abandon.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Abandoned once the job is over, however it ended (a panic too):
+        // the scope then waits only for the draft's next read or chunk.
+        let _abandon = AbandonOnDrop(&abandon);
+        let outcome = run_job(&prepared.spec, workdir, prepared.task.clone())?;
+        let result = check_outcome(&outcome, prepared.spec.timeout.as_secs(), prepared.spec.echo)?;
+        let script_status = result.script_status.unwrap_or(-1);
+        if script_status != 0 {
+            return Err(JobError::ScriptFailed(script_status));
         }
-        done
+        if let Some(dest) = &req.guest_merged_listing {
+            std::fs::copy(outcome.xchg().join("merged.list"), dest)
+                .map_err(|e| JobError::Guest(format!("merged listing: {e}")))?;
+        }
+        let (info, host_phases) = write_layer(&outcome, req, &prepared, stop, draft)?;
+        Ok((outcome, result, info, host_phases))
     })?;
     let script_status = result.script_status.unwrap_or(-1);
     phases.extend(guest_phases(&outcome, &result));
@@ -424,6 +420,15 @@ pub fn run_as_root(spec: &GuestSpec, req: &RunAsRootRequest) -> Result<Summary, 
         script_status,
         boot: Some(outcome.report.boot.word()),
     })
+}
+
+/// Sets its flag when dropped.
+struct AbandonOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What the guest gets for a run-as-root job, made on the host before it
@@ -567,7 +572,10 @@ fn write_layer(
     let t = Instant::now();
     let new_layer = NewLayer { tar: layer_tar, diff_id: info.diff_id, size: info.size };
     stop.check()?;
-    let draft = draft.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    // A draft abandoned at the signal or the deadline failed of it: the
+    // interruption or the timeout, not that failure.
+    let draft = draft.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let draft = stop.judge(draft.map_err(JobError::from))?;
     draft.finish(p.base.as_ref(), &new_layer, &req.meta)?;
     phases.push(("write".into(), t.elapsed().as_secs_f64()));
     Ok((info, phases))
