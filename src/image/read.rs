@@ -492,22 +492,23 @@ mod tests {
         // Outputs begun ahead of their new layer (run-as-root begins them
         // while the guest runs): an OCI layout's base blob in a hidden
         // temporary beside the output, nothing at the output until finished.
-        let hidden = |d: &std::path::Path| {
-            std::fs::read_dir(d)
+        // The hidden temporaries in the test's dir of the output `name`.
+        let hidden = |name: &str| {
+            std::fs::read_dir(dir.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".ahead."))
+                .filter(|n| n.starts_with(&format!(".{name}.")))
                 .collect::<Vec<_>>()
         };
         let ahead = dir.path().join("ahead");
         let draft = crate::image::OciDraft::begin(&ahead, Some(&base), &|| false).unwrap();
         assert!(!ahead.exists());
-        let tmp = hidden(dir.path());
+        let tmp = hidden("ahead");
         assert_eq!(tmp.len(), 1, "{tmp:?}");
         let blob = dir.path().join(&tmp[0]).join(oci::blob_path(&base.layers()[0].blob_digest));
         assert_eq!(std::fs::metadata(&blob).unwrap().len(), base.layers()[0].blob_size);
         draft.finish(Some(&base), &layer, &meta).unwrap();
-        assert!(hidden(dir.path()).is_empty());
+        assert!(hidden("ahead").is_empty());
         for f in ["index.json", "oci-layout"] {
             assert_eq!(read(&format!("ahead/{f}")), read(&format!("settled-oci/{f}")), "{f}");
         }
@@ -524,12 +525,7 @@ mod tests {
         // something took the output's name: refused, the other kept.
         let dropped = dir.path().join("dropped");
         drop(crate::image::OciDraft::begin(&dropped, Some(&base), &|| false).unwrap());
-        assert!(
-            !dropped.exists()
-                && std::fs::read_dir(dir.path())
-                    .unwrap()
-                    .all(|e| { !e.unwrap().file_name().to_string_lossy().starts_with(".dropped.") })
-        );
+        assert!(!dropped.exists() && hidden("dropped").is_empty());
         let taken = dir.path().join("taken");
         let draft = crate::image::OciDraft::begin(&taken, Some(&base), &|| false).unwrap();
         std::fs::write(&taken, b"someone else's").unwrap();
@@ -554,11 +550,7 @@ mod tests {
             crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &dropped, Some(&base), &meta, &|| false)
                 .unwrap(),
         );
-        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".dropped.")));
+        assert!(hidden("dropped").is_empty());
         // Abandoned (the job ended early): a base layer being compressed
         // stops at its next read, and nothing is left.
         let abandoned = dir.path().join("abandoned.tar.gz");
@@ -567,11 +559,7 @@ mod tests {
         // And one copying a layer in the kernel, between two chunks.
         let r = crate::image::OciDraft::begin(&dir.path().join("abandoned"), Some(&base), &|| true);
         assert!(r.is_err_and(|e| e.to_string().contains("abandoned")));
-        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".abandoned.")));
+        assert!(hidden("abandoned").is_empty());
         // A draft begun for another base is refused.
         let other = dir.path().join("other");
         let draft = crate::image::OciDraft::begin(&other, None, &|| false).unwrap();
