@@ -202,7 +202,7 @@ impl Archive {
         let mut pos = offset;
         while pos < offset + size {
             if abandon() {
-                return Err(ImageError::io(self.path.join(&n))(io::Error::other("the output was abandoned")));
+                return Err(ImageError::io(self.path.join(&n))(crate::layer::stopped()));
             }
             let want = usize::try_from(offset + size - pos).unwrap_or(usize::MAX).min(64 << 20);
             match rustix::fs::copy_file_range(from, Some(&mut pos), out, None, want) {

@@ -501,7 +501,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let ahead = dir.path().join("ahead");
-        let draft = crate::image::OciDraft::begin(&ahead, Some(&base), &|| false).unwrap();
+        let draft = crate::image::OutputDraft::begin(OutputFormat::Oci, &ahead, Some(&base), &meta, &|| false).unwrap();
         assert!(!ahead.exists());
         let tmp = hidden("ahead");
         assert_eq!(tmp.len(), 1, "{tmp:?}");
@@ -524,10 +524,10 @@ mod tests {
         // Dropped unfinished (the job failed): nothing left. Finished after
         // something took the output's name: refused, the other kept.
         let dropped = dir.path().join("dropped");
-        drop(crate::image::OciDraft::begin(&dropped, Some(&base), &|| false).unwrap());
+        drop(crate::image::OutputDraft::begin(OutputFormat::Oci, &dropped, Some(&base), &meta, &|| false).unwrap());
         assert!(!dropped.exists() && hidden("dropped").is_empty());
         let taken = dir.path().join("taken");
-        let draft = crate::image::OciDraft::begin(&taken, Some(&base), &|| false).unwrap();
+        let draft = crate::image::OutputDraft::begin(OutputFormat::Oci, &taken, Some(&base), &meta, &|| false).unwrap();
         std::fs::write(&taken, b"someone else's").unwrap();
         assert!(matches!(draft.finish(Some(&base), &layer, &meta), Err(ImageError::OutputExists(_))));
         assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
@@ -555,14 +555,20 @@ mod tests {
         // stops at its next read, and nothing is left.
         let abandoned = dir.path().join("abandoned.tar.gz");
         let r = crate::image::OutputDraft::begin(OutputFormat::DockerArchive, &abandoned, Some(&base), &meta, &|| true);
-        assert!(r.is_err_and(|e| e.to_string().contains("abandoned")));
+        assert!(r.is_err_and(|e| e.to_string().contains("stopped by a signal")));
         // And one copying a layer in the kernel, between two chunks.
-        let r = crate::image::OciDraft::begin(&dir.path().join("abandoned"), Some(&base), &|| true);
-        assert!(r.is_err_and(|e| e.to_string().contains("abandoned")));
+        let r = crate::image::OutputDraft::begin(
+            OutputFormat::Oci,
+            &dir.path().join("abandoned"),
+            Some(&base),
+            &meta,
+            &|| true,
+        );
+        assert!(r.is_err_and(|e| e.to_string().contains("stopped by a signal")));
         assert!(hidden("abandoned").is_empty());
         // A draft begun for another base is refused.
         let other = dir.path().join("other");
-        let draft = crate::image::OciDraft::begin(&other, None, &|| false).unwrap();
+        let draft = crate::image::OutputDraft::begin(OutputFormat::Oci, &other, None, &meta, &|| false).unwrap();
         assert!(matches!(draft.finish(Some(&base), &layer, &meta), Err(ImageError::Invalid(_))));
         assert!(!other.exists());
     }

@@ -25,6 +25,7 @@ use super::oci::{blob_path, REF_NAME};
 use super::read::BaseImage;
 use super::types::parse_config;
 use super::ImageError;
+use crate::layer::Stoppable;
 
 /// The output form (`--format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -204,14 +205,12 @@ pub struct OciDraft {
 }
 
 impl OciDraft {
-    /// Start the layout for `out` (which must not exist) and write `base`'s
-    /// layer blobs as stored.
-    pub fn begin(
+    /// Start the layout for `out` and write `base`'s layer blobs as stored.
+    fn begin(
         out: &Path,
         base: Option<&BaseImage>,
         abandon: &(dyn Fn() -> bool + Sync),
     ) -> Result<OciDraft, ImageError> {
-        refuse_existing(out)?;
         let tmp = temp_dir_beside(out)?;
         let dir = tmp.path();
         let blobs = dir.join("blobs/sha256");
@@ -224,7 +223,7 @@ impl OciDraft {
                     let path = dir.join(blob_path(&l.blob_digest));
                     let file = File::create(&path).map_err(ImageError::io(&path))?;
                     if !base.copy_layer_blob(i, &file, abandon)? {
-                        let blob = Abandonable { inner: base.open_layer_blob(i)?, abandon };
+                        let blob = Stoppable { inner: base.open_layer_blob(i)?, stop: abandon };
                         put_blob_stream(dir, &l.blob_digest, blob)?;
                     }
                 }
@@ -237,10 +236,10 @@ impl OciDraft {
     /// The new layer uncompressed on top of the base's, a new config,
     /// manifest and `index.json`; then the layout becomes the output.
     /// `base` must be the one the draft began with.
-    pub fn finish(self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
-        let OciDraft { tmp, out, mut written, mut descriptors, base: drafted } = self;
+    fn finish(self, base: Option<&BaseImage>, layer: &NewLayer, meta: &ImageMeta) -> Result<(), ImageError> {
+        let OciDraft { tmp, out, written, descriptors, base: drafted } = self;
         same_base(&drafted, base)?;
-        write_oci_rest(tmp.path(), &mut written, &mut descriptors, base, layer, meta)?;
+        write_oci_rest(tmp.path(), written, descriptors, base, layer, meta)?;
         move_into_place(tmp, &out)
     }
 }
@@ -491,7 +490,7 @@ impl ArchiveDraft {
                 let path = d.layer_dir(diff_id, meta, None)?;
                 let mut h = tar_header(bl.blob_size, 0o644, tar::EntryType::Regular);
                 if !append_layer_blob(&mut d.b, &mut h, &path, base, i, abandon)? {
-                    let blob = Abandonable { inner: base.open_layer_blob(i)?, abandon };
+                    let blob = Stoppable { inner: base.open_layer_blob(i)?, stop: abandon };
                     d.b.append_data(&mut h, &path, blob).map_err(|e| ImageError::from_io(e, base.path()))?;
                 }
             }
@@ -586,7 +585,7 @@ fn append_layer_blob(
     index: usize,
     abandon: &(dyn Fn() -> bool + Sync),
 ) -> Result<bool, ImageError> {
-    let out = Path::new("docker-archive output");
+    let out = Path::new(ARCHIVE_OUT);
     let Sink::Plain(w) = b.get_mut() else { return Ok(false) };
     let layer = &base.layers()[index];
     if layer.verified_as.is_none() || path.len() >= 100 {
@@ -649,21 +648,6 @@ impl Write for Sink {
     }
 }
 
-/// A base layer's stream that fails once its draft is abandoned.
-struct Abandonable<'a, R> {
-    inner: R,
-    abandon: &'a (dyn Fn() -> bool + Sync),
-}
-
-impl<R: Read> Read for Abandonable<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if (self.abandon)() {
-            return Err(io::Error::other("the output was abandoned"));
-        }
-        self.inner.read(buf)
-    }
-}
-
 /// `v` as JSON with every object's keys in sorted order: the same bytes
 /// (and digest) for the same value in every run, whatever order the hash
 /// maps of oci-spec's types (annotations, labels, exposed ports, volumes)
@@ -693,8 +677,8 @@ fn put_blob_stream(dir: &Path, d: &Sha256Digest, mut r: impl Read) -> Result<(),
 /// the new layer uncompressed, a new config, manifest and `index.json`.
 fn write_oci_rest(
     dir: &Path,
-    written: &mut HashSet<Sha256Digest>,
-    descriptors: &mut Vec<Descriptor>,
+    mut written: HashSet<Sha256Digest>,
+    mut descriptors: Vec<Descriptor>,
     base: Option<&BaseImage>,
     layer: &NewLayer,
     meta: &ImageMeta,
@@ -712,7 +696,7 @@ fn write_oci_rest(
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(Descriptor::new(MediaType::ImageConfig, config_bytes.len() as u64, config_digest))
-        .layers(std::mem::take(descriptors))
+        .layers(descriptors)
         .build()
         .map_err(invalid)?;
     let manifest_bytes = canonical_json(&manifest, "manifest")?;

@@ -571,7 +571,6 @@ fn write_layer(
     }
     let t = Instant::now();
     let new_layer = NewLayer { tar: layer_tar, diff_id: info.diff_id, size: info.size };
-    stop.check()?;
     // A draft abandoned at the signal or the deadline failed of it: the
     // interruption or the timeout, not that failure.
     let draft = draft.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));

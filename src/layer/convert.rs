@@ -258,15 +258,15 @@ pub fn write_atomically(
     Ok(info)
 }
 
-/// A writer that fails once `stop` says so (not with `Interrupted`, which
-/// `write_all` would retry).
+/// A writer or reader that fails once `stop` says so (not with
+/// `Interrupted`, which `write_all` and `io::copy` would retry).
 #[derive(Debug)]
 pub struct Stoppable<W, F> {
     pub inner: W,
     pub stop: F,
 }
 
-/// The error a [`Stoppable`] writer fails with.
+/// The error a [`Stoppable`] writer or reader fails with.
 pub fn stopped() -> io::Error {
     io::Error::other("stopped by a signal")
 }
@@ -280,6 +280,15 @@ impl<W: Write, F: Fn() -> bool> Write for Stoppable<W, F> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl<R: io::Read, F: Fn() -> bool> io::Read for Stoppable<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if (self.stop)() {
+            return Err(stopped());
+        }
+        self.inner.read(buf)
     }
 }
 
