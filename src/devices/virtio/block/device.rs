@@ -15,15 +15,24 @@
 //! thread. Data goes straight from the file into guest memory and back
 //! (`read`/`write` on the guest's pages, no bounce buffer). `EVENT_IDX` is
 //! not offered, so every batch of completions interrupts the guest once.
+//!
+//! A request the host fails to carry out (the image's file system full
+//! under a sparse scratch disk, an I/O error reading the base) completes
+//! with IOERR, as a real disk's would, and is also a device failure
+//! ([`DeviceFailures`]): the VMM stops the guest and the job fails. The
+//! guest kernel may not pass the error on (a page written back at the
+//! final remount fails without failing the remount), and a disk the host
+//! could not write is not the one the guest wrote, so nothing read off it
+//! afterwards can be trusted.
 
 use super::request::{self, DiskInfo, Op, Parsed, Segment};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, STATUS_IOERR, STATUS_OK};
 use crate::devices::virtio::queue;
 use crate::devices::virtio::worker::{Handler as WorkerHandler, Worker};
-use crate::devices::virtio::StartContext;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
+use crate::devices::virtio::{DeviceFailures, StartContext};
 use crate::seccomp::ThreadKind;
 use std::cell::Cell;
 use std::error::Error as _;
@@ -69,6 +78,9 @@ pub struct Block {
     id: [u8; ID_BYTES],
     config: Vec<u8>,
     worker: Option<Worker>,
+    /// Where a request the host failed is reported (the VMM's, from
+    /// [`VirtioDevice::start`]).
+    failures: DeviceFailures,
 }
 
 impl Block {
@@ -97,6 +109,7 @@ impl Block {
             id: padded,
             config: config_space(capacity_sectors),
             worker: None,
+            failures: DeviceFailures::default(),
         })
     }
 
@@ -116,6 +129,7 @@ impl Block {
                 disk: self.disk,
                 id: self.id,
                 reported_io_error: Cell::new(false),
+                failures: self.failures.clone(),
             },
         }
     }
@@ -191,6 +205,7 @@ impl VirtioDevice for Block {
 
     fn start(&mut self, ctx: &StartContext<'_>) -> Result<(), ActivateError> {
         let filter = ctx.seccomp.thread(ThreadKind::Block)?;
+        self.failures = ctx.failures.clone();
         self.worker = Some(Worker::spawn("virtio-blk", filter, ctx.failures.clone()).map_err(ActivateError::Worker)?);
         Ok(())
     }
@@ -203,7 +218,8 @@ impl VirtioDevice for Block {
     }
 }
 
-/// Host-side failure executing a valid request; the guest sees IOERR.
+/// Host-side failure executing a valid request; the guest sees IOERR and
+/// the VMM a device failure.
 #[derive(Debug, thiserror::Error)]
 enum ExecError {
     #[error("seek in the disk image")]
@@ -227,6 +243,7 @@ struct Requests {
     disk: DiskInfo,
     id: [u8; ID_BYTES],
     reported_io_error: Cell<bool>,
+    failures: DeviceFailures,
 }
 
 impl Handler {
@@ -260,9 +277,14 @@ impl Requests {
                     Ok(written) => (STATUS_OK, written),
                     Err((e, written)) => {
                         // A host-side failure (say ENOSPC under the sparse
-                        // image): say so once, the guest sees IOERR.
+                        // image): the guest sees IOERR, and the VMM stops
+                        // it (the module's doc), told once.
                         if !self.reported_io_error.replace(true) {
-                            eprintln!("rootlayer: virtio-blk: {e}: {}", source_text(&e));
+                            self.failures.report(format!(
+                                "virtio-blk disk {}: {e}: {}",
+                                String::from_utf8_lossy(&self.id).trim_end_matches('\0'),
+                                source_text(&e)
+                            ));
                         }
                         (STATUS_IOERR, written)
                     }
@@ -713,6 +735,32 @@ mod tests {
     }
 
     #[test]
+    fn a_request_the_host_fails_gets_ioerr_and_is_a_device_failure() {
+        let mut rig = Rig::new(false);
+        // The image's file as a host that cannot write it (a full file
+        // system answers ENOSPC; this descriptor EBADF): the same path.
+        rig.block.file = Arc::new(File::open(rig.disk.path()).unwrap());
+        rig.mem.write_slice(&[0x11u8; 512], GuestAddress(DATA)).unwrap();
+        rig.header(HDR, VIRTIO_BLK_T_OUT, 0);
+        let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
+        assert_eq!((len, rig.status(STATUS)), (1, STATUS_IOERR));
+        assert_eq!(rig.file(), pattern());
+        let what = rig.block.failures.first().expect("a device failure");
+        assert!(what.starts_with("virtio-blk disk rootlayer-scratch: transfer between"), "{what}");
+        assert!(what.contains("Bad file descriptor"), "{what}");
+
+        // A read the host fails (past the end of a file cut short under
+        // the device) is one too.
+        let rig = Rig::new(true);
+        rig.disk.as_file().set_len(512).unwrap();
+        rig.header(HDR, VIRTIO_BLK_T_IN, 1);
+        let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+        assert_eq!((len, rig.status(STATUS)), (1, STATUS_IOERR));
+        let what = rig.block.failures.first().expect("a device failure");
+        assert!(what.starts_with("virtio-blk disk rootlayer-scratch: transfer between"), "{what}");
+    }
+
+    #[test]
     fn writes_to_a_read_only_disk_get_ioerr_and_reads_work() {
         let rig = Rig::new(true);
         rig.mem.write_slice(&[0x11u8; 512], GuestAddress(DATA)).unwrap();
@@ -720,6 +768,8 @@ mod tests {
         let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
         assert_eq!((len, rig.status(STATUS)), (1, STATUS_IOERR));
         assert_eq!(rig.file(), pattern());
+        // The guest's mistake, refused: not a failure of the device.
+        assert_eq!(rig.block.failures.first(), None);
 
         rig.header(HDR, VIRTIO_BLK_T_IN, 1);
         let (_, len) = run(&rig, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
