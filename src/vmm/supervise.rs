@@ -153,6 +153,7 @@ pub(super) fn run(
     };
     stop(&machine, &threads, &rx, &resumes, &mut ended);
     let end = threads.into_iter().fold(end, |end, thread| ending(thread.join(), end));
+    let end = with_device_failure(end, machine.failures.first());
     let peak_rss_kib = peak_rss_kib();
     let guest_rss_kib = machine.mem.iter().map(|r| mapping_rss_kib(r.as_ptr() as u64)).sum();
     let xstate = machine.keeper.as_ref().map(|keeper| XstateStats {
@@ -345,6 +346,17 @@ fn ending(joined: std::thread::Result<()>, end: RunEnd) -> RunEnd {
     }
 }
 
+/// A guest that ran to its end after a device failed (a write the host
+/// could not make, say at the final remount, shortly before the power-off
+/// and before the watch's next look) ended with that failure: what it
+/// left behind is not what it wrote.
+fn with_device_failure(end: RunEnd, failure: Option<String>) -> RunEnd {
+    match (end, failure) {
+        (RunEnd::Exited(_), Some(what)) => RunEnd::DeviceFailed(what),
+        (end, _) => end,
+    }
+}
+
 /// VmHWM of this process, in KiB.
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -388,5 +400,19 @@ mod tests {
         assert_eq!(ending(Ok(()), RunEnd::TimedOut), RunEnd::TimedOut);
         let failed = RunEnd::DeviceFailed("virtio-fs worker".into());
         assert_eq!(ending(Ok(()), failed.clone()), failed);
+    }
+
+    #[test]
+    fn a_guest_that_ends_after_a_device_failed_ends_with_the_failure() {
+        let what = || Some("virtio-blk disk rootlayer-scratch: No space left on device".to_string());
+        let failed = RunEnd::DeviceFailed(what().unwrap());
+        assert_eq!(with_device_failure(RunEnd::Exited(GuestExit::Reset), what()), failed);
+        assert_eq!(with_device_failure(RunEnd::Exited(GuestExit::Stopped), what()), failed);
+        // No failure: the end as it was; a timeout, a signal or a panic
+        // stay what they were.
+        assert_eq!(with_device_failure(RunEnd::Exited(GuestExit::Reset), None), RunEnd::Exited(GuestExit::Reset));
+        for end in [RunEnd::TimedOut, RunEnd::Interrupted, RunEnd::VcpuPanicked("x".into())] {
+            assert_eq!(with_device_failure(end.clone(), what()), end);
+        }
     }
 }
