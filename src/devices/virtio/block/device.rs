@@ -34,7 +34,6 @@ use crate::devices::virtio::{
 };
 use crate::devices::virtio::{DeviceFailures, StartContext};
 use crate::seccomp::ThreadKind;
-use std::cell::Cell;
 use std::error::Error as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -128,7 +127,6 @@ impl Block {
                 file: Arc::clone(&self.file),
                 disk: self.disk,
                 id: self.id,
-                reported_io_error: Cell::new(false),
                 failures: self.failures.clone(),
             },
         }
@@ -242,7 +240,6 @@ struct Requests {
     file: Arc<File>,
     disk: DiskInfo,
     id: [u8; ID_BYTES],
-    reported_io_error: Cell<bool>,
     failures: DeviceFailures,
 }
 
@@ -278,14 +275,12 @@ impl Requests {
                     Err((e, written)) => {
                         // A host-side failure (say ENOSPC under the sparse
                         // image): the guest sees IOERR, and the VMM stops
-                        // it (the module's doc), told once.
-                        if !self.reported_io_error.replace(true) {
-                            self.failures.report(format!(
-                                "virtio-blk disk {}: {e}: {}",
-                                String::from_utf8_lossy(&self.id).trim_end_matches('\0'),
-                                source_text(&e)
-                            ));
-                        }
+                        // it (the module's doc); the first one is kept.
+                        self.failures.report(format!(
+                            "virtio-blk disk {}: {e}: {}",
+                            String::from_utf8_lossy(&self.id).trim_end_matches('\0'),
+                            source_text(&e)
+                        ));
                         (STATUS_IOERR, written)
                     }
                 };
