@@ -20,12 +20,8 @@ struct SmallTmpfs(PathBuf);
 impl SmallTmpfs {
     fn mount(dir: &Path, size: &str) -> Self {
         let (uid, gid) = common::test_user().map_or((0, 0), |u| (u.uid, u.gid));
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700,uid={uid},gid={gid}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("mount(8)");
-        assert!(out.status.success(), "mount a tmpfs at {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        let opts = format!("size={size},mode=0700,uid={uid},gid={gid}");
+        common::seed::sh(Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "tmpfs"]).arg(dir));
         Self(dir.to_path_buf())
     }
 }

@@ -146,7 +146,8 @@ impl Drop for Seed {
     }
 }
 
-fn sh(cmd: &mut Command) {
+/// Run `cmd`, failing the test with its output unless it succeeds.
+pub fn sh(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
