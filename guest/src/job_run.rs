@@ -38,17 +38,22 @@ pub fn run_if_requested(
         result.error = Some(e);
     } else {
         let job: Job = serde_json::from_str(&text).context("parse job.json")?;
+        // Before anything of the job runs: this guest's own randomness and
+        // the host's time (a restored guest has the snapshot's). First of
+        // all: the kernel's first draw of randomness after a restore
+        // (creating a file draws one) finds its key older than its reseed
+        // interval and reseeds it from the snapshot's pool, a second
+        // reseed (each about 10 ms of BLAKE2s in an emulated guest kernel)
+        // that this one, coming first, makes unneeded.
+        crate::resume::add_entropy(&job.entropy)?;
+        println!("rootlayer-agent: {}", rootlayer_protocol::ENTROPY_LINE);
+        crate::resume::set_clock(job.host_time_ns)?;
         write_files(&job.files, &files)?;
         // The exchange share, for a task that leaves files there (a
         // listing, the device check's file).
         if uses_xchg(&job.task) {
             mount_new(&tag, XCHG_MOUNT, "virtiofs", MsFlags::empty(), None)?;
         }
-        // Before anything of the job runs: this guest's own randomness and
-        // the host's time (a restored guest has the snapshot's).
-        crate::resume::add_entropy(&job.entropy)?;
-        println!("rootlayer-agent: {}", rootlayer_protocol::ENTROPY_LINE);
-        crate::resume::set_clock(job.host_time_ns)?;
         result.phases.push(guard);
         result.phases.push(("job".into(), t.elapsed().as_secs_f64()));
         if let Err(e) = execute(&job, scratch, sandbox, &mut result) {

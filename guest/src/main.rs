@@ -47,6 +47,7 @@ fn run() -> anyhow::Result<()> {
     // Where a job comes in (a guest without it still boots, and says so
     // when a job cannot be read).
     let mailbox = mailbox::Mailbox::map();
+    let kernel_vectors = vector_guard::KernelFacts::read()?;
     // The snapshot point: a restored guest goes on from here.
     resume::ready_for_snapshot();
     println!(
@@ -63,7 +64,7 @@ fn run() -> anyhow::Result<()> {
     }
     // Every boot: no job where user code could lose vector state.
     let t = std::time::Instant::now();
-    let vectors = vector_guard::check()?;
+    let vectors = vector_guard::check(&kernel_vectors)?;
     println!("rootlayer-agent: {}", vectors.line());
     vector_guard::require_safe(&vectors)?;
     let guard = ("vector_guard".to_string(), t.elapsed().as_secs_f64());

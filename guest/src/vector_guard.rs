@@ -92,19 +92,42 @@ fn xgetbv0_every_cpu() -> anyhow::Result<Option<u64>> {
     Ok(xcr0)
 }
 
-/// Read what the guard needs (XCR0 from every vCPU).
-pub fn check() -> anyhow::Result<Report> {
+/// What the guest kernel saves and lets a process use: its own state, the
+/// same in every guest restored from the snapshot that holds it, so read
+/// once before the snapshot point (three sysfs and prctl round trips that
+/// an emulated guest kernel would otherwise pay after every restore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelFacts {
+    /// XCR0 features that survive a context switch.
+    saved: u64,
+    /// Whether the VMM-kept state is on (a port the kernel found).
+    vmm_kept: bool,
+    /// Whether this kernel grants AMX tile data to a process that asks.
+    amx_permitted: bool,
+}
+
+impl KernelFacts {
+    pub fn read() -> anyhow::Result<KernelFacts> {
+        let saved = match std::fs::read_to_string(SAVED_PATH) {
+            Ok(text) => text.trim().parse::<u64>().with_context(|| format!("parse {SAVED_PATH}: {text:?}"))?,
+            // A kernel without patch 0004: it saves x87/SSE (the agent
+            // cannot tell more), which fails closed wherever more is
+            // reachable.
+            Err(_) => FPSSE,
+        };
+        let vmm_kept = std::fs::read_to_string(PORT_PATH).is_ok_and(|p| p.trim() != "0") && saved & !FPSSE != 0;
+        Ok(KernelFacts { saved, vmm_kept, amx_permitted: amx_permitted() })
+    }
+}
+
+/// What this guest's user code can reach, on the host it runs on now (XCR0
+/// from every vCPU: on a software-emulated KVM it is the host's, so it is
+/// read after every restore), against what `kernel` saves.
+pub fn check(kernel: &KernelFacts) -> anyhow::Result<Report> {
     let xcr0 = xgetbv0_every_cpu()?;
-    let saved = match std::fs::read_to_string(SAVED_PATH) {
-        Ok(text) => text.trim().parse::<u64>().with_context(|| format!("parse {SAVED_PATH}: {text:?}"))?,
-        // A kernel without patch 0004: it saves x87/SSE (the agent cannot
-        // tell more), which fails closed wherever more is reachable.
-        Err(_) => FPSSE,
-    };
-    let vmm_kept = std::fs::read_to_string(PORT_PATH).is_ok_and(|p| p.trim() != "0") && saved & !FPSSE != 0;
-    let mut report = Report { xcr0, saved, vmm_kept, xfd_usable: 0 };
+    let mut report = Report { xcr0, saved: kernel.saved, vmm_kept: kernel.vmm_kept, xfd_usable: 0 };
     if let Some(x) = xcr0 {
-        if x & AMX != 0 && amx_permitted() {
+        if x & AMX != 0 && kernel.amx_permitted {
             report.xfd_usable = x & AMX;
         }
     }

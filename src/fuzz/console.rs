@@ -138,6 +138,7 @@ pub fn console(mut data: &[u8]) {
         boot: BootPath::Cold,
         started: true,
         result: Ok(None),
+        teardown: crate::vmm::config::Teardown::default(),
     };
     // The console decides no verdict the agent reported: a clean result
     // is a clean boot whatever the guest printed; without one, nothing the

@@ -225,6 +225,7 @@ mod tests {
             boot: crate::vmm::BootPath::Cold,
             started: true,
             result: Ok(None),
+            teardown: crate::vmm::config::Teardown::default(),
         }
     }
 

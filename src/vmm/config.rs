@@ -181,6 +181,33 @@ pub struct RunReport {
     /// vCPU had stopped: None if it left none, an error if what it left is
     /// not a result of this protocol's form.
     pub result: Result<Option<Vec<u8>>, crate::protocol::mailbox::MailboxError>,
+    /// The machine being taken down; the report waits for it when dropped.
+    pub teardown: Teardown,
+}
+
+/// A machine taken down on a thread of its own: unmapping the guest's
+/// memory and freeing the KVM VM take 5-20 ms, which then overlap with
+/// what the caller does with the report (reading the scratch disk,
+/// writing the layer). Dropping it waits for the thread, so that nothing
+/// of the machine (its disk files' descriptors) outlives its report.
+#[derive(Debug, Default)]
+pub struct Teardown(Option<std::thread::JoinHandle<()>>);
+
+impl Teardown {
+    /// Drop `what` on a thread of its own (here if none can be started).
+    pub fn of<T: Send + 'static>(what: T) -> Teardown {
+        // A thread that cannot be started drops its closure, and with it
+        // `what`, on this one.
+        Teardown(std::thread::Builder::new().name("teardown".into()).spawn(move || drop(what)).ok())
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl RunReport {
@@ -199,5 +226,40 @@ impl RunReport {
     /// Time from start to the agent's ready line.
     pub fn ready_at(&self) -> Option<Duration> {
         self.console.lock().expect("console log poisoned").ready_at()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Teardown;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Records where and whether it was dropped, slowly, as a machine is.
+    struct Slow {
+        dropped: Arc<AtomicBool>,
+        on: Arc<Mutex<Option<std::thread::ThreadId>>>,
+    }
+
+    impl Drop for Slow {
+        fn drop(&mut self) {
+            std::thread::sleep(Duration::from_millis(50));
+            *self.on.lock().unwrap() = Some(std::thread::current().id());
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_teardown_drops_on_its_own_thread_and_its_drop_waits_for_that() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let on = Arc::new(Mutex::new(None));
+        let teardown = Teardown::of(Slow { dropped: Arc::clone(&dropped), on: Arc::clone(&on) });
+        // The caller goes on at once (the drop sleeps 50 ms).
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(teardown);
+        assert!(dropped.load(Ordering::SeqCst), "dropping the teardown waited for the machine's drop");
+        let here = std::thread::current().id();
+        assert!(on.lock().unwrap().is_some_and(|t| t != here), "dropped on a thread of its own");
     }
 }

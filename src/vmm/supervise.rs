@@ -162,7 +162,7 @@ pub(super) fn run(
     });
     let console = machine.console.clone();
     let result = machine.take_result();
-    drop(machine);
+    let teardown = super::config::Teardown::of(machine);
     if let Some(path) = watch.profile {
         let text: String = ended.iter().flatten().flat_map(|(_, s, _)| s).map(|rip| format!("{rip:x}\n")).collect();
         if let Err(e) = std::fs::write(&path, text) {
@@ -179,6 +179,7 @@ pub(super) fn run(
         boot: watch.boot,
         started: started.load(Ordering::SeqCst),
         result,
+        teardown,
     })
 }
 

@@ -63,7 +63,7 @@ fn avx() -> anyhow::Result<()> {
         (l7.ebx >> 5) & 1,
         u32::from(avx512)
     );
-    let guard = crate::vector_guard::check()?;
+    let guard = crate::vector_guard::check(&crate::vector_guard::KernelFacts::read()?)?;
     println!("rootlayer-agent: selftest avx: case: {}", guard.line());
     // Run the raw tests even where CPUID says AVX is unusable (OSXSAVE=0):
     // on software KVM the instructions may still execute natively, which is
