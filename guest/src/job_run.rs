@@ -79,26 +79,38 @@ pub fn run_if_requested(
     Ok(Some(result.status))
 }
 
+/// Make the directory the job's files go to: before the snapshot point,
+/// as the same for every job.
+pub fn make_files_dir() -> anyhow::Result<()> {
+    std::fs::create_dir_all(rootlayer_protocol::JOB_FILES_DIR).context("mkdir the job's files")
+}
+
 /// Write the job's files (its script), executable, from `files`, the
-/// mailbox's files part.
+/// mailbox's files part, into the directory [`make_files_dir`] made: each
+/// created, written and made executable through one descriptor (path walks
+/// are what an emulated guest kernel is slow at).
 fn write_files(listed: &[rootlayer_protocol::JobFile], files: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if !listed.is_empty() {
-        std::fs::create_dir_all(rootlayer_protocol::JOB_FILES_DIR).context("mkdir the job's files")?;
-    }
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     for f in listed {
         let path = std::path::Path::new(&f.path);
         anyhow::ensure!(
-            path.starts_with(rootlayer_protocol::JOB_FILES_DIR)
+            path.parent() == Some(std::path::Path::new(rootlayer_protocol::JOB_FILES_DIR))
                 && path.components().all(|c| c != std::path::Component::ParentDir),
-            "job file {} is not under {}",
+            "job file {} is not in {}",
             f.path,
             rootlayer_protocol::JOB_FILES_DIR
         );
         let bytes = f.bytes(files).with_context(|| format!("job file {} lies outside the mailbox's files", f.path))?;
-        std::fs::write(path, bytes).with_context(|| format!("write {}", f.path))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("chmod {}", f.path))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(path)
+            .with_context(|| format!("create {}", f.path))?;
+        file.write_all(bytes).with_context(|| format!("write {}", f.path))?;
+        // Whatever the umask took off at creation.
+        file.set_permissions(std::fs::Permissions::from_mode(0o755)).with_context(|| format!("chmod {}", f.path))?;
     }
     Ok(())
 }

@@ -43,6 +43,7 @@ fn run() -> anyhow::Result<()> {
     // What every job needs the same, done once before the snapshot.
     let scratch = mounts::mount_scratch_ahead();
     run_as_root::make_fixed_points()?;
+    job_run::make_files_dir()?;
     let sandbox = sandbox::Sandbox::make()?;
     // Where a job comes in (a guest without it still boots, and says so
     // when a job cannot be read).
