@@ -8,7 +8,7 @@ use rootlayer_protocol::{
 };
 
 use crate::mailbox::Mailbox;
-use crate::mounts::{mount_new, ScratchAhead};
+use crate::mounts::{mount_new, ScratchAhead, ShareAhead};
 use crate::sandbox::Sandbox;
 use anyhow::Context;
 use nix::mount::MsFlags;
@@ -16,12 +16,13 @@ use std::time::Instant;
 
 /// Run the job if the host gave one (ROOTLAYER_XCHG set); returns the
 /// status to power off with. `guard` is the vector guard's phase, which
-/// ran before; `scratch` the scratch disk mounted ahead, if it was;
+/// ran before; `ahead` the scratch disk and the share mounted ahead, if
+/// they were;
 /// `sandbox` the script's, made before the snapshot point; `mailbox` where
 /// the job is.
 pub fn run_if_requested(
     guard: (String, f64),
-    scratch: Option<ScratchAhead>,
+    ahead: (Option<ScratchAhead>, Option<ShareAhead>),
     sandbox: Sandbox,
     mailbox: anyhow::Result<Mailbox>,
 ) -> anyhow::Result<Option<i32>> {
@@ -56,7 +57,7 @@ pub fn run_if_requested(
         }
         result.phases.push(guard);
         result.phases.push(("job".into(), t.elapsed().as_secs_f64()));
-        if let Err(e) = execute(&job, scratch, sandbox, &mut result) {
+        if let Err(e) = execute(&job, ahead, sandbox, &mut result) {
             result.status = crate::power::STATUS_INTERNAL;
             // A full disk is the cause the host names: said by type, not
             // left for the host to find in the text.
@@ -150,7 +151,7 @@ fn check_protocol(job_json: &str) -> Result<(), String> {
 
 fn execute(
     job: &Job,
-    mut scratch: Option<ScratchAhead>,
+    (mut scratch, mut share): (Option<ScratchAhead>, Option<ShareAhead>),
     sandbox: Sandbox,
     result: &mut JobResult,
 ) -> anyhow::Result<()> {
@@ -163,8 +164,15 @@ fn execute(
             s.unmount()?;
         }
     }
+    // The share mounted ahead (read-only) is let go of if the job mounts
+    // it read-write; a job that does not mount it never reaches it.
+    if share.as_ref().is_some_and(|s| job.mounts.iter().any(|m| s.wanted(m) && !s.serves(m))) {
+        if let Some(s) = share.take() {
+            s.unmount()?;
+        }
+    }
     for m in &job.mounts {
-        mount(m, &mut scratch)?;
+        mount(m, &mut scratch, share.as_ref())?;
     }
     // Its disks show their sizes and its shares answer: a restored guest
     // works (before this, the host may still boot the job cold instead).
@@ -187,10 +195,13 @@ fn execute(
     Ok(())
 }
 
-fn mount(m: &Mount, scratch: &mut Option<ScratchAhead>) -> anyhow::Result<()> {
+fn mount(m: &Mount, scratch: &mut Option<ScratchAhead>, share: Option<&ShareAhead>) -> anyhow::Result<()> {
     let flags = if m.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     match &m.source {
-        MountSource::VirtioFs { tag } => mount_new(tag, &m.target, "virtiofs", flags, None),
+        MountSource::VirtioFs { tag } => match share.filter(|s| s.serves(m)) {
+            Some(ahead) => ahead.bind(&m.target),
+            None => mount_new(tag, &m.target, "virtiofs", flags, None),
+        },
         MountSource::Disk { device, fstype, size, .. } => match scratch.take_if(|s| s.serves(m)) {
             // What the kernel cached of the disk mounted ahead is what this
             // one holds (the same bytes): kept, not dropped.

@@ -42,6 +42,7 @@ fn run() -> anyhow::Result<()> {
     mounts::mount_basics()?;
     // What every job needs the same, done once before the snapshot.
     let scratch = mounts::mount_scratch_ahead();
+    let share = mounts::mount_share_ahead();
     run_as_root::make_fixed_points()?;
     job_run::make_files_dir()?;
     let sandbox = sandbox::Sandbox::make()?;
@@ -71,7 +72,7 @@ fn run() -> anyhow::Result<()> {
     let guard = ("vector_guard".to_string(), t.elapsed().as_secs_f64());
     // The task's own status travels in result.json; the agent's exit
     // status only says whether the agent itself worked.
-    if let Some(status) = job_run::run_if_requested(guard, scratch, sandbox, mailbox)? {
+    if let Some(status) = job_run::run_if_requested(guard, (scratch, share), sandbox, mailbox)? {
         println!("rootlayer-agent: job finished with status {status}");
     }
     Ok(())

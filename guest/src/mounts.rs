@@ -126,6 +126,59 @@ pub fn mount_scratch_ahead() -> Option<ScratchAhead> {
     }
 }
 
+/// The read-only share the agent mounted before the snapshot point
+/// (`SHARE_AHEAD_ENV`): its tag.
+#[derive(Debug)]
+pub struct ShareAhead {
+    tag: String,
+}
+
+/// Mount the share the command line names read-only at
+/// `SHARE_AHEAD_MOUNT`, ahead of any job: its FUSE_INIT is the one request
+/// the host answers before the snapshot (anything more and it refuses to
+/// take one). None when there is no such share or it does not mount.
+pub fn mount_share_ahead() -> Option<ShareAhead> {
+    let tag = std::env::var(rootlayer_protocol::SHARE_AHEAD_ENV).ok()?;
+    match mount_new(&tag, rootlayer_protocol::SHARE_AHEAD_MOUNT, "virtiofs", MsFlags::MS_RDONLY, None) {
+        Ok(()) => Some(ShareAhead { tag }),
+        Err(e) => {
+            println!("rootlayer-agent: share {tag} is not mounted ahead: {e:#}");
+            None
+        }
+    }
+}
+
+impl ShareAhead {
+    /// Whether the job's mount `m` is this share, read-only.
+    pub fn serves(&self, m: &rootlayer_protocol::Mount) -> bool {
+        matches!(&m.source, rootlayer_protocol::MountSource::VirtioFs { tag } if *tag == self.tag) && m.read_only
+    }
+
+    /// Whether the job mounts this share at all (read-only or not).
+    pub fn wanted(&self, m: &rootlayer_protocol::Mount) -> bool {
+        matches!(&m.source, rootlayer_protocol::MountSource::VirtioFs { tag } if *tag == self.tag)
+    }
+
+    /// Put the share at the job's `target`: a bind mount (read-only as the
+    /// mount it binds), then one round trip to the host (the share's root
+    /// attributes), so that a restored guest whose share does not answer
+    /// fails before it says it started, as a fresh mount's FUSE_INIT would.
+    pub fn bind(&self, target: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(target).with_context(|| format!("mkdir {target}"))?;
+        let bind = MsFlags::MS_BIND;
+        mount(Some(rootlayer_protocol::SHARE_AHEAD_MOUNT), Path::new(target), None::<&str>, bind, None::<&str>)
+            .with_context(|| format!("bind share {} on {target}", self.tag))?;
+        std::fs::metadata(target).with_context(|| format!("share {} on {target} does not answer", self.tag))?;
+        Ok(())
+    }
+
+    /// Let go of it (the job mounts the share read-write).
+    pub fn unmount(self) -> anyhow::Result<()> {
+        nix::mount::umount(rootlayer_protocol::SHARE_AHEAD_MOUNT)
+            .with_context(|| format!("unmount share {} (mounted ahead, read-only)", self.tag))
+    }
+}
+
 /// Read ahead of the snapshot what a job's first writes to the scratch
 /// disk read (the job's disk holds the same bytes, see
 /// [`ScratchAhead::serves`]): group 0's block and inode bitmaps and first
@@ -222,5 +275,20 @@ mod tests {
             read_only: false,
         };
         assert!(!ahead.serves(&share));
+    }
+
+    #[test]
+    fn the_share_mounted_ahead_serves_only_itself_read_only() {
+        let ahead = ShareAhead { tag: "share0".into() };
+        let share = |tag: &str, read_only: bool| Mount {
+            source: MountSource::VirtioFs { tag: tag.into() },
+            target: "/nix/store".into(),
+            read_only,
+        };
+        assert!(ahead.serves(&share("share0", true)) && ahead.wanted(&share("share0", true)));
+        assert!(!ahead.serves(&share("share0", false)), "read-write: mounted afresh");
+        assert!(ahead.wanted(&share("share0", false)), "and the one ahead let go of first");
+        assert!(!ahead.serves(&share("share1", true)) && !ahead.wanted(&share("share1", true)));
+        assert!(!ahead.wanted(&disk("/dev/vda", "ext4", 128 << 20, true, SCRATCH_MOUNT)));
     }
 }

@@ -49,6 +49,14 @@ pub const SCRATCH_WORK: &str = "work";
 /// snapshot point, so that a restored job whose disk is the same
 /// [`MountSource::Disk::fresh`] file system only remounts it read-write.
 pub const SCRATCH_DEVICE_ENV: &str = "ROOTLAYER_SCRATCH";
+/// Environment variable (kernel command line) naming the virtio-fs tag of
+/// a read-only share the agent mounts at [`SHARE_AHEAD_MOUNT`] before the
+/// snapshot point (the mount's one round trip, FUSE_INIT, is the same for
+/// every job); a job that mounts that share read-only gets a bind mount of
+/// it instead of a mount of its own (about 25 ms of emulated guest kernel).
+pub const SHARE_AHEAD_ENV: &str = "ROOTLAYER_SHARE_AHEAD";
+/// Where the agent mounts the share [`SHARE_AHEAD_ENV`] names.
+pub const SHARE_AHEAD_MOUNT: &str = "/run/rootlayer/share-ahead";
 /// Where the agent mounts the base image disk (EROFS made by the host; the
 /// agent reads the path from job.json).
 pub const BASE_MOUNT: &str = "/run/rootlayer/base";

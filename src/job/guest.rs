@@ -9,7 +9,7 @@ use crate::devices::virtio::fs::{Fs, OutputLimit};
 use crate::devices::virtio::VirtioDevice;
 use crate::protocol::{
     mailbox::Part, Job, JobFile, JobResult, Mount, MountSource, Task, BASE_MOUNT, CONTENTS_MOUNT, PROTOCOL_VERSION,
-    SCRATCH_DEVICE_ENV, XCHG_TAG_ENV,
+    SCRATCH_DEVICE_ENV, SHARE_AHEAD_ENV, XCHG_TAG_ENV,
 };
 use crate::vmm::{self, BootPath, MailboxJob, RunReport, SnapshotMode, VmConfig, VmmError, BASE_CMDLINE};
 use std::path::{Path, PathBuf};
@@ -187,8 +187,10 @@ pub fn run_job(spec: &GuestSpec, workdir: Workdir, task: Task) -> Result<JobOutc
             slots.shares.len()
         );
     }
+    // The first store's slot is mounted ahead (a job's stores come first).
     let cmdline = format!(
-        "{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {SCRATCH_DEVICE_ENV}={SCRATCH_DEVICE} {}",
+        "{BASE_CMDLINE} {XCHG_TAG_ENV}={XCHG_TAG} {SCRATCH_DEVICE_ENV}={SCRATCH_DEVICE} {SHARE_AHEAD_ENV}={} {}",
+        share_tag(0),
         spec.extra_cmdline
     )
     .trim()

@@ -307,18 +307,19 @@ impl Machine {
     }
 
     /// The machine's state but for memory, every vCPU paused and saved
-    /// (`vcpus`, in index order). Refused if a share has served anything:
+    /// (`vcpus`, in index order). Refused if a share has served anything
+    /// but its FUSE_INIT (the same for every job: a share mounted ahead):
     /// the job itself goes into the mailbox only after the snapshot, and
     /// everything else of a job reaches the guest through a share (its
-    /// script, its stores), so that would mean READY came late, from a
-    /// guest no one else may reuse.
+    /// stores), so that would mean READY came late, from a guest no one
+    /// else may reuse.
     pub fn save(&self, vcpus: Vec<VcpuState>) -> Result<MachineState, SnapshotError> {
         let vm = snap_state::capture_vm(&self.vm)?;
         let mut transports = Vec::new();
         for (index, t) in self.transports.iter().enumerate() {
             let state =
                 t.lock().expect("transport lock").save().map_err(|source| SnapshotError::Device { index, source })?;
-            if state.device_type == crate::devices::virtio::TYPE_FS && state.served {
+            if state.device_type == crate::devices::virtio::TYPE_FS && state.served_content {
                 return Err(SnapshotError::ShareUsed { index });
             }
             transports.push(state);

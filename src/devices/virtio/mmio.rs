@@ -101,6 +101,10 @@ pub struct TransportState {
     pub config: Vec<u8>,
     /// Whether the device has used any request since the driver set it up.
     pub served: bool,
+    /// Whether any of them carried content of a job
+    /// ([`super::VirtioDevice::served_content`]).
+    #[serde(default)]
+    pub served_content: bool,
 }
 
 /// A split ring's `idx` (the u16 after its flags).
@@ -181,6 +185,7 @@ impl MmioTransport {
             queues,
             config: self.config_bytes(),
             served,
+            served_content: self.device.served_content(),
         })
     }
 

@@ -179,6 +179,12 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stop serving (driver reset). The transport resets its own state.
     fn reset(&mut self) {}
+    /// Whether the device has answered the guest with anything of what it
+    /// serves for a job (a share: any request but FUSE_INIT, whose answer
+    /// is the same for every job). A snapshot must hold no such answer.
+    fn served_content(&self) -> bool {
+        false
+    }
 }
 
 /// Copy `config[offset..]` into `data`, as far as it goes: the common

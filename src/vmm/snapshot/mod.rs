@@ -182,7 +182,7 @@ pub enum SnapshotError {
     Xstate(#[from] super::xstate::XstateError),
     #[error("the snapshot's XSAVE area is {got} bytes, this vCPU's {want}")]
     XsaveSize { got: usize, want: usize },
-    #[error("share {index} was used before the guest rang READY: not snapshotting a guest that saw a job")]
+    #[error("share {index} answered more than FUSE_INIT before the guest rang READY: not snapshotting a guest that saw a job")]
     ShareUsed { index: usize },
     #[error("the snapshot's serial port state is not one a UART can be in")]
     Serial,

@@ -21,7 +21,7 @@ use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
 };
 use crate::seccomp::ThreadKind;
-use fuse_backend_rs::abi::fuse_abi::OutHeader;
+use fuse_backend_rs::abi::fuse_abi::{Opcode, OutHeader};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
@@ -29,6 +29,7 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use std::io::{self, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use virtio_queue::DescriptorChain;
@@ -93,6 +94,9 @@ pub struct Fs {
     /// afresh by `activate`.
     server: Option<Arc<dyn Serve>>,
     worker: Option<Worker>,
+    /// Set once any server of this device has been asked anything but
+    /// FUSE_INIT (see [`VirtioDevice::served_content`]).
+    served_content: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -134,6 +138,7 @@ impl Fs {
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             server: Some(server),
             worker: None,
+            served_content: Arc::default(),
         })
     }
 }
@@ -153,7 +158,7 @@ impl Fs {
     /// Serve one chain as the worker does (for the fuzz targets, which need
     /// no thread). Returns the used length; `None` after a reset.
     pub(crate) fn serve_chain(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Option<u32> {
-        Some(handle_chain(self.server.as_deref()?, mem, chain))
+        Some(handle_chain(self.server.as_deref()?, &self.served_content, mem, chain))
     }
 }
 
@@ -218,6 +223,7 @@ impl VirtioDevice for Fs {
         // thread, under its filter.
         let server = self.server.take();
         let (shared_dir, read_only, limit) = (self.shared_dir.clone(), self.read_only, self.limit.clone());
+        let served_content = Arc::clone(&self.served_content);
         let ActivateContext { mem, interrupt, mut queues, queue_evts, .. } = ctx;
         let make = move || {
             let server = match server {
@@ -228,7 +234,9 @@ impl VirtioDevice for Fs {
                 if let Some(q) = queues.get_mut(i) {
                     // A broken available ring serves nothing until the
                     // driver resets the device.
-                    let _ = queue::drain(q, &mem, &interrupt, |chain| handle_chain(server.as_ref(), &mem, chain));
+                    let _ = queue::drain(q, &mem, &interrupt, |chain| {
+                        handle_chain(server.as_ref(), &served_content, &mem, chain)
+                    });
                 }
                 true
             }) as Handler)
@@ -243,6 +251,10 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
+    fn served_content(&self) -> bool {
+        self.served_content.load(Ordering::SeqCst)
+    }
+
     fn reset(&mut self) {
         // Stops serving (the handler and its file system are dropped on the
         // worker thread); the next activation starts from a fresh file
@@ -254,13 +266,23 @@ impl VirtioDevice for Fs {
 }
 
 /// Serve one request; returns the bytes written to its writable buffers.
-fn handle_chain(server: &dyn Serve, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+/// Anything but a well-formed FUSE_INIT sets `served_content`.
+fn handle_chain(
+    server: &dyn Serve,
+    served_content: &AtomicBool,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> u32 {
     let req = match request::parse(mem, chain.clone()) {
         Ok(req) => req,
         Err(e) => {
+            served_content.store(true, Ordering::SeqCst);
             return e.reply_to().map_or(0, |unique| reply_error(mem, chain, unique, libc::EINVAL));
         }
     };
+    if req.header.opcode != Opcode::Init as u32 {
+        served_content.store(true, Ordering::SeqCst);
+    }
     let unique = req.header.unique;
     let wants_reply = request::expects_reply(req.header.opcode);
     if wants_reply && req.writable < OUT_HEADER_LEN {

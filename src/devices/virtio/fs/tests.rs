@@ -760,6 +760,28 @@ fn reset_and_reactivation_serve_a_fresh_session() {
 }
 
 #[test]
+fn only_fuse_init_leaves_a_share_without_content_served_whatever_resets_between() {
+    use crate::devices::virtio::VirtioDevice;
+    let (_top, share) = store_tree();
+    let mut d = Driver::new(&share, true);
+    d.init();
+    assert!(!d._fs.served_content(), "FUSE_INIT is the same for every job: a snapshot may hold it");
+    assert!(d.lookup(ROOT, "hello.txt").is_ok());
+    assert!(d._fs.served_content(), "a lookup answered what the share holds");
+    // A reset starts a fresh session, not a clean record.
+    let mut fs = std::mem::replace(&mut d._fs, Fs::new("x", &share, true).unwrap());
+    fs.reset();
+    let d2 = Driver::activate(fs);
+    assert!(d2._fs.served_content());
+    // A request that does not parse counts as content too.
+    let mut d3 = Driver::new(&share, true);
+    d3.init();
+    let used = d3.submit(1, &[Buf::In(&[0u8; 8]), Buf::Out(4096)]);
+    assert_eq!(used.len, 0, "unanswered");
+    assert!(d3._fs.served_content());
+}
+
+#[test]
 fn output_limit_bounds_what_the_guest_adds_to_a_read_write_share() {
     let dir = tempfile::tempdir().unwrap();
     // Two nodes and the one block ten bytes take.
