@@ -50,6 +50,7 @@ fn run() -> anyhow::Result<()> {
     // when a job cannot be read).
     let mailbox = mailbox::Mailbox::map();
     let kernel_vectors = vector_guard::KernelFacts::read()?;
+    online_cpus();
     // The snapshot point: a restored guest goes on from here.
     resume::ready_for_snapshot();
     println!(
@@ -81,10 +82,15 @@ fn run() -> anyhow::Result<()> {
 /// Why this agent refuses a test task, a self-test or a merged listing.
 pub const NO_TEST_TASKS: &str = "not in this agent: the test initramfs's has it (scripts/build-initramfs --test)";
 
-/// The CPUs the kernel has online (None if it will not say).
+/// The CPUs the kernel has online (None if it will not say): asked once,
+/// before the snapshot point (glibc reads it from sysfs, about 5 ms of an
+/// emulated guest kernel at each call): a snapshot is restored only with
+/// its own number of vCPUs, and nothing brings one up or down before a
+/// job's script runs (nothing asks after that).
 pub fn online_cpus() -> Option<u32> {
+    static ONLINE: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     // SAFETY: sysconf only reads a system value.
-    u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).ok().filter(|&n| n > 0)
+    *ONLINE.get_or_init(|| u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).ok().filter(|&n| n > 0))
 }
 
 /// The self-test the command line names (test initramfs only): this agent
