@@ -18,7 +18,7 @@ pub fn off(status: i32) -> ! {
     crate::resume::drain_console();
     nix::unistd::sync();
     // Without the doorbell (a kernel without patch 0005), the reset below.
-    let _ = std::fs::write(rootlayer_protocol::VMM_EVENT_PATH, rootlayer_protocol::VMM_EVENT_POWER_OFF.to_string());
+    let _ = crate::resume::write_event(rootlayer_protocol::VMM_EVENT_POWER_OFF);
     let err = reboot(RebootMode::RB_AUTOBOOT).unwrap_err();
     eprintln!("rootlayer-agent: reboot failed: {err}");
     loop {

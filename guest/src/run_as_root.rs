@@ -143,7 +143,9 @@ pub fn run(job: &RunAsRoot, sandbox: crate::sandbox::Sandbox, result: &mut JobRe
     // read-only, which writes out every dirty page and inode and marks the
     // file system clean (which the host requires), without the unmount's
     // eviction of every cached inode and page.
-    result.disk_full |= disk_full(scratch);
+    if job.extra_commands.is_some() {
+        result.disk_full |= disk_full(scratch);
+    }
     phase(result, "writeback", || {
         mount(None::<&str>, scratch, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
             .context("remount the scratch disk read-only")
