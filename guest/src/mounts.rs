@@ -151,7 +151,7 @@ pub fn mount_share_ahead() -> Option<ShareAhead> {
 impl ShareAhead {
     /// Whether the job's mount `m` is this share, read-only.
     pub fn serves(&self, m: &rootlayer_protocol::Mount) -> bool {
-        matches!(&m.source, rootlayer_protocol::MountSource::VirtioFs { tag } if *tag == self.tag) && m.read_only
+        self.wanted(m) && m.read_only
     }
 
     /// Whether the job mounts this share at all (read-only or not).
